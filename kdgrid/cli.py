@@ -1,0 +1,188 @@
+"""The ``kdgrid`` command line: thin Typer commands over the library.
+
+Every :class:`KdgridError` becomes one ``Error: ...`` line and exit code 1, here
+and nowhere else. Heavy imports (torch, transformers, analysis) happen inside the
+commands that need them, so ``--help``, ``validate``, ``plan`` and ``status`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdgrid import __version__
+from kdgrid.errors import KdgridError, PlanError, StudyError
+
+app = typer.Typer(
+    name="kdgrid",
+    help="Declarative knowledge-distillation studies: validate, plan, run, report, search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    Optional[Path],
+    typer.Option("--db", help="DuckDB store (default: $KDGRID_DB or ./kdgrid.duckdb).", show_default=False),
+]
+StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
+
+
+def _db(db: Path | None) -> Path:
+    from kdgrid.store.db import default_db_path
+
+    return db if db is not None else default_db_path()
+
+
+def _load_and_plan(path: Path) -> tuple[Any, list[Any]]:
+    from kdgrid.plan import plan_study
+    from kdgrid.study import load_study
+
+    loaded = load_study(path)
+    try:
+        runs = plan_study(loaded.study)
+    except PlanError as exc:
+        line = loaded.line_of(exc.loc) if exc.loc else None
+        where = f"{path}:{line}" if line else str(path)
+        raise StudyError(f"{where}: {exc}") from None
+    return loaded, runs
+
+
+@app.command()
+def validate(study: StudyArg) -> None:
+    """Check a study file and every run it expands to; no compute, nothing written."""
+    from kdgrid.plan import summarize
+
+    loaded, runs = _load_and_plan(study)
+    s = summarize(runs)
+    console.print(
+        f"{study}: ok: study '{loaded.study.name}', {s['runs']} runs ({s['unique_runs']} unique) "
+        f"in {s['cells']} cells over {s['tasks']} task(s) x {s['seeds']} seed(s)"
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the study file (for editor completion)."""
+    from kdgrid.study.schema import Study
+
+    typer.echo(json.dumps(Study.model_json_schema(), indent=2))
+
+
+@app.command()
+def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 50) -> None:
+    """Show the runs a study expands to, and which are already done."""
+    from kdgrid.plan import summarize
+    from kdgrid.store.db import open_store
+
+    loaded, runs = _load_and_plan(study)
+    path = _db(db)
+    statuses: dict[str, str] = {}
+    if path.exists():
+        with open_store(path, read_only=True) as store:
+            statuses = store.run_statuses(r.run_id for r in runs)
+    factor_names = list(runs[0].factors)
+    table = Table(title=f"study {loaded.study.name}")
+    for col in ["run_id", "task", *factor_names, "seed", "status"]:
+        table.add_column(col)
+    shown = runs if limit == 0 else runs[:limit]
+    for r in shown:
+        table.add_row(r.run_id, r.task, *(r.factors[f] for f in factor_names), str(r.seed), statuses.get(r.run_id, "new"))
+    console.print(table)
+    if len(shown) < len(runs):
+        console.print(f"... {len(runs) - len(shown)} more rows (--limit 0 shows all)")
+    s = summarize(runs)
+    done = sum(1 for rid in {r.run_id for r in runs} if statuses.get(rid) == "done")
+    console.print(
+        f"{s['runs']} runs, {s['unique_runs']} unique, {s['cells']} cells, {s['tasks']} task(s), "
+        f"{s['seeds']} seed(s): {done} done, {s['unique_runs'] - done} to run"
+    )
+
+
+@app.command()
+def run(
+    study: StudyArg,
+    db: DbOption = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also rerun runs that failed before.")] = False,
+    max_runs: Annotated[Optional[int], typer.Option(help="Stop after this many runs (for smoke tests).")] = None,
+) -> None:
+    """Run every run of a study that is not done yet (resumable; finished runs are never redone)."""
+    from kdgrid.execute.local import run_grid
+    from kdgrid.execute.progress import RichReporter
+
+    loaded, runs = _load_and_plan(study)
+    outcome = run_grid(
+        _db(db),
+        study_name=loaded.study.name, study_path=str(study), study_text=loaded.text, study_sha=loaded.sha256,
+        planned=runs, reporter=RichReporter(err_console), retry_failed=retry_failed, max_runs=max_runs,
+    )
+    console.print(
+        f"study {loaded.study.name}: {outcome.done} run(s) done now, {outcome.already_done} were done before, "
+        f"{outcome.failed} failed" + (f", {outcome.recovered} recovered from an earlier crash" if outcome.recovered else "")
+    )
+    for run_id, error in outcome.errors[:5]:
+        err_console.print(f"  failed {run_id}: {error}")
+    if outcome.interrupted:
+        err_console.print("interrupted: run 'kdgrid run' again to continue")
+        raise typer.Exit(130)
+    if outcome.failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def status(db: DbOption = None) -> None:
+    """Studies in the store with their done / failed / pending counts and the last errors."""
+    from kdgrid.store.db import open_store
+
+    with open_store(_db(db), read_only=True) as store:
+        rows = store.study_status()
+        errors = store.last_errors()
+    table = Table(title=f"kdgrid store {_db(db)}")
+    for col in ("study", "runs", "done", "failed", "running", "pending"):
+        table.add_column(col, justify="right" if col != "study" else "left")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("study", "runs", "done", "failed", "running", "pending")))
+    console.print(table)
+    for run_id, study_name, error in errors:
+        console.print(f"[red]failed[/red] {study_name}/{run_id}: {error}")
+
+
+def main() -> None:
+    """Entry point: run the app and turn library errors into one clean line."""
+    try:
+        app(standalone_mode=False)
+    except KdgridError as exc:
+        err_console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("Aborted.")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"kdgrid {__version__}")
+        raise typer.Exit(0)

@@ -1,0 +1,6 @@
+"""Plan: expand a study into resolved runs with stable ids (torch-free)."""
+
+from kdgrid.plan.canonical import canonical_config, run_id_of
+from kdgrid.plan.expand import PlannedRun, expand, plan_study, summarize
+
+__all__ = ["PlannedRun", "canonical_config", "expand", "plan_study", "run_id_of", "summarize"]

@@ -1,0 +1,68 @@
+"""Canonical run configs and run ids.
+
+A run id is the hash of the canonical resolved config, so the same cell in two
+studies is the same run. Settings that cannot change the result are reset to a
+fixed value first: a factor without effect (the attention loss when alpha = 0)
+collapses cells instead of computing them twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kdgrid.study.schema import Intermediate, Mapping, Prediction, RunConfig
+
+# Where the data is read from and on which device do not define the experiment.
+_IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"))
+_NEUTRAL_INTERMEDIATE = Intermediate().model_dump(mode="json")
+_NEUTRAL_PREDICTION = Prediction().model_dump(mode="json")
+
+
+def canonical_config(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config with settings that have no effect reset to their defaults."""
+    out = cfg.model_dump(mode="json")
+    obj = out["objective"]
+    inter = obj["intermediate"]
+    att_active = inter["alpha"] > 0 and inter["weight"] > 0
+    hid_active = inter["alpha"] < 1 and inter["weight"] > 0
+    if not att_active:
+        inter["attention"] = "none"
+        inter["value"] = "none"
+    if not hid_active:
+        inter["hidden"] = "none"
+    if inter["attention"] == "none" and inter["value"] == "none":
+        inter["head_match"] = _NEUTRAL_INTERMEDIATE["head_match"]
+    if inter["hidden"] != "cls_contrast":
+        for key in ("contrast_temperature", "contrast_momentum", "contrast_negatives"):
+            inter[key] = _NEUTRAL_INTERMEDIATE[key]
+    layer_terms = inter["attention"] != "none" or inter["value"] != "none" or inter["hidden"] != "none"
+    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint":
+        # No layer loss at all: alpha, weight and the mapping cannot matter.
+        out["objective"]["intermediate"] = dict(_NEUTRAL_INTERMEDIATE)
+        out["objective"]["mapping"] = Mapping().model_dump(mode="json")
+    elif obj["mapping"]["kind"] != "learnable":
+        obj["mapping"]["init"] = "uniform"
+        obj["mapping"]["lr"] = 1.0e-2
+    pred = obj["prediction"]
+    if pred["beta"] == 0:
+        pred["temperature"] = _NEUTRAL_PREDICTION["temperature"]
+        pred["t_squared"] = _NEUTRAL_PREDICTION["t_squared"]
+    return out
+
+
+def identity_view(config: dict[str, Any]) -> dict[str, Any]:
+    view = json.loads(json.dumps(config))
+    for block, key in _IDENTITY_EXCLUDED:
+        view.get(block, {}).pop(key, None)
+    return view
+
+
+def config_hash(obj: Any, length: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def run_id_of(config: dict[str, Any]) -> str:
+    return config_hash(identity_view(config))

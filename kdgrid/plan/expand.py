@@ -1,0 +1,202 @@
+"""Expand a study into resolved runs: grid x variants x tasks x seeds, filtered.
+
+Pure functions only; nothing here touches the store or torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from kdgrid.errors import PlanError
+from kdgrid.plan.canonical import canonical_config, run_id_of
+from kdgrid.study.schema import RunConfig, Study
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study: its cell (factor levels), task, seed and resolved config."""
+
+    run_id: str
+    task: str
+    seed: int
+    factors: dict[str, str]  # factor name -> level, as strings (variants: the level's name)
+    config: dict[str, Any] = field(repr=False)
+
+    @property
+    def cell(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.factors.items()) or "(base)"
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict; the path must exist in the run schema (checked by the caller)."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = {}
+        elif part == "epochs" and isinstance(nxt, int):
+            # One integer means the same count for both stages of a two-stage schedule.
+            nxt = {"intermediate": nxt, "prediction": nxt}
+        if not isinstance(nxt, dict):
+            raise PlanError(f"'{dotted}': '{part}' is not a block")
+        node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def get_path(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def check_path(dotted: str, base: dict[str, Any], where: str, loc: tuple[Any, ...] = ()) -> None:
+    """Reject a dotted path that names no setting, listing the keys allowed at the failing level."""
+    node: Any = base
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            walked.append(part)
+            continue
+        allowed = sorted(node) if isinstance(node, dict) else []
+        at = ".".join(walked) or "the run config"
+        hint = f" (allowed under {at}: {', '.join(allowed)})" if allowed else f" ('{at}' is a value, not a block)"
+        raise PlanError(f"{where}: unknown setting '{dotted}'{hint}", loc=loc)
+
+
+def _full_template() -> dict[str, Any]:
+    """A run config with every optional block filled, so dotted paths can be checked."""
+    tpl = RunConfig(task="cola", seed=0).model_dump(mode="json")
+    tpl["train"]["epochs"] = {"intermediate": 1, "prediction": 1}  # either form is a valid target
+    return tpl
+
+
+def _fmt(value: Any) -> str:
+    return str(value)
+
+
+def _matches(flt: dict[str, Any], factors: dict[str, str], config: dict[str, Any]) -> bool:
+    for key, want in flt.items():
+        if key in factors:
+            have: Any = factors[key]
+        else:
+            try:
+                have = get_path(config, key)
+            except KeyError:
+                return False
+        if _fmt(have) != _fmt(want):
+            return False
+    return True
+
+
+def _check_filter_keys(study: Study, template: dict[str, Any]) -> None:
+    names = set(study.grid) | set(study.variants) | {"task", "seed"}
+    for kind, filters in (("include", study.include), ("exclude", study.exclude)):
+        for i, flt in enumerate(filters):
+            for key in flt:
+                if key not in names:
+                    check_path(key, template, f"{kind}[{i}]", (kind, i, key))
+
+
+def expand(study: Study) -> list[PlannedRun]:
+    """All runs of a study, validated, in a stable order (task, cell, seed).
+
+    Runs that collapse to the same canonical config (a factor without effect, e.g.
+    the attention loss when alpha = 0) keep their own cell but share a run id.
+    """
+    template = _full_template()
+    for path in study.grid:
+        check_path(path, template, f"grid.{path}", ("grid", path))
+    for group, levels in study.variants.items():
+        for level, overrides in levels.items():
+            for key in overrides:
+                check_path(
+                    f"{group}.{key}" if group != "_" else key, template, f"variants.{group}.{level}",
+                    ("variants", group, level, key),
+                )
+    _check_filter_keys(study, template)
+
+    base = study.base_config()
+    grid_items = list(study.grid.items())
+    variant_items = list(study.variants.items())
+    runs: list[PlannedRun] = []
+    for task in study.tasks:
+        for grid_levels in itertools.product(*(levels for _, levels in grid_items)):
+            for variant_levels in itertools.product(*(list(levels) for _, levels in variant_items)):
+                cfg = copy.deepcopy(base)
+                factors: dict[str, str] = {}
+                for (path, _), level in zip(grid_items, grid_levels):
+                    set_path(cfg, path, level)
+                    factors[path] = _fmt(level)
+                for (group, levels), level_name in zip(variant_items, variant_levels):
+                    for key, value in levels[level_name].items():
+                        set_path(cfg, f"{group}.{key}" if group != "_" else key, value)
+                    factors[group] = level_name
+                for seed in study.seed_list:
+                    run_cfg = {**cfg, "task": task, "seed": seed}
+                    if study.include and not any(_matches(f, {**factors, "task": task, "seed": str(seed)}, run_cfg) for f in study.include):
+                        continue
+                    if any(_matches(f, {**factors, "task": task, "seed": str(seed)}, run_cfg) for f in study.exclude):
+                        continue
+                    resolved = _validate(run_cfg, factors, task, seed)
+                    canon = canonical_config(resolved)
+                    runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))
+    if not runs:
+        raise PlanError(f"study '{study.name}': the grid expands to no runs (check include/exclude)", loc=("exclude",))
+    return runs
+
+
+def _validate(cfg: dict[str, Any], factors: dict[str, str], task: str, seed: int) -> RunConfig:
+    try:
+        return RunConfig.model_validate(cfg)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(p) for p in err["loc"])
+        cell = ", ".join(f"{k}={v}" for k, v in factors.items()) or "base config"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PlanError(f"run (task={task}, seed={seed}, {cell}): {field_name}: {msg}") from None
+
+
+def summarize(runs: list[PlannedRun]) -> dict[str, int]:
+    cells = {(r.task, r.cell) for r in runs}
+    return {
+        "runs": len(runs),
+        "unique_runs": len({r.run_id for r in runs}),
+        "cells": len(cells),
+        "tasks": len({r.task for r in runs}),
+        "seeds": len({r.seed for r in runs}),
+    }
+
+
+def plan_study(study: Study) -> list[PlannedRun]:
+    """Expand and check every run against its teacher's shape (read without torch)."""
+    from kdgrid.plan.shapes import check_run, teacher_shape
+
+    runs = expand(study)
+    shapes: dict[str, Any] = {}
+    seen: set[str] = set()
+    for run in runs:
+        if run.run_id in seen:
+            continue
+        seen.add(run.run_id)
+        model = run.config["teacher"]["model"]
+        if model not in shapes:
+            shapes[model] = teacher_shape(model)
+        if shapes[model] is not None:
+            try:
+                check_run(run.config, shapes[model])
+            except PlanError as exc:
+                # check_run messages start with the dotted field at fault; point the CLI at it.
+                loc = tuple(str(exc).split(":", 1)[0].split("[")[0].split("."))
+                raise PlanError(f"run (task={run.task}, seed={run.seed}, {run.cell}): {exc}", loc=loc) from None
+    return runs

@@ -1,0 +1,242 @@
+"""The DuckDB store: the only module that opens the database.
+
+Tables (documented for users in docs/store.md):
+``studies``, ``runs``, ``study_runs``, ``factors``, ``metrics``, ``teachers``, ``trials``
+and ``kdgrid_meta`` (marks the file as a kdgrid store and holds the schema version).
+Workers never open it: they write ``result.json`` files that the coordinator ingests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from kdgrid.errors import StoreError
+
+SCHEMA_VERSION = "1"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS kdgrid_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS studies (
+    name VARCHAR PRIMARY KEY, path VARCHAR, text VARCHAR, sha256 VARCHAR,
+    created TIMESTAMP DEFAULT current_timestamp, updated TIMESTAMP DEFAULT current_timestamp);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, task VARCHAR, seed INTEGER, config JSON,
+    status VARCHAR, attempt INTEGER DEFAULT 0, error VARCHAR,
+    started TIMESTAMP, finished TIMESTAMP, duration_s DOUBLE,
+    host VARCHAR, device VARCHAR, versions JSON, git_sha VARCHAR, run_dir VARCHAR);
+CREATE TABLE IF NOT EXISTS study_runs (
+    study VARCHAR, cell VARCHAR, run_id VARCHAR, PRIMARY KEY (study, cell, run_id));
+CREATE TABLE IF NOT EXISTS factors (
+    study VARCHAR, cell VARCHAR, run_id VARCHAR, name VARCHAR, value VARCHAR,
+    PRIMARY KEY (study, cell, run_id, name));
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR, stage VARCHAR, epoch INTEGER, step INTEGER, split VARCHAR,
+    name VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS teachers (
+    key VARCHAR PRIMARY KEY, task VARCHAR, model VARCHAR, seed INTEGER, path VARCHAR,
+    metrics JSON, majority DOUBLE, flagged BOOLEAN, created TIMESTAMP DEFAULT current_timestamp);
+CREATE TABLE IF NOT EXISTS trials (
+    search VARCHAR, number INTEGER, run_id VARCHAR, params JSON, value DOUBLE, state VARCHAR,
+    PRIMARY KEY (search, number));
+"""
+
+RUN_STATUSES = ("pending", "running", "done", "failed", "interrupted")
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("KDGRID_DB", "kdgrid.duckdb"))
+
+
+class Store:
+    """A kdgrid DuckDB store. Use :func:`open_store` (a context manager)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self.con = con
+        self.path = path
+
+    # -- writing -----------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def register_study(self, name: str, path: str, text: str, sha256: str, members: Iterable[Any]) -> None:
+        """Record a study and its planned runs (``members``: PlannedRun-like objects)."""
+        members = list(members)
+        with self.transaction():
+            self.con.execute(
+                """INSERT INTO studies (name, path, text, sha256) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET path = excluded.path, text = excluded.text,
+                   sha256 = excluded.sha256, updated = current_timestamp""",
+                [name, path, text, sha256],
+            )
+            # The study's membership is whatever its current file plans.
+            self.con.execute("DELETE FROM study_runs WHERE study = ?", [name])
+            self.con.execute("DELETE FROM factors WHERE study = ?", [name])
+            self.con.executemany(
+                "INSERT OR IGNORE INTO study_runs VALUES (?, ?, ?)", [[name, m.cell, m.run_id] for m in members]
+            )
+            self.con.executemany(
+                "INSERT OR IGNORE INTO factors VALUES (?, ?, ?, ?, ?)",
+                [[name, m.cell, m.run_id, k, v] for m in members for k, v in m.factors.items()],
+            )
+            self.con.executemany(
+                """INSERT INTO runs (run_id, task, seed, config, status) VALUES (?, ?, ?, ?, 'pending')
+                   ON CONFLICT (run_id) DO NOTHING""",
+                [[m.run_id, m.task, m.seed, json.dumps(m.config, sort_keys=True)] for m in {m.run_id: m for m in members}.values()],
+            )
+
+    def mark_running(self, run_id: str, run_dir: str) -> None:
+        self.con.execute(
+            """UPDATE runs SET status = 'running', attempt = attempt + 1, started = current_timestamp,
+               error = NULL, run_dir = ? WHERE run_id = ?""",
+            [run_dir, run_id],
+        )
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        self.con.execute("UPDATE runs SET status = ?, error = ? WHERE run_id = ?", [status, error, run_id])
+
+    def reset_stale_running(self) -> int:
+        """Rows left 'running' by a dead coordinator become 'interrupted' (call only while holding the lock)."""
+        n = self.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+        self.con.execute("UPDATE runs SET status = 'interrupted', error = 'coordinator stopped' WHERE status = 'running'")
+        return int(n)
+
+    def ingest_result(self, result: dict[str, Any]) -> None:
+        """Write one run's result; idempotent (a second ingest of the same result changes nothing)."""
+        run_id = result["run_id"]
+        metrics = result.get("metrics", [])
+        with self.transaction():
+            self.con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
+            if metrics:
+                self.con.executemany(
+                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        [run_id, m.get("stage", "final"), m.get("epoch"), m.get("step"), m.get("split", "dev"), m["name"], _num(m["value"])]
+                        for m in metrics
+                    ],
+                )
+            self.con.execute(
+                """INSERT INTO runs (run_id, task, seed, config, status) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (run_id) DO NOTHING""",
+                [run_id, result.get("task"), result.get("seed"), json.dumps(result.get("config"), sort_keys=True), result["status"]],
+            )
+            self.con.execute(
+                """UPDATE runs SET status = ?, error = ?, started = ?, finished = ?, duration_s = ?,
+                   host = ?, device = ?, versions = ?, git_sha = ? WHERE run_id = ?""",
+                [
+                    result["status"], result.get("error"), result.get("started"), result.get("finished"),
+                    result.get("duration_s"), result.get("host"), result.get("device"),
+                    json.dumps(result.get("versions", {})), result.get("git_sha"), run_id,
+                ],
+            )
+            teacher = result.get("teacher")
+            if teacher:
+                self.upsert_teacher(teacher)
+
+    def upsert_teacher(self, t: dict[str, Any]) -> None:
+        self.con.execute(
+            """INSERT INTO teachers (key, task, model, seed, path, metrics, majority, flagged)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET path = excluded.path,
+               metrics = excluded.metrics, majority = excluded.majority, flagged = excluded.flagged""",
+            [t["key"], t["task"], t["model"], t.get("seed"), t.get("path"), json.dumps(t.get("metrics", {})),
+             _num(t.get("majority")), bool(t.get("flagged", False))],
+        )
+
+    # -- reading -----------------------------------------------------------
+    def run_statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        rows = self.con.execute("SELECT run_id, status FROM runs WHERE list_contains(?, run_id)", [ids]).fetchall()
+        return dict(rows)
+
+    def study_names(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT name FROM studies ORDER BY name").fetchall()]
+
+    def study_status(self) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            """SELECT s.study, count(DISTINCT r.run_id) AS runs,
+                      count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done') AS done,
+                      count(DISTINCT r.run_id) FILTER (WHERE r.status = 'failed') AS failed,
+                      count(DISTINCT r.run_id) FILTER (WHERE r.status = 'running') AS running,
+                      count(DISTINCT r.run_id) FILTER (WHERE r.status IN ('pending', 'interrupted')) AS pending
+               FROM study_runs s JOIN runs r USING (run_id) GROUP BY s.study ORDER BY s.study"""
+        ).fetchall()
+        cols = ["study", "runs", "done", "failed", "running", "pending"]
+        return [dict(zip(cols, r)) for r in rows]
+
+    def last_errors(self, study: str | None = None, limit: int = 5) -> list[tuple[str, str, str]]:
+        sql = """SELECT DISTINCT r.run_id, s.study, r.error, r.finished FROM runs r JOIN study_runs s USING (run_id)
+                 WHERE r.status = 'failed' AND r.error IS NOT NULL"""
+        params: list[Any] = []
+        if study:
+            sql += " AND s.study = ?"
+            params.append(study)
+        sql += " ORDER BY r.finished DESC NULLS LAST LIMIT ?"
+        params.append(limit)
+        return [(r[0], r[1], r[2]) for r in self.con.execute(sql, params).fetchall()]
+
+    def query_df(self, sql: str, params: list[Any] | None = None) -> Any:
+        return self.con.execute(sql, params or []).df()
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_kdgrid(con: duckdb.DuckDBPyConnection) -> bool:
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not tables:
+        return True  # an empty database becomes a store
+    if "kdgrid_meta" not in tables:
+        return False
+    row = con.execute("SELECT value FROM kdgrid_meta WHERE key = 'app'").fetchone()
+    return bool(row and row[0] == "kdgrid")
+
+
+@contextmanager
+def open_store(path: str | Path | None = None, *, read_only: bool = False, create: bool = True) -> Iterator[Store]:
+    """Open (and create, unless ``read_only``) a kdgrid store; one clear StoreError otherwise."""
+    p = Path(path) if path is not None else default_db_path()
+    if read_only and not p.exists():
+        raise StoreError(f"{p}: no kdgrid store here (run 'kdgrid run STUDY' first, or pass --db PATH)")
+    if not create and not p.exists():
+        raise StoreError(f"{p}: no kdgrid store here")
+    if p.exists() and p.is_dir():
+        raise StoreError(f"{p}: is a directory, not a DuckDB file")
+    try:
+        con = duckdb.connect(str(p), read_only=read_only)
+    except duckdb.IOException as exc:
+        msg = str(exc).splitlines()[0]
+        if "lock" in msg.lower():
+            raise StoreError(f"{p}: the store is in use by another kdgrid process ({msg})") from None
+        raise StoreError(f"{p}: not a DuckDB database or unreadable ({msg})") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"{p}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})") from None
+    try:
+        if not _is_kdgrid(con):
+            raise StoreError(f"{p}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db")
+        if not read_only:
+            con.execute(_DDL)
+            con.execute("INSERT OR IGNORE INTO kdgrid_meta VALUES ('app', 'kdgrid'), ('schema_version', ?)", [SCHEMA_VERSION])
+        yield Store(con, p)
+    finally:
+        con.close()
