@@ -79,7 +79,7 @@ class Store:
             self.con.execute(
                 """INSERT INTO studies (name, path, text, sha256) VALUES (?, ?, ?, ?)
                    ON CONFLICT (name) DO UPDATE SET path = excluded.path, text = excluded.text,
-                   sha256 = excluded.sha256, updated = current_timestamp""",
+                   sha256 = excluded.sha256, updated = now()""",
                 [name, path, text, sha256],
             )
             # The study's membership is whatever its current file plans.
@@ -100,7 +100,7 @@ class Store:
 
     def mark_running(self, run_id: str, run_dir: str) -> None:
         self.con.execute(
-            """UPDATE runs SET status = 'running', attempt = attempt + 1, started = current_timestamp,
+            """UPDATE runs SET status = 'running', attempt = attempt + 1, started = now(),
                error = NULL, run_dir = ? WHERE run_id = ?""",
             [run_dir, run_id],
         )

@@ -57,6 +57,12 @@ def _compose_lines(node: yaml.Node, path: tuple[Any, ...], out: LineMap) -> None
             _compose_lines(item, (*path, i), out)
 
 
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (
+        "[" in part or part.startswith(("constrained-", "function-")) or part in {"int", "float", "str", "bool", "Epochs"}
+    )
+
+
 def _allowed_hint(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
@@ -69,9 +75,8 @@ def format_validation_error(exc: ValidationError, *, path: Path, line_of: Any, m
     """Pydantic errors as ``file:line: a.b.c: message (allowed: ...)``, one per line."""
     out: list[str] = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
-        # Pydantic puts the union branch name (e.g. 'int', 'list[...]') in the loc; drop those tags.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "float", "str", "bool", "Epochs"})))
+        # Pydantic adds union-branch tags ('int', 'constrained-int', 'list[...]') to the loc; they are no keys.
+        loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = line_of(loc)
         where = f"{path}:{line}" if line else str(path)

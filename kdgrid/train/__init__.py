@@ -1,0 +1,1 @@
+"""Training: models, objectives (losses, layer mappings, Q/K/V capture), the distillation loop."""
