@@ -1,0 +1,107 @@
+"""``analyze_table``: every analysis of a tidy results table in one call (docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+
+from kdgrid.analyze.anova import ANOVA_COLUMNS, DIAGNOSTIC_COLUMNS, _anova
+from kdgrid.analyze.describe import _describe
+from kdgrid.analyze.paired import _paired
+from kdgrid.analyze.power import power_table
+from kdgrid.analyze.sensitivity import SENSITIVITY_COLUMNS, TeacherScores, _sensitivity, sensitivity_summary
+from kdgrid.analyze.tidy import MetricSpec, dedupe, prepare
+
+__all__ = ["Analysis", "analyze_table"]
+
+
+@dataclass
+class Analysis:
+    """Everything ``report`` renders; column names are a contract (docs/CONTRACTS.md, "analyze -> report").
+
+    * ``cells``: task, metric, cell, <factor columns>, n, mean, sd, ci_low, ci_high, seeds, values
+    * ``paired_tests``: task ('pooled' across tasks), condition, baseline, n, mean_diff,
+      ci_low, ci_high, t, df, p, p_adj, dz, wilcoxon_p, note
+    * ``anova``: task ('all' with task as a factor), term, df, sum_sq, F, p, partial_eta2
+    * ``diagnostics``: task, check, value, note
+    * ``sensitivity``: task, cell, teacher, student_mean, student_sd, gap, retention_pct, n, rank, train_size
+    * ``sensitivity_summary``: spearman_rho, spearman_p, n_tasks, method, note (empty without teacher scores)
+    * ``power``: task, condition, n, observed_dz, power_observed, n_for_observed, target_dz, n_for_target
+    * ``warnings``: every caveat, in the order found, without repeats
+    * ``mapping_weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (filled by callers that have them)
+    """
+
+    cells: pd.DataFrame
+    paired_tests: pd.DataFrame
+    anova: pd.DataFrame
+    diagnostics: pd.DataFrame
+    sensitivity: pd.DataFrame
+    sensitivity_summary: dict[str, object]
+    power: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    mapping_weights: pd.DataFrame | None = None
+
+
+def analyze_table(
+    df: pd.DataFrame,
+    *,
+    metric: MetricSpec,
+    factors: Sequence[str] | None = None,
+    baseline: Mapping[str, object] | None = None,
+    correction: str = "holm",
+    anova_type: int = 2,
+    anova_order: int | None = None,
+    teacher_scores: TeacherScores | None = None,
+    train_sizes: Mapping[str, float] | None = None,
+    target_dz: float = 0.5,
+    family: Literal["task", "all"] = "task",
+) -> Analysis:
+    """Describe, compare, ANOVA, sensitivity and power for a tidy table (one row per run).
+
+    ``metric``: a column name, a dict task -> column, or ``"auto"`` (each GLUE task's
+    official metric). ``factors``: default every column except task/seed/run_id/cell/
+    study/status and metric columns. Without a ``task`` column all rows are one task,
+    ``'all'``. Without a ``seed`` column rows are replicates: the paired tests and the
+    power table are empty and a warning says why (no silent switch to unpaired tests).
+    ``baseline`` None: the first level of every factor (a warning names it).
+    ``correction`` holm | fdr_bh | bonferroni | none within ``family`` (``"task"``:
+    each task's comparisons, and the pooled rows, are separate families; ``"all"``:
+    one family). ``anova_type`` 2 or 3 (3 with sum-to-zero contrasts), ``anova_order``
+    the highest interaction (None = all). ``teacher_scores`` (DataFrame task, teacher
+    [, seed], or dict) enables the sensitivity tables, ``train_sizes`` (dict task ->
+    training rows) its Spearman summary. ``target_dz`` is the planning effect size of
+    the power table. See the functions of :mod:`kdgrid.analyze` for formulas.
+    """
+    prep = prepare(df, metric=metric, factors=factors)
+    warnings = list(prep.warnings)
+    cells = _describe(prep)
+    paired, w = _paired(prep, baseline=baseline, correction=correction, family=family)
+    warnings += w
+    anova, diagnostics, w = _anova(prep, typ=anova_type, order=anova_order)
+    warnings += w
+    if teacher_scores is not None:
+        sens, w = _sensitivity(prep, teacher_scores, train_sizes)
+        warnings += w
+        summary = sensitivity_summary(sens) if train_sizes is not None else {}
+    else:
+        sens, summary = pd.DataFrame(columns=SENSITIVITY_COLUMNS), {}
+        if train_sizes is not None:
+            warnings.append("train_sizes given without teacher_scores: no sensitivity analysis")
+    power = power_table(paired, target_dz=target_dz)
+    if anova.empty:
+        anova = pd.DataFrame(columns=ANOVA_COLUMNS)
+    if diagnostics.empty:
+        diagnostics = pd.DataFrame(columns=DIAGNOSTIC_COLUMNS)
+    return Analysis(
+        cells=cells,
+        paired_tests=paired,
+        anova=anova,
+        diagnostics=diagnostics,
+        sensitivity=sens,
+        sensitivity_summary=summary,
+        power=power,
+        warnings=dedupe(warnings),
+    )
