@@ -155,6 +155,101 @@ def status(db: DbOption = None) -> None:
         console.print(f"[red]failed[/red] {study_name}/{run_id}: {error}")
 
 
+def _parse_baseline(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise KdgridError(f"--baseline: '{part}' is not key=value (example: --baseline objective.mapping.kind=uniform)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+REPORT_FORMATS = ("table", "md", "csv", "latex", "html", "json")
+
+
+@app.command()
+def report(
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name in the store (default: the only one).")] = None,
+    db: DbOption = None,
+    from_file: Annotated[Optional[Path], typer.Option("--from", help="Analyse a tidy CSV/Parquet table instead of the store.")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Metric column, or 'auto' for each task's official metric.")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")] = None,
+    correction: Annotated[Optional[str], typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
+    anova_type: Annotated[int, typer.Option("--anova-type", help="2 or 3 (type III uses sum-to-zero contrasts).")] = 2,
+    factors: Annotated[Optional[str], typer.Option(help="Comma-separated factors to analyse (default: the grid's).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")] = "table",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw plots (PNG+SVG) and embed them in the HTML.")] = True,
+) -> None:
+    """Statistics for a study: cells (mean ± sd), paired tests, ANOVA, sensitivity, power; files under reports/."""
+    if fmt not in REPORT_FORMATS:
+        raise KdgridError(f"--format: '{fmt}' is not allowed (allowed: {', '.join(REPORT_FORMATS)})")
+    if anova_type not in (2, 3):
+        raise KdgridError(f"--anova-type: {anova_type} is not allowed (allowed: 2, 3)")
+    if correction is not None and correction not in ("holm", "fdr_bh", "bonferroni", "none"):
+        raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: holm, fdr_bh, bonferroni, none)")
+    from kdgrid.analyze import analyze_table
+    from kdgrid.report.render import render_many
+    from kdgrid.report.source import from_file as load_from_file
+    from kdgrid.report.source import from_store
+    from kdgrid.tasks import TASKS
+
+    src = load_from_file(from_file) if from_file is not None else from_store(_db(db), study)
+    settings = src.analysis_settings
+    chosen_factors = [f.strip() for f in factors.split(",")] if factors else (settings.get("factors") or src.factors)
+    chosen_metric = metric or settings.get("metric") or "auto"
+    base = _parse_baseline(baseline) if baseline else settings.get("baseline")
+    corr = correction or settings.get("correction") or "holm"
+    analysis = analyze_table(
+        src.table, metric=chosen_metric, factors=chosen_factors, baseline=base, correction=corr,
+        anova_type=anova_type, teacher_scores=src.teacher,
+        train_sizes={name: spec.train_size for name, spec in TASKS.items()},
+    )
+    if src.mapping is not None:
+        analysis.mapping_weights = src.mapping
+    meta = {**src.meta, "metric": chosen_metric, "baseline": base or "first level of each factor",
+            "correction": corr, "anova type": anova_type, "kdgrid": __version__}
+    out_dir = out or Path("reports") / src.title
+    files = [f for f in ("md", "csv", "html", "json", "latex") if f != fmt]
+    texts = render_many(analysis, fmts=[fmt, *files], out_dir=out_dir, title=f"kdgrid report: {src.title}",
+                        meta=meta, plots=plots)
+    if fmt == "table":
+        from kdgrid.report.render import rich_report
+
+        console.print(rich_report(analysis, title=f"kdgrid report: {src.title}", meta=meta))
+    else:
+        typer.echo(texts[fmt])
+    err_console.print(f"report files written to {out_dir}/")
+
+
+@app.command()
+def export(
+    study: Annotated[Optional[str], typer.Option("--study", help="One study (with its factor columns); default: all runs.")] = None,
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet | csv.")] = "parquet",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: <study or runs>.<format>).")] = None,
+) -> None:
+    """Write the tidy results (one row per run, final metrics as columns) for pandas or R."""
+    if fmt not in ("parquet", "csv"):
+        raise KdgridError(f"--format: '{fmt}' is not allowed (allowed: parquet, csv)")
+    from kdgrid.store.db import open_store
+    from kdgrid.store.queries import export_runs
+
+    with open_store(_db(db), read_only=True) as store:
+        if study is not None and study not in store.study_names():
+            raise KdgridError(f"--study: no study '{study}' in {_db(db)} (allowed: {', '.join(store.study_names())})")
+        df = export_runs(store, study)
+    path = out or Path(f"{study or 'runs'}.{fmt}")
+    if fmt == "parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False)
+    console.print(f"{len(df)} rows written to {path}")
+
+
 def main() -> None:
     """Entry point: run the app and turn library errors into one clean line."""
     try:

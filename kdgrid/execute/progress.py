@@ -20,7 +20,7 @@ class RichReporter:
         )
         self.grid: TaskID | None = None
         self.run: TaskID | None = None
-        self._stage = ""
+        self._desc = ""
 
     def grid_start(self, total: int, todo: int) -> None:
         self.progress.start()
@@ -29,13 +29,13 @@ class RichReporter:
     def run_start(self, index: int, run: PlannedRun) -> None:
         if self.run is not None:
             self.progress.remove_task(self.run)
-        self.run = self.progress.add_task(f"  {run.task} seed={run.seed} {run.cell}", total=None)
+        self._desc = f"  {run.task} seed={run.seed} {run.cell}"
+        self.run = self.progress.add_task(self._desc, total=None)
 
     def run_progress(self, stage: str, epoch: int, step: int, total_steps: int) -> None:
         if self.run is None:
             return
-        desc = self.progress.tasks[self.run].description.split(" | ")[0]
-        self.progress.update(self.run, description=f"{desc} | {stage} epoch {epoch}", completed=step, total=total_steps)
+        self.progress.update(self.run, description=f"{self._desc} | {stage} epoch {epoch}", completed=step, total=total_steps)
 
     def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None:
         if self.grid is not None:

@@ -63,3 +63,30 @@ def teacher_scores(store: Store, study: str) -> pd.DataFrame:
 
 def run_curves(store: Store, run_id: str) -> Any:
     return store.query_df("SELECT * FROM metrics WHERE run_id = ? ORDER BY stage, epoch, step", [run_id])
+
+
+def mapping_weights(store: Store, study: str) -> pd.DataFrame:
+    """Learned layer-mapping weights per epoch: task, cell, seed, epoch, student_layer, teacher_layer, weight."""
+    df = store.query_df(
+        """SELECT r.task, s.cell, r.seed, m.stage, m.epoch, m.name, m.value AS weight
+           FROM metrics m JOIN runs r USING (run_id) JOIN study_runs s USING (run_id)
+           WHERE m.split = 'mapping' AND s.study = ? AND r.status = 'done'""",
+        [study],
+    )
+    if df.empty:
+        return df
+    parts = df["name"].str.extract(r"s(\d+)\.t(\d+)").astype(int)
+    df["student_layer"], df["teacher_layer"] = parts[0], parts[1]
+    return df.drop(columns="name")[["task", "cell", "seed", "stage", "epoch", "student_layer", "teacher_layer", "weight"]]
+
+
+def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:
+    """Every done run with its final metrics (and, for one study, its factors): the table `kdgrid export` writes."""
+    if study is not None:
+        return tidy_results(store, study)
+    runs = store.query_df("SELECT run_id, task, seed, status FROM runs WHERE status = 'done'")
+    metrics = store.query_df("SELECT run_id, name, value FROM metrics WHERE stage = 'final' AND split IN ('dev', 'efficiency')")
+    if metrics.empty:
+        return runs
+    wide = metrics.pivot_table(index="run_id", columns="name", values="value", aggfunc="last").reset_index()
+    return runs.merge(wide, on="run_id", how="left")

@@ -1,0 +1,5 @@
+"""python -m kdgrid"""
+
+from kdgrid.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Where a report's rows come from: a study in the store, or any tidy table (--from)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdgrid.errors import KdgridError
+from kdgrid.store.db import open_store
+from kdgrid.store.queries import mapping_weights, study_factor_names, teacher_scores, tidy_results
+from kdgrid.study.loader import parse_yaml
+from kdgrid.tasks import TASKS
+
+
+@dataclass
+class ReportInput:
+    title: str
+    table: pd.DataFrame
+    factors: list[str] | None
+    teacher: pd.DataFrame | None = None
+    mapping: pd.DataFrame | None = None
+    analysis_settings: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def from_store(db: Path, study: str | None) -> ReportInput:
+    with open_store(db, read_only=True) as store:
+        names = store.study_names()
+        if not names:
+            raise KdgridError(f"{db}: the store has no studies yet (run 'kdgrid run STUDY' first)")
+        if study is None:
+            if len(names) > 1:
+                raise KdgridError(f"{db}: the store has several studies; choose one with --study (allowed: {', '.join(names)})")
+            study = names[0]
+        if study not in names:
+            raise KdgridError(f"--study: no study '{study}' in {db} (allowed: {', '.join(names)})")
+        table = tidy_results(store, study)
+        if table.empty:
+            raise KdgridError(f"study '{study}': no finished runs yet (see 'kdgrid status')")
+        factors = study_factor_names(store, study)
+        teacher = _teacher_frame(teacher_scores(store, study), table)
+        mapping = mapping_weights(store, study)
+        text = store.con.execute("SELECT text FROM studies WHERE name = ?", [study]).fetchone()[0]
+        counts = store.con.execute(
+            """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
+               FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""", [study]).fetchone()
+    data, _ = parse_yaml(text, Path(f"<study {study}>"))
+    settings = dict(data.get("analysis") or {}) if isinstance(data, dict) else {}
+    if not settings.get("baseline") and isinstance(data, dict):
+        # The first level the study file lists for each factor is the natural reference cell.
+        first = {k: v[0] for k, v in (data.get("grid") or {}).items() if v}
+        first.update({k: next(iter(v)) for k, v in (data.get("variants") or {}).items() if v})
+        settings["baseline"] = first or None
+    meta = {"study": study, "store": str(db), "runs done": f"{counts[0]} of {counts[1]}"}
+    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta)
+
+
+def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | None:
+    """Teacher score per task in each task's official metric (the metric the students are judged by)."""
+    if long.empty:
+        return None
+    rows = []
+    for task, grp in long.groupby("task"):
+        spec = TASKS.get(str(task))
+        if spec is None:
+            continue
+        hit = grp[grp["name"] == spec.official_metric]
+        if not hit.empty:
+            rows.append({"task": task, "teacher": float(hit["value"].iloc[0])})
+    return pd.DataFrame(rows) if rows else None
+
+
+def from_file(path: Path) -> ReportInput:
+    from kdgrid.analyze import load_table
+
+    table = load_table(path)
+    return ReportInput(path.stem, table, None, meta={"source": str(path)})

@@ -1,0 +1,202 @@
+"""One run, start to finish: teacher (cached), data, student, distillation stages, evaluation.
+
+``run_one`` is what the coordinator (or a worker process) calls; it returns the
+result record that is written to ``result.json`` and ingested into the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdgrid.errors import RunFailed
+from kdgrid.plan.canonical import config_hash
+from kdgrid.study.schema import Epochs, RunConfig
+from kdgrid.tasks import get_task
+from kdgrid.train.data import load_tokenized, make_loader, subsample_positions
+from kdgrid.train.evaluate import count_parameters, evaluate, inference_speed, metric_rows, peak_memory_mb
+from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
+from kdgrid.train.models import build_student, finetune_teacher, load_classifier
+from kdgrid.train.objectives import DistillObjective
+from kdgrid.train.teacher_cache import cached_teacher_logits
+from kdgrid.train.versions import library_versions
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunFailed("train.device is 'cuda' but no CUDA device is available (allowed here: auto, cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        # Same run, same hardware, same numbers: deterministic GPU kernels where torch has them.
+        # (CPU kernels already are; the switch costs seconds of imports, so only where it matters.)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def configure_gpu(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def stage_plan(cfg: RunConfig) -> list[tuple[str, int]]:
+    if cfg.train.schedule == "two_stage":
+        ep = cfg.train.epochs if isinstance(cfg.train.epochs, Epochs) else Epochs(intermediate=cfg.train.epochs, prediction=cfg.train.epochs)
+        return [("intermediate", ep.intermediate), ("prediction", ep.prediction)]
+    assert isinstance(cfg.train.epochs, int)  # guaranteed by the Train validator
+    return [("joint", cfg.train.epochs)]
+
+
+def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
+    """Stage-1 checkpoints depend only on stage-1 settings: cells differing in stage 2 share them."""
+    c = cfg.model_dump(mode="json")
+    stage1 = {
+        "teacher": teacher_key, "task": c["task"], "seed": c["seed"], "student": c["student"],
+        "data": {k: v for k, v in c["data"].items() if k != "dir"},
+        "intermediate": c["objective"]["intermediate"], "mapping": c["objective"]["mapping"],
+        "train": {k: c["train"][k] for k in ("lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "precision")},
+        "epochs": stage_plan(cfg)[0][1],
+    }
+    return config_hash(stage1, 20)
+
+
+def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None) -> dict[str, Any]:
+    """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish."""
+    cfg = RunConfig.model_validate(config)
+    spec = get_task(cfg.task)
+    device = pick_device(cfg.train.device)
+    configure_gpu(device)
+    seed_everything(cfg.seed, device)
+    cache_root = Path(workdir) / "cache"
+    t_start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+
+    if os.environ.get("KDGRID_FAULT") == "crash":
+        raise RuntimeError("injected crash (KDGRID_FAULT=crash)")
+    if os.environ.get("KDGRID_FAULT") == "hang":
+        time.sleep(10**6)
+
+    teacher_rec = finetune_teacher(cfg.task, cfg.teacher, cfg.data.dir, cfg.data.max_seq_length, cache_root, device)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_rec.path)
+    tok_cache = cache_root / "tokenized"
+    full_train = load_tokenized(cfg.task, "train", cfg.data.dir, tokenizer, cfg.data.max_seq_length, tok_cache)
+    positions = subsample_positions(len(full_train), cfg.data.fraction, cfg.data.max_train_examples, cfg.seed)
+    train_set = full_train.subset(positions)
+    full_dev = load_tokenized(cfg.task, "dev", cfg.data.dir, tokenizer, cfg.data.max_seq_length, tok_cache)
+    # Every run of a task is scored on the same dev rows, whatever its seed.
+    dev_set = full_dev.subset(subsample_positions(len(full_dev), 1.0, cfg.data.max_eval_examples, 0))
+    pad_id = int(tokenizer.pad_token_id or 0)
+    dev_loader = make_loader(dev_set, 128, pad_token_id=pad_id, shuffle=False, is_regression=spec.is_regression)
+
+    teacher = load_classifier(teacher_rec.path, spec.num_labels).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = build_student(teacher, cfg.student, cfg.seed).to(device)
+    t_cfg, s_cfg = teacher.config, student.config
+
+    autocast = _autocast(device, cfg.train.precision)
+    train_time = 0.0
+    for stage, epochs in stage_plan(cfg):
+        if epochs == 0:
+            continue
+        objective = DistillObjective(
+            cfg.objective, stage=stage, is_regression=spec.is_regression,
+            n_teacher_layers=t_cfg.num_hidden_layers, n_student_layers=s_cfg.num_hidden_layers,
+            teacher_hidden=t_cfg.hidden_size, student_hidden=s_cfg.hidden_size,
+            teacher_heads=t_cfg.num_attention_heads, student_heads=s_cfg.num_attention_heads,
+            num_train_examples=len(train_set),
+        ).to(device)
+        if stage == "intermediate":
+            ckpt = cache_root / "stage1" / stage1_key(cfg, teacher_rec.key)
+            if _load_stage1(student, ckpt):
+                rows.append({"stage": stage, "split": "cache", "name": "stage1_reused", "value": 1.0})
+                continue
+        cached = None
+        if cfg.train.teacher_cache and not objective.needs_hidden_states() and not objective.needs_qkv():
+            cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id)
+        settings = StageSettings(
+            stage=stage, epochs=epochs, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+            warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm, task=cfg.task,
+            evaluate_each_epoch=stage != "intermediate",
+        )
+        loader = make_loader(train_set, cfg.train.batch_size, pad_token_id=pad_id, shuffle=True, seed=cfg.seed,
+                             is_regression=spec.is_regression)
+        full_positions = torch.as_tensor(positions)
+
+        def batches(epoch: int, _loader: Iterable[dict[str, torch.Tensor]] = loader) -> Iterable[dict[str, torch.Tensor]]:
+            _loader.batch_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            for batch in _loader:
+                batch["example_ids"] = full_positions[batch["indices"]]
+                yield batch
+
+        stage_rows, seconds = train_stage(
+            student, objective, TeacherOutputs(teacher, objective, device, cached), batches, len(loader),
+            dev_loader, settings, device, on_progress, autocast,
+        )
+        rows += stage_rows
+        train_time += seconds
+        if stage == "intermediate":
+            _save_stage1(student, cache_root / "stage1" / stage1_key(cfg, teacher_rec.key))
+
+    final = evaluate(student, dev_loader, cfg.task, device)
+    rows += metric_rows(final, stage="final", split="dev")
+    rows += metric_rows(teacher_rec.metrics, stage="final", split="teacher")
+    efficiency = {
+        "params": count_parameters(student), "teacher_params": count_parameters(teacher),
+        "train_time_s": train_time, "train_examples": len(train_set),
+        "train_ex_per_s": len(train_set) * sum(e for _, e in stage_plan(cfg)) / train_time if train_time else 0.0,
+        **inference_speed(student, vocab_size=s_cfg.vocab_size, device=device),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    rows += metric_rows(efficiency, stage="final", split="efficiency")
+    return {
+        "run_id": run_dir.name, "task": cfg.task, "seed": cfg.seed, "config": config, "status": "done", "error": None,
+        "duration_s": time.perf_counter() - t_start, "host": socket.gethostname(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "versions": library_versions(), "metrics": rows,
+        "teacher": {"key": teacher_rec.key, "task": cfg.task, "model": cfg.teacher.model, "seed": cfg.teacher.finetune.seed,
+                    "path": str(teacher_rec.path), "metrics": teacher_rec.metrics, "majority": teacher_rec.majority,
+                    "flagged": teacher_rec.flagged},
+    }
+
+
+def _save_stage1(student: torch.nn.Module, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "student.pt.tmp"
+    torch.save(student.state_dict(), tmp)
+    os.replace(tmp, path / "student.pt")
+
+
+def _load_stage1(student: torch.nn.Module, path: Path) -> bool:
+    f = path / "student.pt"
+    if not f.is_file():
+        return False
+    student.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+    return True
+
