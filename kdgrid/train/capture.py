@@ -15,7 +15,7 @@ gradients; run the teacher under ``torch.no_grad()``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -99,7 +99,7 @@ def capture_qkv(model: nn.Module, layers: Iterable[int]) -> Iterator[dict[int, Q
     partial: dict[int, dict[str, Tensor]] = {}
     handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def make_hook(layer: int, name: str, heads: int):  # noqa: ANN202 - torch hook signature
+    def make_hook(layer: int, name: str, heads: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def hook(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
             parts = partial.setdefault(layer, {})
             parts[name] = split_heads(output, heads)
@@ -122,11 +122,16 @@ def capture_qkv(model: nn.Module, layers: Iterable[int]) -> Iterator[dict[int, Q
 
 
 def attention_scores(q: Tensor, k: Tensor) -> Tensor:
-    """Raw scaled dot-product scores Q Kᵀ / √d_head, [B, H, T, T] (no mask). Vaswani et al. 2017."""
-    return torch.matmul(q, k.transpose(-1, -2)) / (q.size(-1) ** 0.5)
+    """Raw scaled dot-product scores Q Kᵀ / √d_head, [B, H, T, T] (no mask), in float32.
+
+    Vaswani et al. 2017. Autocast is switched off here: the losses built on these scores
+    (MSE on raw scores, exp/log for KL) lose too much in bf16 matmuls.
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return torch.matmul(q.float(), k.float().transpose(-1, -2)) / (q.size(-1) ** 0.5)
 
 
 def attention_probs(q: Tensor, k: Tensor, attention_mask: Tensor) -> Tensor:
     """softmax(Q Kᵀ/√d + additive_mask) over keys: what eager BERT returns as ``attentions``."""
-    scores = attention_scores(q, k) + additive_mask(attention_mask, q.dtype)
+    scores = attention_scores(q, k) + additive_mask(attention_mask, torch.float32)
     return torch.softmax(scores, dim=-1)

@@ -26,7 +26,7 @@ from kdgrid.tasks import get_task
 from kdgrid.train.data import load_tokenized, make_loader, subsample_positions
 from kdgrid.train.evaluate import count_parameters, evaluate, inference_speed, metric_rows, peak_memory_mb
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
-from kdgrid.train.models import build_student, finetune_teacher, load_classifier
+from kdgrid.train.models import build_student, finetune_teacher, load_teacher
 from kdgrid.train.objectives import DistillObjective
 from kdgrid.train.teacher_cache import cached_teacher_logits
 from kdgrid.train.versions import library_versions
@@ -101,9 +101,9 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
         time.sleep(10**6)
 
     teacher_rec = finetune_teacher(cfg.task, cfg.teacher, cfg.data.dir, cfg.data.max_seq_length, cache_root, device)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(teacher_rec.path)
+    teacher, tokenizer = load_teacher(teacher_rec, device)  # checks the head's label order against the task
+    for p in teacher.parameters():
+        p.requires_grad_(False)
     tok_cache = cache_root / "tokenized"
     full_train = load_tokenized(cfg.task, "train", cfg.data.dir, tokenizer, cfg.data.max_seq_length, tok_cache)
     positions = subsample_positions(len(full_train), cfg.data.fraction, cfg.data.max_train_examples, cfg.seed)
@@ -114,9 +114,6 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
     pad_id = int(tokenizer.pad_token_id or 0)
     dev_loader = make_loader(dev_set, 128, pad_token_id=pad_id, shuffle=False, is_regression=spec.is_regression)
 
-    teacher = load_classifier(teacher_rec.path, spec.num_labels).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     student = build_student(teacher, cfg.student, cfg.seed).to(device)
     t_cfg, s_cfg = teacher.config, student.config
 

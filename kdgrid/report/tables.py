@@ -1,0 +1,690 @@
+"""Format-neutral display tables built from an ``Analysis`` (see docs/CONTRACTS.md).
+
+Everything here turns analysis numbers into *strings laid out for a reader*:
+paper-style condition × task tables, test tables with formatted p values, and the
+section structure that every output format (rich, Markdown, LaTeX, HTML) renders.
+The machine-readable formats (CSV, JSON) do not go through here: they write the raw
+numbers so nothing is lost to rounding.
+
+Conventions, stated once so every caption can repeat them:
+- metrics whose values lie in [−1, 1] (accuracy, F1, MCC, Pearson, ...) are shown ×100
+  with one decimal, as GLUE papers do; ``scale100=False`` turns that off;
+- p values are shown as ``<0.001`` or with three decimals;
+- a missing number (NaN, no test possible) is shown as an en dash.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that could not run)
+
+#: Contract column names (docs/CONTRACTS.md). Factor columns of ``cells`` are whatever
+#: else the frame holds, so they are found by subtracting these.
+CELL_COLUMNS: tuple[str, ...] = (
+    "task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values",
+)
+PAIRED_COLUMNS: tuple[str, ...] = (
+    "task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p",
+    "p_adj", "dz", "wilcoxon_p", "note",
+)
+ANOVA_COLUMNS: tuple[str, ...] = ("task", "term", "df", "sum_sq", "F", "p", "partial_eta2")
+DIAGNOSTICS_COLUMNS: tuple[str, ...] = ("task", "check", "value", "note")
+SENSITIVITY_COLUMNS: tuple[str, ...] = (
+    "task", "cell", "teacher", "student_mean", "student_sd", "gap", "retention_pct", "n", "rank",
+    "train_size",
+)
+POWER_COLUMNS: tuple[str, ...] = (
+    "task", "condition", "n", "observed_dz", "power_observed", "n_for_observed", "target_dz",
+    "n_for_target",
+)
+MAPPING_COLUMNS: tuple[str, ...] = (
+    "task", "cell", "seed", "epoch", "student_layer", "teacher_layer", "weight",
+)
+#: Section name -> contract columns; used to validate inputs and to give empty CSVs a header.
+SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
+    "cells": CELL_COLUMNS,
+    "paired_tests": PAIRED_COLUMNS,
+    "anova": ANOVA_COLUMNS,
+    "diagnostics": DIAGNOSTICS_COLUMNS,
+    "sensitivity": SENSITIVITY_COLUMNS,
+    "power": POWER_COLUMNS,
+    "mapping_weights": MAPPING_COLUMNS,
+}
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _num(x: Any) -> float | None:
+    """``x`` as a finite-or-infinite float, or None when it is missing or not a number."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def fmt_num(x: Any, decimals: int = 2) -> str:
+    """A plain number with fixed decimals; integer-typed values stay integers; missing -> en dash."""
+    v = _num(x)
+    if v is None:
+        return MISSING
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    # Integer *types* (n, a count) print without decimals; a float that happens to be whole
+    # (t = 2.0) keeps them, so numeric columns stay aligned.
+    if isinstance(x, int) or getattr(getattr(x, "dtype", None), "kind", "") in ("i", "u"):
+        return str(int(v))
+    return f"{v:.{decimals}f}"
+
+
+def fmt_count(x: Any) -> str:
+    """A count such as n or a df: integer when whole (3.0 -> "3"), else two decimals."""
+    v = _num(x)
+    if v is None:
+        return MISSING
+    if math.isinf(v):
+        return "∞"
+    return str(int(v)) if v == int(v) else f"{v:.2f}"
+
+
+def fmt_g(x: Any, digits: int = 4) -> str:
+    """Significant digits, for quantities without a natural scale (sums of squares)."""
+    v = _num(x)
+    if v is None:
+        return MISSING
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    return f"{v:.{digits}g}"
+
+
+def fmt_p(p: Any, decimals: int = 3) -> str:
+    """A p value: ``<0.001`` below the display resolution, else three decimals."""
+    v = _num(p)
+    if v is None:
+        return MISSING
+    floor = 10.0 ** (-decimals)
+    return f"<{floor:.{decimals}f}" if v < floor else f"{v:.{decimals}f}"
+
+
+def fmt_metric(x: Any, *, scale: float = 100.0, decimals: int = 1) -> str:
+    """A metric value multiplied by ``scale`` (100 for metrics in [−1, 1]) with fixed decimals."""
+    v = _num(x)
+    if v is None:
+        return MISSING
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    return f"{v * scale:.{decimals}f}"
+
+
+def fmt_mean_sd(mean: Any, sd: Any, *, scale: float = 100.0, decimals: int = 1) -> str:
+    """``"85.3 ± 1.2"``; the sd is left out when it does not exist (a single seed)."""
+    m = fmt_metric(mean, scale=scale, decimals=decimals)
+    if m == MISSING or _num(sd) is None:
+        return m
+    return f"{m} ± {fmt_metric(sd, scale=scale, decimals=decimals)}"
+
+
+def fmt_ci(low: Any, high: Any, *, scale: float = 1.0, decimals: int = 2) -> str:
+    """A confidence interval as ``[low, high]``."""
+    if _num(low) is None and _num(high) is None:
+        return MISSING
+    return f"[{fmt_metric(low, scale=scale, decimals=decimals)}, {fmt_metric(high, scale=scale, decimals=decimals)}]"
+
+
+def in_unit_range(values: Iterable[Any]) -> bool:
+    """True when every finite value lies in [−1, 1] (and there is at least one)."""
+    seen = False
+    for x in values:
+        v = _num(x)
+        if v is None:
+            continue
+        if math.isinf(v) or abs(v) > 1.0:
+            return False
+        seen = True
+    return seen
+
+
+def metric_scales(cells: pd.DataFrame | None, *, scale100: bool = True) -> dict[tuple[str, str], float]:
+    """Display factor per (task, metric): 100 when the metric's values lie in [−1, 1].
+
+    Decided from the data, not from the metric's name, so an external table that already
+    holds percentages (85.3) is not multiplied again.
+    """
+    if cells is None or cells.empty:
+        return {}
+    out: dict[tuple[str, str], float] = {}
+    for (task, metric), g in cells.groupby(["task", "metric"], sort=False):
+        vals = [*g["mean"], *g.get("ci_low", []), *g.get("ci_high", [])]
+        out[(str(task), str(metric))] = 100.0 if scale100 and in_unit_range(vals) else 1.0
+    return out
+
+
+def task_scales(cells: pd.DataFrame | None, *, scale100: bool = True) -> dict[str, float]:
+    """Display factor per task (for tables without a metric column, e.g. paired tests).
+
+    A task counts as ×100 only when all its metrics do; the pooled row ('pooled') gets
+    ×100 only when every task does.
+    """
+    per_metric = metric_scales(cells, scale100=scale100)
+    out: dict[str, float] = {}
+    for (task, _), s in per_metric.items():
+        out[task] = min(out.get(task, 100.0), s)
+    if out:
+        every = 100.0 if all(s == 100.0 for s in out.values()) else 1.0
+        out.setdefault("pooled", every)
+        out.setdefault("all", every)
+    return out
+
+
+def scale_phrase(scales: Iterable[float]) -> str:
+    """Caption phrase saying whether values were multiplied by 100."""
+    s = set(scales)
+    if s == {100.0}:
+        return "Metrics in [−1, 1] are shown ×100."
+    if s == {100.0, 1.0}:
+        return "Metrics whose values lie in [−1, 1] are shown ×100; the others as stored."
+    return "Values as stored (not rescaled)."
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def factor_columns(cells: pd.DataFrame) -> list[str]:
+    """The factor columns of a ``cells`` frame: every column the contract does not fix."""
+    return [c for c in cells.columns if c not in CELL_COLUMNS]
+
+
+def condition_labels(cells: pd.DataFrame | None) -> dict[str, str]:
+    """Short, unique labels for cells: ``"attention=mse, kind=uniform"``.
+
+    Cell names hold full dotted factor paths ("objective.intermediate.attention=mse, ...")
+    which make tables and plot axes unreadable; the last path component is usually
+    enough. Components are added back while two factors would share a name, and the full
+    cell name is kept if the short labels are not unique.
+    """
+    if cells is None or cells.empty:
+        return {}
+    factors = factor_columns(cells)
+    first = cells.drop_duplicates("cell")
+    if not factors:
+        return {str(c): str(c) for c in first["cell"]}
+    short = _short_names(factors)
+    labels: dict[str, str] = {}
+    for _, row in first.iterrows():
+        parts = [f"{short[f]}={_level_str(row[f])}" for f in factors if _present(row[f])]
+        labels[str(row["cell"])] = ", ".join(parts) if parts else str(row["cell"])
+    if len(set(labels.values())) < len(labels):
+        return {c: c for c in labels}
+    return labels
+
+
+def short_name(name: str) -> str:
+    """The last component of a dotted factor path."""
+    return name.rsplit(".", 1)[-1]
+
+
+def _short_names(names: Sequence[str]) -> dict[str, str]:
+    depth = {n: 1 for n in names}
+    while True:
+        cur = {n: ".".join(n.split(".")[-depth[n]:]) for n in names}
+        clashes = [n for n in names if list(cur.values()).count(cur[n]) > 1]
+        grown = [n for n in clashes if depth[n] < len(n.split("."))]
+        if not grown:
+            return cur
+        for n in grown:
+            depth[n] += 1
+
+
+def _present(x: Any) -> bool:
+    """False for None, NaN, pd.NA and NaT (a factor that does not apply to a cell)."""
+    try:
+        return not bool(pd.isna(x))
+    except (TypeError, ValueError):  # list-like values: present
+        return True
+
+
+def _level_str(x: Any) -> str:
+    return str(x)
+
+
+def slug(text: str) -> str:
+    """A file- and id-safe form of a name (tasks, metrics)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+# --------------------------------------------------------------------------- paper table
+
+
+def paper_table(
+    cells: pd.DataFrame,
+    metric_label: str,
+    *,
+    scale100: bool = True,
+    decimals: int = 1,
+    baseline: str | None = None,
+    short_labels: bool = True,
+) -> pd.DataFrame:
+    """The table a paper prints: conditions as rows, tasks as columns, ``mean ± sd``.
+
+    ``cells`` is the ``Analysis.cells`` frame (or a subset of it). Columns are the tasks in
+    order of appearance; a task that carries several metrics in ``cells`` gets one column
+    per metric ("mrpc f1", "mrpc accuracy"), and when the tasks use different metrics the
+    metric is named in each header ("cola (mcc)"). ``Avg`` is the mean of the task means
+    (a task with several metrics first averages them, as the GLUE score does), on the
+    displayed scale; it is left empty for a condition that lacks a task, since an average
+    over fewer tasks would not be comparable.
+
+    ``scale100`` multiplies metrics whose values lie in [−1, 1] by 100. ``baseline`` (a
+    cell name) is moved to the first row and marked. The caption, stating the scale and
+    the number of seeds, is in ``result.attrs["caption"]``. All entries are strings.
+    """
+    missing = {"task", "metric", "cell", "mean", "sd"} - set(cells.columns)
+    if missing:
+        raise ValueError(f"paper_table: cells lacks columns {sorted(missing)}")
+    if cells.empty:
+        empty = pd.DataFrame(columns=["Avg"], index=pd.Index([], name="condition"), dtype=object)
+        empty.attrs["caption"] = f"{metric_label}: no cells."
+        return empty
+
+    scales = metric_scales(cells, scale100=scale100)
+    pairs = list(dict.fromkeys(zip(cells["task"].astype(str), cells["metric"].astype(str))))
+    metrics_of: dict[str, list[str]] = {}
+    for t, m in pairs:
+        metrics_of.setdefault(t, []).append(m)
+    one_metric = len({m for _, m in pairs}) == 1
+
+    def header(t: str, m: str) -> str:
+        if len(metrics_of[t]) > 1:
+            return f"{t} {m}"
+        return t if one_metric else f"{t} ({m})"
+
+    cell_order = list(dict.fromkeys(cells["cell"].astype(str)))
+    if baseline is not None and baseline in cell_order:
+        cell_order.remove(baseline)
+        cell_order.insert(0, baseline)
+    labels = condition_labels(cells) if short_labels else {c: c for c in cell_order}
+
+    index = pd.Index([labels.get(c, c) + (" (baseline)" if c == baseline else "") for c in cell_order],
+                     name="condition")
+    out = pd.DataFrame(index=index, columns=[header(t, m) for t, m in pairs] + ["Avg"], dtype=object)
+    lookup = {(str(r.task), str(r.metric), str(r.cell)): r for r in cells.itertuples(index=False)}
+    any_blank_avg = False
+    for c, label in zip(cell_order, index):
+        task_means: dict[str, list[float]] = {}
+        for t, m in pairs:
+            r = lookup.get((t, m, c))
+            s = scales[(t, m)]
+            if r is None:
+                out.loc[label, header(t, m)] = MISSING
+                continue
+            out.loc[label, header(t, m)] = fmt_mean_sd(r.mean, r.sd, scale=s, decimals=decimals)
+            v = _num(r.mean)
+            if v is not None:
+                task_means.setdefault(t, []).append(v * s)
+        if len(task_means) == len(metrics_of) and all(len(v) == len(metrics_of[t]) for t, v in task_means.items()):
+            avg = sum(sum(v) / len(v) for v in task_means.values()) / len(task_means)
+            out.loc[label, "Avg"] = f"{avg:.{decimals}f}"
+        else:
+            out.loc[label, "Avg"] = MISSING
+            any_blank_avg = True
+
+    ns = sorted({int(n) for n in cells["n"] if _num(n) is not None}) if "n" in cells else []
+    n_text = (f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}") if ns else "n unknown"
+    caption = (
+        f"{metric_label}: mean ± sd over seeds ({n_text}). {scale_phrase(scales.values())} "
+        "Avg = mean of the task means"
+        + (" (blank where a condition lacks a task)." if any_blank_avg else ".")
+    )
+    out.attrs["caption"] = caption
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DisplayTable:
+    """One table ready to print: string cells, a caption, which columns hold labels."""
+
+    key: str  # stable slug: file names, HTML ids, LaTeX labels
+    caption: str
+    frame: pd.DataFrame  # strings only, RangeIndex; the first columns are the row labels
+    left: tuple[str, ...] = ()  # label columns, aligned left; the rest are numbers, aligned right
+    emphasis: tuple[bool, ...] = ()  # per row: a significant result, shown in bold / colour
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section: tables plus free-text notes, or one note saying why it is empty."""
+
+    key: str
+    title: str
+    tables: tuple[DisplayTable, ...] = ()
+    notes: tuple[str, ...] = ()
+    empty_note: str | None = None  # set when the section has nothing to show
+    bullets: tuple[str, ...] = ()  # list items (warnings)
+
+
+def section_frame(analysis: Any, name: str) -> pd.DataFrame | None:
+    """``analysis.<name>`` as a DataFrame, or None when absent, None or empty.
+
+    Any object with the contract's attribute names is accepted (duck typing), so the
+    report does not depend on the producer's class. A present frame that lacks contract
+    columns is a producer bug and raises ``ValueError`` naming them.
+    """
+    df = getattr(analysis, name, None)
+    if df is None:
+        return None
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"analysis.{name} must be a pandas DataFrame, not {type(df).__name__}")
+    if df.empty:
+        return None
+    need = SECTION_COLUMNS.get(name, ())
+    optional = {"note", "train_size"}  # informative extras a producer may leave out
+    missing = [c for c in need if c not in df.columns and c not in optional]
+    if missing:
+        raise ValueError(f"analysis.{name} lacks contract columns {missing} (docs/CONTRACTS.md)")
+    return df
+
+
+def metric_groups(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """How the cells split into paper tables: one table when every task has one metric
+    (``metric: auto`` gives each task its official metric, which papers print side by
+    side), otherwise one table per metric."""
+    per_task = cells.groupby("task", sort=False)["metric"].nunique()
+    metrics = list(dict.fromkeys(cells["metric"].astype(str)))
+    if (per_task <= 1).all():
+        return [(" / ".join(metrics), cells)]
+    return [(m, cells[cells["metric"].astype(str) == m]) for m in metrics]
+
+
+def _baseline_of(paired: pd.DataFrame | None) -> str | None:
+    if paired is None or "baseline" not in paired:
+        return None
+    b = list(dict.fromkeys(paired["baseline"].dropna().astype(str)))
+    return b[0] if len(b) == 1 else None
+
+
+def _frame(rows: list[dict[str, str]], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(columns), dtype=object)
+
+
+def _shown_task(tasks: Sequence[str]) -> list[str]:
+    """Blank a task name repeated on consecutive rows, so groups read as blocks."""
+    out, prev = [], None
+    for t in tasks:
+        out.append("" if t == prev else t)
+        prev = t
+    return out
+
+
+def cells_section(cells: pd.DataFrame | None, *, baseline: str | None, scale100: bool, decimals: int = 1) -> Section:
+    if cells is None:
+        return Section("cells", "Cells", empty_note="No cells: the analysis holds no results.")
+    tables = []
+    for label, sub in metric_groups(cells):
+        t = paper_table(sub, label, scale100=scale100, decimals=decimals, baseline=baseline)
+        frame = t.reset_index().rename(columns={"condition": "Condition"})
+        tables.append(DisplayTable(f"cells-{slug(label)}", t.attrs["caption"], frame, left=("Condition",)))
+    return Section("cells", "Cells", tables=tuple(tables))
+
+
+def paired_section(
+    paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float, scale100: bool
+) -> Section:
+    title = "Paired tests vs baseline"
+    if paired is None:
+        note = "No paired tests: no baseline, no seed column to pair by, or no cell to compare."
+        return Section("paired_tests", title, empty_note=note)
+    scales = task_scales(cells, scale100=scale100)
+    labels = condition_labels(cells)
+    baseline = _baseline_of(paired)
+    cols = ["Task", "Condition"] + ([] if baseline else ["Baseline"]) + [
+        "n", "Δ", "95% CI", "t", "df", "p", "p_adj", "dz", "Wilcoxon p", "sig"]
+    rows, emph, row_notes = [], [], []
+    for r in paired.itertuples(index=False):
+        s = scales.get(str(r.task), 1.0)
+        p_adj = _num(r.p_adj)
+        sig = p_adj is not None and p_adj < alpha
+        condition = labels.get(str(r.condition), str(r.condition))
+        rows.append({
+            "Task": str(r.task),
+            "Condition": condition,
+            "Baseline": labels.get(str(r.baseline), str(r.baseline)),
+            "n": fmt_count(r.n),
+            "Δ": fmt_metric(r.mean_diff, scale=s, decimals=2),
+            "95% CI": fmt_ci(r.ci_low, r.ci_high, scale=s, decimals=2),
+            "t": fmt_num(r.t, 2),
+            "df": fmt_count(r.df),
+            "p": fmt_p(r.p),
+            "p_adj": fmt_p(r.p_adj),
+            "dz": fmt_num(r.dz, 2),
+            "Wilcoxon p": fmt_p(r.wilcoxon_p),
+            "sig": "*" if sig else "",
+        })
+        emph.append(sig)
+        # Free-text notes go under the table, not in a column: one long note would
+        # otherwise widen every row past a terminal's width.
+        note = _note(getattr(r, "note", ""))
+        if note:
+            row_notes.append(f"{r.task} · {condition}: {note}")
+    frame = _frame(rows, cols)
+    frame["Task"] = _shown_task(list(frame["Task"]))
+    base_txt = f" vs baseline {labels.get(baseline, baseline)}" if baseline else ""
+    caption = (
+        f"Paired t-tests by seed{base_txt}: Δ = condition − baseline with its 95% CI "
+        f"({scale_phrase(set(scales.values()) or {1.0})[:-1].lower()}); "
+        f"dz = mean(diff) / sd(diff); p_adj corrected for the family of comparisons; "
+        f"* = p_adj < {alpha:g}; Wilcoxon signed-rank p as a robustness check."
+    )
+    notes = [f"Note: {n}" for n in row_notes]
+    ns = [int(v) for v in paired["n"] if _num(v) is not None]
+    if ns and min(ns) <= 6:
+        n = min(ns)
+        notes.append(
+            f"With {n} pairs the exact two-sided Wilcoxon p cannot go below {2.0 / 2 ** n:.4g}: "
+            "a non-significant Wilcoxon p there says little."
+        )
+    table = DisplayTable("paired-tests", caption, frame, left=("Task", "Condition", "Baseline"),
+                         emphasis=tuple(emph))
+    return Section("paired_tests", title, tables=(table,), notes=tuple(notes))
+
+
+def _note(x: Any) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
+def _term_labels(terms: Sequence[str]) -> dict[str, str]:
+    """Short names for ANOVA terms: each factor path shortened as in the condition labels,
+    interactions re-joined with ':'."""
+    parts = list(dict.fromkeys(p for t in terms if t != "Residual" for p in str(t).split(":")))
+    short = _short_names(parts)
+    return {t: "Residual" if t == "Residual" else ":".join(short[p] for p in str(t).split(":")) for t in terms}
+
+
+def anova_section(anova: pd.DataFrame | None, *, alpha: float) -> Section:
+    title = "ANOVA per task"
+    if anova is None:
+        return Section("anova", title, empty_note="No ANOVA: fewer than one factor with two levels, or too few runs.")
+    cols = ["Task", "Term", "df", "Sum sq", "F", "p", "partial η²"]
+    terms = _term_labels([str(t) for t in anova["term"]])
+    rows, emph = [], []
+    for r in anova.itertuples(index=False):
+        p = _num(r.p)
+        is_effect = str(r.term) != "Residual"
+        rows.append({
+            "Task": str(r.task), "Term": terms[str(r.term)], "df": fmt_count(r.df), "Sum sq": fmt_g(r.sum_sq),
+            "F": fmt_num(r.F, 2) if is_effect else "", "p": fmt_p(r.p) if is_effect else "",
+            "partial η²": fmt_num(r.partial_eta2, 3) if is_effect else "",
+        })
+        emph.append(is_effect and p is not None and p < alpha)
+    frame = _frame(rows, cols)
+    frame["Task"] = _shown_task(list(frame["Task"]))
+    caption = (
+        "OLS ANOVA with categorical factors and their interactions (terms joined by ':'); "
+        "partial η² = SS_effect / (SS_effect + SS_residual); task 'all' treats the task as a factor; "
+        f"highlighted: p < {alpha:g} (uncorrected)."
+    )
+    table = DisplayTable("anova", caption, frame, left=("Task", "Term"), emphasis=tuple(emph))
+    return Section("anova", title, tables=(table,))
+
+
+def diagnostics_section(diag: pd.DataFrame | None) -> Section:
+    title = "Diagnostics"
+    if diag is None:
+        return Section("diagnostics", title, empty_note="No diagnostics were computed.")
+    rows = []
+    for r in diag.itertuples(index=False):
+        v = r.value
+        shown = fmt_g(v) if _num(v) is not None else ("" if not _present(v) else str(v))
+        rows.append({"Task": str(r.task), "Check": str(r.check), "Value": shown, "Note": _note(getattr(r, "note", ""))})
+    frame = _frame(rows, ["Task", "Check", "Value", "Note"])
+    frame["Task"] = _shown_task(list(frame["Task"]))
+    caption = "Design balance, missing cells and residual checks (Shapiro–Wilk and Levene p values)."
+    return Section("diagnostics", title,
+                   tables=(DisplayTable("diagnostics", caption, frame, left=("Task", "Check", "Note")),))
+
+
+def sensitivity_section(
+    sens: pd.DataFrame | None, summary: Mapping[str, Any] | None, cells: pd.DataFrame | None, *, scale100: bool
+) -> Section:
+    title = "Sensitivity (tasks ranked)"
+    if sens is None:
+        return Section("sensitivity", title, empty_note="No sensitivity analysis: no teacher scores were given.")
+    labels = condition_labels(cells)
+    scales = task_scales(cells, scale100=scale100)
+    has_size = "train_size" in sens.columns and sens["train_size"].notna().any()
+    cols = ["Condition", "Rank", "Task"] + (["Train size"] if has_size else []) + [
+        "Teacher", "Student", "Gap", "Retention %", "n"]
+    ordered = sens.assign(_c=pd.Categorical(sens["cell"], list(dict.fromkeys(sens["cell"]))))
+    ordered = ordered.sort_values(["_c", "rank"], kind="stable")
+    rows = []
+    for r in ordered.itertuples(index=False):
+        s = scales.get(str(r.task), 100.0 if scale100 and in_unit_range([r.teacher, r.student_mean]) else 1.0)
+        rows.append({
+            "Condition": labels.get(str(r.cell), str(r.cell)), "Rank": fmt_count(r.rank), "Task": str(r.task),
+            "Train size": fmt_count(getattr(r, "train_size", None)),
+            "Teacher": fmt_metric(r.teacher, scale=s), "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
+            "Gap": fmt_metric(r.gap, scale=s), "Retention %": fmt_num(r.retention_pct, 1), "n": fmt_count(r.n),
+        })
+    frame = _frame(rows, cols)
+    frame["Condition"] = _shown_task(list(frame["Condition"]))
+    caption = (
+        "Teacher score, student mean ± sd over seeds, gap = teacher − student and retention = "
+        f"student / teacher × 100, per condition with tasks in the analysis' rank order. "
+        f"{scale_phrase(set(scales.values()) or {1.0})}"
+    )
+    notes = []
+    if summary:
+        shown = [f"{k} = {_fmt_summary(k, v)}" for k, v in summary.items() if _present(v) and v != ""]
+        if shown:
+            notes.append("Gap vs training-set size: " + ", ".join(shown))
+    table = DisplayTable("sensitivity", caption, frame, left=("Condition", "Task"))
+    return Section("sensitivity", title, tables=(table,), notes=tuple(notes))
+
+
+def _fmt_summary(key: str, v: Any) -> str:
+    if _num(v) is None:
+        return str(v) if _present(v) else MISSING
+    return fmt_p(v) if key == "p" or key.endswith("_p") or key.startswith("p_") else fmt_g(v, 3)
+
+
+def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None) -> Section:
+    title = "Power"
+    if power is None:
+        return Section("power", title, empty_note="No power analysis: it needs paired tests.")
+    cols = ["Task", "Condition", "n", "Observed dz", "Power at n", "n for observed dz", "Target dz", "n for target dz"]
+    labels = condition_labels(cells)
+    rows = []
+    for r in power.itertuples(index=False):
+        rows.append({
+            "Task": str(r.task), "Condition": labels.get(str(r.condition), str(r.condition)), "n": fmt_count(r.n),
+            "Observed dz": fmt_num(r.observed_dz, 2), "Power at n": fmt_num(r.power_observed, 2),
+            "n for observed dz": _fmt_seeds(r.n_for_observed), "Target dz": fmt_num(r.target_dz, 2),
+            "n for target dz": _fmt_seeds(r.n_for_target),
+        })
+    frame = _frame(rows, cols)
+    frame["Task"] = _shown_task(list(frame["Task"]))
+    caption = (
+        "Power of the paired t-test at the seeds run, and seeds needed to detect the observed and the "
+        "target effect size dz at the analysis' target power (80% unless set otherwise)."
+    )
+    return Section("power", title, tables=(DisplayTable("power", caption, frame, left=("Task", "Condition")),))
+
+
+def _fmt_seeds(x: Any) -> str:
+    # Seeds are whole runs: round up, as a power calculation's n must be.
+    v = _num(x)
+    if v is None:
+        return MISSING
+    return "∞" if math.isinf(v) else str(int(math.ceil(v - 1e-9)))
+
+
+def mapping_weight_grids(weights: pd.DataFrame, task: str) -> dict[str, pd.DataFrame]:
+    """Per cell of ``task``: student layer × teacher layer weights at each seed's last
+    epoch, averaged over seeds (what the learnable mapping converged to)."""
+    sub = weights[weights["task"].astype(str) == task]
+    out: dict[str, pd.DataFrame] = {}
+    for cell, g in sub.groupby("cell", sort=False):
+        # The last epoch per seed, not overall: a seed that stopped early still counts.
+        last = g.groupby("seed")["epoch"].transform("max")
+        final = g[g["epoch"] == last]
+        out[str(cell)] = final.pivot_table(
+            index="student_layer", columns="teacher_layer", values="weight", aggfunc="mean"
+        ).sort_index().sort_index(axis=1)
+    return out
+
+
+def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None) -> Section | None:
+    """Learned mapping weights as student × teacher matrices; None (no section at all)
+    when the study has no learnable mapping, since the contract makes them optional."""
+    if weights is None:
+        return None
+    labels = condition_labels(cells)
+    tables = []
+    for task in dict.fromkeys(weights["task"].astype(str)):
+        for cell, grid in mapping_weight_grids(weights, task).items():
+            seeds = weights.loc[(weights["task"].astype(str) == task) & (weights["cell"].astype(str) == cell), "seed"]
+            frame = grid.map(lambda v: fmt_num(v, 2)).astype(object)
+            frame.columns = [f"T{c}" for c in frame.columns]
+            frame.insert(0, "Student layer", [f"S{i}" for i in grid.index])
+            caption = (f"{task} · {labels.get(cell, cell)}: weight of each teacher layer (T) for each student "
+                       f"layer (S) at the last epoch, mean over {seeds.nunique()} seed(s).")
+            tables.append(DisplayTable(f"mapping-{slug(task)}-{slug(labels.get(cell, cell))}", caption,
+                                       frame.reset_index(drop=True), left=("Student layer",)))
+    return Section("mapping_weights", "Learned mapping weights", tables=tuple(tables))
+
+
+def warnings_section(warnings: Sequence[str] | None) -> Section:
+    items = tuple(str(w) for w in (warnings or ()))
+    if not items:
+        return Section("warnings", "Warnings", empty_note="No warnings.")
+    return Section("warnings", "Warnings", bullets=items)
+
+
+def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05) -> list[Section]:
+    """Every report section in order, from any object with the ``Analysis`` attributes."""
+    cells = section_frame(analysis, "cells")
+    paired = section_frame(analysis, "paired_tests")
+    sections = [
+        cells_section(cells, baseline=_baseline_of(paired), scale100=scale100),
+        paired_section(paired, cells, alpha=alpha, scale100=scale100),
+        anova_section(section_frame(analysis, "anova"), alpha=alpha),
+        diagnostics_section(section_frame(analysis, "diagnostics")),
+        sensitivity_section(section_frame(analysis, "sensitivity"), getattr(analysis, "sensitivity_summary", None),
+                            cells, scale100=scale100),
+        power_section(section_frame(analysis, "power"), cells),
+        mapping_section(section_frame(analysis, "mapping_weights"), cells),
+        warnings_section(getattr(analysis, "warnings", None)),
+    ]
+    return [s for s in sections if s is not None]

@@ -1,0 +1,531 @@
+"""kdgrid.report: every format from a hand-built Analysis, plots, and empty sections.
+
+The Analysis here is a stand-in with the contract's attribute names (docs/CONTRACTS.md),
+not ``kdgrid.analyze.Analysis``: the report must accept any object shaped like it, and
+these tests must not depend on the statistics being right (test_analyze_* pins those).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdgrid.errors import KdgridError
+from kdgrid.report import (
+    FORMATS,
+    JSON_ANOVA_KEYS,
+    JSON_PAIRED_KEYS,
+    REPORT_FILES,
+    make_plots,
+    paper_table,
+    read_section_csv,
+    render,
+    render_many,
+    search_plots,
+)
+from kdgrid.report.plots import sensitivity_figure
+from kdgrid.report.tables import condition_labels, fmt_mean_sd, fmt_metric, fmt_p
+
+ATT = "objective.intermediate.attention"
+MAP = "objective.mapping.kind"
+TASKS = {"cola": "mcc", "sst2": "accuracy"}
+SEEDS = [1, 2, 3]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T_975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2): 95% CI half-width factor for 3 seeds
+
+
+@dataclass
+class FakeAnalysis:
+    """Same attribute names as kdgrid.analyze.Analysis; nothing else."""
+
+    cells: pd.DataFrame
+    paired_tests: pd.DataFrame
+    anova: pd.DataFrame
+    diagnostics: pd.DataFrame
+    sensitivity: pd.DataFrame
+    sensitivity_summary: dict[str, object]
+    power: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    mapping_weights: pd.DataFrame | None = None
+
+
+def cell_name(att: str, kind: str) -> str:
+    return f"{ATT}={att}, {MAP}={kind}"
+
+
+def make_analysis() -> FakeAnalysis:
+    """2 factors (2 × 2 cells) × 2 tasks × 3 seeds, with numbers that hang together (the CI
+    contains the mean, dz = mean/sd of the differences); p values are made up."""
+    rng = np.random.default_rng(0)
+    base = {"cola": 0.42, "sst2": 0.90}
+    effect = {("mse", "uniform"): 0.0, ("kl", "uniform"): 0.03, ("mse", "learnable"): 0.01, ("kl", "learnable"): 0.05}
+    runs: dict[tuple[str, str], np.ndarray] = {}
+    cell_rows: list[dict[str, Any]] = []
+    for task, metric in TASKS.items():
+        for (att, kind), eff in effect.items():
+            vals = base[task] + eff + rng.normal(0, 0.01, len(SEEDS))
+            runs[(task, cell_name(att, kind))] = vals
+            m, sd = float(vals.mean()), float(vals.std(ddof=1))
+            half = T_975_DF2 * sd / math.sqrt(len(vals))
+            cell_rows.append({
+                "task": task, "metric": metric, "cell": cell_name(att, kind), ATT: att, MAP: kind,
+                "n": len(vals), "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half,
+                "seeds": list(SEEDS), "values": [float(v) for v in vals],
+            })
+    baseline = cell_name("mse", "uniform")
+    paired_rows, power_rows = [], []
+    for task in TASKS:
+        for (att, kind) in effect:
+            cond = cell_name(att, kind)
+            if cond == baseline:
+                continue
+            d = runs[(task, cond)] - runs[(task, baseline)]
+            half = T_975_DF2 * d.std(ddof=1) / math.sqrt(3)
+            dz = d.mean() / d.std(ddof=1)
+            t, p = dz * math.sqrt(3), 0.004 if att == "kl" else 0.3
+            paired_rows.append({
+                "task": task, "condition": cond, "baseline": baseline, "n": 3, "mean_diff": d.mean(),
+                "ci_low": d.mean() - half, "ci_high": d.mean() + half, "t": t, "df": 2, "p": p,
+                "p_adj": min(1.0, p * 3), "dz": dz, "wilcoxon_p": 0.25, "note": "",
+            })
+            power_rows.append({
+                "task": task, "condition": cond, "n": 3, "observed_dz": dz, "power_observed": 0.4,
+                "n_for_observed": 6.2, "target_dz": 0.5, "n_for_target": 33.4,
+            })
+    paired_rows.append({
+        "task": "pooled", "condition": cell_name("kl", "learnable"), "baseline": baseline, "n": 6,
+        "mean_diff": 0.05, "ci_low": 0.04, "ci_high": 0.06, "t": 12.0, "df": 5, "p": 1e-5, "p_adj": 3e-5,
+        "dz": 4.9, "wilcoxon_p": float("nan"), "note": "Wilcoxon skipped: ties",
+    })
+    anova_rows = []
+    for task in TASKS:
+        anova_rows += [
+            {"task": task, "term": ATT, "df": 1.0, "sum_sq": 3e-3, "F": 25.0, "p": 0.001, "partial_eta2": 0.76},
+            {"task": task, "term": MAP, "df": 1.0, "sum_sq": 4e-4, "F": 3.1, "p": 0.12, "partial_eta2": 0.28},
+            {"task": task, "term": f"{ATT}:{MAP}", "df": 1.0, "sum_sq": 1e-5, "F": 0.1, "p": 0.76,
+             "partial_eta2": 0.01},
+            {"task": task, "term": "Residual", "df": 8.0, "sum_sq": 8e-4, "F": float("nan"), "p": float("nan"),
+             "partial_eta2": float("nan")},
+        ]
+    diagnostics = pd.DataFrame([
+        {"task": t, "check": c, "value": v, "note": n}
+        for t in TASKS for c, v, n in [("balance", "balanced", ""), ("missing_cells", 0, ""),
+                                       ("shapiro_p", 0.41, "residuals look normal"), ("levene_p", 0.77, "")]
+    ])
+    teacher = {"cola": 0.55, "sst2": 0.92}
+    sens_rows = []
+    for r in cell_rows:
+        gap = teacher[r["task"]] - r["mean"]
+        sens_rows.append({
+            "task": r["task"], "cell": r["cell"], "teacher": teacher[r["task"]], "student_mean": r["mean"],
+            "student_sd": r["sd"], "gap": gap, "retention_pct": 100 * r["mean"] / teacher[r["task"]], "n": 3,
+            "rank": 1 if r["task"] == "cola" else 2, "train_size": {"cola": 8551, "sst2": 67349}[r["task"]],
+        })
+    mw = []
+    for task in ("cola",):  # one task keeps the test plots few (drawing is the slow part)
+        for att in ("mse", "kl"):
+            for seed in SEEDS:
+                for epoch in (0, 1):
+                    for s in (1, 2):
+                        w = rng.dirichlet(np.ones(6) * (1 + 5 * epoch))
+                        mw += [{"task": task, "cell": cell_name(att, "learnable"), "seed": seed, "epoch": epoch,
+                                "student_layer": s, "teacher_layer": t + 1, "weight": float(w[t])} for t in range(6)]
+    return FakeAnalysis(
+        cells=pd.DataFrame(cell_rows),
+        paired_tests=pd.DataFrame(paired_rows),
+        anova=pd.DataFrame(anova_rows),
+        diagnostics=diagnostics,
+        sensitivity=pd.DataFrame(sens_rows),
+        sensitivity_summary={"spearman_rho": -1.0, "spearman_p": 1.0, "n_tasks": 2, "method": "exact", "note": ""},
+        power=pd.DataFrame(power_rows),
+        warnings=["baseline chosen as the first level of every factor", "only 3 seeds: power is low"],
+        mapping_weights=pd.DataFrame(mw),
+    )
+
+
+def empty_analysis() -> FakeAnalysis:
+    a = make_analysis()
+    return FakeAnalysis(
+        cells=a.cells.iloc[0:0], paired_tests=pd.DataFrame(), anova=pd.DataFrame(), diagnostics=pd.DataFrame(),
+        sensitivity=pd.DataFrame(), sensitivity_summary={}, power=pd.DataFrame(), warnings=[], mapping_weights=None,
+    )
+
+
+def only(**frames: Any) -> FakeAnalysis:
+    """An analysis with just the given attributes filled, the rest empty."""
+    return replace(empty_analysis(), **frames)
+
+
+META = {"study": "tinybert-ablation", "metric": "auto", "correction": "holm", "seeds": [1, 2, 3]}
+
+
+@pytest.fixture(scope="module")
+def analysis() -> FakeAnalysis:
+    return make_analysis()
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory, analysis: FakeAnalysis) -> Path:
+    """Every format rendered once into one directory, drawing the plots once."""
+    d = tmp_path_factory.mktemp("report")
+    texts = render_many(analysis, fmts=FORMATS, out_dir=d, title="Ablation", meta=META)
+    assert set(texts) == set(FORMATS)
+    return d
+
+
+@pytest.fixture(scope="module")
+def reports(report_dir: Path) -> dict[str, tuple[Path, str]]:
+    """format -> (directory, text) as written."""
+    return {fmt: (report_dir, (report_dir / REPORT_FILES.get(fmt, "cells.csv")).read_text(encoding="utf-8"))
+            for fmt in FORMATS}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def test_number_formatting() -> None:
+    assert fmt_metric(0.8534) == "85.3"
+    assert fmt_metric(0.8534, scale=1.0, decimals=3) == "0.853"
+    assert fmt_mean_sd(0.8534, 0.0123) == "85.3 ± 1.2"
+    assert fmt_mean_sd(0.8534, float("nan")) == "85.3"  # one seed: no sd
+    assert fmt_p(0.0004) == "<0.001"
+    assert fmt_p(0.001) == "0.001"
+    assert fmt_p(0.04567) == "0.046"
+    assert fmt_p(float("nan")) == "–"
+
+
+def test_paper_table_shape_values_and_caption(analysis: FakeAnalysis) -> None:
+    t = paper_table(analysis.cells, "official metric")
+    assert list(t.columns) == ["cola (mcc)", "sst2 (accuracy)", "Avg"]
+    assert list(t.index) == ["attention=mse, kind=uniform", "attention=kl, kind=uniform",
+                             "attention=mse, kind=learnable", "attention=kl, kind=learnable"]
+    r = analysis.cells.iloc[0]
+    assert t.iloc[0, 0] == f"{100 * r['mean']:.1f} ± {100 * r['sd']:.1f}"
+    m = analysis.cells.groupby("cell", sort=False)["mean"].mean()  # mean of the two task means
+    assert t.iloc[0]["Avg"] == f"{100 * m.iloc[0]:.1f}"
+    assert "×100" in t.attrs["caption"] and "n = 3" in t.attrs["caption"]
+
+
+def test_paper_table_without_scaling_and_baseline_first(analysis: FakeAnalysis) -> None:
+    cola = analysis.cells[analysis.cells["task"] == "cola"]
+    t = paper_table(cola, "MCC", scale100=False, decimals=3, baseline=cell_name("kl", "learnable"))
+    assert list(t.columns) == ["cola", "Avg"]
+    assert t.index[0] == "attention=kl, kind=learnable (baseline)"
+    assert t.iloc[0, 0].startswith("0.")
+    assert "not rescaled" in t.attrs["caption"]
+
+
+def test_paper_table_keeps_percent_data_and_blank_avg_for_missing_task(analysis: FakeAnalysis) -> None:
+    pct = analysis.cells.assign(mean=analysis.cells["mean"] * 100, sd=analysis.cells["sd"] * 100,
+                                ci_low=analysis.cells["ci_low"] * 100, ci_high=analysis.cells["ci_high"] * 100)
+    pct = pct.drop(index=pct.index[-1])  # one condition lacks sst2
+    t = paper_table(pct, "accuracy (%)")
+    assert t.iloc[0, 1] == f"{pct.iloc[4]['mean']:.1f} ± {pct.iloc[4]['sd']:.1f}"  # not ×100 again
+    assert t.loc["attention=kl, kind=learnable", "Avg"] == "–"
+    assert "blank where" in t.attrs["caption"]
+
+
+def test_short_labels_disambiguate_clashing_factor_names() -> None:
+    cells = pd.DataFrame({"task": ["a", "a"], "metric": ["m", "m"], "cell": ["x", "y"],
+                          "student.init": ["rand", "teacher"], "teacher.init": ["ft", "ft"],
+                          "n": [1, 1], "mean": [0.1, 0.2], "sd": [np.nan, np.nan]})
+    assert condition_labels(cells) == {"x": "student.init=rand, teacher.init=ft",
+                                       "y": "student.init=teacher, teacher.init=ft"}
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_every_format_writes_its_files(report_dir: Path) -> None:
+    assert sorted(p.name for p in report_dir.iterdir()) == sorted([
+        "report.txt", "report.md", "report.tex", "report.html", "report.json",
+        "cells.csv", "paired_tests.csv", "anova.csv", "sensitivity.csv", "power.csv", "diagnostics.csv",
+        "mapping_weights.csv", "warnings.txt", "plots",
+    ])
+    stems = ["forest", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention_pct"]
+    plots = sorted((report_dir / "plots").iterdir())
+    assert [p.name for p in plots] == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
+    assert_images(plots)
+
+
+def test_render_returns_what_it_writes(tmp_path: Path, analysis: FakeAnalysis) -> None:
+    text = render(analysis, fmt="table", out_dir=tmp_path, title="t", meta={}, plots=False)
+    assert (tmp_path / "report.txt").read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]  # no plots asked, none drawn
+
+
+def test_unknown_format_is_a_user_error(analysis: FakeAnalysis) -> None:
+    with pytest.raises(KdgridError, match="unknown report format 'pdf'; choose one of: table, md"):
+        render(analysis, fmt="pdf", out_dir=None, title="x", meta={})
+
+
+def test_table_has_every_section_and_marks_significance(reports: dict[str, tuple[Path, str]]) -> None:
+    text = reports["table"][1]
+    for heading in ("Cells", "Paired tests vs baseline", "ANOVA per task", "Diagnostics",
+                    "Sensitivity (tasks ranked)", "Power", "Learned mapping weights", "Warnings"):
+        assert heading in text
+    assert "p_adj" in text and "dz" in text and "partial η²" in text
+    assert "<0.001" in text  # the pooled row's p
+    assert "only 3 seeds: power is low" in text
+    assert "study: tinybert-ablation" in text
+    assert "spearman_rho = -1" in text
+
+
+def test_table_never_crops_columns(analysis: FakeAnalysis) -> None:
+    wide = render(analysis, fmt="table", out_dir=None, title="t", meta={}, plots=False, width=120)
+    assert max(len(line) for line in wide.splitlines()) <= 120
+    assert "Wilcoxon p  sig" in wide  # the whole paired table fits 120 columns
+    narrow = render(analysis, fmt="table", out_dir=None, title="t", meta={}, plots=False, width=70)
+    # Too narrow for the paired table: rows become wrapped "column: value" lines, nothing is cut.
+    assert narrow.count("Wilcoxon") >= len(analysis.paired_tests)
+    assert "p_adj: <0.001" in narrow and "95% CI: [-2.24, 4.85]" in narrow  # pairs never split
+
+
+def test_json_is_valid_with_exact_keys(reports: dict[str, tuple[Path, str]], analysis: FakeAnalysis) -> None:
+    obj = json.loads(reports["json"][1])
+    for key in ("cells", "paired_tests", "anova", "sensitivity", "power", "warnings", "meta"):
+        assert key in obj
+    assert JSON_PAIRED_KEYS == ("task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df",
+                                "p", "p_adj", "dz", "wilcoxon_p")
+    assert JSON_ANOVA_KEYS == ("task", "term", "df", "sum_sq", "F", "p", "partial_eta2")
+    assert all(list(r) == list(JSON_PAIRED_KEYS) for r in obj["paired_tests"])
+    assert all(list(r) == list(JSON_ANOVA_KEYS) for r in obj["anova"])
+    assert len(obj["cells"]) == 8 and obj["cells"][0]["seeds"] == SEEDS
+    assert obj["cells"][0]["values"] == analysis.cells.iloc[0]["values"]
+    assert obj["paired_tests"][-1]["wilcoxon_p"] is None  # NaN -> null
+    assert obj["anova"][3]["F"] is None
+    assert obj["paired_test_notes"] == [{"task": "pooled", "condition": cell_name("kl", "learnable"),
+                                         "note": "Wilcoxon skipped: ties"}]
+    assert obj["meta"] == META and obj["warnings"] == analysis.warnings
+    assert "NaN" not in reports["json"][1]
+
+
+def test_csv_round_trip(reports: dict[str, tuple[Path, str]], analysis: FakeAnalysis) -> None:
+    d = reports["csv"][0]
+    for name in ("cells", "paired_tests", "anova", "sensitivity", "power", "mapping_weights"):
+        back = read_section_csv(d / f"{name}.csv")
+        orig = getattr(analysis, name)
+        pd.testing.assert_frame_equal(back, orig.fillna({"note": ""}) if "note" in orig else orig,
+                                      check_dtype=False)
+    diag = read_section_csv(d / "diagnostics.csv")
+    assert list(diag["value"][:3]) == ["balanced", "0", "0.41"]  # mixed values stay text
+    assert (d / "warnings.txt").read_text().splitlines() == analysis.warnings
+
+
+def md_tables(text: str) -> list[list[list[str]]]:
+    """Every pipe table in a Markdown text, as rows of cells (separator rows dropped)."""
+    tables, cur = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|:- "):
+                cur.append([c.strip() for c in line.strip("|").split(" | ")])
+        elif cur:
+            tables.append(cur)
+            cur = []
+    return tables
+
+
+def test_markdown_cells_table_shape_and_plots(reports: dict[str, tuple[Path, str]], analysis: FakeAnalysis) -> None:
+    d, text = reports["md"]
+    first = md_tables(text)[0]
+    assert first[0] == ["Condition", "cola (mcc)", "sst2 (accuracy)", "Avg"]  # columns = tasks + Avg
+    assert len(first) - 1 == analysis.cells["cell"].nunique()  # rows = conditions
+    assert first[1][0] == "attention=mse, kind=uniform (baseline)"
+    assert "![cola (mcc): cell means with 95% CI](plots/interaction_cola.png)" in text
+    for link in [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]:
+        assert (d / link).stat().st_size > 0
+    assert "\\*" in text and "**attention=kl, kind=learnable**" in text  # significant pooled row marked
+
+
+def test_latex_is_booktabs_and_escaped(reports: dict[str, tuple[Path, str]]) -> None:
+    text = reports["latex"][1]
+    assert text.startswith("\\documentclass") and text.rstrip().endswith("\\end{document}")
+    assert text.count("\\toprule") == text.count("\\bottomrule") >= 7
+    assert "$\\pm$" in text and "$p_{\\mathrm{adj}}$" in text and "partial $\\eta^2$" in text
+    assert "objective.intermediate.attention" not in text.split("\\section*{Cells}")[1].split("\\end{table}")[0]
+    body = text.split("\\begin{document}")[1]
+    assert "±" not in body and "η" not in body and "\\_" in body  # every special escaped
+
+
+def test_html_is_self_contained_with_embedded_plots(reports: dict[str, tuple[Path, str]]) -> None:
+    d, text = reports["html"]
+    assert text.count('src="data:image/png;base64,') == 5  # 2 interaction, forest, sensitivity, mapping
+    assert text.count("<img") == 5
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert '<tr class="sig">' in text and "<table" in text
+    assert (d / "plots" / "forest.svg").stat().st_size > 0
+
+
+def test_html_without_out_dir_still_embeds_plots(analysis: FakeAnalysis) -> None:
+    cola_only = only(cells=analysis.cells[analysis.cells["task"] == "cola"])
+    text = render(cola_only, fmt="html", out_dir=None, title="t", meta={})
+    assert text.count("data:image/png;base64,") == 1
+    assert "data:image" not in render(cola_only, fmt="html", out_dir=None, title="t", meta={}, plots=False)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_empty_sections_are_notes_not_crashes(tmp_path: Path, fmt: str) -> None:
+    text = render(empty_analysis(), fmt=fmt, out_dir=tmp_path, title="Empty", meta={})
+    assert text
+    if fmt != "csv":
+        assert (tmp_path / REPORT_FILES[fmt]).read_text(encoding="utf-8") == text
+    if fmt == "json":
+        obj = json.loads(text)
+        assert obj["cells"] == obj["paired_tests"] == obj["anova"] == obj["power"] == []
+    elif fmt == "csv":
+        assert read_section_csv(tmp_path / "paired_tests.csv").empty
+        assert list(pd.read_csv(tmp_path / "anova.csv").columns) == list(JSON_ANOVA_KEYS)
+    else:
+        assert "No paired tests" in text and "No ANOVA" in text and "No warnings" in text
+        assert "Learned mapping weights" not in text  # optional and absent: no section at all
+    assert not (tmp_path / "plots").exists()
+
+
+def test_missing_attributes_and_missing_contract_columns(tmp_path: Path, analysis: FakeAnalysis) -> None:
+    class Bare:
+        cells = analysis.cells
+
+    assert "No diagnostics" in render(Bare(), fmt="md", out_dir=None, title="t", meta={})
+    broken = replace(analysis, anova=analysis.anova.drop(columns="partial_eta2"))
+    with pytest.raises(ValueError, match=r"analysis.anova lacks contract columns \['partial_eta2'\]"):
+        render(broken, fmt="json", out_dir=None, title="t", meta={})
+
+
+def test_real_analysis_renders_if_available(tmp_path: Path) -> None:
+    analyze = pytest.importorskip("kdgrid.analyze", reason="kdgrid.analyze not available")
+    a = make_analysis()
+    tidy = pd.DataFrame([
+        {"task": r["task"], "seed": s, ATT: r[ATT], MAP: r[MAP], "mcc" if r["task"] == "cola" else "accuracy": v}
+        for r in a.cells.to_dict("records") for s, v in zip(r["seeds"], r["values"])
+    ])
+    real = analyze.analyze_table(tidy, metric="auto", factors=[ATT, MAP],
+                                 teacher_scores={"cola": 0.55, "sst2": 0.92},
+                                 train_sizes={"cola": 8551, "sst2": 67349})
+    texts = render_many(real, fmts=FORMATS, out_dir=tmp_path, title="real", meta={}, plots=False)
+    assert json.loads(texts["json"])["paired_tests"]
+    assert "attention=kl, kind=learnable" in texts["md"]
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def assert_images(paths: list[Path]) -> None:
+    assert paths
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 1000, p
+        if p.suffix == ".png":
+            assert data.startswith(PNG_MAGIC), p
+        else:
+            assert p.suffix == ".svg" and b"<svg" in data[:2000], p
+
+
+def test_make_plots_writes_png_and_svg(tmp_path: Path, analysis: FakeAnalysis) -> None:
+    forest_only = only(paired_tests=analysis.paired_tests)
+    paths = make_plots(forest_only, tmp_path)
+    assert paths == [tmp_path / "plots" / "forest.png", tmp_path / "plots" / "forest.svg"]
+    assert_images(paths)
+
+
+def test_sensitivity_heatmap_of_gap(analysis: FakeAnalysis) -> None:
+    fig = sensitivity_figure(analysis.sensitivity, analysis.cells, value="gap")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cola", "sst2"]  # larger gap on top
+    assert "gap (teacher − student) ×100" in ax.get_title()
+    assert ax.texts[0].get_text() == f"{100 * analysis.sensitivity['gap'][0]:.1f}"
+
+
+def test_plots_with_one_factor_and_no_factor(tmp_path: Path, analysis: FakeAnalysis) -> None:
+    cola = analysis.cells[analysis.cells["task"] == "cola"]
+    one = cola.drop(columns=MAP).drop_duplicates(ATT)
+    assert_images(make_plots(only(cells=one), tmp_path / "one", formats=("png",)))
+    none = cola.drop(columns=[ATT, MAP])
+    assert_images(make_plots(only(cells=none), tmp_path / "none", formats=("png",)))
+    assert make_plots(empty_analysis(), tmp_path / "empty") == []
+
+
+def search_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(1)
+    n = 20
+    alpha = rng.uniform(0, 1, n)
+    temp = np.exp(rng.uniform(0, np.log(200), n))
+    value = 0.8 - (alpha - 0.6) ** 2 - 0.01 * np.log(temp) + rng.normal(0, 0.005, n)
+    state = ["COMPLETE"] * n
+    state[5], state[9] = "PRUNED", "FAIL"
+    history = pd.DataFrame({"number": range(n), "value": value, "state": state})
+    history.loc[9, "value"] = np.nan
+    params = pd.DataFrame({"number": range(n), "alpha": alpha, "temperature": temp,
+                           "attention": rng.choice(["mse", "kl"], n)})
+    return history, params
+
+
+def test_search_plots(tmp_path: Path) -> None:
+    history, params = search_frames()
+    paths = search_plots(history, {"alpha": 0.7, "temperature": 0.2, "attention": 0.1}, params,
+                         out_dir=tmp_path, params=["alpha", "attention"], formats=("png",))
+    assert_images(paths)
+    assert sorted({p.stem for p in paths}) == ["search_history", "search_importances", "search_slices"]
+    # optuna's trials_dataframe() layout: params_<name> columns, TrialState-like states, no importances.
+    optuna_like = history.assign(**{f"params_{c}": params[c] for c in ("alpha", "temperature")},
+                                 state=[f"TrialState.{s}" for s in history["state"]])
+    # No importances: every parameter gets a slice (temperature spans > 2 decades: log axis).
+    paths = search_plots(optuna_like, None, out_dir=tmp_path / "o", formats=("svg",))
+    assert sorted(p.name for p in paths) == ["search_history.svg", "search_slices.svg"]
+    assert_images(paths)
+    with pytest.raises(KdgridError, match="^no search parameter\\(s\\) beta; allowed: alpha, temperature, attention$"):
+        search_plots(history, {}, params, out_dir=tmp_path, params=["beta"])
+    assert search_plots(history.iloc[0:0], {}, params.iloc[0:0], out_dir=tmp_path / "none") == []
+
+
+def test_report_imports_no_torch_and_no_upper_layer() -> None:
+    """Static check of every module in kdgrid/report (a fresh-interpreter import would cost
+    seconds): no torch, transformers or optuna, and nothing from kdgrid.train or the CLI."""
+    import ast
+
+    import kdgrid.report
+
+    for path in Path(kdgrid.report.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in ("torch", "transformers", "optuna"), (path.name, name)
+                assert not name.startswith(("kdgrid.train", "kdgrid.cli")), (path.name, name)
+
+
+def test_odd_inputs_do_not_crash(tmp_path: Path, analysis: FakeAnalysis) -> None:
+    """One seed (sd and CI NaN), a factor that does not apply to a cell (NaN level), an
+    infinite seed count, non-numeric diagnostics, no train sizes, no teacher scores."""
+    cells = analysis.cells[analysis.cells["task"] == "cola"].head(3).copy()
+    cells["sd"] = cells["ci_low"] = cells["ci_high"] = np.nan
+    cells["n"] = 1
+    cells[MAP] = [np.nan, "uniform", "learnable"]
+    power = analysis.power.head(2).assign(n_for_observed=[np.inf, np.nan])
+    odd = only(
+        cells=cells,
+        paired_tests=analysis.paired_tests.head(2).assign(note=[None, np.nan]),
+        power=power,
+        diagnostics=pd.DataFrame({"task": ["cola"], "check": ["x"], "value": [None], "note": [None]}),
+        sensitivity=analysis.sensitivity.head(2).drop(columns="train_size").assign(teacher=np.nan,
+                                                                                   retention_pct=np.nan),
+        warnings=["a | pipe, an *asterisk*, 50% & a_b $x$ {y} <tag>"],
+    )
+    texts = render_many(odd, fmts=FORMATS, out_dir=tmp_path, title="odd & <title>", meta={"nested": {"a": [1, None]}},
+                        plots=False)
+    assert "42." in texts["md"] and "∞" in texts["md"] and "$\\infty$" in texts["latex"]
+    assert "a \\| pipe, an \\*asterisk\\*" in texts["md"]
+    assert "50\\% \\& a\\_b \\$x\\$ \\{y\\} $<$tag$>$" in texts["latex"]
+    assert "&lt;tag&gt;" in texts["html"] and "<tag>" not in texts["html"]
+    assert json.loads(texts["json"])["power"][0]["n_for_observed"] is None  # inf -> null
+    from kdgrid.report import build_figures
+
+    figs = build_figures(odd)
+    assert [p.name for p in figs] == ["interaction_cola", "forest"]  # all-NaN retention: no heatmap
+    assert_images(make_plots(only(cells=cells), tmp_path, formats=("png",)))
