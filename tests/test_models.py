@@ -167,7 +167,7 @@ def test_width_slice_shapes_and_values(teacher: Any, hidden: int, heads: int, in
 
 @pytest.mark.parametrize(("student", "message"), [
     (Student(layers=2, heads=3), "student.heads: 3 heads do not divide hidden size 32"),
-    (Student(layers=2, hidden_size=16), "student.init: 'teacher_layers' needs the teacher's hidden size"),
+    (Student(layers=2, hidden_size=16), "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size"),
     (Student(layers=5), "student.layers: 5 layers but the teacher has 4"),
     (Student(layers=2, init_layers=[1, 5]), r"student.init_layers\[1\]: layer 5 out of range \(allowed: 1..4\)"),
     (Student(layers=2, heads=8, init="width_slice"), "student.heads: 8 is larger than the teacher's 4"),

@@ -90,7 +90,7 @@ def test_bad_grids(kw: dict, expected: str) -> None:
         ({"student": {"layers": 7}}, "student.layers: 7 layers but the teacher has 6"),
         ({"student": {"layers": 2, "heads": 4, "init": "width_slice"}, "objective": {"intermediate": {"attention": "kl"}}},
          "head_match: attention/value losses compare 4 student heads with 12 teacher heads"),
-        ({"student": {"layers": 2, "hidden_size": 192, "intermediate_size": 768}}, "student.init: 'teacher_layers' needs the teacher's width"),
+        ({"student": {"layers": 2, "hidden_size": 192, "intermediate_size": 768}}, "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size (384, 1536"),
         ({"student": {"layers": 2, "init_layers": [2, 9]}}, "student.init_layers[1]: layer 9 out of range (allowed: 1..6)"),
     ],
 )

@@ -90,6 +90,12 @@ def _full_template() -> dict[str, Any]:
     return tpl
 
 
+def _variant_path(group: str, key: str, template: dict[str, Any]) -> str:
+    """Keys of a variant group named after a block (``student``) are relative to it;
+    any other group name (``method``) takes dotted paths from the run config's root."""
+    return f"{group}.{key}" if group in template else key
+
+
 def _fmt(value: Any) -> str:
     return str(value)
 
@@ -129,10 +135,8 @@ def expand(study: Study) -> list[PlannedRun]:
     for group, levels in study.variants.items():
         for level, overrides in levels.items():
             for key in overrides:
-                check_path(
-                    f"{group}.{key}" if group != "_" else key, template, f"variants.{group}.{level}",
-                    ("variants", group, level, key),
-                )
+                check_path(_variant_path(group, key, template), template, f"variants.{group}.{level}",
+                           ("variants", group, level, key))
     _check_filter_keys(study, template)
 
     base = study.base_config()
@@ -149,7 +153,7 @@ def expand(study: Study) -> list[PlannedRun]:
                     factors[path] = _fmt(level)
                 for (group, levels), level_name in zip(variant_items, variant_levels):
                     for key, value in levels[level_name].items():
-                        set_path(cfg, f"{group}.{key}" if group != "_" else key, value)
+                        set_path(cfg, _variant_path(group, key, template), value)
                     factors[group] = level_name
                 for seed in study.seed_list:
                     run_cfg = {**cfg, "task": task, "seed": seed}

@@ -47,10 +47,10 @@ def check_run(config: dict[str, Any], teacher: Shape) -> None:
             f"student.layers: {s.layers} layers but the teacher has {teacher.layers}; "
             f"init '{st['init']}' copies teacher layers (allowed: 1..{teacher.layers}, or init: random)"
         )
-    if st["init"] == "teacher_layers" and (s.hidden != teacher.hidden or s.heads != teacher.heads or s.intermediate != teacher.intermediate):
+    if st["init"] == "teacher_layers" and (s.hidden != teacher.hidden or s.intermediate != teacher.intermediate):
         raise PlanError(
-            "student.init: 'teacher_layers' needs the teacher's width, heads and intermediate size "
-            "(allowed for other shapes: width_slice, random)"
+            "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size "
+            f"({teacher.hidden}, {teacher.intermediate}; allowed for other shapes: width_slice, random)"
         )
     if st["init"] == "width_slice" and (s.hidden > teacher.hidden or s.intermediate > teacher.intermediate or s.heads > teacher.heads):
         raise PlanError("student.init: 'width_slice' needs a student no wider than the teacher (hidden, heads, intermediate)")

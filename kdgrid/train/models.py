@@ -162,11 +162,11 @@ def _slice_into(dst: torch.Tensor, src: torch.Tensor, name: str, head_idx: np.nd
 def _check_student(student_cfg: Student, t: dict[str, int], s: dict[str, int]) -> None:
     if s["hidden"] % s["heads"]:
         raise ModelError(f"student.heads: {s['heads']} heads do not divide hidden size {s['hidden']}")
-    if student_cfg.init == "teacher_layers" and (s["hidden"], s["heads"], s["intermediate"]) != (
-            t["hidden"], t["heads"], t["intermediate"]):
+    # Equal widths give equal weight shapes: a different head count only re-splits the copied projections.
+    if student_cfg.init == "teacher_layers" and (s["hidden"], s["intermediate"]) != (t["hidden"], t["intermediate"]):
         raise ModelError(
-            "student.init: 'teacher_layers' needs the teacher's hidden size, heads and intermediate size "
-            f"({t['hidden']}, {t['heads']}, {t['intermediate']}; allowed for other shapes: width_slice, random)"
+            "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size "
+            f"({t['hidden']}, {t['intermediate']}; allowed for other shapes: width_slice, random)"
         )
     if student_cfg.init == "width_slice":
         for key, fld in (("hidden", "hidden_size"), ("heads", "heads"), ("intermediate", "intermediate_size")):
@@ -184,7 +184,8 @@ def _check_student(student_cfg: Student, t: dict[str, int], s: dict[str, int]) -
 def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int) -> PreTrainedModel:
     """A student from the teacher's config with the overrides in ``student_cfg``, initialised per ``init``.
 
-    - ``teacher_layers``: embeddings, the chosen layers and the pooler copied (equal widths only).
+    - ``teacher_layers``: embeddings, the chosen layers and the pooler copied (equal widths only; a
+      different head count re-splits the same Q/K/V projections into more or fewer heads).
     - ``width_slice``: the leading slices of embeddings, chosen layers and pooler; Q/K/V rows and
       the attention output's columns take the first ``heads`` teacher heads and the first
       ``d_head`` dims of each, so every student head is a piece of one teacher head.

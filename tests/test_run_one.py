@@ -1,0 +1,111 @@
+"""run_one in process on a tiny BERT: objectives, student shapes, two-stage reuse, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdgrid.plan import expand
+from kdgrid.study.schema import Study
+from kdgrid.train.run import run_one
+
+
+def make_runs(model: Path, data: Path, **blocks: Any) -> list[Any]:
+    base: dict[str, Any] = {
+        "name": "t", "tasks": ["cola"], "seeds": [0],
+        "teacher": {"model": str(model), "finetune": {"epochs": 1, "batch_size": 8}},
+        "student": {"layers": 2},
+        "data": {"dir": str(data), "max_seq_length": 32},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
+    }
+    for key, value in blocks.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return expand(Study.model_validate(base))
+
+
+def final(result: dict[str, Any], split: str = "dev") -> dict[str, float]:
+    return {m["name"]: m["value"] for m in result["metrics"] if m.get("stage") == "final" and m.get("split") == split}
+
+
+@pytest.fixture
+def data(tmp_path: Path, make_cola_dir: Any) -> Path:
+    return make_cola_dir(tmp_path / "glue", n_train=32, n_dev=8)
+
+
+INTERMEDIATE = [
+    {"attention": "mse", "alpha": 1.0},
+    {"attention": "kl", "hidden": "seq"},
+    {"hidden": "cls", "alpha": 0.0},
+    {"hidden": "cls_contrast", "alpha": 0.0, "contrast_negatives": 8},
+    {"attention": "kl", "hidden": "seq", "value": "kl", "embedding": 1.0},
+]
+
+
+@pytest.mark.parametrize("inter", INTERMEDIATE, ids=lambda d: "+".join(f"{k}={v}" for k, v in d.items()))
+def test_each_objective_trains_and_logs_its_terms(tiny_model_dir: Path, data: Path, tmp_path: Path, inter: dict) -> None:
+    run = make_runs(tiny_model_dir, data, objective={"intermediate": inter})[0]
+    res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
+    terms = {m["name"] for m in res["metrics"] if m.get("split") == "train"}
+    expected = {"loss", "loss.soft"}
+    if inter.get("attention"):
+        expected.add("loss.att")
+    if inter.get("hidden") in ("seq", "cls"):
+        expected.add("loss.hid")
+    if inter.get("hidden") == "cls_contrast":
+        expected.add("loss.contrast")
+    if inter.get("value"):
+        expected.add("loss.val")
+    assert expected <= terms
+    assert "mcc" in final(res) and final(res, "efficiency")["params"] > 0
+
+
+@pytest.mark.parametrize(
+    "student",
+    [
+        {"layers": 1}, {"layers": 3}, {"layers": 2, "init_layers": [1, 4]},
+        {"layers": 2, "heads": 2},                                      # fewer heads, teacher weights re-split
+        {"layers": 2, "heads": 2, "hidden_size": 16, "intermediate_size": 32, "init": "width_slice"},
+        {"layers": 5, "init": "random"},
+    ],
+    ids=["1L", "3L", "init-list", "2AH", "16D-slice", "5L-random"],
+)
+def test_student_shapes_run(tiny_model_dir: Path, data: Path, tmp_path: Path, student: dict) -> None:
+    run = make_runs(tiny_model_dir, data, student=student,
+                    objective={"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"})[0]
+    res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
+    assert res["status"] == "done"
+
+
+def test_learnable_mapping_weights_are_logged_each_epoch(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    run = make_runs(tiny_model_dir, data, train={"epochs": 2},
+                    objective={"intermediate": {"attention": "kl", "hidden": "seq"}, "mapping": {"kind": "learnable", "init": "diagonal"}})[0]
+    res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
+    w = [m for m in res["metrics"] if m.get("split") == "mapping"]
+    assert {m["epoch"] for m in w} == {1, 2}
+    for epoch in (1, 2):
+        for s in (1, 2):
+            row = sum(m["value"] for m in w if m["epoch"] == epoch and m["name"].startswith(f"s{s}."))
+            assert row == pytest.approx(1.0, abs=1e-5)
+
+
+def test_two_stage_shares_stage_one_between_cells(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    runs = make_runs(tiny_model_dir, data, train={"schedule": "two_stage", "epochs": {"intermediate": 1, "prediction": 1}},
+                     objective={"intermediate": {"attention": "kl"}}, grid={"objective.prediction.temperature": [1.0, 3.0]})
+    assert len({r.run_id for r in runs}) == 2
+    first = run_one(runs[0].config, tmp_path / "runs" / runs[0].run_id, workdir=tmp_path)
+    second = run_one(runs[1].config, tmp_path / "runs" / runs[1].run_id, workdir=tmp_path)
+    names = lambda r: {(m["stage"], m["name"]) for m in r["metrics"]}  # noqa: E731
+    assert ("intermediate", "loss.att") in names(first) and ("intermediate", "stage1_reused") not in names(first)
+    assert ("intermediate", "stage1_reused") in names(second) and ("intermediate", "loss.att") not in names(second)
+    assert ("prediction", "loss.soft") in names(second)
+
+
+def test_same_run_twice_gives_the_same_metrics(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    run = make_runs(tiny_model_dir, data, objective={"intermediate": {"attention": "kl", "hidden": "seq"}})[0]
+    a = run_one(run.config, tmp_path / "a", workdir=tmp_path)
+    b = run_one(run.config, tmp_path / "b", workdir=tmp_path)
+    keep = lambda r: [(m["stage"], m.get("epoch"), m["split"], m["name"], m["value"]) for m in r["metrics"]  # noqa: E731
+                      if m["split"] in ("train", "dev", "teacher")]
+    assert keep(a) == keep(b)
