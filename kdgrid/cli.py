@@ -190,6 +190,8 @@ def report(
     baseline: Annotated[Optional[str], typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")] = None,
     correction: Annotated[Optional[str], typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
     anova_type: Annotated[int, typer.Option("--anova-type", help="2 or 3 (type III uses sum-to-zero contrasts).")] = 2,
+    anova_order: Annotated[Optional[int], typer.Option("--anova-order", help="Highest interaction order in the ANOVA (default: all).")] = None,
+    mixed: Annotated[bool, typer.Option("--mixed", help="Also fit a mixed model with seed (and task) as random effects.")] = False,
     factors: Annotated[Optional[str], typer.Option(help="Comma-separated factors to analyse (default: the grid's).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
@@ -208,7 +210,7 @@ def report(
     from kdgrid.report.source import from_store
     from kdgrid.tasks import TASKS
 
-    src = load_from_file(from_file) if from_file is not None else from_store(_db(db), study)
+    src = load_from_file(from_file, metric) if from_file is not None else from_store(_db(db), study)
     settings = src.analysis_settings
     chosen_factors = [f.strip() for f in factors.split(",")] if factors else (settings.get("factors") or src.factors)
     chosen_metric = metric or settings.get("metric") or "auto"
@@ -216,7 +218,7 @@ def report(
     corr = correction or settings.get("correction") or "holm"
     analysis = analyze_table(
         src.table, metric=chosen_metric, factors=chosen_factors, baseline=base, correction=corr,
-        anova_type=anova_type, teacher_scores=src.teacher,
+        anova_type=anova_type, anova_order=anova_order, teacher_scores=src.teacher,
         train_sizes={name: spec.train_size for name, spec in TASKS.items()},
     )
     if src.mapping is not None:
@@ -233,7 +235,24 @@ def report(
         console.print(rich_report(analysis, title=f"kdgrid report: {src.title}", meta=meta))
     else:
         typer.echo(texts[fmt])
+    if mixed:
+        _mixed_section(src.table, chosen_metric, chosen_factors, base, out_dir)
     err_console.print(f"report files written to {out_dir}/")
+
+
+def _mixed_section(table: Any, metric: str, factors: list[str] | None, baseline: Any, out_dir: Path) -> None:
+    """Fixed effects of a mixed model (random intercepts for seed, and task when pooled), printed and saved."""
+    from kdgrid.analyze import mixed_model
+
+    fe = mixed_model(table, factors, metric, groups="seed", baseline=baseline)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fe.to_csv(out_dir / "mixed_model.csv", index=False)
+    t = Table(title=f"Mixed model ({metric}): fixed effects, random intercepts for seed (and task)")
+    for col in fe.columns:
+        t.add_column(str(col))
+    for row in fe.itertuples(index=False):
+        t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(t)
 
 
 @app.command()

@@ -73,8 +73,8 @@ def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | No
     return pd.DataFrame(rows) if rows else None
 
 
-def from_file(path: Path) -> ReportInput:
+def from_file(path: Path, metric: str | None = None) -> ReportInput:
     from kdgrid.analyze import load_table
 
-    table = load_table(path)
+    table = load_table(path, metric=None if metric in (None, "auto") else metric)
     return ReportInput(path.stem, table, None, meta={"source": str(path)})
