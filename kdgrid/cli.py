@@ -223,6 +223,7 @@ def report(
     )
     if src.mapping is not None:
         analysis.mapping_weights = src.mapping
+    analysis.warnings = [*src.warnings, *analysis.warnings]
     meta = {**src.meta, "metric": chosen_metric, "baseline": base or "first level of each factor",
             "correction": corr, "anova type": anova_type, "kdgrid": __version__}
     out_dir = out or Path("reports") / src.title

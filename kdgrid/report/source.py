@@ -24,6 +24,7 @@ class ReportInput:
     mapping: pd.DataFrame | None = None
     analysis_settings: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def from_store(db: Path, study: str | None) -> ReportInput:
@@ -41,7 +42,8 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         if table.empty:
             raise KdgridError(f"study '{study}': no finished runs yet (see 'kdgrid status')")
         factors = study_factor_names(store, study)
-        teacher = _teacher_frame(teacher_scores(store, study), table)
+        long_scores = teacher_scores(store, study)
+        teacher = _teacher_frame(long_scores, table)
         mapping = mapping_weights(store, study)
         text = store.con.execute("SELECT text FROM studies WHERE name = ?", [study]).fetchone()[0]
         counts = store.con.execute(
@@ -55,7 +57,10 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         first.update({k: next(iter(v)) for k, v in (data.get("variants") or {}).items() if v})
         settings["baseline"] = first or None
     meta = {"study": study, "store": str(db), "runs done": f"{counts[0]} of {counts[1]}"}
-    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta)
+    flagged = long_scores[(long_scores["name"] == "no_better_than_majority") & (long_scores["value"] > 0)] if not long_scores.empty else long_scores
+    warnings = [f"the teacher of task {t} scores no better than always predicting the majority class: "
+                "its students' numbers say little" for t in flagged.get("task", [])]
+    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta, warnings)
 
 
 def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | None:

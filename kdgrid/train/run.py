@@ -163,7 +163,8 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
 
     final = evaluate(student, dev_loader, cfg.task, device)
     rows += metric_rows(final, stage="final", split="dev")
-    rows += metric_rows(teacher_rec.metrics, stage="final", split="teacher")
+    rows += metric_rows({**teacher_rec.metrics, "majority_baseline": teacher_rec.majority,
+                         "no_better_than_majority": float(teacher_rec.flagged)}, stage="final", split="teacher")
     efficiency = {
         "params": count_parameters(student), "teacher_params": count_parameters(teacher),
         "train_time_s": train_time, "train_examples": len(train_set),
