@@ -10,9 +10,13 @@ fi
 . .venv/bin/activate
 stamp=.venv/.kdgrid-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-  python -m pip install -q "torch==${KDGRID_TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "is ignored" || true
-  python -m pip install -q -e ".[offline,test]" 2>&1 | grep -v "is ignored" || true
+  log=.venv/setup.log
+  echo "installing kdgrid into .venv (log: $log) ..." >&2
+  {
+    python -m pip install --upgrade pip &&
+    python -m pip install "torch==${KDGRID_TORCH_VERSION:-2.13.0}" &&
+    python -m pip install -e ".[offline,test]"
+  } >"$log" 2>&1 || { tail -30 "$log" >&2; echo "setup failed: see $log" >&2; exit 1; }
   python -c "import torch, transformers, kdgrid" >/dev/null
   touch "$stamp"
 fi
