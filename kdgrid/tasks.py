@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from kdgrid.errors import DataError
 
@@ -194,6 +193,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rho = Pearson r of average ranks (as scipy.stats.spearmanr)."""
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         return float("nan")
+    from scipy.stats import rankdata  # imported here: scipy.stats costs ~1 s at every worker start
+
     return pearson(rankdata(x), rankdata(y))
 
 
