@@ -47,6 +47,10 @@ def _load_and_plan(path: Path) -> tuple[Any, list[Any]]:
     from kdgrid.study import load_study
 
     loaded = load_study(path)
+    if loaded.study.search is not None:
+        from kdgrid.search import check_search
+
+        check_search(loaded)  # a bad search block makes the whole file invalid, as any other block would
     try:
         runs = plan_study(loaded.study)
     except PlanError as exc:
@@ -77,6 +81,10 @@ def validate(study: StudyArg) -> None:
         f"{study}: ok: study '{loaded.study.name}', {s['runs']} runs ({s['unique_runs']} unique) "
         f"in {s['cells']} cells over {s['tasks']} task(s) x {s['seeds']} seed(s)"
     )
+    if loaded.study.search is not None:
+        from kdgrid.search.space import describe_search
+
+        console.print(describe_search(loaded.study), highlight=False)
 
 
 @app.command()
@@ -123,26 +131,43 @@ def run(
     db: DbOption = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also rerun runs that failed before.")] = False,
     max_runs: Annotated[Optional[int], typer.Option(help="Stop after this many runs (for smoke tests).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes, one run each (0: in this process). Default: execute.workers, 1.", show_default=False)] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="GPUs for the workers, one slot each: 0,1 (0,0,1,1: two slots per GPU).", show_default=False)] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds a run may take; then it fails (not retried).", show_default=False)] = None,
+    retries: Annotated[Optional[int], typer.Option(help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False)] = None,
+    executor: Annotated[Optional[str], typer.Option(help="local | slurm (a Slurm job array through submitit).", show_default=False)] = None,
+    slurm: Annotated[Optional[str], typer.Option(help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...", show_default=False)] = None,
 ) -> None:
-    """Run every run of a study that is not done yet (resumable; finished runs are never redone)."""
+    """Run every run of a study that is not done yet (resumable; finished runs are never redone). docs/execution.md"""
     from kdgrid.execute.local import run_grid
     from kdgrid.execute.progress import RichReporter
+    from kdgrid.execute.settings import resolve_execute
 
     loaded, runs = _load_and_plan(study)
+    execute = resolve_execute(loaded.study.execute, executor=executor, workers=workers, gpus=gpus, timeout_s=timeout,
+                              retries=retries, slurm=slurm)
     _check_data(runs)
     outcome = run_grid(
         _db(db),
         study_name=loaded.study.name, study_path=str(study), study_text=loaded.text, study_sha=loaded.sha256,
         planned=runs, reporter=RichReporter(err_console), retry_failed=retry_failed, max_runs=max_runs,
+        execute=execute,
     )
     console.print(
         f"study {loaded.study.name}: {outcome.done} run(s) done now, {outcome.already_done} were done before, "
         f"{outcome.failed} failed" + (f", {outcome.recovered} recovered from an earlier crash" if outcome.recovered else "")
+        + (f", {outcome.retried} attempt(s) retried" if outcome.retried else "")
     )
     for run_id, error in outcome.errors[:5]:
         err_console.print(f"  failed {run_id}: {error}")
+    if outcome.elsewhere:
+        err_console.print(f"{outcome.elsewhere} run(s) are still held by cluster jobs; 'kdgrid run' with the cluster executor collects them")
     if outcome.interrupted:
-        err_console.print("interrupted: run 'kdgrid run' again to continue")
+        if outcome.detached:
+            err_console.print(f"stopped waiting: {outcome.detached} run(s) still queued or running on the cluster; "
+                              "run 'kdgrid run' again to collect them")
+        else:
+            err_console.print("interrupted: run 'kdgrid run' again to continue")
         raise typer.Exit(130)
     if outcome.failed:
         raise typer.Exit(2)
@@ -151,11 +176,13 @@ def run(
 @app.command()
 def status(db: DbOption = None) -> None:
     """Studies in the store with their done / failed / pending counts and the last errors."""
+    from kdgrid.execute.rundir import waiting_results, workdir_for
     from kdgrid.store.db import open_store
 
     with open_store(_db(db), read_only=True) as store:
         rows = store.study_status()
         errors = store.last_errors()
+        waiting, on_cluster = waiting_results(store, workdir_for(_db(db)))
     table = Table(title=f"kdgrid store {_db(db)}")
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
@@ -164,6 +191,31 @@ def status(db: DbOption = None) -> None:
     console.print(table)
     for run_id, study_name, error in errors:
         console.print(f"[red]failed[/red] {study_name}/{run_id}: {error}")
+    if waiting:
+        console.print(f"{len(waiting)} finished result(s) in run directories are not in the store yet; 'kdgrid run STUDY' stores them")
+    if on_cluster:
+        console.print(f"{len(on_cluster)} run(s) submitted to a cluster and not finished yet")
+
+
+@app.command()
+def search(
+    study: StudyArg,
+    db: DbOption = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Trial processes sharing the search.")] = 1,
+    confirm: Annotated[Optional[int], typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them.")] = None,
+) -> None:
+    """Optuna search over the study's search block; every trial is a kdgrid run (resumable; see docs/search.md)."""
+    from kdgrid.search.command import search_main
+
+    loaded, runs = _load_and_plan(study)
+    if loaded.study.search is None:
+        raise KdgridError(f"{study}: no 'search:' block (see docs/search.md)")
+    _check_data(runs)
+    code = search_main(_db(db), loaded, trials=trials, workers=workers, confirm=confirm,
+                       console=console, err_console=err_console)
+    if code:
+        raise typer.Exit(code)
 
 
 def _parse_baseline(text: str | None) -> dict[str, str] | None:
@@ -196,6 +248,7 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw plots (PNG+SVG) and embed them in the HTML.")] = True,
+    search_name: Annotated[Optional[str], typer.Option("--search", help="Report a search (best settings, history, importances, confirmation).")] = None,
 ) -> None:
     """Statistics for a study: cells (mean ± sd), paired tests, ANOVA, sensitivity, power; files under reports/."""
     if fmt not in REPORT_FORMATS:
@@ -204,6 +257,13 @@ def report(
         raise KdgridError(f"--anova-type: {anova_type} is not allowed (allowed: 2, 3)")
     if correction is not None and correction not in ("holm", "fdr_bh", "bonferroni", "none"):
         raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: holm, fdr_bh, bonferroni, none)")
+    if from_file is None:
+        from kdgrid.search.report import pick_search
+
+        chosen_search = pick_search(_db(db), search=search_name, study=study)
+        if chosen_search is not None:
+            _search_report(_db(db), chosen_search, fmt=fmt, out=out, plots=plots)
+            return
     from kdgrid.analyze import analyze_table
     from kdgrid.report.render import render_many
     from kdgrid.report.source import from_file as load_from_file
@@ -238,6 +298,26 @@ def report(
         typer.echo(texts[fmt])
     if mixed:
         _mixed_section(src.table, chosen_metric, chosen_factors, base, out_dir)
+    err_console.print(f"report files written to {out_dir}/")
+
+
+def _search_report(db: Path, name: str, *, fmt: str, out: Path | None, plots: bool) -> None:
+    """The report of a search: printed as a table, Markdown or JSON; files under reports/<name>.search/."""
+    from kdgrid.search.report import as_json, build_search_report, markdown, rich_search_report, write_search_report
+
+    if fmt not in ("table", "md", "json", "csv"):
+        raise KdgridError(f"--format: '{fmt}' is not available for a search report (allowed: table, md, csv, json)")
+    rep = build_search_report(db, name)
+    out_dir = out or Path("reports") / f"{name}.search"
+    write_search_report(rep, out_dir, plots=plots)
+    if fmt == "table":
+        console.print(rich_search_report(rep))
+    elif fmt == "md":
+        typer.echo(markdown(rep))
+    elif fmt == "json":
+        typer.echo(json.dumps(as_json(rep), indent=1, default=str))
+    else:
+        typer.echo(rep.trials.to_csv(index=False), nl=False)
     err_console.print(f"report files written to {out_dir}/")
 
 

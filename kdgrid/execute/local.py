@@ -1,74 +1,42 @@
-"""The coordinator: runs what is not done yet, one run at a time, and ingests results.
+"""The coordinator: runs what is not done yet and ingests results (docs/execution.md).
+
+``run_grid`` takes the coordinator lock beside the store (a second coordinator is refused),
+recovers what a crashed coordinator left (results ingested, stale ``running`` rows reset),
+registers the study, and runs the missing runs one of three ways (``execute``):
+
+- ``workers: 0``: in this process, one at a time (the library default; debuggers, profilers);
+- ``workers: N`` / ``gpus: [...]``: a pool of worker processes (:mod:`kdgrid.execute.pool`);
+- ``executor: slurm``: a Slurm job array through submitit (:mod:`kdgrid.execute.cluster`).
 
 Only the coordinator writes the store, and it opens the store for each write only
 (DuckDB allows one writer per file), so ``kdgrid status`` can read between writes.
-A file lock beside the store keeps a second coordinator out.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import socket
-import time
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from filelock import FileLock, Timeout
 
-from kdgrid.errors import KdgridError, RunFailed, StoreError
-from kdgrid.execute.rundir import read_result, result_path, run_dir, workdir_for, write_json_atomic
+from kdgrid.errors import StoreError
+from kdgrid.execute.job import Runner, execute_job, failed_record, pack_runner
+from kdgrid.execute.ledger import GridOutcome, Ledger, NullReporter, Reporter, writable_store
+from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, remove, result_path, run_dir, workdir_for
 from kdgrid.plan.expand import PlannedRun
-from kdgrid.store.db import open_store
+from kdgrid.study.schema import Execute
 
+__all__ = ["GridOutcome", "NullReporter", "Reporter", "Runner", "coordinator_lock", "failed_result", "recover", "run_grid"]
 
-class Reporter(Protocol):
-    """What the coordinator tells a progress display (the CLI's is rich-based)."""
-
-    def grid_start(self, total: int, todo: int) -> None: ...
-    def run_start(self, index: int, run: PlannedRun) -> None: ...
-    def run_progress(self, stage: str, epoch: int, step: int, total_steps: int) -> None: ...
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
-    def grid_end(self) -> None: ...
-
-
-class NullReporter:
-    def grid_start(self, total: int, todo: int) -> None: ...
-    def run_start(self, index: int, run: PlannedRun) -> None: ...
-    def run_progress(self, stage: str, epoch: int, step: int, total_steps: int) -> None: ...
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
-    def grid_end(self) -> None: ...
-
-
-# runner(config, run_dir, workdir, on_progress) -> result dict (status 'done' with metrics) or raises.
-Runner = Callable[..., dict[str, Any]]
-
-
-@dataclass
-class GridOutcome:
-    planned: int
-    unique: int
-    already_done: int = 0
-    done: int = 0
-    failed: int = 0
-    recovered: int = 0
-    interrupted: bool = False
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    durations: dict[str, float] = field(default_factory=dict)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+IN_PROCESS = Execute(workers=0, retries=0)
 
 
 def failed_result(run: PlannedRun, error: str, *, status: str = "failed", started: str | None = None) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id, "task": run.task, "seed": run.seed, "config": run.config,
-        "status": status, "error": error, "started": started, "finished": _now(),
-        "host": socket.gethostname(), "metrics": [],
-    }
+    return failed_record(run.run_id, run.task, run.seed, run.config, error, status=status, started=started)
 
 
 def _default_runner() -> Runner:
@@ -85,20 +53,39 @@ def coordinator_lock(db_path: Path) -> FileLock:
 def recover(db_path: Path, workdir: Path) -> int:
     """Ingest results a crashed coordinator left behind, then reset stale 'running' rows.
 
-    Call only while holding the coordinator lock: then no run can really be running.
+    Call only while holding the coordinator lock. Returns how many results were ingested.
     """
+    return _recover(db_path, workdir)[0]
+
+
+def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(results ingested, {run_id: job.json} of runs whose cluster job is still queued or running)."""
     n = 0
+    live: dict[str, dict[str, Any]] = {}
     runs_root = workdir / "runs"
-    with open_store(db_path) as store:
+    with writable_store(db_path) as store:
+        statuses: dict[str, str] = dict(store.con.execute("SELECT run_id, status FROM runs").fetchall())
         if runs_root.is_dir():
-            statuses = dict(store.con.execute("SELECT run_id, status FROM runs").fetchall())
             for rdir in runs_root.iterdir():
+                if statuses.get(rdir.name) == "done":
+                    continue
                 res = read_result(rdir / "result.json")
-                if res is not None and statuses.get(res["run_id"]) != res["status"]:
+                if recoverable(res) and statuses.get(res["run_id"]) != res["status"]:  # type: ignore[index]
+                    assert res is not None
                     store.ingest_result(res)
+                    statuses[res["run_id"]] = res["status"]
                     n += 1
-        store.reset_stale_running()
-    return n
+        cluster_jobs = {}
+        for run_id, status in statuses.items():
+            info = read_job(job_path(workdir, run_id)) if status == "running" else None
+            if info is not None and info["executor"] in ("slurm", "local"):  # cluster jobs outlive their coordinator
+                cluster_jobs[run_id] = info
+        if cluster_jobs:
+            from kdgrid.execute.cluster import live_jobs
+
+            live = live_jobs(cluster_jobs)
+        store.reset_stale_running(keep=live)
+    return n, live
 
 
 def run_grid(
@@ -113,90 +100,133 @@ def run_grid(
     reporter: Reporter | None = None,
     retry_failed: bool = False,
     max_runs: int | None = None,
+    execute: Execute | None = None,
 ) -> GridOutcome:
-    """Execute every planned run that is not done; resumable and idempotent."""
+    """Execute every planned run that is not done; resumable and idempotent.
+
+    ``execute`` says how (workers, GPUs, timeout, retries, Slurm); None runs in this process,
+    one run at a time, without retries. ``runner`` (tests, benchmarks) replaces ``run_one``;
+    for worker processes and cluster jobs it must be picklable (a module-level class or function).
+    """
     reporter = reporter or NullReporter()
+    ex = execute or IN_PROCESS
     workdir = workdir_for(db_path)
     unique = list({r.run_id: r for r in planned}.values())
     outcome = GridOutcome(planned=len(planned), unique=len(unique))
+    cluster_executor = None
+    if ex.executor == "slurm":  # a cluster that cannot be used is refused before anything is written
+        from kdgrid.execute.cluster import make_executor
+
+        cluster_executor = make_executor(ex, workdir, study_name)
     lock = coordinator_lock(db_path)
     try:
         lock.acquire()
     except Timeout:
         raise StoreError(f"{db_path}: another 'kdgrid run' is using this store (lock {lock.lock_file}); wait for it or use another --db") from None
     try:
-        outcome.recovered = recover(db_path, workdir)
-        with open_store(db_path) as store:
+        outcome.recovered, live = _recover(db_path, workdir)
+        with writable_store(db_path) as store:
             store.register_study(study_name, study_path, study_text, study_sha, planned)
             statuses = store.run_statuses(r.run_id for r in unique)
         skip = {"done"} | (set() if retry_failed else {"failed"})
-        todo = [r for r in unique if statuses.get(r.run_id) not in skip]
+        todo = [r for r in unique if statuses.get(r.run_id) not in skip and r.run_id not in live]
+        reattach = {r.run_id: (r, live[r.run_id]) for r in unique if r.run_id in live}
         outcome.already_done = sum(1 for r in unique if statuses.get(r.run_id) == "done")
         if max_runs is not None:
             todo = todo[:max_runs]
-        runner = runner or _default_runner()
-        reporter.grid_start(len(unique), len(todo))
-        for i, run in enumerate(todo):
-            reporter.run_start(i, run)
-            result = _execute_one(db_path, workdir, run, runner, reporter)
-            outcome.durations[run.run_id] = float(result.get("duration_s") or 0.0)
-            if result["status"] == "done":
-                outcome.done += 1
-            elif result["status"] == "interrupted":
-                outcome.interrupted = True
-                break
+        ledger = Ledger(db_path, outcome, reporter)
+        if ex.executor == "slurm":
+            reporter.grid_start(len(unique), len(todo) + len(reattach))
+            _run_cluster(cluster_executor, workdir, todo, reattach, ex, runner, ledger, reporter, outcome)
+        else:
+            outcome.elsewhere = len(reattach)  # still running as cluster jobs: left to them
+            reporter.grid_start(len(unique), len(todo))
+            if not todo:
+                pass
+            elif ex.workers == 0:
+                _run_in_process(workdir, todo, runner or _default_runner(), ex.retries, ledger, reporter, outcome)
             else:
-                outcome.failed += 1
-                outcome.errors.append((run.run_id, str(result.get("error"))))
-            reporter.run_end(run, result)
+                _run_pool(db_path, workdir, todo, ex, runner, ledger, reporter, outcome)
         reporter.grid_end()
     finally:
         lock.release()
     return outcome
 
 
-def _execute_one(db_path: Path, workdir: Path, run: PlannedRun, runner: Runner, reporter: Reporter) -> dict[str, Any]:
-    rdir = run_dir(workdir, run.run_id)
-    rpath = result_path(workdir, run.run_id)
-    existing = read_result(rpath)
-    if existing is not None and existing["status"] == "done":
-        # Finished earlier but never ingested: ingest, never redo.
-        with open_store(db_path) as store:
-            store.ingest_result(existing)
-        return existing
-    with open_store(db_path) as store:
-        store.mark_running(run.run_id, str(rdir))
-    started = _now()
-    t0 = time.perf_counter()
-    try:
-        rdir.mkdir(parents=True, exist_ok=True)
-        result = runner(run.config, rdir, workdir=workdir, on_progress=reporter.run_progress)
-        result.update(started=started, finished=_now(), duration_s=time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        result = failed_result(run, "interrupted by user", status="interrupted", started=started)
-    except RunFailed as exc:
-        result = failed_result(run, str(exc), started=started)
-    except KdgridError as exc:
-        result = failed_result(run, str(exc), started=started)
-    except Exception as exc:  # a bug or a library error in one run must not stop the grid
-        result = failed_result(run, f"{type(exc).__name__}: {exc}", started=started)
-        _write_traceback(rdir)
-    result.setdefault("duration_s", time.perf_counter() - t0)
-    if result["status"] != "interrupted":
+def _run_pool(db_path: Path, workdir: Path, todo: list[PlannedRun], ex: Execute, runner: Runner | None,
+              ledger: Ledger, reporter: Any, outcome: GridOutcome) -> None:
+    from kdgrid.execute.pool import Pool
+    from kdgrid.execute.settings import threads_per_worker
+
+    slots: list[str | None] = list(ex.gpus) if ex.gpus else [None] * ex.workers
+    pool = Pool(db_path=db_path, workdir=workdir, ledger=ledger, reporter=reporter, runner_ref=pack_runner(runner),
+                slots=slots, threads=threads_per_worker(len(slots)), timeout_s=ex.timeout_s, retries=ex.retries)
+    if not pool.run(todo):
+        outcome.interrupted = True
+
+
+def _run_cluster(executor: Any, workdir: Path, todo: list[PlannedRun], reattach: dict[str, Any], ex: Execute,
+                 runner: Runner | None, ledger: Ledger, reporter: Any, outcome: GridOutcome) -> None:
+    from kdgrid.execute.cluster import ClusterRunner
+    from kdgrid.execute.pool import StopFlag, stop_on_signals
+
+    cr = ClusterRunner(executor=executor, workdir=workdir, execute=ex, runner_ref=pack_runner(runner),
+                       ledger=ledger, reporter=reporter)
+    stop = StopFlag()
+    with stop_on_signals(stop):
         try:
-            write_json_atomic(rpath, result)
-        except RunFailed as exc:
-            result = failed_result(run, str(exc), started=started)
-    with open_store(db_path) as store:
-        if result["status"] == "interrupted":
-            store.set_status(run.run_id, "interrupted", result["error"])
-        else:
-            store.ingest_result(result)
-    return result
+            finished = cr.run(todo, reattach, stop)
+        except KeyboardInterrupt:
+            finished = False
+    if not finished:
+        outcome.interrupted = True
+        outcome.detached = len(cr.inflight)
 
 
-def _write_traceback(rdir: Path) -> None:
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
     try:
-        (rdir / "error.log").write_text(traceback.format_exc())
-    except OSError:
-        pass
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, retries: int, ledger: Ledger,
+                    reporter: Any, outcome: GridOutcome) -> None:
+    with _sigterm_as_interrupt():
+        for i, run in enumerate(todo):
+            reporter.run_start(i, run)
+            attempt = 1
+            while True:
+                rdir = run_dir(workdir, run.run_id)
+                rpath = result_path(workdir, run.run_id)
+                existing = read_result(rpath)
+                if existing is not None and existing["status"] == "done":
+                    # Finished earlier but never ingested: ingest, never redo.
+                    ledger.finish(run, existing)
+                    break
+                if existing is not None:
+                    remove(rpath)
+                ledger.mark_running(run, rdir)
+                try:
+                    result = execute_job(runner, run_id=run.run_id, task=run.task, seed=run.seed, config=run.config,
+                                         run_dir=rdir, workdir=workdir, attempt=attempt,
+                                         on_progress=reporter.run_progress)
+                except KeyboardInterrupt:
+                    ledger.interrupted(run)
+                    outcome.interrupted = True
+                    return
+                if result["status"] != "done" and result.get("retryable") and attempt <= retries:
+                    attempt += 1
+                    ledger.retry(run, result, attempt)
+                    continue
+                ledger.finish(run, result)
+                break

@@ -1,4 +1,4 @@
-"""A rich progress display for a grid: one bar for the grid, one for the current run."""
+"""A rich progress display for a grid: one bar for the grid, one for each run in flight."""
 
 from __future__ import annotations
 
@@ -19,29 +19,42 @@ class RichReporter:
             console=self.console, transient=False,
         )
         self.grid: TaskID | None = None
-        self.run: TaskID | None = None
-        self._desc = ""
+        self.runs: dict[str, tuple[TaskID, str]] = {}  # run_id -> (bar, description)
+        self.last: str | None = None  # the run that progress without a run id belongs to
 
     def grid_start(self, total: int, todo: int) -> None:
         self.progress.start()
         self.grid = self.progress.add_task(f"grid ({total - todo} of {total} already done)", total=todo)
 
     def run_start(self, index: int, run: PlannedRun) -> None:
-        if self.run is not None:
-            self.progress.remove_task(self.run)
-        self._desc = f"  {run.task} seed={run.seed} {run.cell}"
-        self.run = self.progress.add_task(self._desc, total=None)
+        self._drop(run.run_id)
+        desc = f"  {run.task} seed={run.seed} {run.cell}"
+        self.runs[run.run_id] = (self.progress.add_task(desc, total=None), desc)
+        self.last = run.run_id
 
-    def run_progress(self, stage: str, epoch: int, step: int, total_steps: int) -> None:
-        if self.run is None:
+    def run_progress(self, stage: str, epoch: int, step: int, total_steps: int, run_id: str | None = None) -> None:
+        bar = self.runs.get(run_id or self.last or "")
+        if bar is None:
             return
-        self.progress.update(self.run, description=f"{self._desc} | {stage} epoch {epoch}", completed=step, total=total_steps)
+        self.progress.update(bar[0], description=f"{bar[1]} | {stage} epoch {epoch}", completed=step, total=total_steps)
+
+    def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None:
+        self.console.print(f"[yellow]run {run.run_id} failed, trying again (attempt {attempt}):[/yellow] {result.get('error')}",
+                           highlight=False)
 
     def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None:
+        self._drop(run.run_id)
         if self.grid is not None:
             self.progress.advance(self.grid)
         if result["status"] != "done":
-            self.console.print(f"[red]run {run.run_id} failed:[/red] {result.get('error')}")
+            self.console.print(f"[red]run {run.run_id} failed:[/red] {result.get('error')}", highlight=False)
 
     def grid_end(self) -> None:
+        for run_id in list(self.runs):
+            self._drop(run_id)
         self.progress.stop()
+
+    def _drop(self, run_id: str) -> None:
+        bar = self.runs.pop(run_id, None)
+        if bar is not None:
+            self.progress.remove_task(bar[0])

@@ -10,7 +10,8 @@ attributes and never imports the producer, torch or transformers.
 
 from __future__ import annotations
 
-from kdgrid.report.plots import build_figures, make_plots, search_plots
+from typing import Any
+
 from kdgrid.report.render import (
     FORMATS,
     JSON_ANOVA_KEYS,
@@ -49,3 +50,15 @@ __all__ = [
     "rich_report",
     "search_plots",
 ]
+
+
+_PLOTS = ("build_figures", "make_plots", "search_plots")
+
+
+def __getattr__(name: str) -> Any:
+    # matplotlib costs about a second to import: only the commands that draw pay for it.
+    if name in _PLOTS:
+        from kdgrid.report import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'kdgrid.report' has no attribute {name!r}")

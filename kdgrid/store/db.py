@@ -85,18 +85,44 @@ class Store:
             # The study's membership is whatever its current file plans.
             self.con.execute("DELETE FROM study_runs WHERE study = ?", [name])
             self.con.execute("DELETE FROM factors WHERE study = ?", [name])
-            self.con.executemany(
-                "INSERT OR IGNORE INTO study_runs VALUES (?, ?, ?)", [[name, m.cell, m.run_id] for m in members]
+            # Bulk inserts from Arrow tables: DuckDB's executemany costs ~20 ms a row here (100 s for 1,000 runs).
+            pairs = list(dict.fromkeys((m.cell, m.run_id) for m in members))
+            self._insert_arrow(
+                "INSERT OR IGNORE INTO study_runs SELECT * FROM {t}",
+                {"study": [name] * len(pairs), "cell": [c for c, _ in pairs], "run_id": [r for _, r in pairs]},
             )
-            self.con.executemany(
-                "INSERT OR IGNORE INTO factors VALUES (?, ?, ?, ?, ?)",
-                [[name, m.cell, m.run_id, k, v] for m in members for k, v in m.factors.items()],
+            factor_rows = list({(m.cell, m.run_id, k): str(v) for m in members for k, v in m.factors.items()}.items())
+            self._insert_arrow(
+                "INSERT OR IGNORE INTO factors SELECT * FROM {t}",
+                {"study": [name] * len(factor_rows), "cell": [k[0] for k, _ in factor_rows],
+                 "run_id": [k[1] for k, _ in factor_rows], "name": [k[2] for k, _ in factor_rows],
+                 "value": [v for _, v in factor_rows]},
             )
-            self.con.executemany(
-                """INSERT INTO runs (run_id, task, seed, config, status) VALUES (?, ?, ?, ?, 'pending')
-                   ON CONFLICT (run_id) DO NOTHING""",
-                [[m.run_id, m.task, m.seed, json.dumps(m.config, sort_keys=True)] for m in {m.run_id: m for m in members}.values()],
+            unique = list({m.run_id: m for m in members}.values())
+            self._insert_arrow(
+                """INSERT INTO runs (run_id, task, seed, config, status)
+                   SELECT run_id, task, seed, config, 'pending' FROM {t} ON CONFLICT (run_id) DO NOTHING""",
+                {"run_id": [m.run_id for m in unique], "task": [m.task for m in unique],
+                 "seed": pa_ints([m.seed for m in unique]),
+                 "config": [json.dumps(m.config, sort_keys=True) for m in unique]},
             )
+
+    def _insert_arrow(self, sql: str, columns: dict[str, Any]) -> int:
+        """Run ``sql`` with ``{t}`` naming a temporary view of ``columns`` (an Arrow table; None is NULL);
+        return the count of rows it changed (0 when ``columns`` is empty)."""
+        import pyarrow as pa
+
+        n = len(next(iter(columns.values()))) if columns else 0
+        if n == 0:
+            return 0
+        table = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in columns.items()})
+        view = "_kdgrid_bulk"
+        self.con.register(view, table)
+        try:
+            row = self.con.execute(sql.format(t=view)).fetchone()
+        finally:
+            self.con.unregister(view)
+        return int(row[0]) if row and isinstance(row[0], int) else 0
 
     def mark_running(self, run_id: str, run_dir: str) -> None:
         self.con.execute(
@@ -108,52 +134,92 @@ class Store:
     def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
         self.con.execute("UPDATE runs SET status = ?, error = ? WHERE run_id = ?", [status, error, run_id])
 
-    def reset_stale_running(self) -> int:
-        """Rows left 'running' by a dead coordinator become 'interrupted' (call only while holding the lock)."""
-        n = self.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-        self.con.execute("UPDATE runs SET status = 'interrupted', error = 'coordinator stopped' WHERE status = 'running'")
+    def reset_stale_running(self, keep: Iterable[str] = ()) -> int:
+        """Rows left 'running' by a dead coordinator become 'interrupted' (call only while holding the lock).
+
+        ``keep``: runs still held by a live cluster job (they really are running).
+        """
+        where = "status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)"
+        keep_ids = list(keep)
+        n = self.con.execute(f"SELECT count(*) FROM runs WHERE {where}", [keep_ids]).fetchone()[0]
+        self.con.execute(f"UPDATE runs SET status = 'interrupted', error = 'coordinator stopped' WHERE {where}", [keep_ids])
         return int(n)
 
     def ingest_result(self, result: dict[str, Any]) -> None:
         """Write one run's result; idempotent (a second ingest of the same result changes nothing)."""
-        run_id = result["run_id"]
-        metrics = result.get("metrics", [])
+        self.ingest_results([result])
+
+    def ingest_results(self, results: Iterable[dict[str, Any]]) -> None:
+        """Write many runs' results in one transaction, as if ingested one after another (idempotent).
+
+        Rows go in through Arrow tables (one statement per table, not one per row): about 1 ms per
+        100-row result instead of ~200 ms with executemany (bench/bookkeeping.py).
+        """
+        import pyarrow as pa
+
+        latest = {r["run_id"]: r for r in results}  # the later result of a run wins, as with single ingests
+        if not latest:
+            return
+        res = list(latest.values())
+        ids = [r["run_id"] for r in res]
+        metrics = [(r["run_id"], m) for r in res for m in r.get("metrics", [])]
+        teachers = list({t["key"]: t for r in res if (t := r.get("teacher"))}.values())
         with self.transaction():
-            self.con.execute("DELETE FROM metrics WHERE run_id = ?", [run_id])
-            if metrics:
-                self.con.executemany(
-                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        [run_id, m.get("stage", "final"), m.get("epoch"), m.get("step"), m.get("split", "dev"), m["name"], _num(m["value"])]
-                        for m in metrics
-                    ],
-                )
-            self.con.execute(
-                """INSERT INTO runs (run_id, task, seed, config, status) VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (run_id) DO NOTHING""",
-                [run_id, result.get("task"), result.get("seed"), json.dumps(result.get("config"), sort_keys=True), result["status"]],
+            self._insert_arrow("DELETE FROM metrics WHERE run_id IN (SELECT run_id FROM {t})", {"run_id": ids})
+            self._insert_arrow(
+                "INSERT INTO metrics SELECT * FROM {t}",
+                {"run_id": [rid for rid, _ in metrics],
+                 "stage": [m.get("stage", "final") for _, m in metrics],
+                 "epoch": pa_ints([m.get("epoch") for _, m in metrics]),
+                 "step": pa_ints([m.get("step") for _, m in metrics]),
+                 "split": [m.get("split", "dev") for _, m in metrics],
+                 "name": [m["name"] for _, m in metrics],
+                 "value": pa.array([_num(m["value"]) for _, m in metrics], type=pa.float64())},
             )
-            self.con.execute(
-                """UPDATE runs SET status = ?, error = ?, started = ?, finished = ?, duration_s = ?,
-                   host = ?, device = ?, versions = ?, git_sha = ? WHERE run_id = ?""",
-                [
-                    result["status"], result.get("error"), result.get("started"), result.get("finished"),
-                    result.get("duration_s"), result.get("host"), result.get("device"),
-                    json.dumps(result.get("versions", {})), result.get("git_sha"), run_id,
-                ],
-            )
-            teacher = result.get("teacher")
-            if teacher:
-                self.upsert_teacher(teacher)
+            # Runs are nearly always registered already: update them, insert only the ones missing
+            # (an INSERT ... ON CONFLICT costs more in DuckDB than the update itself).
+            row = {"run_id": ids, "status": [r["status"] for r in res],
+                   "error": pa.array([r.get("error") for r in res], type=pa.string()),
+                   "started": pa.array([_text(r.get("started")) for r in res], type=pa.string()),
+                   "finished": pa.array([_text(r.get("finished")) for r in res], type=pa.string()),
+                   "duration_s": pa.array([_num(r.get("duration_s")) for r in res], type=pa.float64()),
+                   "host": pa.array([r.get("host") for r in res], type=pa.string()),
+                   "device": pa.array([r.get("device") for r in res], type=pa.string()),
+                   "versions": [json.dumps(r.get("versions", {})) for r in res],
+                   "git_sha": pa.array([r.get("git_sha") for r in res], type=pa.string()),
+                   "task": pa.array([r.get("task") for r in res], type=pa.string()),
+                   "seed": pa_ints([r.get("seed") for r in res]),
+                   "config": [json.dumps(r.get("config"), sort_keys=True) for r in res]}
+            updated = self._insert_arrow(
+                """UPDATE runs SET status = u.status, error = u.error, started = CAST(u.started AS TIMESTAMP),
+                   finished = CAST(u.finished AS TIMESTAMP), duration_s = u.duration_s, host = u.host,
+                   device = u.device, versions = u.versions, git_sha = u.git_sha
+                   FROM {t} AS u WHERE runs.run_id = u.run_id""", row)
+            if updated != len(ids):
+                self._insert_arrow(
+                    """INSERT INTO runs (run_id, task, seed, config, status, error, started, finished, duration_s,
+                                         host, device, versions, git_sha)
+                       SELECT run_id, task, seed, config, status, error, CAST(started AS TIMESTAMP),
+                              CAST(finished AS TIMESTAMP), duration_s, host, device, versions, git_sha
+                       FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)""", row)
+            for t in teachers:
+                self.upsert_teacher(t)
 
     def upsert_teacher(self, t: dict[str, Any]) -> None:
+        values = [t["key"], t["task"], t["model"], t.get("seed"), t.get("path"), json.dumps(t.get("metrics", {})),
+                  _num(t.get("majority")), bool(t.get("flagged", False))]
+        # Every run's result carries its teacher: write a teacher once per session unless it changed
+        # (an upsert costs ~10-20 ms in DuckDB; only this connection writes the store).
+        seen = self.__dict__.setdefault("_teachers_written", {})
+        if seen.get(t["key"]) == values:
+            return
         self.con.execute(
             """INSERT INTO teachers (key, task, model, seed, path, metrics, majority, flagged)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET path = excluded.path,
                metrics = excluded.metrics, majority = excluded.majority, flagged = excluded.flagged""",
-            [t["key"], t["task"], t["model"], t.get("seed"), t.get("path"), json.dumps(t.get("metrics", {})),
-             _num(t.get("majority")), bool(t.get("flagged", False))],
+            values,
         )
+        seen[t["key"]] = values
 
     # -- reading -----------------------------------------------------------
     def run_statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
@@ -191,6 +257,17 @@ class Store:
 
     def query_df(self, sql: str, params: list[Any] | None = None) -> Any:
         return self.con.execute(sql, params or []).df()
+
+
+def pa_ints(values: list[Any]) -> Any:
+    """An Arrow int64 column from ints, numeric strings or None (None stays NULL)."""
+    import pyarrow as pa
+
+    return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None else str(v)
 
 
 def _num(v: Any) -> float | None:

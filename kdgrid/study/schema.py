@@ -206,32 +206,66 @@ class Analysis(Strict):
     correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
 
 
+SEARCH_SAMPLERS = ("tpe", "random", "grid", "cmaes")
+SEARCH_PRUNERS = ("median", "successive_halving", "none")
+
+
 class SearchParam(Strict):
+    """One searched setting: a float (optionally log scale or stepped), an int, or a list of choices."""
+
     type: Literal["float", "int", "categorical"] = "float"
     low: float | None = None
     high: float | None = None
     log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
+    step: PosFloat | None = None
+    choices: Annotated[list[str | bool | int | float | None], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> SearchParam:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical parameter needs non-empty 'choices'")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("categorical parameter takes only 'choices' (not low, high, log or step)")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError(f"duplicate choices {self.choices}")
             return self
+        if self.choices is not None:
+            raise ValueError(f"'choices' is for categorical parameters; a {self.type} parameter takes low and high")
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} parameter needs 'low' and 'high'")
         if self.low > self.high:
             raise ValueError(f"low {self.low} is greater than high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"log scale needs low > 0 (got {self.low})")
+        if self.type == "int":
+            for name, v in (("low", self.low), ("high", self.high), ("step", self.step)):
+                if v is not None and v != int(v):
+                    raise ValueError(f"int parameter needs an integer {name} (got {v})")
+        if self.log and self.step is not None and not (self.type == "int" and self.step == 1):
+            # Optuna samples log-scale values continuously; a step grid on a log scale is undefined.
+            raise ValueError("log scale and 'step' cannot be combined")
         return self
+
+    def grid_values(self) -> list[Any] | None:
+        """The points a grid search visits, or None when the parameter is continuous (a float without step)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None  # guaranteed by _bounds
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.step is None:
+            return None
+        n = int((self.high - self.low) / self.step + 1e-9)
+        # Rounded so 0.1 + 2 * 0.1 prints and hashes as 0.3 (run ids hash the value).
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
 
 
 class Search(Strict):
-    params: dict[str, SearchParam]
-    metric: str = "auto"
+    """An Optuna search over settings of the base run (``kdgrid search``); docs/search.md."""
+
+    params: Annotated[dict[str, SearchParam], Field(min_length=1)]
+    metric: str = "auto"  # 'auto': each task's official metric
     task: str = "mean"  # a task name or 'mean' over the study's tasks
     direction: Literal["maximize", "minimize"] = "maximize"
     trials: PosInt = 20
@@ -240,6 +274,57 @@ class Search(Strict):
     seeds_per_trial: PosInt = 1
     timeout_s: PosFloat | None = None
     baseline: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _grid_needs_points(self) -> Search:
+        if self.sampler == "grid":
+            continuous = [path for path, p in self.params.items() if p.grid_values() is None]
+            if continuous:
+                raise ValueError(
+                    f"sampler 'grid' needs 'choices' or a 'step' for every parameter; "
+                    f"{', '.join(continuous)} is a float without step"
+                )
+        return self
+
+
+class Slurm(Strict):
+    """Slurm settings for ``execute.executor: slurm`` (docs/execution.md); submitted through submitit."""
+
+    partition: str | None = None
+    gpus_per_run: NonNegInt = 1
+    cpus_per_run: PosInt | None = None
+    mem_gb: PosFloat | None = None
+    time_min: PosInt | None = None  # per-run time limit; default: execute.timeout_s rounded up, else 60
+    array_parallelism: PosInt = 16  # runs of the job array running at once
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = []  # shell lines run before each job (module load ..., source .venv/bin/activate)
+    additional: dict[str, Any] = {}  # any other sbatch option, e.g. {exclude: node12}
+    cluster: Literal["slurm", "local", "debug"] = "slurm"  # submitit's local/debug executors try a setup here
+    poll_s: PosFloat = 30.0  # how often the coordinator looks for finished runs
+
+
+class Execute(Strict):
+    """Where and how runs execute (never part of a run's identity); CLI options override it."""
+
+    executor: Literal["local", "slurm"] = "local"
+    workers: NonNegInt = 1  # worker processes (0: in the coordinator's process, one run at a time)
+    gpus: list[str] | None = None  # one worker slot per entry, CUDA_VISIBLE_DEVICES=<entry>
+    timeout_s: PosFloat | None = None  # per run
+    retries: NonNegInt = 1  # more attempts for failures that can pass (killed worker, out of memory)
+    slurm: Slurm = Slurm()
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_list(cls, v: Any) -> Any:
+        if isinstance(v, (str, int)):
+            v = str(v).split(",")
+        if isinstance(v, list):
+            v = [str(g).strip() for g in v]
+            if not v or not all(v):
+                raise ValueError("list GPU indices such as [0, 1] (an index twice gives that GPU two slots)")
+        return v
 
 
 class Study(Strict):
@@ -260,6 +345,7 @@ class Study(Strict):
     exclude: list[dict[str, Any]] = []
     analysis: Analysis = Analysis()
     search: Search | None = None
+    execute: Execute = Execute()  # study level: never part of a run's config or id
 
     @field_validator("seeds")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from kdgrid.errors import RunFailed
 from kdgrid.plan.canonical import config_hash
@@ -86,6 +87,12 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
 
 def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None) -> dict[str, Any]:
     """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish."""
+    with contextlib.ExitStack() as stage1_lock:  # released however the run ends
+        return _run_one(config, run_dir, workdir, on_progress, stage1_lock)
+
+
+def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: Any,
+             stage1_lock: contextlib.ExitStack) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
@@ -122,6 +129,8 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
     for stage, epochs in stage_plan(cfg):
         if epochs == 0:
             continue
+        if stage == "prediction":  # the same random stream (dropout) whether stage 1 trained here or came from its cache
+            seed_everything(cfg.seed + 1, device)
         objective = DistillObjective(
             cfg.objective, stage=stage, is_regression=spec.is_regression,
             n_teacher_layers=t_cfg.num_hidden_layers, n_student_layers=s_cfg.num_hidden_layers,
@@ -131,7 +140,13 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
         ).to(device)
         if stage == "intermediate":
             ckpt = cache_root / "stage1" / stage1_key(cfg, teacher_rec.key)
-            if _load_stage1(student, ckpt):
+            reused = _load_stage1(student, ckpt)
+            if not reused:  # one process trains this checkpoint; others wait for it here, then load it
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                stage1_lock.enter_context(FileLock(str(ckpt) + ".lock"))
+                reused = _load_stage1(student, ckpt)
+            if reused:
+                stage1_lock.close()
                 rows.append({"stage": stage, "split": "cache", "name": "stage1_reused", "value": 1.0})
                 continue
         cached = None
@@ -160,6 +175,7 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
         train_time += seconds
         if stage == "intermediate":
             _save_stage1(student, cache_root / "stage1" / stage1_key(cfg, teacher_rec.key))
+            stage1_lock.close()
 
     final = evaluate(student, dev_loader, cfg.task, device)
     rows += metric_rows(final, stage="final", split="dev")

@@ -1,0 +1,273 @@
+"""Runs as a Slurm job array, submitted through submitit (``execute.executor: slurm``).
+
+Each array task runs :func:`kdgrid.execute.job.cluster_task`: one attempt of one run, which writes ``result.json``
+(done, or failed with its reason) to the run directory on the shared file system. The
+coordinator never talks to the jobs: it polls the run directories, ingests what has finished,
+and asks submitit (``sacct``) about jobs that ended without a result (time limit, out of
+memory, node failure, cancelled). ``job.json`` in each run directory names the job, so a
+coordinator that stopped (Ctrl-C, a dropped SSH session, kill -9) re-attaches to the jobs still
+queued or running instead of submitting them again.
+
+``execute.slurm.cluster: local`` runs the same array as local processes (submitit's
+LocalExecutor) and ``debug`` runs it inside the coordinator: to try a setup, and in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdgrid.errors import KdgridError
+from kdgrid.execute.job import cluster_task, failed_record, now
+from kdgrid.execute.ledger import Ledger
+from kdgrid.execute.rundir import job_path, read_result, remove, result_path, run_dir, write_json_atomic
+from kdgrid.plan.expand import PlannedRun
+from kdgrid.study.schema import Execute
+
+# sacct states of a job that is still queued or running (or not yet known to sacct)
+LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+               "READY", "UNKNOWN", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+
+
+def time_limit_min(execute: Execute) -> int:
+    if execute.slurm.time_min is not None:
+        return execute.slurm.time_min
+    return math.ceil(execute.timeout_s / 60) if execute.timeout_s is not None else 60
+
+
+def make_executor(execute: Execute, workdir: Path, study_name: str) -> Any:
+    import submitit
+
+    s = execute.slurm
+    try:
+        ex = submitit.AutoExecutor(folder=workdir / "submitit" / "%j", cluster=s.cluster)
+    except (RuntimeError, ValueError) as exc:
+        hint = "; submit from a Slurm login node, or try the setup here with --slurm cluster=local" if s.cluster == "slurm" else ""
+        raise KdgridError(f"executor slurm: cannot use submitit's '{s.cluster}' executor here ({exc}){hint}") from None
+    params: dict[str, Any] = {
+        "name": f"kdgrid-{study_name}", "timeout_min": time_limit_min(execute), "nodes": 1, "tasks_per_node": 1,
+        "gpus_per_node": s.gpus_per_run, "cpus_per_task": s.cpus_per_run, "mem_gb": s.mem_gb,
+        "slurm_partition": s.partition, "slurm_array_parallelism": s.array_parallelism, "slurm_account": s.account,
+        "slurm_qos": s.qos, "slurm_constraint": s.constraint, "slurm_setup": s.setup or None,
+        "slurm_additional_parameters": s.additional or None,
+    }
+    if s.cluster == "local":
+        params["local_setup"] = s.setup or None
+        params["gpus_per_node"] = 0 if s.gpus_per_run == 0 else s.gpus_per_run
+    try:
+        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    except (NameError, ValueError, AssertionError) as exc:
+        raise KdgridError(f"execute.slurm: {str(exc).splitlines()[0]}") from None
+    return ex
+
+
+def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries of ``{run_id: job.json}`` whose job may still be queued or running.
+
+    Slurm jobs are asked about in one ``sacct`` call; when it fails they count as alive
+    (better to wait for a run than to run it twice).
+    """
+    live: dict[str, dict[str, Any]] = {}
+    slurm = {rid: info for rid, info in infos.items() if info.get("executor") == "slurm"}
+    if slurm:
+        try:
+            import submitit
+
+            watcher = submitit.SlurmJob.watcher
+            for info in slurm.values():
+                watcher.register_job(str(info["job_id"]))
+            watcher.update()
+            states = {rid: watcher.get_state(str(info["job_id"]), mode="cache") for rid, info in slurm.items()}
+        except Exception:
+            states = {rid: "UNKNOWN" for rid in slurm}
+        live.update({rid: slurm[rid] for rid, st in states.items() if str(st).split()[0].upper() in LIVE_STATES})
+    live.update({rid: info for rid, info in infos.items() if info.get("executor") == "local" and job_alive(info)})
+    return live
+
+
+def job_alive(info: dict[str, Any]) -> bool:
+    """Whether the job named in a run's job.json may still be queued or running."""
+    cluster = info.get("executor")
+    job_id = str(info.get("job_id", ""))
+    if cluster == "slurm":
+        return bool(live_jobs({"_": info}))
+    if cluster == "local" and job_id.isdigit():  # submitit's LocalExecutor: the job id is a pid
+        try:
+            stat = Path(f"/proc/{job_id}/stat").read_text()
+            cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"submitit" in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return False  # debug jobs live in their coordinator; local pool workers die with theirs
+
+
+@dataclass
+class _ClusterJob:
+    run: PlannedRun
+    attempt: int
+    handle: Any  # a submitit Job, or None for a job re-attached from job.json
+    info: dict[str, Any]
+
+
+def _state_failure(state: str, detail: str, limit_min: int, setup_error: bool = False) -> tuple[str, bool]:
+    """(reason, retryable) for a job that ended without writing result.json.
+
+    The task never raises (a run's own errors become a failed result.json), so a job without a
+    result either failed before the task ran (``setup_error``: kdgrid not importable on the node,
+    say; not retried) or died from outside: retried, unless it hit the time limit or was cancelled.
+    """
+    s = state.upper()
+    tail = f": {detail}" if detail else ""
+    if setup_error:
+        return f"the job failed before the run started (state {state}){tail}", False
+    if s.startswith("TIMEOUT"):
+        return f"timed out (Slurm time limit {limit_min} min); not retried", False
+    if s.startswith("CANCELLED"):
+        return f"the job was cancelled ({state})", False
+    if s.startswith("OUT_OF_MEMORY"):
+        return "out of memory (Slurm OUT_OF_MEMORY)", True
+    return f"the job died without a result (state {state}){tail}", True
+
+
+def _job_detail(handle: Any) -> tuple[str, bool]:
+    """(what went wrong, whether submitit recorded an exception before our task ran)."""
+    try:
+        if handle.paths.result_pickle.exists():  # else exception() waits for the file (seconds)
+            exc = handle.exception()
+            if exc is not None:
+                lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+                return (lines[-1][:300] if lines else type(exc).__name__), True
+        text = Path(handle.paths.stderr).read_text(errors="replace")
+    except Exception:
+        return "", False
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("submitit ")]
+    return (lines[-1][:300] if lines else ""), False
+
+
+class ClusterRunner:
+    def __init__(self, *, executor: Any, workdir: Path, execute: Execute, runner_ref: dict[str, Any] | None,
+                 ledger: Ledger, reporter: Any) -> None:
+        self.workdir = workdir
+        self.execute = execute
+        self.runner_ref = runner_ref
+        self.ledger = ledger
+        self.reporter = reporter
+        self.executor = executor  # from make_executor
+        self.cluster = execute.slurm.cluster
+        self.limit_min = time_limit_min(execute)
+        self.poll_s = execute.slurm.poll_s if self.cluster == "slurm" else min(execute.slurm.poll_s, 0.3)
+        self.queue: deque[tuple[PlannedRun, int]] = deque()
+        self.inflight: dict[str, _ClusterJob] = {}
+        self.submitted = 0
+
+    def run(self, todo: Sequence[PlannedRun], reattach: dict[str, tuple[PlannedRun, dict[str, Any]]], stop: Any) -> bool:
+        """Submit and wait; False when the wait was stopped (jobs keep running and are re-attached later)."""
+        for rid, (run, info) in reattach.items():
+            handle = None
+            if info.get("executor") == "slurm" and self.cluster == "slurm":
+                import submitit
+
+                handle = submitit.SlurmJob(folder=info["folder"], job_id=str(info["job_id"]))
+            self.inflight[rid] = _ClusterJob(run, int(info.get("attempt", 1)), handle, info)
+            self.reporter.run_start(self.submitted, run)
+            self.submitted += 1
+        self.queue.extend((r, 1) for r in todo)
+        while self.queue or self.inflight:
+            if stop.requested:
+                return False
+            self._submit()
+            self._sleep(stop)
+            for cj in list(self.inflight.values()):
+                record = self._poll(cj)
+                if record is not None:
+                    del self.inflight[cj.run.run_id]
+                    self._settle(cj, record)
+        return True
+
+    def _sleep(self, stop: Any) -> None:
+        end = time.monotonic() + self.poll_s
+        while not stop.requested and time.monotonic() < end:
+            time.sleep(min(0.2, self.poll_s))
+
+    def _submit(self) -> None:
+        cap = len(self.queue) if self.cluster == "slurm" else self.execute.slurm.array_parallelism - len(self.inflight)
+        batch: list[tuple[PlannedRun, int]] = []
+        while self.queue and len(batch) < cap:
+            run, attempt = self.queue.popleft()
+            rpath = result_path(self.workdir, run.run_id)
+            existing = read_result(rpath)
+            if existing is not None and existing["status"] == "done":
+                self.ledger.finish(run, existing)
+                continue
+            if existing is not None:
+                remove(rpath)
+            batch.append((run, attempt))
+        if not batch:
+            return
+        specs = [{"run_id": r.run_id, "task": r.task, "seed": r.seed, "config": r.config, "attempt": a,
+                  "run_dir": str(run_dir(self.workdir, r.run_id)), "workdir": str(self.workdir)} for r, a in batch]
+        try:
+            with self.executor.batch():
+                handles = [self.executor.submit(cluster_task, self.runner_ref, spec) for spec in specs]
+        except Exception as exc:  # sbatch refused: bad partition, account, ...
+            self.queue.extendleft(reversed(batch))
+            raise KdgridError(f"submitting to {self.cluster} failed: {str(exc).strip().splitlines()[-1]}") from None
+        folder = str(self.workdir / "submitit" / "%j")
+        for (run, attempt), handle in zip(batch, handles):
+            rdir = run_dir(self.workdir, run.run_id)
+            info = {"executor": self.cluster, "job_id": str(handle.job_id), "folder": folder, "attempt": attempt,
+                    "submitted": now()}
+            self.ledger.mark_running(run, rdir)
+            try:
+                rdir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(job_path(self.workdir, run.run_id), info)
+            except Exception:
+                pass  # the job reports an unwritable run directory itself
+            self.inflight[run.run_id] = _ClusterJob(run, attempt, handle, info)
+            self.reporter.run_start(self.submitted, run)
+            self.submitted += 1
+
+    def _poll(self, cj: _ClusterJob) -> dict[str, Any] | None:
+        rpath = result_path(self.workdir, cj.run.run_id)
+        res = read_result(rpath)
+        if res is not None and res.get("attempt", cj.attempt) == cj.attempt:
+            return res
+        if cj.handle is None:
+            if job_alive(cj.info):
+                return None
+            res = read_result(rpath)
+            return res if res is not None else self._failure(cj, *_state_failure("gone", "", self.limit_min))
+        try:
+            finished = cj.handle.done()
+        except Exception:
+            return None
+        if not finished:
+            return None
+        res = read_result(rpath)
+        if res is not None:
+            return res
+        detail, setup_error = _job_detail(cj.handle)
+        return self._failure(cj, *_state_failure(str(cj.handle.state), detail, self.limit_min, setup_error))
+
+    def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> dict[str, Any]:
+        record = failed_record(cj.run.run_id, cj.run.task, cj.run.seed, cj.run.config,
+                               f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
+        record["attempt"] = cj.attempt
+        try:
+            write_json_atomic(result_path(self.workdir, cj.run.run_id), record)
+        except Exception:
+            record["unsaved"] = True
+        return record
+
+    def _settle(self, cj: _ClusterJob, record: dict[str, Any]) -> None:
+        if record["status"] != "done" and record.get("retryable") and cj.attempt <= self.execute.retries:
+            self.ledger.retry(cj.run, record, cj.attempt + 1)
+            self.queue.appendleft((cj.run, cj.attempt + 1))
+            return
+        self.ledger.finish(cj.run, record)
+        remove(job_path(self.workdir, cj.run.run_id))

@@ -1,0 +1,158 @@
+"""One attempt of one run, wherever it executes: in the coordinator, in a pool worker, or in a Slurm job.
+
+:func:`execute_job` injects test faults, calls the runner, turns an exception into a failed
+record with a reason and a ``retryable`` flag, and writes ``result.json`` atomically (done or
+failed). It never raises, except KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import errno
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdgrid.errors import KdgridError, RunFailed
+from kdgrid.execute import faults
+from kdgrid.execute.rundir import write_json_atomic
+
+# runner(config, run_dir, workdir=..., on_progress=...) -> result dict (status 'done' with metrics) or raises.
+Runner = Callable[..., dict[str, Any]]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+
+
+def failed_record(run_id: str, task: str | None, seed: int | None, config: Any, error: str, *,
+                  status: str = "failed", started: str | None = None, retryable: bool = False) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "task": task, "seed": seed, "config": config, "status": status, "error": error,
+        "retryable": retryable, "started": started, "finished": now(), "host": socket.gethostname(), "metrics": [],
+    }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(reason, retryable): only failures that can pass on another attempt are retryable."""
+    if isinstance(exc, RunFailed):
+        return str(exc), exc.retryable
+    if isinstance(exc, KdgridError):
+        return str(exc), False
+    if is_out_of_memory(exc):
+        return f"out of memory ({type(exc).__name__}: {exc})", True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full ({exc})", False
+    return f"{type(exc).__name__}: {exc}", False
+
+
+def execute_job(
+    runner: Runner, *, run_id: str, task: str | None, seed: int | None, config: dict[str, Any],
+    run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None,
+) -> dict[str, Any]:
+    """Run one attempt and write its ``result.json``; return the record written (or that could not be)."""
+    started = now()
+    t0 = time.perf_counter()
+    result_file = run_dir / "result.json"
+    kind = faults.fault_for(run_id, seed, attempt)
+    try:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFailed(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+        faults.inject_before_run(kind)
+        with faults.loop_fault(kind):
+            result = runner(config, run_dir, workdir=workdir, on_progress=on_progress)
+        result.update(started=started, finished=now(), duration_s=time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one run's error, whatever it is, must not stop the grid
+        reason, retryable = classify(exc)
+        result = failed_record(run_id, task, seed, config, reason, started=started, retryable=retryable)
+        result["duration_s"] = time.perf_counter() - t0
+        if not isinstance(exc, KdgridError):
+            _write_traceback(run_dir)
+    result["attempt"] = attempt
+    try:
+        faults.check_write(kind, result_file)
+        write_json_atomic(result_file, result)
+    except OSError as exc:
+        result = _unsaved(result, f"cannot write {result_file}: {exc.strerror or exc}")
+    except RunFailed as exc:
+        result = _unsaved(result, str(exc))
+    return result
+
+
+def cluster_task(runner_ref: dict[str, Any] | None, spec: dict[str, Any]) -> str:
+    """One Slurm array task: one attempt of one run (kdgrid/execute/cluster.py submits it).
+
+    It lives here, in a module without DuckDB or Pydantic, so a job starts fast.
+    """
+    runner = unpack_runner(runner_ref)
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if cpus.isdigit() and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(cpus))
+    result = execute_job(
+        runner, run_id=spec["run_id"], task=spec["task"], seed=spec["seed"], config=spec["config"],
+        run_dir=Path(spec["run_dir"]), workdir=Path(spec["workdir"]), attempt=int(spec["attempt"]),
+    )
+    return str(result["status"])
+
+
+def _unsaved(result: dict[str, Any], why: str) -> dict[str, Any]:
+    """The record for the store when result.json cannot be written (full disk, read-only run directory)."""
+    out = dict(result)
+    if result["status"] == "done":
+        out.update(status="failed", error=f"{why} (the run finished but its result could not be saved)",
+                   metrics=[], retryable=False)
+    else:
+        out["error"] = f"{result.get('error')}; also {why}"
+    out["unsaved"] = True
+    return out
+
+
+def _write_traceback(rdir: Path) -> None:
+    try:
+        (rdir / "error.log").write_text(traceback.format_exc())
+    except OSError:
+        pass
+
+
+# -- shipping a runner to another process ------------------------------------------------------
+
+def pack_runner(runner: Runner | None) -> dict[str, Any] | None:
+    """A JSON-able reference to an injected runner (None: kdgrid's own ``run_one``).
+
+    Module-level runners are pickled by reference, so their module must be importable in the
+    worker; the coordinator's ``sys.path`` travels with the reference for that.
+    """
+    if runner is None:
+        return None
+    import cloudpickle
+
+    return {"pickle": base64.b64encode(cloudpickle.dumps(runner)).decode("ascii"), "sys_path": list(sys.path)}
+
+
+def unpack_runner(ref: dict[str, Any] | None) -> Runner:
+    if ref is None:
+        from kdgrid.train.run import run_one
+
+        return run_one
+    sys.path.extend(entry for entry in ref.get("sys_path", []) if entry not in sys.path)
+    import cloudpickle
+
+    runner: Runner = cloudpickle.loads(base64.b64decode(ref["pickle"]))
+    return runner
