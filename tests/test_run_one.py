@@ -109,3 +109,21 @@ def test_same_run_twice_gives_the_same_metrics(tiny_model_dir: Path, data: Path,
     keep = lambda r: [(m["stage"], m.get("epoch"), m["split"], m["name"], m["value"]) for m in r["metrics"]  # noqa: E731
                       if m["split"] in ("train", "dev", "teacher")]
     assert keep(a) == keep(b)
+
+
+def test_on_epoch_sees_dev_metrics_and_can_stop_the_run(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    run = make_runs(tiny_model_dir, data, train={"epochs": 3})[0]
+    seen: list[tuple[str, int, dict]] = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(stage: str, epoch: int, metrics: dict) -> None:
+        seen.append((stage, epoch, metrics))
+        if epoch == 2:
+            raise Stop  # what a search does to prune a trial
+
+    with pytest.raises(Stop):
+        run_one(run.config, tmp_path / "r", workdir=tmp_path, on_epoch=hook)
+    assert [(s, e) for s, e, _ in seen] == [("joint", 1), ("joint", 2)]
+    assert "mcc" in seen[0][2]

@@ -19,6 +19,7 @@ from kdgrid.train.evaluate import evaluate, model_inputs
 from kdgrid.train.objectives import Captured, DistillObjective
 
 ProgressFn = Callable[[str, int, int, int], None]
+EpochFn = Callable[[str, int, dict[str, float]], None]  # (stage, epoch, dev metrics) after each evaluation
 
 
 @dataclass
@@ -191,6 +192,7 @@ def train_stage(
     device: torch.device,
     on_progress: ProgressFn | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    on_epoch: EpochFn | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train for ``settings.epochs``; return metric rows (per-epoch loss terms, dev metrics, mapping weights)
     and the training time in seconds (evaluation excluded).
@@ -248,8 +250,11 @@ def train_stage(
         rows += [{**base, "split": "train", "name": f"loss.{k}" if k != "loss" else "loss", "value": v / max(1, n_batches)}
                  for k, v in zip(names, values)]
         if settings.evaluate_each_epoch or epoch == settings.epochs:
-            for k, v in evaluate(student, dev_loader, settings.task, device).items():
-                rows.append({**base, "split": "dev", "name": k, "value": v})
+            dev = evaluate(student, dev_loader, settings.task, device)
+            rows += [{**base, "split": "dev", "name": k, "value": v} for k, v in dev.items()]
+            if on_epoch is not None:
+                # A search prunes a trial by raising here: the exception must reach the caller unchanged.
+                on_epoch(settings.stage, epoch, dict(dev))
         weights = objective.mapping_weights()
         if weights is not None:
             w = weights.detach().cpu()

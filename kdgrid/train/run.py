@@ -85,14 +85,18 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
     return config_hash(stage1, 20)
 
 
-def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None) -> dict[str, Any]:
-    """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish."""
+def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None,
+            on_epoch: Any = None) -> dict[str, Any]:
+    """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish.
+
+    ``on_epoch(stage, epoch, dev_metrics)`` is called after every dev evaluation (a search prunes there).
+    """
     with contextlib.ExitStack() as stage1_lock:  # released however the run ends
-        return _run_one(config, run_dir, workdir, on_progress, stage1_lock)
+        return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch)
 
 
 def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: Any,
-             stage1_lock: contextlib.ExitStack) -> dict[str, Any]:
+             stage1_lock: contextlib.ExitStack, on_epoch: Any = None) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
@@ -169,7 +173,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
 
         stage_rows, seconds = train_stage(
             student, objective, TeacherOutputs(teacher, objective, device, cached), batches, len(loader),
-            dev_loader, settings, device, on_progress, autocast,
+            dev_loader, settings, device, on_progress, autocast, on_epoch=on_epoch,
         )
         rows += stage_rows
         train_time += seconds
