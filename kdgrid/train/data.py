@@ -83,7 +83,8 @@ def _tsv_path(spec: TaskSpec, split: str, root: Path) -> Path:
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime): data and model fingerprints hash big files once."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
@@ -105,7 +106,7 @@ def data_fingerprint(task: str, split: str, data_dir: str | None) -> str:
     split = _canonical_split(spec, split)
     root = resolve_data_dir(data_dir)
     if root is not None:
-        return "sha256:" + _file_sha256(_tsv_path(spec, split, root))
+        return "sha256:" + file_sha256(_tsv_path(spec, split, root))
     return f"hub:{spec.hub[0]}/{spec.hub[1]}/{spec.hub_split(split)}"
 
 

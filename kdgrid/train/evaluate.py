@@ -13,11 +13,7 @@ import torch
 from torch import nn
 
 from kdgrid.tasks import compute_metrics, get_task
-
-
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    keys = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+from kdgrid.train.models import model_inputs
 
 
 @torch.no_grad()

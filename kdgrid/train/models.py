@@ -32,6 +32,7 @@ from kdgrid.errors import ModelError, RunFailed
 from kdgrid.model_names import resolve_model_path, shape_from_config
 from kdgrid.study.schema import Student, Teacher
 from kdgrid.tasks import TaskSpec, compute_metrics, get_task, majority_baseline
+from kdgrid.train.data import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -339,9 +340,6 @@ class TeacherRecord:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "trained"})
 
 
-_MODEL_ID_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def _model_identity(resolved: str) -> str:
     """Content hash of a local model (config + weights), so a changed folder never hits an old teacher."""
     local = Path(resolved)
@@ -350,15 +348,7 @@ def _model_identity(resolved: str) -> str:
     files = sorted(p for p in local.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
     h = hashlib.sha256()
     for p in files:
-        st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-        if key not in _MODEL_ID_CACHE:
-            fh = hashlib.sha256()
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    fh.update(chunk)
-            _MODEL_ID_CACHE[key] = fh.hexdigest()
-        h.update(f"{p.name}:{_MODEL_ID_CACHE[key]}\n".encode())
+        h.update(f"{p.name}:{file_sha256(p)}\n".encode())
     return "sha256:" + h.hexdigest()
 
 
