@@ -127,3 +127,25 @@ def test_on_epoch_sees_dev_metrics_and_can_stop_the_run(tiny_model_dir: Path, da
         run_one(run.config, tmp_path / "r", workdir=tmp_path, on_epoch=hook)
     assert [(s, e) for s, e, _ in seen] == [("joint", 1), ("joint", 2)]
     assert "mcc" in seen[0][2]
+
+
+def test_final_dev_metrics_are_the_last_epochs_scored_once(tiny_model_dir: Path, data: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdgrid.train.loop as loop
+    import kdgrid.train.run as run_mod
+
+    calls: list[int] = []
+    real = loop.evaluate
+
+    def counting(*args: Any, **kwargs: Any) -> dict[str, float]:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", counting)
+    monkeypatch.setattr(run_mod, "evaluate", counting)
+    run = make_runs(tiny_model_dir, data, train={"epochs": 2})[0]
+    result = run_one(run.config, tmp_path / "r", workdir=tmp_path)
+    last = {m["name"]: m["value"] for m in result["metrics"]
+            if m["stage"] == "joint" and m["split"] == "dev" and m.get("epoch") == 2}
+    assert final(result) == last and "mcc" in last
+    assert len(calls) == 2  # once per epoch, not again for the final row

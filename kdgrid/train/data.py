@@ -357,7 +357,8 @@ def tokenized_cache_path(cache_dir: Path, task: str, split: str, tokenizer: PreT
                          max_seq_length: int, fingerprint: str) -> Path:
     key = json.dumps({
         "format": _TOKENIZED_FORMAT, "task": task, "split": split,
-        "tokenizer": str(tokenizer.name_or_path), "tokenizer_sha": tokenizer_fingerprint(tokenizer),
+        # No tokenizer path: the teacher's saved copy and its base model tokenize alike and share one file.
+        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
         "max_seq_length": max_seq_length, "data": fingerprint,
     }, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]

@@ -130,6 +130,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
 
     autocast = _autocast(device, cfg.train.precision)
     train_time = 0.0
+    last_eval: dict[str, float] | None = None  # dev metrics after the last trained epoch, if the loop scored it
     for stage, epochs in stage_plan(cfg):
         if epochs == 0:
             continue
@@ -177,11 +178,13 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         )
         rows += stage_rows
         train_time += seconds
+        last_eval = {r["name"]: r["value"] for r in stage_rows if r["split"] == "dev" and r["epoch"] == epochs} or None
         if stage == "intermediate":
             _save_stage1(student, cache_root / "stage1" / stage1_key(cfg, teacher_rec.key))
             stage1_lock.close()
 
-    final = evaluate(student, dev_loader, cfg.task, device)
+    # The loop already scored the final weights after their last epoch; scoring them again would only cost time.
+    final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device)
     rows += metric_rows(final, stage="final", split="dev")
     rows += metric_rows({**teacher_rec.metrics, "majority_baseline": teacher_rec.majority,
                          "no_better_than_majority": float(teacher_rec.flagged)}, stage="final", split="teacher")
