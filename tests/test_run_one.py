@@ -149,3 +149,13 @@ def test_final_dev_metrics_are_the_last_epochs_scored_once(tiny_model_dir: Path,
             if m["stage"] == "joint" and m["split"] == "dev" and m.get("epoch") == 2}
     assert final(result) == last and "mcc" in last
     assert len(calls) == 2  # once per epoch, not again for the final row
+
+
+def test_result_names_the_data_files_it_read(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    run = make_runs(tiny_model_dir, data)[0]
+    result = run_one(run.config, tmp_path / "r", workdir=tmp_path)
+    train_tsv = data / "CoLA" / "train.tsv"
+    assert result["data"]["train"] == "sha256:" + hashlib.sha256(train_tsv.read_bytes()).hexdigest()
+    assert result["data"]["dev"].startswith("sha256:") and result["data"]["dev"] != result["data"]["train"]

@@ -171,3 +171,17 @@ def test_unwritable_run_dir_fails_the_run_not_the_store(tmp_path: Path) -> None:
     out = go(db, study, FakeRunner())
     assert out.failed == 1 and "cannot write" in out.errors[0][1]
     assert counts(db) == {"done": 3, "failed": 1}
+
+
+def test_data_hashes_are_stored_and_an_older_store_gains_the_column(tmp_path: Path) -> None:
+    db = tmp_path / "k.duckdb"
+    with open_store(db) as s:
+        s.con.execute("ALTER TABLE runs DROP COLUMN data")  # a store written before the column existed
+    result = {"run_id": "abc", "task": "cola", "seed": 0, "config": {}, "status": "done", "metrics": [],
+              "data": {"train": "sha256:aa", "dev": "sha256:bb"}}
+    with open_store(db) as s:
+        s.ingest_result(result)
+        s.ingest_result({**result, "run_id": "old", "data": None})
+    with open_store(db, read_only=True) as s:
+        rows = dict(s.con.execute("SELECT run_id, data FROM runs").fetchall())
+    assert json.loads(rows["abc"]) == {"train": "sha256:aa", "dev": "sha256:bb"} and rows["old"] is None

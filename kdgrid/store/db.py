@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR, attempt INTEGER DEFAULT 0, error VARCHAR,
     started TIMESTAMP, finished TIMESTAMP, duration_s DOUBLE,
     host VARCHAR, device VARCHAR, versions JSON, git_sha VARCHAR, run_dir VARCHAR);
+-- Added after schema 1 shipped: the sha256 of the data files a run read (stores made before lack it).
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS data JSON;
 CREATE TABLE IF NOT EXISTS study_runs (
     study VARCHAR, cell VARCHAR, run_id VARCHAR, PRIMARY KEY (study, cell, run_id));
 CREATE TABLE IF NOT EXISTS factors (
@@ -187,20 +189,21 @@ class Store:
                    "device": pa.array([r.get("device") for r in res], type=pa.string()),
                    "versions": [json.dumps(r.get("versions", {})) for r in res],
                    "git_sha": pa.array([r.get("git_sha") for r in res], type=pa.string()),
+                   "data": pa.array([json.dumps(r["data"]) if r.get("data") else None for r in res], type=pa.string()),
                    "task": pa.array([r.get("task") for r in res], type=pa.string()),
                    "seed": pa_ints([r.get("seed") for r in res]),
                    "config": [json.dumps(r.get("config"), sort_keys=True) for r in res]}
             updated = self._insert_arrow(
                 """UPDATE runs SET status = u.status, error = u.error, started = CAST(u.started AS TIMESTAMP),
                    finished = CAST(u.finished AS TIMESTAMP), duration_s = u.duration_s, host = u.host,
-                   device = u.device, versions = u.versions, git_sha = u.git_sha
+                   device = u.device, versions = u.versions, git_sha = u.git_sha, data = u.data
                    FROM {t} AS u WHERE runs.run_id = u.run_id""", row)
             if updated != len(ids):
                 self._insert_arrow(
                     """INSERT INTO runs (run_id, task, seed, config, status, error, started, finished, duration_s,
-                                         host, device, versions, git_sha)
+                                         host, device, versions, git_sha, data)
                        SELECT run_id, task, seed, config, status, error, CAST(started AS TIMESTAMP),
-                              CAST(finished AS TIMESTAMP), duration_s, host, device, versions, git_sha
+                              CAST(finished AS TIMESTAMP), duration_s, host, device, versions, git_sha, data
                        FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)""", row)
             for t in teachers:
                 self.upsert_teacher(t)

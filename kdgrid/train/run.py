@@ -24,7 +24,7 @@ from kdgrid.errors import RunFailed
 from kdgrid.plan.canonical import config_hash
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
-from kdgrid.train.data import load_tokenized, make_loader, subsample_positions
+from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
 from kdgrid.train.evaluate import count_parameters, evaluate, inference_speed, metric_rows, peak_memory_mb
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
 from kdgrid.train.models import build_student, finetune_teacher, load_teacher
@@ -201,6 +201,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         "duration_s": time.perf_counter() - t_start, "host": socket.gethostname(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "versions": library_versions(), "metrics": rows,
+        "data": {split: data_fingerprint(cfg.task, split, cfg.data.dir) for split in ("train", "dev")},
         "teacher": {"key": teacher_rec.key, "task": cfg.task, "model": cfg.teacher.model, "seed": cfg.teacher.finetune.seed,
                     "path": str(teacher_rec.path), "metrics": teacher_rec.metrics, "majority": teacher_rec.majority,
                     "flagged": teacher_rec.flagged},
