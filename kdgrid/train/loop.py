@@ -32,6 +32,8 @@ class StageSettings:
     max_grad_norm: float
     task: str
     evaluate_each_epoch: bool = True
+    # Stage 1 of two-stage training leaves the classifier untrained: scoring it on dev costs a pass and says little.
+    evaluate_last_epoch: bool = True
 
 
 def _fault(kind: str) -> bool:
@@ -249,7 +251,7 @@ def train_stage(
         base = {"stage": settings.stage, "epoch": epoch, "step": step}
         rows += [{**base, "split": "train", "name": f"loss.{k}" if k != "loss" else "loss", "value": v / max(1, n_batches)}
                  for k, v in zip(names, values)]
-        if settings.evaluate_each_epoch or epoch == settings.epochs:
+        if settings.evaluate_each_epoch or (settings.evaluate_last_epoch and epoch == settings.epochs):
             dev = evaluate(student, dev_loader, settings.task, device)
             rows += [{**base, "split": "dev", "name": k, "value": v} for k, v in dev.items()]
             if on_epoch is not None:
