@@ -289,11 +289,12 @@ def report(
     out_dir = out or Path("reports") / src.title
     files = [f for f in ("md", "csv", "html", "json", "latex") if f != fmt]
     texts = render_many(analysis, fmts=[fmt, *files], out_dir=out_dir, title=f"kdgrid report: {src.title}",
-                        meta=meta, plots=plots)
+                        meta=meta, plots=plots, reproducibility=src.reproducibility)
     if fmt == "table":
         from kdgrid.report.render import rich_report
 
-        console.print(rich_report(analysis, title=f"kdgrid report: {src.title}", meta=meta))
+        console.print(rich_report(analysis, title=f"kdgrid report: {src.title}", meta=meta,
+                                  reproducibility=src.reproducibility))
     else:
         typer.echo(texts[fmt])
     if mixed:

@@ -7,6 +7,9 @@ these tests must not depend on the statistics being right (test_analyze_* pins t
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import html
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -32,6 +35,7 @@ from kdgrid.report import (
 )
 from kdgrid.report.plots import sensitivity_figure
 from kdgrid.report.tables import condition_labels, fmt_mean_sd, fmt_metric, fmt_p
+from kdgrid.store.queries import CodeVersion, DataFile, LibrarySet, Machine, Reproducibility, TeacherUsed
 
 ATT = "objective.intermediate.attention"
 MAP = "objective.mapping.kind"
@@ -529,3 +533,72 @@ def test_odd_inputs_do_not_crash(tmp_path: Path, analysis: FakeAnalysis) -> None
     figs = build_figures(odd)
     assert [p.name for p in figs] == ["interaction_cola", "forest"]  # all-NaN retention: no heatmap
     assert_images(make_plots(only(cells=cells), tmp_path, formats=("png",)))
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def make_provenance(root: Path, **changes: Any) -> Reproducibility:
+    """A hand-built store read-out; the store queries themselves are tested in test_report_cli.py."""
+    text = "name: tinybert-ablation\n# a ``` fence inside the file must not close the block\nseeds: 3\n"
+    info = Reproducibility(
+        study="tinybert-ablation", db=str(root / "x" / "k.duckdb"), path=str(root / "x" / "studies" / "a b.yaml"),
+        sha256=hashlib.sha256(text.encode()).hexdigest(), text=text, status_counts={"done": 12, "failed": 1},
+        first_started=dt.datetime(2026, 1, 5, 10, 0), last_finished=dt.datetime(2026, 1, 5, 12, 3, 20),
+        run_time_s=4000.0, code=(CodeVersion("0.1.0", "f" * 40, 12),),
+        libraries=(LibrarySet({"torch": "2.13.0", "python": "3.12.3"}, 12),),
+        machines=(Machine("node1", "NVIDIA H100", 12),), data_recorded=True,
+        data=(DataFile("cola", "train", "hub:nyu-mll/glue/cola/train", 12), DataFile("cola", "dev", "sha256:bb", 12)),
+        teachers=(TeacherUsed("cola-abc", "cola", "minilm-l6", 0, 0.0, True, 12),),
+    )
+    return replace(info, **changes)
+
+
+def test_reproducibility_in_every_display_format(tmp_path: Path, analysis: FakeAnalysis,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    info = make_provenance(tmp_path)
+    texts = render_many(analysis, fmts=FORMATS, out_dir=tmp_path, title="t", meta={}, plots=False,
+                        reproducibility=info)
+    run = "kdgrid run 'x/studies/a b.yaml' --db x/k.duckdb"  # relative to the cwd, quoted for the shell
+    for fmt in ("md", "html", "table", "latex"):
+        assert "Reproducibility" in texts[fmt] and info.sha256 in texts[fmt], fmt
+        assert "kdgrid report --study tinybert-ablation --db x/k.duckdb" in texts[fmt], fmt
+        assert run in (html.unescape(texts[fmt]) if fmt == "html" else texts[fmt]), fmt
+        assert "2 h 03 min" in texts[fmt] and "1 h 07 min" in texts[fmt], fmt
+    # Full in Markdown and HTML: tables and the study file; short on the terminal and in LaTeX.
+    for fmt in ("md", "html"):
+        assert "NVIDIA H100" in texts[fmt] and "cola-abc" in texts[fmt] and "without a revision" in texts[fmt]
+    for fmt in ("table", "latex"):
+        assert "NVIDIA H100" not in texts[fmt] and "seeds: 3" not in texts[fmt] and "report.md" in texts[fmt]
+    assert f"````yaml\n{info.text}````" in texts["md"]  # a longer fence than the ``` inside the file
+    assert "<details><summary>Study file x/studies/a b.yaml" in texts["html"]
+    assert "\\begin{verbatim}" in texts["latex"]
+    assert texts["md"].index("## Reproducibility") > texts["md"].index("## Warnings")
+    rep = json.loads(texts["json"])["reproducibility"]
+    assert rep["study_file"]["sha256_matches_text"] is True and rep["commands"]["run"] == run
+    assert rep["time"]["wall_s"] == 7400.0 and rep["data"]["files"][0]["hash"] == "hub:nyu-mll/glue/cola/train"
+
+
+def test_reproducibility_missing_facts_and_mixtures(tmp_path: Path, analysis: FakeAnalysis) -> None:
+    info = make_provenance(
+        tmp_path,
+        sha256="0" * 64, path=None, first_started=None, last_finished=None, run_time_s=None,
+        code=(CodeVersion("0.1.0", "a" * 40, 6), CodeVersion(None, None, 6)),
+        data=(DataFile("cola", "dev", "sha256:aa", 6), DataFile("cola", "dev", "sha256:bb", 5),
+              DataFile("cola", None, None, 1)),
+        teachers=(TeacherUsed("cola-1", "cola", "m", 0, 0.5, False, 12),
+                  TeacherUsed("cola-2", "cola", "m", 0, 0.5, False, 12)),
+    )
+    md = render(analysis, fmt="md", out_dir=None, title="t", meta={}, plots=False, reproducibility=info)
+    assert "does NOT match the stored study text" in md
+    assert "kdgrid run STUDY.yaml --db" in md and "sha256sum" not in md  # no stored path: nothing to check
+    assert "| Wall time | – |" in md and "not recorded for 1 of 12 done runs" in md
+    assert "2 kdgrid versions or commits" in md and "Runs read different files for cola dev" in md
+    assert "Several cached teachers match cola (m, seed 0)" in md
+    assert "not recorded @ commit not recorded (6 runs)" in md
+
+
+def test_report_without_store_has_no_reproducibility(analysis: FakeAnalysis) -> None:
+    texts = render_many(analysis, fmts=["md", "json"], out_dir=None, title="t", meta={}, plots=False)
+    assert "Reproducibility" not in texts["md"] and json.loads(texts["json"])["reproducibility"] is None

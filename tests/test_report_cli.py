@@ -1,14 +1,24 @@
-"""`kdgrid report --from`: published R values reproduced through the CLI (to 4 significant digits)."""
+"""`kdgrid report`: published R values reproduced through the CLI (to 4 significant digits, --from), and
+the Reproducibility section of a report made from a store."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import html
 import json
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 from typer.testing import CliRunner
 
 from kdgrid.cli import app
+from kdgrid.plan import expand
+from kdgrid.store import open_store
+from kdgrid.store.queries import study_reproducibility
+from kdgrid.study.schema import Study
 from test_analyze_reference import moore_df, sleep_df, tooth_df
 
 runner = CliRunner()
@@ -74,3 +84,134 @@ def test_report_files_and_bad_options(tmp_path: Path) -> None:
         assert (tmp_path / "r" / name).is_file()
     bad = runner.invoke(app, ["report", "--from", str(path), "--format", "pdf"])
     assert bad.exit_code != 0 and "--format: 'pdf' is not allowed (allowed: table, md, csv, latex, html, json)" in str(bad.exception)
+
+
+# --------------------------------------------------------------------------- reproducibility (from a store)
+
+STUDY_TEXT = "name: g\ntasks: [cola, stsb]\nseeds: 2\ngrid:\n  objective.prediction.temperature: [1.0, 4.0]\n"
+STUDY_SHA = hashlib.sha256(STUDY_TEXT.encode()).hexdigest()
+START = dt.datetime(2026, 1, 5, 10, 0, 0)
+VERSIONS = {"python": "3.12.3", "kdgrid": "0.1.0", "torch": "2.13.0", "transformers": "4.56.1", "kdgrid_git": "c0ffee" * 6 + "ab"}
+DATA = {"cola": {"train": "sha256:" + "a" * 64, "dev": "sha256:" + "b" * 64},
+        "stsb": {"train": "sha256:" + "c" * 64, "dev": "sha256:" + "d" * 64}}
+
+
+def _teacher(task: str, model: str = "minilm-l6", key: str | None = None) -> dict[str, Any]:
+    return {"key": key or f"{task}-0123456789abcdef0123", "task": task, "model": model, "seed": 0,
+            "path": f"/cache/teachers/{task}", "metrics": {"mcc": 0.5}, "majority": 0.691, "flagged": False}
+
+
+def _result(run: Any, i: int, *, status: str = "done", **extra: Any) -> dict[str, Any]:
+    """Run i of the grid: started i minutes after START, 50 s long, with everything a real run records."""
+    started = START + dt.timedelta(minutes=i)
+    name = "mcc" if run.task == "cola" else "pearson"
+    return {"run_id": run.run_id, "task": run.task, "seed": run.seed, "config": run.config, "status": status,
+            "started": started.isoformat(sep=" "), "finished": (started + dt.timedelta(seconds=50)).isoformat(sep=" "),
+            "duration_s": 50.0, "host": "node1", "device": "cpu (x86_64)", "versions": VERSIONS,
+            "data": DATA.get(run.task), "teacher": _teacher(run.task),
+            "metrics": [{"stage": "final", "split": "dev", "name": name, "value": 0.4 + 0.01 * i}], **extra}
+
+
+def build_store(root: Path) -> tuple[Path, list[Any]]:
+    """Study g: 8 planned runs, 6 done (4 cola, 2 stsb; one with other library versions, one without data
+    hashes), 1 failed, 1 pending. Study h in the same store (and a run of no study) have runs, a host and
+    teachers that g's report must not show."""
+    db = root / "k.duckdb"
+    planned = expand(Study.model_validate({"name": "g", "tasks": ["cola", "stsb"], "seeds": 2,
+                                           "grid": {"objective.prediction.temperature": [1.0, 4.0]}}))
+    other = expand(Study.model_validate({"name": "h", "tasks": ["sst2"], "seeds": 1}))
+    stsb = [i for i, r in enumerate(planned) if r.task == "stsb"]
+    assert stsb == [4, 5, 6, 7]  # expand's order: the counts below rest on it
+    results = [_result(r, i) for i, r in enumerate(planned[:7])]
+    results[6] = {**results[6], "status": "failed", "error": "loss became nan", "data": None, "versions": {}}
+    results[1] = {**results[1], "versions": {**VERSIONS, "torch": "2.12.0"}}
+    results[stsb[0]] = {**results[stsb[0]], "data": None}
+    early, late = START - dt.timedelta(hours=1), START + dt.timedelta(hours=4)
+    results += [{**_result(r, 0), "started": early.isoformat(sep=" "), "finished": late.isoformat(sep=" "),
+                 "host": "other-host", "teacher": _teacher("sst2")} for r in other]
+    stray_teacher = _teacher("cola", "bert-base", "cola-bert")
+    results.append({**_result(planned[0], 0), "run_id": "stray", "teacher": stray_teacher})
+    with open_store(db) as s:
+        s.register_study("g", str(root / "studies" / "g.yaml"), STUDY_TEXT, STUDY_SHA, planned)
+        s.register_study("h", "h.yaml", "name: h\n", "0" * 64, other)
+        s.ingest_results(results)
+    return db, planned
+
+
+def test_study_reproducibility_counts_only_this_study(tmp_path: Path) -> None:
+    db, _ = build_store(tmp_path)
+    with open_store(db, read_only=True) as s:
+        info = study_reproducibility(s, "g")
+    assert (info.path, info.sha256, info.text) == (str(tmp_path / "studies" / "g.yaml"), STUDY_SHA, STUDY_TEXT)
+    assert info.status_counts == {"done": 6, "failed": 1, "pending": 1}
+    # 7 runs started 1 min apart, 50 s each: 10:00:00 to 10:06:50; study h's runs (09:00 to 14:00) do not count.
+    assert (info.first_started, info.last_finished) == (START, START + dt.timedelta(minutes=6, seconds=50))
+    assert info.wall_s == 410.0 and info.run_time_s == 350.0
+    assert [(c.version, c.commit, c.runs) for c in info.code] == [("0.1.0", VERSIONS["kdgrid_git"], 6)]
+    assert sorted((s.versions["torch"], s.runs) for s in info.libraries) == [("2.12.0", 1), ("2.13.0", 5)]
+    assert "kdgrid" not in info.libraries[0].versions and "kdgrid_git" not in info.libraries[0].versions
+    assert [(m.host, m.device, m.runs) for m in info.machines] == [("node1", "cpu (x86_64)", 6)]
+    assert [(d.task, d.split, d.hash, d.runs) for d in info.data] == [
+        ("cola", "train", DATA["cola"]["train"], 4), ("cola", "dev", DATA["cola"]["dev"], 4),
+        ("stsb", "train", DATA["stsb"]["train"], 1), ("stsb", "dev", DATA["stsb"]["dev"], 1), ("stsb", None, None, 1)]
+    assert [(t.key, t.task, t.runs) for t in info.teachers] == [
+        ("cola-0123456789abcdef0123", "cola", 4), ("stsb-0123456789abcdef0123", "stsb", 2)]
+
+
+def report_files(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)  # commands then show paths relative to here
+    res = runner.invoke(app, ["report", "--study", "g", "--db", str(db), "--no-plots", "--out", "rep"])
+    assert res.exit_code == 0, res.output
+    assert "Reproducibility" in res.stdout and "kdgrid run studies/g.yaml --db k.duckdb" in res.stdout
+    return {name: (tmp_path / "rep" / f"report.{name}").read_text(encoding="utf-8") for name in ("md", "html", "json")}
+
+
+def test_report_has_reproducibility_section_in_md_html_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, _ = build_store(tmp_path)
+    files = report_files(tmp_path, db, monkeypatch)
+    run_cmd, report_cmd = "kdgrid run studies/g.yaml --db k.duckdb", "kdgrid report --study g --db k.duckdb"
+    for fmt in ("md", "html"):
+        text = files[fmt]
+        assert text.count("Reproducibility") >= 1 and STUDY_SHA in text
+        assert run_cmd in text and report_cmd in text and f"sha256sum studies/g.yaml  # expect {STUDY_SHA}" in text
+        assert all(h in text for d in DATA.values() for h in d.values())
+        assert VERSIONS["kdgrid_git"] in text and "2.12.0" in text and "node1" in text
+        assert "cola-0123456789abcdef0123" in text
+        assert "other-host" not in text and "sst2-" not in text and "cola-bert" not in text  # study h, stray run
+        assert "not recorded for 1 of 6 done runs" in text
+        assert "8: 6 done, 1 failed, 1 pending" in text
+        assert "2026-01-05 10:00:00 to 2026-01-05 10:06:50 UTC (6 min 50 s)" in text
+        assert "5 min 50 s (sum of the runs" in text
+    md = files["md"]
+    assert "## Reproducibility" in md and f"```yaml\n{STUDY_TEXT}```" in md
+    assert "```bash\n" in md and "matches the stored study text" in md
+    html_text = files["html"]
+    assert "<details><summary>Study file studies/g.yaml" in html_text
+    assert html.escape(STUDY_TEXT) in html_text and 'href="#reproducibility"' in html_text
+    rep = json.loads(files["json"])["reproducibility"]
+    assert rep["study_file"] == {"path": str(tmp_path / "studies" / "g.yaml"), "sha256": STUDY_SHA,
+                                 "sha256_matches_text": True, "text": STUDY_TEXT}
+    assert rep["commands"] == {"check": f"sha256sum studies/g.yaml  # expect {STUDY_SHA}", "run": run_cmd,
+                               "report": report_cmd}
+    assert rep["runs"] == {"total": 8, "by_status": {"done": 6, "failed": 1, "pending": 1}}
+    assert rep["time"] == {"first_started_utc": "2026-01-05T10:00:00", "last_finished_utc": "2026-01-05T10:06:50",
+                           "wall_s": 410.0, "run_time_s": 350.0}
+    assert rep["data"]["recorded"] is True and rep["data"]["not_recorded"] == [{"task": "stsb", "runs": 1}]
+    assert {"task": "cola", "split": "train", "hash": DATA["cola"]["train"], "runs": 4} in rep["data"]["files"]
+    assert rep["kdgrid"] == [{"version": "0.1.0", "commit": VERSIONS["kdgrid_git"], "runs": 6}]
+    assert [t["task"] for t in rep["teachers"]] == ["cola", "stsb"]
+
+
+def test_store_without_data_column_says_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, _ = build_store(tmp_path)
+    with duckdb.connect(str(db)) as con:
+        con.execute("ALTER TABLE runs DROP COLUMN data")  # as a store written before runs.data existed
+    files = report_files(tmp_path, db, monkeypatch)
+    for fmt in ("md", "html"):
+        assert "not recorded (the store predates data hashes)" in files[fmt]
+        assert "sha256:" + "a" * 64 not in files[fmt]
+    rep = json.loads(files["json"])["reproducibility"]
+    assert rep["data"] == {"recorded": False, "files": [],
+                           "not_recorded": [{"task": "cola", "runs": 4}, {"task": "stsb", "runs": 2}]}
+    with duckdb.connect(str(db), read_only=True) as con:  # a report never migrates the store
+        assert "data" not in [r[0] for r in con.execute("DESCRIBE runs").fetchall()]

@@ -20,6 +20,10 @@ Files written under ``out_dir`` (when given), per format:
 and, with ``plots=True`` (the default), the plots as PNG and SVG under ``out_dir/plots/``
 for every format; Markdown and LaTeX reference them, HTML embeds them (base64 PNG,
 also without ``out_dir``).
+
+A report made from the store also gets a Reproducibility section (``reproducibility=``,
+built in :mod:`kdgrid.report.reproducibility`): in full in Markdown, HTML and JSON, short
+in the terminal table and LaTeX.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -44,14 +48,19 @@ from rich.table import Table
 from rich.text import Text
 
 from kdgrid.errors import KdgridError
+from kdgrid.report.reproducibility import reproducibility_json, reproducibility_section
 from kdgrid.report.tables import (
     PAIRED_COLUMNS,
     SECTION_COLUMNS,
+    CodeBlock,
     DisplayTable,
     Section,
     build_sections,
     section_frame,
 )
+
+if TYPE_CHECKING:
+    from kdgrid.store.queries import Reproducibility
 
 Format = Literal["table", "md", "csv", "latex", "html", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -77,6 +86,7 @@ def render(
     alpha: float = 0.05,
     plots: bool = True,
     width: int = 120,
+    reproducibility: Reproducibility | None = None,
 ) -> str:
     """Render ``analysis`` in format ``fmt`` and return the text.
 
@@ -87,10 +97,12 @@ def render(
     stored under ``meta`` in JSON. ``scale100`` shows metrics in [−1, 1] ×100 (captions
     say so); ``alpha`` marks adjusted-significant rows. ``width`` is the line width of the
     ``table`` text (the CLI can print :func:`rich_report` instead, which adapts to the
-    terminal). Empty sections get a one-line note instead of a table.
+    terminal). Empty sections get a one-line note instead of a table. ``reproducibility`` (read
+    from the store) adds the Reproducibility section: in full in Markdown, HTML and JSON, short
+    (facts and commands) in the terminal table and LaTeX.
     """
     return render_many(analysis, fmts=[fmt], out_dir=out_dir, title=title, meta=meta, scale100=scale100,
-                       alpha=alpha, plots=plots, width=width)[fmt]
+                       alpha=alpha, plots=plots, width=width, reproducibility=reproducibility)[fmt]
 
 
 def render_many(
@@ -104,6 +116,7 @@ def render_many(
     alpha: float = 0.05,
     plots: bool = True,
     width: int = 120,
+    reproducibility: Reproducibility | None = None,
 ) -> dict[str, str]:
     """:func:`render` for several formats at once (``kdgrid report --format md,html``),
     building and saving the plots only once: drawing figures is the slow part of a report."""
@@ -130,22 +143,25 @@ def render_many(
 
     display = {"table", "md", "latex", "html"} & set(fmts)
     sections = build_sections(analysis, scale100=scale100, alpha=alpha) if display else []
+    full = sections + _reproducibility_sections(reproducibility, full=True)
+    short = sections + _reproducibility_sections(reproducibility, full=False)
     texts: dict[str, str] = {}
     for fmt in fmts:
         if fmt == "csv":
             texts[fmt] = _csv(analysis, out)
             continue
         if fmt == "json":
-            text = json.dumps(analysis_json(analysis, title=title, meta=meta), indent=2, allow_nan=False) + "\n"
+            obj = analysis_json(analysis, title=title, meta=meta, reproducibility=reproducibility)
+            text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
         elif fmt == "table":
-            group = rich_report(analysis, title=title, meta=meta, sections=sections)
+            group = rich_report(analysis, title=title, meta=meta, sections=short)
             text = _console_text(group, width)
         elif fmt == "md":
-            text = _markdown(sections, title, meta, linked)
+            text = _markdown(full, title, meta, linked)
         elif fmt == "latex":
-            text = _latex(sections, title, meta, linked)
+            text = _latex(short, title, meta, linked)
         else:
-            text = _html(sections, title, meta, embedded)
+            text = _html(full, title, meta, embedded)
         if out is not None:
             _write(out / REPORT_FILES[fmt], text)
         texts[fmt] = text
@@ -169,6 +185,11 @@ def _write(path: Path, text: str) -> None:
         raise
 
 
+def _reproducibility_sections(info: Reproducibility | None, *, full: bool) -> list[Section]:
+    # Reports made from a table file (--from) have no store, hence no provenance to show.
+    return [] if info is None else [reproducibility_section(info, full=full)]
+
+
 def _meta_items(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     # Nested values (seed lists, the baseline dict) are shown as compact JSON.
     return [(str(k), v if isinstance(v, str) else json.dumps(_jsonable(v), ensure_ascii=False))
@@ -186,13 +207,16 @@ def rich_report(
     scale100: bool = True,
     alpha: float = 0.05,
     sections: Sequence[Section] | None = None,
+    reproducibility: Reproducibility | None = None,
 ) -> Group:
     """The report as rich renderables, for ``Console.print`` (colour, terminal width).
 
     Every cell is a ``Text``, never markup, so a factor level such as ``[1, 2]`` prints as is.
+    ``reproducibility`` adds the short Reproducibility section when ``sections`` is not given.
     """
     if sections is None:
-        sections = build_sections(analysis, scale100=scale100, alpha=alpha)
+        sections = [*build_sections(analysis, scale100=scale100, alpha=alpha),
+                    *_reproducibility_sections(reproducibility, full=False)]
     parts: list[RenderableType] = [Text(title, style="bold")]
     for k, v in _meta_items(meta or {}):
         parts.append(Text.assemble((f"{k}: ", "dim"), v))
@@ -201,6 +225,8 @@ def rich_report(
         parts.append(Rule(Text(s.title, style="bold cyan"), align="left"))
         if s.empty_note:
             parts.append(Text(s.empty_note, style="dim"))
+        for c in s.lead_code:
+            parts += _rich_code(c)
         for t in s.tables:
             parts.append(_FitTable(t))
         for note in s.notes:
@@ -208,6 +234,11 @@ def rich_report(
         for b in s.bullets:
             parts.append(Text.assemble(("• ", "yellow"), b))
     return Group(*parts)
+
+
+def _rich_code(c: CodeBlock) -> list[RenderableType]:
+    # Folded, never cropped: a command cut at the terminal's edge would run, but on the wrong file.
+    return [Text(c.caption, style="dim"), Text(c.text, overflow="fold"), Text("")]
 
 
 def _min_widths(t: DisplayTable) -> list[int]:
@@ -307,6 +338,17 @@ def markdown_table(t: DisplayTable) -> str:
     return "\n".join(lines)
 
 
+def md_fence(text: str) -> str:
+    """A code fence longer than any backtick run in ``text``, so the text cannot close it early."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _markdown_code(c: CodeBlock) -> list[str]:
+    fence = md_fence(c.text)
+    return [f"*{_md_cell(c.caption)}*", "", f"{fence}{c.lang}", c.text.rstrip("\n"), fence, ""]
+
+
 def _markdown(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
               plots: Mapping[str, list[tuple[str, str]]]) -> str:
     out = [f"# {_md_cell(title)}", ""]
@@ -318,11 +360,15 @@ def _markdown(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
         out += [f"## {s.title}", ""]
         if s.empty_note:
             out += [f"_{_md_cell(s.empty_note)}_", ""]
+        for c in s.lead_code:
+            out += _markdown_code(c)
         for t in s.tables:
             out += [f"*{_md_cell(t.caption)}*", "", markdown_table(t), ""]
         for n in s.notes:
             out += [_md_cell(n), ""]
         out += [f"- {_md_cell(b)}" for b in s.bullets] + ([""] if s.bullets else [])
+        for c in s.trailing_code:
+            out += _markdown_code(c)
         for caption, path in plots.get(s.key, []):
             out += [f"![{caption}]({path})", ""]
     return "\n".join(out).rstrip() + "\n"
@@ -381,6 +427,9 @@ def _latex(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
         out += [rf"\section*{{{latex_escape(s.title)}}}", ""]
         if s.empty_note:
             out += [rf"\emph{{{latex_escape(s.empty_note)}}}", ""]
+        for c in s.code:
+            out += [rf"\paragraph*{{{latex_escape(c.caption)}}}", r"\begin{verbatim}", c.text.rstrip("\n"),
+                    r"\end{verbatim}", ""]
         for t in s.tables:
             out += [latex_table(t), ""]
         for n in s.notes:
@@ -416,6 +465,9 @@ p.note{color:#666;font-style:italic}ul.warn li{color:#8a4b00}
 .figs{display:flex;flex-wrap:wrap;gap:8px 24px;align-items:flex-start}
 figure{margin:12px 0;max-width:100%}figure img{max-width:100%;height:auto}
 figcaption{font-size:.85em;color:#555}
+pre{background:#f6f8fa;padding:8px 12px;overflow-x:auto;font-size:.85em;margin:4px 0 16px}
+p.caption{color:#555;font-size:.92em;margin:12px 0 4px}details{margin:12px 0}
+details summary{cursor:pointer;color:#2c3e50;font-size:.92em}
 """
 
 
@@ -431,6 +483,16 @@ def html_table(t: DisplayTable) -> str:
         rows.append(f"<tr{cls}>{tds}</tr>")
     return (f'<div class="tablewrap"><table id="{esc(t.key)}"><caption>{esc(t.caption)}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def html_code(c: CodeBlock) -> str:
+    """A ``<pre>`` block; a collapsed one (a whole study file) folded in ``<details>`` so it does not
+    push the rest of the page down."""
+    esc = html.escape
+    pre = f'<pre><code class="language-{esc(c.lang)}">{esc(c.text)}</code></pre>'
+    if c.collapsed:
+        return f"<details><summary>{esc(c.caption)}</summary>{pre}</details>"
+    return f'<p class="caption">{esc(c.caption)}</p>{pre}'
 
 
 def _css_width(b64: str) -> int:
@@ -456,10 +518,12 @@ def _html(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
         out.append(f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>')
         if s.empty_note:
             out.append(f'<p class="note">{esc(s.empty_note)}</p>')
+        out += [html_code(c) for c in s.lead_code]
         out += [html_table(t) for t in s.tables]
         out += [f'<p class="note">{esc(n)}</p>' for n in s.notes]
         if s.bullets:
             out.append('<ul class="warn">' + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
+        out += [html_code(c) for c in s.trailing_code]
         figs = [f'<figure><img alt="{esc(caption)}" style="width:{_css_width(b64)}px" '
                 f'src="data:image/png;base64,{b64}"><figcaption>{esc(caption)}</figcaption></figure>'
                 for caption, b64 in images.get(s.key, [])]
@@ -504,11 +568,12 @@ def _records(df: pd.DataFrame | None, keys: Sequence[str] | None = None) -> list
 
 
 def analysis_json(
-    analysis: Any, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None
+    analysis: Any, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None,
+    reproducibility: Reproducibility | None = None,
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
-    ``power``, ``warnings``, ``meta`` (plus ``title``, ``diagnostics``,
-    ``sensitivity_summary`` and ``paired_test_notes``). NaN becomes None (null).
+    ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
+    ``diagnostics``, ``sensitivity_summary`` and ``paired_test_notes``). NaN becomes None (null).
 
     ``paired_tests`` records have exactly :data:`JSON_PAIRED_KEYS` and ``anova`` records
     exactly :data:`JSON_ANOVA_KEYS`; the free-text ``note`` of a paired test is kept apart
@@ -533,6 +598,7 @@ def analysis_json(
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),
         "power": _records(section_frame(analysis, "power")),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
+        "reproducibility": None if reproducibility is None else _jsonable(reproducibility_json(reproducibility)),
     }
 
 

@@ -10,7 +10,14 @@ import pandas as pd
 
 from kdgrid.errors import KdgridError
 from kdgrid.store.db import open_store
-from kdgrid.store.queries import mapping_weights, study_factor_names, teacher_scores, tidy_results
+from kdgrid.store.queries import (
+    Reproducibility,
+    mapping_weights,
+    study_factor_names,
+    study_reproducibility,
+    teacher_scores,
+    tidy_results,
+)
 from kdgrid.study.loader import parse_yaml
 from kdgrid.tasks import TASKS
 
@@ -25,6 +32,7 @@ class ReportInput:
     analysis_settings: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    reproducibility: Reproducibility | None = None  # only a study in the store has provenance
 
 
 def from_store(db: Path, study: str | None) -> ReportInput:
@@ -45,6 +53,7 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         long_scores = teacher_scores(store, study)
         teacher = _teacher_frame(long_scores, table)
         mapping = mapping_weights(store, study)
+        provenance = study_reproducibility(store, study)
         text = store.con.execute("SELECT text FROM studies WHERE name = ?", [study]).fetchone()[0]
         counts = store.con.execute(
             """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
@@ -60,7 +69,8 @@ def from_store(db: Path, study: str | None) -> ReportInput:
     flagged = long_scores[(long_scores["name"] == "no_better_than_majority") & (long_scores["value"] > 0)] if not long_scores.empty else long_scores
     warnings = [f"the teacher of task {t} scores no better than always predicting the majority class: "
                 "its students' numbers say little" for t in flagged.get("task", [])]
-    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta, warnings)
+    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta, warnings,
+                       provenance)
 
 
 def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | None:

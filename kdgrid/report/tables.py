@@ -364,6 +364,17 @@ class DisplayTable:
 
 
 @dataclass(frozen=True)
+class CodeBlock:
+    """Verbatim text (commands, a study file) that must reach the reader unescaped and unwrapped."""
+
+    caption: str
+    text: str
+    lang: str = ""  # fence language in Markdown: bash, yaml
+    # Reference material: folded in HTML, after the tables in Markdown, left out of the short versions.
+    collapsed: bool = False
+
+
+@dataclass(frozen=True)
 class Section:
     """A report section: tables plus free-text notes, or one note saying why it is empty."""
 
@@ -373,6 +384,15 @@ class Section:
     notes: tuple[str, ...] = ()
     empty_note: str | None = None  # set when the section has nothing to show
     bullets: tuple[str, ...] = ()  # list items (warnings)
+    code: tuple[CodeBlock, ...] = ()  # shown before the tables, collapsed blocks last
+
+    @property
+    def lead_code(self) -> tuple[CodeBlock, ...]:
+        return tuple(c for c in self.code if not c.collapsed)
+
+    @property
+    def trailing_code(self) -> tuple[CodeBlock, ...]:
+        return tuple(c for c in self.code if c.collapsed)
 
 
 def section_frame(analysis: Any, name: str) -> pd.DataFrame | None:

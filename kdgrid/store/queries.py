@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -90,3 +94,216 @@ def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:
         return runs
     wide = metrics.pivot_table(index="run_id", columns="name", values="value", aggfunc="last").reset_index()
     return runs.merge(wide, on="run_id", how="left")
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+# Membership goes through study_runs: a run serves every study whose plan holds its config, so only this
+# study's runs may count. IN (subquery) counts a run once even when it fills several cells.
+_OF_STUDY = "run_id IN (SELECT run_id FROM study_runs WHERE study = ?)"
+_DONE_OF_STUDY = f"{_OF_STUDY} AND status = 'done'"
+_SPLIT_ORDER = {"train": 0, "dev": 1}
+_STATUS_ORDER = ("done", "failed", "interrupted", "running", "pending")  # what the numbers rest on first
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """A kdgrid version and commit, with how many done runs used it (None: not recorded)."""
+
+    version: str | None
+    commit: str | None
+    runs: int
+
+
+@dataclass(frozen=True)
+class LibrarySet:
+    """One distinct set of library versions (python, torch, transformers, ...); empty: not recorded."""
+
+    versions: dict[str, str]
+    runs: int
+
+
+@dataclass(frozen=True)
+class Machine:
+    host: str | None
+    device: str | None
+    runs: int
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file's fingerprint as runs recorded it; ``split`` and ``hash`` are None for runs that did not."""
+
+    task: str
+    split: str | None
+    hash: str | None
+    runs: int
+
+
+@dataclass(frozen=True)
+class TeacherUsed:
+    key: str
+    task: str
+    model: str
+    seed: int | None
+    majority: float | None
+    flagged: bool
+    runs: int
+
+
+@dataclass(frozen=True)
+class Reproducibility:
+    """What a reader needs to rerun a study and check that the same code and data were used.
+
+    Counts and timing cover every run of the study; code, libraries, machines, data and teachers
+    cover its done runs, the ones the report's numbers come from.
+    """
+
+    study: str
+    db: str
+    path: str | None
+    sha256: str | None
+    text: str | None
+    status_counts: dict[str, int]
+    first_started: datetime | None
+    last_finished: datetime | None
+    run_time_s: float | None
+    code: tuple[CodeVersion, ...]
+    libraries: tuple[LibrarySet, ...]
+    machines: tuple[Machine, ...]
+    data_recorded: bool  # False: the store predates runs.data
+    data: tuple[DataFile, ...]
+    teachers: tuple[TeacherUsed, ...]
+
+    @property
+    def runs(self) -> int:
+        return sum(self.status_counts.values())
+
+    @property
+    def done(self) -> int:
+        return self.status_counts.get("done", 0)
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.first_started is None or self.last_finished is None:
+            return None
+        return (self.last_finished - self.first_started).total_seconds()
+
+
+def study_reproducibility(store: Store, study: str) -> Reproducibility:
+    """The provenance of a study's runs, read from the store alone (no data directory, no model)."""
+    row = store.con.execute("SELECT path, text, sha256 FROM studies WHERE name = ?", [study]).fetchone()
+    path, text, sha = row if row is not None else (None, None, None)
+    first, last, run_time = _timing(store, study)
+    code, libraries = _code_and_libraries(store, study)
+    recorded, data = _data_files(store, study)
+    return Reproducibility(
+        study=study, db=str(store.path), path=path, sha256=sha, text=text,
+        status_counts=_status_counts(store, study), first_started=first, last_finished=last,
+        run_time_s=run_time, code=code, libraries=libraries,
+        machines=_machines(store, study), data_recorded=recorded, data=data, teachers=_teachers_used(store, study),
+    )
+
+
+def _timing(store: Store, study: str) -> tuple[datetime | None, datetime | None, float | None]:
+    """First start, last finish and summed duration over every run of the study, whatever its status:
+    a failed run took time too."""
+    row = store.con.execute(
+        f"SELECT min(started), max(finished), sum(duration_s) FROM runs WHERE {_OF_STUDY}", [study]).fetchone()
+    if row is None:
+        return None, None, None
+    return row[0], row[1], None if row[2] is None else float(row[2])
+
+
+def _status_counts(store: Store, study: str) -> dict[str, int]:
+    rows = store.con.execute(f"SELECT status, count(*) FROM runs WHERE {_OF_STUDY} GROUP BY status", [study]).fetchall()
+    rank = {s: i for i, s in enumerate(_STATUS_ORDER)}
+    return {str(s): int(n) for s, n in sorted(rows, key=lambda r: (rank.get(r[0], len(rank)), str(r[0])))}
+
+
+def _json_dict(text: Any) -> dict[str, Any]:
+    """A JSON object column's value as a dict; NULL, '{}' and anything malformed read as empty."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _code_and_libraries(store: Store, study: str) -> tuple[tuple[CodeVersion, ...], tuple[LibrarySet, ...]]:
+    rows = store.con.execute(
+        f"""SELECT versions, git_sha, count(*) FROM runs WHERE {_DONE_OF_STUDY}
+            GROUP BY versions, git_sha ORDER BY versions NULLS LAST, git_sha NULLS LAST""", [study]).fetchall()
+    code: Counter[tuple[str | None, str | None]] = Counter()
+    libraries: Counter[tuple[tuple[str, str], ...]] = Counter()
+    for versions, git_sha, n in rows:
+        libs = {str(k): str(v) for k, v in _json_dict(versions).items()}
+        version = libs.pop("kdgrid", None)
+        recorded_sha = libs.pop("kdgrid_git", None)
+        # runs.git_sha is the column meant for the commit; the versions JSON carries it too (kdgrid_git).
+        code[(version, git_sha or recorded_sha)] += int(n)
+        libraries[tuple(sorted(libs.items()))] += int(n)
+    return (tuple(CodeVersion(v, c, n) for (v, c), n in code.most_common()),
+            tuple(LibrarySet(dict(k), n) for k, n in libraries.most_common()))
+
+
+def _machines(store: Store, study: str) -> tuple[Machine, ...]:
+    rows = store.con.execute(
+        f"""SELECT host, device, count(*) AS n FROM runs WHERE {_DONE_OF_STUDY}
+            GROUP BY host, device ORDER BY n DESC, host NULLS LAST, device NULLS LAST""", [study]).fetchall()
+    return tuple(Machine(h, d, int(n)) for h, d, n in rows)
+
+
+def _has_column(store: Store, table: str, column: str) -> bool:
+    row = store.con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?", [table, column]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _data_files(store: Store, study: str) -> tuple[bool, tuple[DataFile, ...]]:
+    """(whether the store has runs.data, the distinct (task, split, hash) with run counts).
+
+    A store opened read-only is never migrated, so one written before runs.data existed lacks the column.
+    """
+    recorded = _has_column(store, "runs", "data")
+    data = "data" if recorded else "NULL"
+    rows = store.con.execute(
+        f"SELECT task, {data} AS data, count(*) FROM runs WHERE {_DONE_OF_STUDY} GROUP BY task, data", [study]
+    ).fetchall()
+    counts: Counter[tuple[str, str | None, str | None]] = Counter()
+    for task, text, n in rows:
+        files = _json_dict(text)
+        for split, digest in files.items():
+            counts[(str(task), str(split), str(digest))] += int(n)
+        if not files:
+            counts[(str(task), None, None)] += int(n)
+    ordered = sorted(counts.items(), key=lambda kv: _data_order(*kv[0]))
+    return recorded, tuple(DataFile(t, s, h, n) for (t, s, h), n in ordered)
+
+
+def _data_order(task: str, split: str | None, digest: str | None) -> tuple[Any, ...]:
+    # Per task: train, dev, other splits, then the runs that recorded nothing.
+    return task, split is None, _SPLIT_ORDER.get(split or "", len(_SPLIT_ORDER)), split or "", digest or ""
+
+
+def _teachers_used(store: Store, study: str) -> tuple[TeacherUsed, ...]:
+    """Teachers whose task, model and fine-tune seed match the study's done runs.
+
+    Runs do not store their teacher's cache key, so two teachers fine-tuned with other settings
+    on the same (task, model, seed) both match; the report says so when it happens.
+    """
+    rows = store.con.execute(
+        f"""WITH used AS (
+                SELECT task, json_extract_string(config, '$.teacher.model') AS model,
+                       TRY_CAST(json_extract_string(config, '$.teacher.finetune.seed') AS INTEGER) AS seed,
+                       count(*) AS runs
+                FROM runs WHERE {_DONE_OF_STUDY} GROUP BY ALL)
+            SELECT t.key, t.task, t.model, t.seed, t.majority, t.flagged, u.runs
+            FROM used u JOIN teachers t ON t.task = u.task AND t.model = u.model AND t.seed IS NOT DISTINCT FROM u.seed
+            ORDER BY t.task, t.model, t.seed, t.key""", [study]).fetchall()
+    return tuple(TeacherUsed(str(k), str(t), str(m), None if s is None else int(s),
+                             None if maj is None else float(maj), bool(flag), int(n))
+                 for k, t, m, s, maj, flag, n in rows)
