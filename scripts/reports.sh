@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reproduce reports/: run the papers' -cpu studies on GLUE and write each report (Markdown, HTML,
+# plots) and its tidy results (Parquet) under reports/<study>/. Finished runs are never redone, so an
+# interrupted call picks up where it stopped.   Usage: bash scripts/reports.sh [study ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+if [ -z "${KDGRID_DATA_DIR:-}" ] && [ -d ../shared/data/glue ]; then
+  export KDGRID_DATA_DIR=../shared/data/glue
+fi
+db=${KDGRID_DB:-reports.duckdb}
+studies=("$@")
+[ ${#studies[@]} -gt 0 ] || studies=(ablation-cpu objectives-cpu what_is_lost-cpu learnable_mapping-cpu)
+for s in "${studies[@]}"; do
+  kdgrid run "studies/$s.yaml" --db "$db" --workers "${KDGRID_WORKERS:-2}"
+  kdgrid report --study "$s" --db "$db" --out "reports/$s" --format md >/dev/null
+  kdgrid export --study "$s" --db "$db" --out "reports/$s/results.parquet"
+  echo "reports/$s/ written"
+done
