@@ -10,6 +10,7 @@ import pandas as pd
 
 from kdgrid.analyze.anova import ANOVA_COLUMNS, DIAGNOSTIC_COLUMNS, _anova
 from kdgrid.analyze.describe import _describe
+from kdgrid.analyze.efficiency import EFFICIENCY_COLUMNS, efficiency_table
 from kdgrid.analyze.paired import _paired
 from kdgrid.analyze.power import power_table
 from kdgrid.analyze.sensitivity import SENSITIVITY_COLUMNS, TeacherScores, _sensitivity, sensitivity_summary
@@ -32,6 +33,8 @@ class Analysis:
     * ``power``: task, condition, n, observed_dz, power_observed, n_for_observed, target_dz, n_for_target
     * ``warnings``: every caveat, in the order found, without repeats
     * ``mapping_weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (filled by callers that have them)
+    * ``efficiency``: cell, measure, n, median, min, max, baseline, ratio (empty when the table has no
+      params / latency_ms / throughput_ex_s / train_ex_per_s / peak_memory_mb columns)
     """
 
     cells: pd.DataFrame
@@ -43,6 +46,7 @@ class Analysis:
     power: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     mapping_weights: pd.DataFrame | None = None
+    efficiency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EFFICIENCY_COLUMNS)))
 
 
 def analyze_table(
@@ -91,6 +95,8 @@ def analyze_table(
         if train_sizes is not None:
             warnings.append("train_sizes given without teacher_scores: no sensitivity analysis")
     power = power_table(paired, target_dz=target_dz)
+    efficiency, w = efficiency_table(df, factors=prep.factors, baseline=baseline)
+    warnings += w
     if anova.empty:
         anova = pd.DataFrame(columns=ANOVA_COLUMNS)
     if diagnostics.empty:
@@ -104,4 +110,5 @@ def analyze_table(
         sensitivity_summary=summary,
         power=power,
         warnings=dedupe(warnings),
+        efficiency=efficiency,
     )

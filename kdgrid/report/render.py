@@ -12,7 +12,8 @@ Files written under ``out_dir`` (when given), per format:
 - md:    ``report.md``
 - csv:   ``cells.csv``, ``paired_tests.csv``, ``anova.csv``, ``sensitivity.csv``,
   ``power.csv``, ``diagnostics.csv`` (header only when empty), ``warnings.txt``,
-  and ``mapping_weights.csv`` when the analysis has mapping weights
+  ``mapping_weights.csv`` when the analysis has mapping weights and ``efficiency.csv`` when it has
+  efficiency measures
 - latex: ``report.tex`` (a complete document; booktabs tables)
 - html:  ``report.html`` (self-contained: CSS inline, plots as base64 PNG)
 - json:  ``report.json``
@@ -597,6 +598,7 @@ def analysis_json(
         "sensitivity": _records(section_frame(analysis, "sensitivity")),
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),
         "power": _records(section_frame(analysis, "power")),
+        "efficiency": _records(section_frame(analysis, "efficiency")),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
         "reproducibility": None if reproducibility is None else _jsonable(reproducibility_json(reproducibility)),
     }
@@ -617,7 +619,8 @@ def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
 
 
 def _csv(analysis: Any, out: Path | None) -> str:
-    names = list(CSV_SECTIONS) + (["mapping_weights"] if section_frame(analysis, "mapping_weights") is not None else [])
+    names = list(CSV_SECTIONS) + [name for name in ("mapping_weights", "efficiency")
+                                  if section_frame(analysis, name) is not None]
     chunks = []
     for name in names:
         text = _csv_frame(analysis, name).to_csv(index=False, lineterminator="\n")

@@ -47,6 +47,7 @@ POWER_COLUMNS: tuple[str, ...] = (
 MAPPING_COLUMNS: tuple[str, ...] = (
     "task", "cell", "seed", "epoch", "student_layer", "teacher_layer", "weight",
 )
+EFFICIENCY_COLUMNS: tuple[str, ...] = ("cell", "measure", "n", "median", "min", "max", "baseline", "ratio")
 #: Section name -> contract columns; used to validate inputs and to give empty CSVs a header.
 SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "cells": CELL_COLUMNS,
@@ -56,6 +57,7 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "sensitivity": SENSITIVITY_COLUMNS,
     "power": POWER_COLUMNS,
     "mapping_weights": MAPPING_COLUMNS,
+    "efficiency": EFFICIENCY_COLUMNS,
 }
 
 
@@ -685,6 +687,46 @@ def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None) ->
     return Section("mapping_weights", "Learned mapping weights", tables=tuple(tables))
 
 
+#: measure -> (column header, how to show its median). Parameters in millions, times as measured.
+_EFFICIENCY_SHOWN: dict[str, tuple[str, Any]] = {
+    "params": ("Params (M)", lambda v: fmt_num(None if _num(v) is None else _num(v) / 1e6, 2)),
+    "latency_ms": ("Latency (ms)", lambda v: fmt_num(v, 1)),
+    "throughput_ex_s": ("Throughput (ex/s)", lambda v: fmt_num(v, 0)),
+    "train_ex_per_s": ("Train (ex/s)", lambda v: fmt_num(v, 0)),
+    "peak_memory_mb": ("Peak memory (MB)", lambda v: fmt_num(v, 0)),
+}
+
+
+def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> Section | None:
+    """Cost per condition: each measure's median over runs with its ratio to the baseline cell;
+    None (no section) when the table has no efficiency columns, e.g. a ``--from`` table."""
+    if eff is None:
+        return None
+    labels = condition_labels(cells)
+    measures = [m for m in _EFFICIENCY_SHOWN if m in set(eff["measure"])]
+    order = list(dict.fromkeys(eff["cell"].astype(str)))
+    rows = []
+    for cell in order:
+        sub = eff[eff["cell"].astype(str) == cell].set_index("measure")
+        row = {"Condition": labels.get(cell, cell), "Runs": fmt_count(sub["n"].max())}
+        for m in measures:
+            header, show = _EFFICIENCY_SHOWN[m]
+            if m not in sub.index:
+                row[header] = MISSING
+                continue
+            ratio = _num(sub.at[m, "ratio"])
+            row[header] = show(sub.at[m, "median"]) + ("" if ratio is None else f" ({ratio:.2f}×)")
+        rows.append(row)
+    frame = _frame(rows, ["Condition", "Runs"] + [_EFFICIENCY_SHOWN[m][0] for m in measures])
+    caption = (
+        "Median over every run of the condition (all tasks and seeds), with the ratio to the baseline "
+        "condition's median in brackets (latency 0.50× = twice as fast). Latency and throughput: one forward "
+        "pass of a batch of 32 × 64 tokens on the run's device, median of repeats; Train: examples per second "
+        "of the whole distillation, teacher included. Times from runs that shared a machine compare best as ratios."
+    )
+    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", caption, frame, left=("Condition",)),))
+
+
 def warnings_section(warnings: Sequence[str] | None) -> Section:
     items = tuple(str(w) for w in (warnings or ()))
     if not items:
@@ -705,6 +747,7 @@ def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05)
                             cells, scale100=scale100),
         power_section(section_frame(analysis, "power"), cells),
         mapping_section(section_frame(analysis, "mapping_weights"), cells),
+        efficiency_section(section_frame(analysis, "efficiency"), cells),
         warnings_section(getattr(analysis, "warnings", None)),
     ]
     return [s for s in sections if s is not None]
