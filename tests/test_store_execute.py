@@ -185,3 +185,20 @@ def test_data_hashes_are_stored_and_an_older_store_gains_the_column(tmp_path: Pa
     with open_store(db, read_only=True) as s:
         rows = dict(s.con.execute("SELECT run_id, data FROM runs").fetchall())
     assert json.loads(rows["abc"]) == {"train": "sha256:aa", "dev": "sha256:bb"} and rows["old"] is None
+
+
+def test_teachers_first_starts_one_run_per_teacher_then_keeps_plan_order() -> None:
+    from kdgrid.execute.local import teacher_of, teachers_first
+
+    planned = expand(grid_study(seeds=2))
+    assert [r.task for r in planned[:4]] == ["cola"] * 4  # plan order: a task's runs together
+    ordered = teachers_first(planned)
+    assert sorted(r.run_id for r in ordered) == sorted(r.run_id for r in planned)  # nothing lost or repeated
+    assert [r.task for r in ordered[:2]] == ["cola", "stsb"]
+    assert ordered[0] is planned[0] and ordered[2:] == [r for r in planned if r not in ordered[:2]]
+    # A teacher setting other than the task also makes another teacher.
+    other = Study.model_validate({"name": "h", "tasks": ["cola"], "seeds": 2,
+                                  "grid": {"teacher.finetune.epochs": [1, 2]}})
+    runs = expand(other)
+    assert len({teacher_of(r) for r in runs}) == 2
+    assert len({teacher_of(r) for r in teachers_first(runs)[:2]}) == 2

@@ -14,6 +14,7 @@ Only the coordinator writes the store, and it opens the store for each write onl
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -137,7 +138,7 @@ def run_grid(
         ledger = Ledger(db_path, outcome, reporter)
         if ex.executor == "slurm":
             reporter.grid_start(len(unique), len(todo) + len(reattach))
-            _run_cluster(cluster_executor, workdir, todo, reattach, ex, runner, ledger, reporter, outcome)
+            _run_cluster(cluster_executor, workdir, teachers_first(todo), reattach, ex, runner, ledger, reporter, outcome)
         else:
             outcome.elsewhere = len(reattach)  # still running as cluster jobs: left to them
             reporter.grid_start(len(unique), len(todo))
@@ -153,6 +154,30 @@ def run_grid(
     return outcome
 
 
+def teacher_of(run: PlannedRun) -> str:
+    """What decides which fine-tuned teacher a run needs (the inputs of its teacher cache key)."""
+    c = run.config
+    data = c.get("data") or {}
+    return json.dumps([run.task, c.get("teacher"), data.get("max_seq_length"), data.get("dir")], sort_keys=True, default=str)
+
+
+def teachers_first(todo: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The first run of every distinct teacher, then the others, each part in plan order.
+
+    Runs of one task come together in plan order, so with several workers every worker would
+    start on the same task and all but one would wait on that teacher's fine-tuning lock.
+    Starting one run per teacher first puts the teachers' fine-tuning on all workers at once.
+    """
+    seen: set[str] = set()
+    first: list[PlannedRun] = []
+    rest: list[PlannedRun] = []
+    for run in todo:
+        key = teacher_of(run)
+        (rest if key in seen else first).append(run)
+        seen.add(key)
+    return first + rest
+
+
 def _run_pool(db_path: Path, workdir: Path, todo: list[PlannedRun], ex: Execute, runner: Runner | None,
               ledger: Ledger, reporter: Any, outcome: GridOutcome) -> None:
     from kdgrid.execute.pool import Pool
@@ -161,7 +186,7 @@ def _run_pool(db_path: Path, workdir: Path, todo: list[PlannedRun], ex: Execute,
     slots: list[str | None] = list(ex.gpus) if ex.gpus else [None] * ex.workers
     pool = Pool(db_path=db_path, workdir=workdir, ledger=ledger, reporter=reporter, runner_ref=pack_runner(runner),
                 slots=slots, threads=threads_per_worker(len(slots)), timeout_s=ex.timeout_s, retries=ex.retries)
-    if not pool.run(todo):
+    if not pool.run(teachers_first(todo) if len(slots) > 1 else todo):
         outcome.interrupted = True
 
 
