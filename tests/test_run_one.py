@@ -83,8 +83,11 @@ def test_learnable_mapping_weights_are_logged_each_epoch(tiny_model_dir: Path, d
                     objective={"intermediate": {"attention": "kl", "hidden": "seq"}, "mapping": {"kind": "learnable", "init": "diagonal"}})[0]
     res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
     w = [m for m in res["metrics"] if m.get("split") == "mapping"]
-    assert {m["epoch"] for m in w} == {1, 2}
-    for epoch in (1, 2):
+    assert {m["epoch"] for m in w} == {0, 1, 2}  # 0: the initial weights
+    start = {m["name"]: m["value"] for m in w if m["epoch"] == 0}
+    assert max(v for k, v in start.items() if k.startswith("s1.")) == pytest.approx(0.9, abs=1e-6)  # diagonal init
+    assert any(abs(m["value"] - start[m["name"]]) > 1e-6 for m in w if m["epoch"] == 2)  # and training moved it
+    for epoch in (0, 1, 2):
         for s in (1, 2):
             row = sum(m["value"] for m in w if m["epoch"] == epoch and m["name"].startswith(f"s{s}."))
             assert row == pytest.approx(1.0, abs=1e-5)

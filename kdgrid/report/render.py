@@ -12,8 +12,8 @@ Files written under ``out_dir`` (when given), per format:
 - md:    ``report.md``
 - csv:   ``cells.csv``, ``paired_tests.csv``, ``anova.csv``, ``sensitivity.csv``,
   ``power.csv``, ``diagnostics.csv`` (header only when empty), ``warnings.txt``,
-  ``mapping_weights.csv`` when the analysis has mapping weights and ``efficiency.csv`` when it has
-  efficiency measures
+  ``mapping_weights.csv`` and ``mapping_convergence.csv`` when the analysis has mapping weights and
+  ``efficiency.csv`` when it has efficiency measures
 - latex: ``report.tex`` (a complete document; booktabs tables)
 - html:  ``report.html`` (self-contained: CSS inline, plots as base64 PNG)
 - json:  ``report.json``
@@ -599,9 +599,17 @@ def analysis_json(
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),
         "power": _records(section_frame(analysis, "power")),
         "efficiency": _records(section_frame(analysis, "efficiency")),
+        "mapping_convergence": _records(_convergence(analysis)),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
         "reproducibility": None if reproducibility is None else _jsonable(reproducibility_json(reproducibility)),
     }
+
+
+def _convergence(analysis: Any) -> pd.DataFrame | None:
+    from kdgrid.analyze.mapping import mapping_convergence
+
+    weights = section_frame(analysis, "mapping_weights")
+    return None if weights is None else mapping_convergence(weights)
 
 
 # --------------------------------------------------------------------------- csv
@@ -627,6 +635,12 @@ def _csv(analysis: Any, out: Path | None) -> str:
         if out is not None:
             _write(out / f"{name}.csv", text)
         chunks.append(f"# {name}.csv\n{text}")
+    conv = _convergence(analysis)
+    if conv is not None and not conv.empty:
+        text = conv.to_csv(index=False, lineterminator="\n")
+        if out is not None:
+            _write(out / "mapping_convergence.csv", text)
+        chunks.append(f"# mapping_convergence.csv\n{text}")
     warnings = [str(w) for w in (getattr(analysis, "warnings", None) or [])]
     if out is not None:
         _write(out / "warnings.txt", "".join(w.replace("\n", " ") + "\n" for w in warnings))

@@ -684,7 +684,33 @@ def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None) ->
                        f"layer (S) at the last epoch, mean over {seeds.nunique()} seed(s).")
             tables.append(DisplayTable(f"mapping-{slug(task)}-{slug(labels.get(cell, cell))}", caption,
                                        frame.reset_index(drop=True), left=("Student layer",)))
+    tables += convergence_tables(weights, labels)
     return Section("mapping_weights", "Learned mapping weights", tables=tuple(tables))
+
+
+def convergence_tables(weights: pd.DataFrame, labels: Mapping[str, str]) -> list[DisplayTable]:
+    """Per task with two or more learnable-mapping cells: how far apart their mappings started and ended."""
+    from kdgrid.analyze.mapping import mapping_convergence
+
+    conv = mapping_convergence(weights)
+    out = []
+    for task, g in conv.groupby("task", sort=False):
+        if g["cell_a"].nunique() < 2 and g["end_distance"].isna().all():
+            continue
+        rows = [{
+            "Cell": labels.get(str(r.cell_a), str(r.cell_a)),
+            "vs": "(its own seeds)" if r.cell_a == r.cell_b else labels.get(str(r.cell_b), str(r.cell_b)),
+            "Seeds": f"{r.n_a}" if r.cell_a == r.cell_b else f"{r.n_a} / {r.n_b}",
+            "Start": fmt_num(r.start_distance, 3), "End": fmt_num(r.end_distance, 3),
+        } for r in g.itertuples(index=False)]
+        caption = (f"{task}: distance between learned mappings, the mean over student layers of the total-variation "
+                   "distance of their weight rows (0 = the same mapping, 1 = no teacher layer in common), at the start "
+                   "(epoch 0) and after the last epoch. Two cells: between their seed-mean mappings; a cell with its "
+                   "own seeds: mean over seed pairs, the noise floor. Mappings that converge whatever their start "
+                   "end closer than they began, near that floor.")
+        out.append(DisplayTable(f"mapping-convergence-{slug(task)}", caption,
+                                _frame(rows, ["Cell", "vs", "Seeds", "Start", "End"]), left=("Cell", "vs")))
+    return out
 
 
 #: measure -> (column header, how to show its median). Parameters in millions, times as measured.

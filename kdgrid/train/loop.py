@@ -214,6 +214,7 @@ def train_stage(
     step = 0
     student.train()
     objective.train()
+    rows += _mapping_rows(objective, {"stage": settings.stage, "epoch": 0, "step": 0})  # the start, to see how far it moved
     for epoch in range(1, settings.epochs + 1):
         # float64 sums on the device: the same numbers as summing Python floats, without a sync per term.
         sums: dict[str, torch.Tensor] = {}
@@ -257,9 +258,15 @@ def train_stage(
             if on_epoch is not None:
                 # A search prunes a trial by raising here: the exception must reach the caller unchanged.
                 on_epoch(settings.stage, epoch, dict(dev))
-        weights = objective.mapping_weights()
-        if weights is not None:
-            w = weights.detach().cpu()
-            rows += [{**base, "split": "mapping", "name": f"s{m + 1}.t{k + 1}", "value": float(w[m, k])}
-                     for m in range(w.shape[0]) for k in range(w.shape[1])]
+        rows += _mapping_rows(objective, base)
     return rows, train_time
+
+
+def _mapping_rows(objective: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The learnable mapping's weights w[m, k] as metric rows ``sM.tK`` (none for a fixed mapping)."""
+    weights = objective.mapping_weights()
+    if weights is None:
+        return []
+    w = weights.detach().cpu()
+    return [{**base, "split": "mapping", "name": f"s{m + 1}.t{k + 1}", "value": float(w[m, k])}
+            for m in range(w.shape[0]) for k in range(w.shape[1])]

@@ -1,0 +1,83 @@
+"""Do learnable layer mappings converge to the same weights whatever their start? (paper 1, §4.2)
+
+The distance between two mappings W, V (student layers × teacher layers, rows summing to 1) is
+the mean over student layers of the total-variation distance of their rows,
+
+    d(W, V) = 1/S · Σ_m ½ Σ_k |W[m, k] − V[m, k]|,
+
+the share of each student layer's weight that would have to move to turn one into the other:
+0 for the same mapping, 1 for mappings with no teacher layer in common. Comparing d at the
+start (epoch 0, the initial weights) with d after the last epoch tells whether different
+initialisations ended up in the same place; the distance between seeds of one cell is the
+noise floor that "the same place" can be judged against.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CONVERGENCE_COLUMNS", "mapping_convergence", "mapping_distance"]
+
+CONVERGENCE_COLUMNS: tuple[str, ...] = ("task", "cell_a", "cell_b", "n_a", "n_b", "start_distance", "end_distance")
+
+
+def mapping_distance(w: np.ndarray, v: np.ndarray) -> float:
+    """Mean over rows of the total-variation distance between ``w`` and ``v`` (same shape, S × T)."""
+    w, v = np.asarray(w, dtype=float), np.asarray(v, dtype=float)
+    if w.shape != v.shape or w.ndim != 2:
+        raise ValueError(f"mappings must be two matrices of one shape, got {w.shape} and {v.shape}")
+    return float(0.5 * np.abs(w - v).sum(axis=1).mean())
+
+
+def _matrices(g: pd.DataFrame, which: str) -> dict[object, np.ndarray]:
+    """Seed -> weight matrix at that seed's first (``start``) or last (``end``) recorded epoch."""
+    out: dict[object, np.ndarray] = {}
+    for seed, s in g.groupby("seed", sort=True):
+        epoch = s["epoch"].min() if which == "start" else s["epoch"].max()
+        if which == "start" and epoch != 0:
+            continue  # runs stored before epoch 0 was recorded have no start
+        at = s[s["epoch"] == epoch]
+        out[seed] = at.pivot_table(index="student_layer", columns="teacher_layer", values="weight",
+                                   aggfunc="mean").sort_index().sort_index(axis=1).to_numpy()
+    return out
+
+
+def _between(a: dict[object, np.ndarray], b: dict[object, np.ndarray]) -> float:
+    if not a or not b:
+        return np.nan
+    return mapping_distance(np.mean(list(a.values()), axis=0), np.mean(list(b.values()), axis=0))
+
+
+def _within(a: dict[object, np.ndarray]) -> float:
+    pairs = list(combinations(a.values(), 2))
+    return float(np.mean([mapping_distance(x, y) for x, y in pairs])) if pairs else np.nan
+
+
+def mapping_convergence(weights: pd.DataFrame) -> pd.DataFrame:
+    """Distances between the learned mappings of every pair of cells of a task, at the start and the end.
+
+    ``weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (the report's mapping
+    weights; epoch 0 = initial weights). Rows :data:`CONVERGENCE_COLUMNS`: for two cells, the distance
+    between their seed-mean mappings; for a cell with itself (``cell_a == cell_b``), the mean distance
+    between its seeds. ``start_distance`` is NaN when epoch 0 was not recorded.
+    """
+    rows: list[dict[str, object]] = []
+    for task, tg in weights.groupby(weights["task"].astype(str), sort=False):
+        cells = list(dict.fromkeys(tg["cell"].astype(str)))
+        by_cell = {c: tg[tg["cell"].astype(str) == c] for c in cells}
+        start = {c: _matrices(g, "start") for c, g in by_cell.items()}
+        end = {c: _matrices(g, "end") for c, g in by_cell.items()}
+        shapes = {m.shape for c in cells for m in end[c].values()}
+        for a in cells:
+            n_a = len(end[a])
+            rows.append({"task": task, "cell_a": a, "cell_b": a, "n_a": n_a, "n_b": n_a,
+                         "start_distance": _within(start[a]), "end_distance": _within(end[a])})
+        if len(shapes) > 1:
+            continue  # students of different depths: their mappings cannot be compared entry by entry
+        for a, b in combinations(cells, 2):
+            rows.append({"task": task, "cell_a": a, "cell_b": b, "n_a": len(end[a]), "n_b": len(end[b]),
+                         "start_distance": _between(start[a], start[b]), "end_distance": _between(end[a], end[b])})
+    return pd.DataFrame(rows, columns=list(CONVERGENCE_COLUMNS))
