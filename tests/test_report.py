@@ -251,7 +251,7 @@ def test_every_format_writes_its_files(report_dir: Path) -> None:
     assert sorted(p.name for p in report_dir.iterdir()) == sorted([
         "report.txt", "report.md", "report.tex", "report.html", "report.json",
         "cells.csv", "paired_tests.csv", "anova.csv", "sensitivity.csv", "power.csv", "diagnostics.csv",
-        "mapping_weights.csv", "warnings.txt", "plots",
+        "mapping_weights.csv", "mapping_convergence.csv", "warnings.txt", "plots",
     ])
     stems = ["forest", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention_pct"]
     plots = sorted((report_dir / "plots").iterdir())
