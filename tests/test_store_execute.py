@@ -202,3 +202,37 @@ def test_teachers_first_starts_one_run_per_teacher_then_keeps_plan_order() -> No
     runs = expand(other)
     assert len({teacher_of(r) for r in runs}) == 2
     assert len({teacher_of(r) for r in teachers_first(runs)[:2]}) == 2
+
+
+def test_reader_waits_for_a_writer_instead_of_failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import kdgrid.store.db as db_mod
+
+    db = tmp_path / "k.duckdb"
+    go(db, grid_study(seeds=1), FakeRunner())
+    # Another process holds the write lock for a moment, as the coordinator does while it ingests a result.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "time.sleep(1.5); c.close()", str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with open_store(db, read_only=True) as store:
+            assert store.study_names() == ["g"]
+        assert time.monotonic() - t0 > 0.5  # it did wait for the lock
+        # A lock that outlasts the wait is still the one clear error.
+        holder.wait(timeout=30)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+             "time.sleep(30)", str(db)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(db_mod, "READER_WAIT_S", 0.3)
+        with pytest.raises(StoreError, match="in use by another kdgrid process"):
+            with open_store(db, read_only=True):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -292,6 +293,24 @@ def _is_kdgrid(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(row and row[0] == "kdgrid")
 
 
+#: How long a reader (status, report, export) waits for a writer's lock: a coordinator holds the file
+#: for well under a second per write, so a reader that arrives then should wait, not fail.
+READER_WAIT_S = 15.0
+
+
+def _connect(p: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + (READER_WAIT_S if read_only else 0.0)
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(p), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.5)
+
+
 @contextmanager
 def open_store(path: str | Path | None = None, *, read_only: bool = False, create: bool = True) -> Iterator[Store]:
     """Open (and create, unless ``read_only``) a kdgrid store; one clear StoreError otherwise."""
@@ -303,7 +322,7 @@ def open_store(path: str | Path | None = None, *, read_only: bool = False, creat
     if p.exists() and p.is_dir():
         raise StoreError(f"{p}: is a directory, not a DuckDB file")
     try:
-        con = duckdb.connect(str(p), read_only=read_only)
+        con = _connect(p, read_only)
     except duckdb.IOException as exc:
         msg = str(exc).splitlines()[0]
         if "lock" in msg.lower():
