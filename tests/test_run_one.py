@@ -153,6 +153,15 @@ def test_final_dev_metrics_are_the_last_epochs_scored_once(tiny_model_dir: Path,
     assert final(result) == last and "mcc" in last
     assert len(calls) == 2  # once per epoch, not again for the final row
 
+    # eval_every_epoch: false scores the last epoch only; same run id, same trained weights, same final scores.
+    calls.clear()
+    quiet = make_runs(tiny_model_dir, data, train={"epochs": 2, "eval_every_epoch": False})[0]
+    assert quiet.run_id == run.run_id
+    result2 = run_one(quiet.config, tmp_path / "r2", workdir=tmp_path)
+    assert len(calls) == 1
+    assert {m.get("epoch") for m in result2["metrics"] if m["stage"] == "joint" and m["split"] == "dev"} == {2}
+    assert final(result2) == final(result)
+
 
 def test_result_names_the_data_files_it_read(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
     import hashlib

@@ -100,6 +100,9 @@ class Train(Strict):
     max_grad_norm: PosFloat = 1.0
     # Cache the frozen teacher's logits/[CLS] states once per data set (exact: teacher is in eval mode).
     teacher_cache: bool = True
+    # Dev scores after every epoch (learning curves, search pruning) or only after the last: on a CPU
+    # the dev pass can cost as much as a short epoch, and it never changes the trained weights.
+    eval_every_epoch: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
 

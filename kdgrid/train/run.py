@@ -160,7 +160,8 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         settings = StageSettings(
             stage=stage, epochs=epochs, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
             warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm, task=cfg.task,
-            evaluate_each_epoch=stage != "intermediate", evaluate_last_epoch=stage != "intermediate",
+            evaluate_each_epoch=stage != "intermediate" and cfg.train.eval_every_epoch,
+            evaluate_last_epoch=stage != "intermediate",
         )
         loader = make_loader(train_set, cfg.train.batch_size, pad_token_id=pad_id, shuffle=True, seed=cfg.seed,
                              is_regression=spec.is_regression)
