@@ -236,3 +236,16 @@ def test_reader_waits_for_a_writer_instead_of_failing(tmp_path: Path, monkeypatc
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_two_stores_in_one_folder_do_not_take_each_others_results(tmp_path: Path) -> None:
+    # Both stores keep their runs under tmp_path/.kdgrid/runs; a store recovers only runs it planned.
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    go(a, grid_study(seeds=1), FakeRunner())
+    other = Study.model_validate({"name": "h", "tasks": ["cola"], "seeds": 1,
+                                  "grid": {"objective.prediction.temperature": [2.0]}})
+    out = go(b, other, FakeRunner())
+    assert out.recovered == 0
+    with open_store(b, read_only=True) as s:
+        assert s.con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert counts(a) == {"done": 4}

@@ -68,7 +68,8 @@ def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any
         statuses: dict[str, str] = dict(store.con.execute("SELECT run_id, status FROM runs").fetchall())
         if runs_root.is_dir():
             for rdir in runs_root.iterdir():
-                if statuses.get(rdir.name) == "done":
+                # A run this store never planned belongs to another store that shares the folder: not ours to ingest.
+                if rdir.name not in statuses or statuses[rdir.name] == "done":
                     continue
                 res = read_result(rdir / "result.json")
                 if recoverable(res) and statuses.get(res["run_id"]) != res["status"]:  # type: ignore[index]
