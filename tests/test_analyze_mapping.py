@@ -76,3 +76,17 @@ def test_report_shows_convergence_in_md_json_csv(tmp_path: Path) -> None:
     assert {(r["cell_a"], r["cell_b"]) for r in obj["mapping_convergence"]} >= {("init=uniform", "init=diagonal")}
     back = pd.read_csv(tmp_path / "mapping_convergence.csv")
     assert len(back) == 3
+
+
+def test_only_cells_one_factor_apart_are_paired() -> None:
+    w = weights()
+    third = w[w["cell"] == "init=uniform"].assign(cell="init=random")
+    w = pd.concat([w.assign(cell=w["cell"] + ", lr=1"), third.assign(cell="init=random, lr=2")])
+    levels = {"init=uniform, lr=1": {"init": "uniform", "lr": "1"},
+              "init=diagonal, lr=1": {"init": "diagonal", "lr": "1"},
+              "init=random, lr=2": {"init": "random", "lr": "2"}}
+    conv = mapping_convergence(w, levels)
+    pairs = {(a, b) for a, b in zip(conv["cell_a"], conv["cell_b"]) if a != b}
+    assert pairs == {("init=uniform, lr=1", "init=diagonal, lr=1")}  # the random cell differs in two factors
+    assert (conv["cell_a"] == conv["cell_b"]).sum() == 3  # every cell still has its seed floor
+    assert len(mapping_convergence(w)) == 3 + 3  # without levels, every pair

@@ -14,6 +14,7 @@ noise floor that "the same place" can be judged against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
 
 import numpy as np
@@ -56,14 +57,24 @@ def _within(a: dict[object, np.ndarray]) -> float:
     return float(np.mean([mapping_distance(x, y) for x, y in pairs])) if pairs else np.nan
 
 
-def mapping_convergence(weights: pd.DataFrame) -> pd.DataFrame:
-    """Distances between the learned mappings of every pair of cells of a task, at the start and the end.
+def _one_apart(a: Mapping[str, str] | None, b: Mapping[str, str] | None) -> bool:
+    if a is None or b is None:
+        return True
+    return sum(a.get(k) != b.get(k) for k in set(a) | set(b)) == 1
+
+
+def mapping_convergence(weights: pd.DataFrame,
+                        cell_levels: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """Distances between the learned mappings of pairs of cells of a task, at the start and the end.
 
     ``weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (the report's mapping
     weights; epoch 0 = initial weights). Rows :data:`CONVERGENCE_COLUMNS`: for two cells, the distance
     between their seed-mean mappings; for a cell with itself (``cell_a == cell_b``), the mean distance
-    between its seeds. ``start_distance`` is NaN when epoch 0 was not recorded.
+    between its seeds. ``start_distance`` is NaN when epoch 0 was not recorded. ``cell_levels`` (cell ->
+    factor -> level) keeps only pairs of cells that differ in one factor, the pairs that say what that
+    factor does to the mapping; without it every pair is compared.
     """
+    levels = cell_levels or {}
     rows: list[dict[str, object]] = []
     for task, tg in weights.groupby(weights["task"].astype(str), sort=False):
         cells = list(dict.fromkeys(tg["cell"].astype(str)))
@@ -78,6 +89,8 @@ def mapping_convergence(weights: pd.DataFrame) -> pd.DataFrame:
         if len(shapes) > 1:
             continue  # students of different depths: their mappings cannot be compared entry by entry
         for a, b in combinations(cells, 2):
+            if not _one_apart(levels.get(a), levels.get(b)):
+                continue
             rows.append({"task": task, "cell_a": a, "cell_b": b, "n_a": len(end[a]), "n_b": len(end[b]),
                          "start_distance": _between(start[a], start[b]), "end_distance": _between(end[a], end[b])})
     return pd.DataFrame(rows, columns=list(CONVERGENCE_COLUMNS))

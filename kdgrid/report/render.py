@@ -608,8 +608,12 @@ def analysis_json(
 def _convergence(analysis: Any) -> pd.DataFrame | None:
     from kdgrid.analyze.mapping import mapping_convergence
 
+    from kdgrid.report.tables import cell_factor_levels
+
     weights = section_frame(analysis, "mapping_weights")
-    return None if weights is None else mapping_convergence(weights)
+    if weights is None:
+        return None
+    return mapping_convergence(weights, cell_factor_levels(section_frame(analysis, "cells")))
 
 
 # --------------------------------------------------------------------------- csv

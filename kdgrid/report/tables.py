@@ -684,15 +684,24 @@ def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None) ->
                        f"layer (S) at the last epoch, mean over {seeds.nunique()} seed(s).")
             tables.append(DisplayTable(f"mapping-{slug(task)}-{slug(labels.get(cell, cell))}", caption,
                                        frame.reset_index(drop=True), left=("Student layer",)))
-    tables += convergence_tables(weights, labels)
+    tables += convergence_tables(weights, labels, cell_factor_levels(cells))
     return Section("mapping_weights", "Learned mapping weights", tables=tuple(tables))
 
 
-def convergence_tables(weights: pd.DataFrame, labels: Mapping[str, str]) -> list[DisplayTable]:
-    """Per task with two or more learnable-mapping cells: how far apart their mappings started and ended."""
+def cell_factor_levels(cells: pd.DataFrame | None) -> dict[str, dict[str, str]]:
+    """Cell label -> factor -> level, from the cells table."""
+    if cells is None:
+        return {}
+    factors = factor_columns(cells)
+    return {str(r["cell"]): {f: str(r[f]) for f in factors} for _, r in cells.drop_duplicates("cell").iterrows()}
+
+
+def convergence_tables(weights: pd.DataFrame, labels: Mapping[str, str],
+                       levels: Mapping[str, Mapping[str, str]] | None = None) -> list[DisplayTable]:
+    """Per task: how far apart the mappings of cells one factor apart started and ended."""
     from kdgrid.analyze.mapping import mapping_convergence
 
-    conv = mapping_convergence(weights)
+    conv = mapping_convergence(weights, levels)
     out = []
     for task, g in conv.groupby("task", sort=False):
         if g["cell_a"].nunique() < 2 and g["end_distance"].isna().all():
@@ -706,8 +715,8 @@ def convergence_tables(weights: pd.DataFrame, labels: Mapping[str, str]) -> list
         caption = (f"{task}: distance between learned mappings, the mean over student layers of the total-variation "
                    "distance of their weight rows (0 = the same mapping, 1 = no teacher layer in common), at the start "
                    "(epoch 0) and after the last epoch. Two cells: between their seed-mean mappings; a cell with its "
-                   "own seeds: mean over seed pairs, the noise floor. Mappings that converge whatever their start "
-                   "end closer than they began, near that floor.")
+                   "own seeds: mean over seed pairs, the noise floor. Only cells that differ in one factor are "
+                   "paired. Mappings that converge whatever their start end closer than they began, near that floor.")
         out.append(DisplayTable(f"mapping-convergence-{slug(task)}", caption,
                                 _frame(rows, ["Cell", "vs", "Seeds", "Start", "End"]), left=("Cell", "vs")))
     return out
