@@ -282,7 +282,9 @@ def report(
         train_sizes={name: spec.train_size for name, spec in TASKS.items()},
     )
     if src.mapping is not None:
-        analysis.mapping_weights = src.mapping
+        from kdgrid.analyze.mapping import as_analysis_cells
+
+        analysis.mapping_weights = as_analysis_cells(src.mapping, src.table, chosen_factors or [])
     analysis.warnings = [*src.warnings, *analysis.warnings]
     meta = {**src.meta, "metric": chosen_metric, "baseline": base or "first level of each factor",
             "correction": corr, "anova type": anova_type, "kdgrid": __version__}

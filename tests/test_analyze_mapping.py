@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from kdgrid.analyze import analyze_table
-from kdgrid.analyze.mapping import CONVERGENCE_COLUMNS, mapping_convergence, mapping_distance
+from kdgrid.analyze.mapping import CONVERGENCE_COLUMNS, as_analysis_cells, mapping_convergence, mapping_distance
 from kdgrid.report.render import render_many
 
 
@@ -56,6 +56,9 @@ def test_convergence_start_end_and_seed_floor() -> None:
     assert own["start_distance"] == 0.0  # same init for every seed
     assert own["end_distance"] == pytest.approx(0.04)  # rows differ by ±0.02 per seed -> TV 0.04
     assert own["n_a"] == 2
+    # Moved, seed 0: rows [.5 .5] -> [.72 .28] (TV .22) and [.5 .5] -> [.18 .82] (TV .32), mean .27; seed 1: .23.
+    assert own["moved"] == pytest.approx(0.25)
+    assert np.isnan(pair["moved"])
 
 
 def test_runs_without_epoch_zero_have_no_start() -> None:
@@ -71,7 +74,7 @@ def test_report_shows_convergence_in_md_json_csv(tmp_path: Path) -> None:
     analysis.mapping_weights = weights()
     texts = render_many(analysis, fmts=["md", "json", "csv"], out_dir=tmp_path, plots=False)
     assert "distance between learned mappings" in texts["md"]
-    assert "| init=uniform | init=diagonal | 2 / 2 | 0.400 | 0.000 |" in texts["md"]
+    assert "| init=uniform | init=diagonal | 2 / 2 | 0.400 | 0.000 | – |" in texts["md"]
     obj = json.loads(texts["json"])
     assert {(r["cell_a"], r["cell_b"]) for r in obj["mapping_convergence"]} >= {("init=uniform", "init=diagonal")}
     back = pd.read_csv(tmp_path / "mapping_convergence.csv")
@@ -90,3 +93,14 @@ def test_only_cells_one_factor_apart_are_paired() -> None:
     assert pairs == {("init=uniform, lr=1", "init=diagonal, lr=1")}  # the random cell differs in two factors
     assert (conv["cell_a"] == conv["cell_b"]).sum() == 3  # every cell still has its seed floor
     assert len(mapping_convergence(w)) == 3 + 3  # without levels, every pair
+
+
+def test_store_cell_names_become_the_analysis_names() -> None:
+    # The store writes full factor paths and levels as in the study file; the analysis short names, canonical levels.
+    table = pd.DataFrame({"cell": ["objective.mapping.init=uniform, objective.intermediate.alpha=0.0"],
+                          "objective.mapping.init": ["uniform"], "objective.intermediate.alpha": ["0.0"]})
+    w = pd.DataFrame({"task": ["cola"], "cell": [table["cell"][0]], "weight": [1.0]})
+    out = as_analysis_cells(w, table, ["objective.mapping.init", "objective.intermediate.alpha"])
+    assert out["cell"].tolist() == ["init=uniform, alpha=0"]
+    other = as_analysis_cells(w.assign(cell="not in the table"), table, ["objective.mapping.init"])
+    assert other["cell"].tolist() == ["not in the table"]

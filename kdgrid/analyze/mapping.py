@@ -14,15 +14,33 @@ noise floor that "the same place" can be judged against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["CONVERGENCE_COLUMNS", "mapping_convergence", "mapping_distance"]
+from kdgrid.analyze.tidy import cell_label, level_key, short_names
 
-CONVERGENCE_COLUMNS: tuple[str, ...] = ("task", "cell_a", "cell_b", "n_a", "n_b", "start_distance", "end_distance")
+__all__ = ["CONVERGENCE_COLUMNS", "as_analysis_cells", "mapping_convergence", "mapping_distance"]
+
+CONVERGENCE_COLUMNS: tuple[str, ...] = (
+    "task", "cell_a", "cell_b", "n_a", "n_b", "start_distance", "end_distance", "moved",
+)
+
+
+def as_analysis_cells(weights: pd.DataFrame, table: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
+    """``weights`` with its cells named as the analysis names them (short factor names, canonical levels).
+
+    The store names a cell by its full factor paths and levels as written (``objective.intermediate.alpha=0.0``);
+    the analysis by short names and canonical levels (``alpha=0``). ``table`` is the tidy results table,
+    which holds both the store's ``cell`` and the factor columns.
+    """
+    facs = [f for f in factors if f in table.columns]
+    short = short_names(facs)
+    names = {str(r["cell"]): cell_label({f: level_key(r[f]) for f in facs}, facs, short)
+             for _, r in table.drop_duplicates("cell").iterrows()}
+    return weights.assign(cell=weights["cell"].astype(str).map(lambda c: names.get(c, c)))
 
 
 def mapping_distance(w: np.ndarray, v: np.ndarray) -> float:
@@ -70,7 +88,8 @@ def mapping_convergence(weights: pd.DataFrame,
     ``weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (the report's mapping
     weights; epoch 0 = initial weights). Rows :data:`CONVERGENCE_COLUMNS`: for two cells, the distance
     between their seed-mean mappings; for a cell with itself (``cell_a == cell_b``), the mean distance
-    between its seeds. ``start_distance`` is NaN when epoch 0 was not recorded. ``cell_levels`` (cell ->
+    between its seeds, and ``moved``, the mean over seeds of the distance from the start to the end (how far
+    training took the mapping). ``start_distance`` and ``moved`` are NaN when epoch 0 was not recorded. ``cell_levels`` (cell ->
     factor -> level) keeps only pairs of cells that differ in one factor, the pairs that say what that
     factor does to the mapping; without it every pair is compared.
     """
@@ -84,13 +103,16 @@ def mapping_convergence(weights: pd.DataFrame,
         shapes = {m.shape for c in cells for m in end[c].values()}
         for a in cells:
             n_a = len(end[a])
+            moved = [mapping_distance(start[a][s], end[a][s]) for s in end[a] if s in start[a]]
             rows.append({"task": task, "cell_a": a, "cell_b": a, "n_a": n_a, "n_b": n_a,
-                         "start_distance": _within(start[a]), "end_distance": _within(end[a])})
+                         "start_distance": _within(start[a]), "end_distance": _within(end[a]),
+                         "moved": float(np.mean(moved)) if moved else np.nan})
         if len(shapes) > 1:
             continue  # students of different depths: their mappings cannot be compared entry by entry
         for a, b in combinations(cells, 2):
             if not _one_apart(levels.get(a), levels.get(b)):
                 continue
             rows.append({"task": task, "cell_a": a, "cell_b": b, "n_a": len(end[a]), "n_b": len(end[b]),
-                         "start_distance": _between(start[a], start[b]), "end_distance": _between(end[a], end[b])})
+                         "start_distance": _between(start[a], start[b]), "end_distance": _between(end[a], end[b]),
+                         "moved": np.nan})
     return pd.DataFrame(rows, columns=list(CONVERGENCE_COLUMNS))

@@ -711,14 +711,16 @@ def convergence_tables(weights: pd.DataFrame, labels: Mapping[str, str],
             "vs": "(its own seeds)" if r.cell_a == r.cell_b else labels.get(str(r.cell_b), str(r.cell_b)),
             "Seeds": f"{r.n_a}" if r.cell_a == r.cell_b else f"{r.n_a} / {r.n_b}",
             "Start": fmt_num(r.start_distance, 3), "End": fmt_num(r.end_distance, 3),
+            "Moved": fmt_num(r.moved, 3),
         } for r in g.itertuples(index=False)]
         caption = (f"{task}: distance between learned mappings, the mean over student layers of the total-variation "
                    "distance of their weight rows (0 = the same mapping, 1 = no teacher layer in common), at the start "
                    "(epoch 0) and after the last epoch. Two cells: between their seed-mean mappings; a cell with its "
-                   "own seeds: mean over seed pairs, the noise floor. Only cells that differ in one factor are "
+                   "own seeds: mean over seed pairs, the noise floor, and Moved, how far training took each seed's "
+                   "mapping from its start. Only cells that differ in one factor are "
                    "paired. Mappings that converge whatever their start end closer than they began, near that floor.")
         out.append(DisplayTable(f"mapping-convergence-{slug(task)}", caption,
-                                _frame(rows, ["Cell", "vs", "Seeds", "Start", "End"]), left=("Cell", "vs")))
+                                _frame(rows, ["Cell", "vs", "Seeds", "Start", "End", "Moved"]), left=("Cell", "vs")))
     return out
 
 
