@@ -11,7 +11,7 @@ if [ -z "${KDGRID_DATA_DIR:-}" ] && [ -d ../shared/data/glue ]; then
 fi
 db=${KDGRID_DB:-reports.duckdb}
 studies=("$@")
-[ ${#studies[@]} -gt 0 ] || studies=(ablation-cpu objectives-cpu what_is_lost-cpu learnable_mapping-cpu)
+[ ${#studies[@]} -gt 0 ] || studies=(ablation-cpu objectives-cpu what_is_lost-cpu learnable_mapping-cpu learnable_steps-cpu)
 for s in "${studies[@]}"; do
   kdgrid run "studies/$s.yaml" --db "$db" --workers "${KDGRID_WORKERS:-2}"
   kdgrid report --study "$s" --db "$db" --out "reports/$s" --format md >/dev/null
