@@ -51,18 +51,16 @@ def efficiency_table(
             base, _ = resolve_baseline(prep, baseline)  # its warnings are the paired tests' to give
         else:
             base = {}
-        cells = prep.data.drop_duplicates("cell").sort_values("cell_rank")
-        medians = prep.data.groupby("cell")["value"].median()
-        for _, first in cells.iterrows():
+        stats = prep.data.groupby("cell")["value"].agg(["size", "median", "min", "max"])
+        for _, first in prep.data.drop_duplicates("cell").sort_values("cell_rank").iterrows():
             cell = str(first["cell"])
-            values = prep.data.loc[prep.data["cell"] == cell, "value"].to_numpy(dtype=float)
             target = {**{f: str(first[f]) for f in prep.factors}, **base}
             bcell = cell_label(target, prep.factors, prep.short)
-            bmed = float(medians.get(bcell, np.nan))
-            med = float(np.median(values))
+            med = float(stats.at[cell, "median"])
+            bmed = float(stats.at[bcell, "median"]) if bcell in stats.index else np.nan
             rows.append({
-                "cell": cell, "measure": measure, "n": int(values.size), "median": med,
-                "min": float(values.min()), "max": float(values.max()), "baseline": bcell,
+                "cell": cell, "measure": measure, "n": int(stats.at[cell, "size"]), "median": med,
+                "min": float(stats.at[cell, "min"]), "max": float(stats.at[cell, "max"]), "baseline": bcell,
                 "ratio": med / bmed if np.isfinite(bmed) and bmed != 0 else np.nan,
             })
     frame = pd.DataFrame(rows, columns=list(EFFICIENCY_COLUMNS))

@@ -57,6 +57,7 @@ from kdgrid.report.tables import (
     DisplayTable,
     Section,
     build_sections,
+    convergence_frame,
     section_frame,
 )
 
@@ -143,16 +144,18 @@ def render_many(
                 embedded.setdefault(p.section, []).append((p.caption, b64))
 
     display = {"table", "md", "latex", "html"} & set(fmts)
-    sections = build_sections(analysis, scale100=scale100, alpha=alpha) if display else []
+    convergence = convergence_frame(analysis)  # shown in tables, JSON and CSV: computed once
+    sections = build_sections(analysis, scale100=scale100, alpha=alpha, convergence=convergence) if display else []
     full = sections + _reproducibility_sections(reproducibility, full=True)
     short = sections + _reproducibility_sections(reproducibility, full=False)
     texts: dict[str, str] = {}
     for fmt in fmts:
         if fmt == "csv":
-            texts[fmt] = _csv(analysis, out)
+            texts[fmt] = _csv(analysis, out, convergence)
             continue
         if fmt == "json":
-            obj = analysis_json(analysis, title=title, meta=meta, reproducibility=reproducibility)
+            obj = analysis_json(analysis, title=title, meta=meta, reproducibility=reproducibility,
+                                convergence=convergence)
             text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
         elif fmt == "table":
             group = rich_report(analysis, title=title, meta=meta, sections=short)
@@ -570,11 +573,12 @@ def _records(df: pd.DataFrame | None, keys: Sequence[str] | None = None) -> list
 
 def analysis_json(
     analysis: Any, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None,
-    reproducibility: Reproducibility | None = None,
+    reproducibility: Reproducibility | None = None, convergence: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
-    ``diagnostics``, ``sensitivity_summary`` and ``paired_test_notes``). NaN becomes None (null).
+    ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``efficiency`` and
+    ``mapping_convergence``, computed here unless ``convergence`` is given). NaN becomes None (null).
 
     ``paired_tests`` records have exactly :data:`JSON_PAIRED_KEYS` and ``anova`` records
     exactly :data:`JSON_ANOVA_KEYS`; the free-text ``note`` of a paired test is kept apart
@@ -599,21 +603,10 @@ def analysis_json(
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),
         "power": _records(section_frame(analysis, "power")),
         "efficiency": _records(section_frame(analysis, "efficiency")),
-        "mapping_convergence": _records(_convergence(analysis)),
+        "mapping_convergence": _records(convergence if convergence is not None else convergence_frame(analysis)),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
         "reproducibility": None if reproducibility is None else _jsonable(reproducibility_json(reproducibility)),
     }
-
-
-def _convergence(analysis: Any) -> pd.DataFrame | None:
-    from kdgrid.analyze.mapping import mapping_convergence
-
-    from kdgrid.report.tables import cell_factor_levels
-
-    weights = section_frame(analysis, "mapping_weights")
-    if weights is None:
-        return None
-    return mapping_convergence(weights, cell_factor_levels(section_frame(analysis, "cells")))
 
 
 # --------------------------------------------------------------------------- csv
@@ -630,7 +623,7 @@ def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
     return df
 
 
-def _csv(analysis: Any, out: Path | None) -> str:
+def _csv(analysis: Any, out: Path | None, conv: pd.DataFrame | None) -> str:
     names = list(CSV_SECTIONS) + [name for name in ("mapping_weights", "efficiency")
                                   if section_frame(analysis, name) is not None]
     chunks = []
@@ -639,7 +632,6 @@ def _csv(analysis: Any, out: Path | None) -> str:
         if out is not None:
             _write(out / f"{name}.csv", text)
         chunks.append(f"# {name}.csv\n{text}")
-    conv = _convergence(analysis)
     if conv is not None and not conv.empty:
         text = conv.to_csv(index=False, lineterminator="\n")
         if out is not None:

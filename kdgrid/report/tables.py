@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from kdgrid.analyze.mapping import mapping_convergence
+
 MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that could not run)
 
 #: Contract column names (docs/CONTRACTS.md). Factor columns of ``cells`` are whatever
@@ -667,9 +669,11 @@ def mapping_weight_grids(weights: pd.DataFrame, task: str) -> dict[str, pd.DataF
     return out
 
 
-def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None) -> Section | None:
-    """Learned mapping weights as student × teacher matrices; None (no section at all)
-    when the study has no learnable mapping, since the contract makes them optional."""
+def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None,
+                    convergence: pd.DataFrame | None = None) -> Section | None:
+    """Learned mapping weights as student × teacher matrices, then their convergence tables
+    (:func:`convergence_frame`); None (no section at all) when the study has no learnable
+    mapping, since the contract makes them optional."""
     if weights is None:
         return None
     labels = condition_labels(cells)
@@ -684,7 +688,9 @@ def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None) ->
                        f"layer (S) at the last epoch, mean over {seeds.nunique()} seed(s).")
             tables.append(DisplayTable(f"mapping-{slug(task)}-{slug(labels.get(cell, cell))}", caption,
                                        frame.reset_index(drop=True), left=("Student layer",)))
-    tables += convergence_tables(weights, labels, cell_factor_levels(cells))
+    if convergence is None:
+        convergence = mapping_convergence(weights, cell_factor_levels(cells))
+    tables += convergence_tables(convergence, labels)
     return Section("mapping_weights", "Learned mapping weights", tables=tuple(tables))
 
 
@@ -696,12 +702,16 @@ def cell_factor_levels(cells: pd.DataFrame | None) -> dict[str, dict[str, str]]:
     return {str(r["cell"]): {f: str(r[f]) for f in factors} for _, r in cells.drop_duplicates("cell").iterrows()}
 
 
-def convergence_tables(weights: pd.DataFrame, labels: Mapping[str, str],
-                       levels: Mapping[str, Mapping[str, str]] | None = None) -> list[DisplayTable]:
-    """Per task: how far apart the mappings of cells one factor apart started and ended."""
-    from kdgrid.analyze.mapping import mapping_convergence
+def convergence_frame(analysis: Any) -> pd.DataFrame | None:
+    """The convergence of the analysis' learned mappings, pairing cells one factor apart; None without weights."""
+    weights = section_frame(analysis, "mapping_weights")
+    if weights is None:
+        return None
+    return mapping_convergence(weights, cell_factor_levels(section_frame(analysis, "cells")))
 
-    conv = mapping_convergence(weights, levels)
+
+def convergence_tables(conv: pd.DataFrame, labels: Mapping[str, str]) -> list[DisplayTable]:
+    """Per task: how far apart the mappings of cells one factor apart started and ended."""
     out = []
     for task, g in conv.groupby("task", sort=False):
         if g["cell_a"].nunique() < 2 and g["end_distance"].isna().all():
@@ -771,8 +781,12 @@ def warnings_section(warnings: Sequence[str] | None) -> Section:
     return Section("warnings", "Warnings", bullets=items)
 
 
-def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05) -> list[Section]:
-    """Every report section in order, from any object with the ``Analysis`` attributes."""
+def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05,
+                   convergence: pd.DataFrame | None = None) -> list[Section]:
+    """Every report section in order, from any object with the ``Analysis`` attributes.
+
+    ``convergence``: :func:`convergence_frame` of the analysis when the caller has it already
+    (None: computed here when there are mapping weights)."""
     cells = section_frame(analysis, "cells")
     paired = section_frame(analysis, "paired_tests")
     sections = [
@@ -783,7 +797,7 @@ def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05)
         sensitivity_section(section_frame(analysis, "sensitivity"), getattr(analysis, "sensitivity_summary", None),
                             cells, scale100=scale100),
         power_section(section_frame(analysis, "power"), cells),
-        mapping_section(section_frame(analysis, "mapping_weights"), cells),
+        mapping_section(section_frame(analysis, "mapping_weights"), cells, convergence),
         efficiency_section(section_frame(analysis, "efficiency"), cells),
         warnings_section(getattr(analysis, "warnings", None)),
     ]
