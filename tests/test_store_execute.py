@@ -249,3 +249,24 @@ def test_two_stores_in_one_folder_do_not_take_each_others_results(tmp_path: Path
     with open_store(b, read_only=True) as s:
         assert s.con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
     assert counts(a) == {"done": 4}
+
+
+class MappingRunner(FakeRunner):
+    """Also logs two epochs of a 1 x 2 mapping, so the mapping query has rows."""
+
+    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any) -> dict[str, Any]:
+        res = super().__call__(config, rdir, workdir=workdir, on_progress=on_progress)
+        res["metrics"] += [{"stage": "joint", "epoch": e, "split": "mapping", "name": f"s1.t{k}", "value": 0.5}
+                           for e in (1, 0) for k in (2, 1)]
+        return res
+
+
+def test_mapping_weights_come_back_in_a_fixed_order(tmp_path: Path) -> None:
+    from kdgrid.store.queries import mapping_weights
+
+    db = tmp_path / "k.duckdb"
+    go(db, grid_study(seeds=2), MappingRunner())
+    with open_store(db, read_only=True) as s:
+        w = mapping_weights(s, "g")
+    keys = list(zip(w["task"], w["cell"], w["seed"], w["epoch"], w["teacher_layer"]))
+    assert len(keys) == 2 * 2 * 2 * 2 * 2 and keys == sorted(keys)

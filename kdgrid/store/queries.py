@@ -74,7 +74,8 @@ def mapping_weights(store: Store, study: str) -> pd.DataFrame:
     df = store.query_df(
         """SELECT r.task, s.cell, r.seed, m.stage, m.epoch, m.name, m.value AS weight
            FROM metrics m JOIN runs r USING (run_id) JOIN study_runs s USING (run_id)
-           WHERE m.split = 'mapping' AND s.study = ? AND r.status = 'done'""",
+           WHERE m.split = 'mapping' AND s.study = ? AND r.status = 'done'
+           ORDER BY r.task, s.cell, r.seed, m.stage, m.epoch, m.name""",  # a run shared by two cells: same order every time
         [study],
     )
     if df.empty:
