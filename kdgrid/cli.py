@@ -243,7 +243,8 @@ def report(
     correction: Annotated[Optional[str], typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
     anova_type: Annotated[int, typer.Option("--anova-type", help="2 or 3 (type III uses sum-to-zero contrasts).")] = 2,
     anova_order: Annotated[Optional[int], typer.Option("--anova-order", help="Highest interaction order in the ANOVA (default: all).")] = None,
-    mixed: Annotated[bool, typer.Option("--mixed", help="Also fit a mixed model with seed (and task) as random effects.")] = False,
+    block_seed: Annotated[Optional[bool], typer.Option("--block-seed/--no-block-seed", help="Seed (within task) as a block in the ANOVA (default: the study's analysis.block_seed, else on).")] = None,
+    mixed: Annotated[bool, typer.Option("--mixed", help="Also fit a mixed model: task fixed, random intercept for seed within task.")] = False,
     factors: Annotated[Optional[str], typer.Option(help="Comma-separated factors to analyse (default: the grid's).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
@@ -279,6 +280,7 @@ def report(
     analysis = analyze_table(
         src.table, metric=chosen_metric, factors=chosen_factors, baseline=base, correction=corr,
         anova_type=anova_type, anova_order=anova_order, teacher_scores=src.teacher,
+        block_seed=block_seed if block_seed is not None else bool(settings.get("block_seed", True)),
         train_sizes={name: spec.train_size for name, spec in TASKS.items()},
     )
     if src.mapping is not None:
@@ -325,18 +327,22 @@ def _search_report(db: Path, name: str, *, fmt: str, out: Path | None, plots: bo
 
 
 def _mixed_section(table: Any, metric: str, factors: list[str] | None, baseline: Any, out_dir: Path) -> None:
-    """Fixed effects of a mixed model (random intercepts for seed, and task when pooled), printed and saved."""
+    """Fixed effects of a mixed model (task fixed, random intercept for seed within task), printed and saved."""
     from kdgrid.analyze import mixed_model
 
     fe = mixed_model(table, factors, metric, groups="seed", baseline=baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
     fe.to_csv(out_dir / "mixed_model.csv", index=False)
-    t = Table(title=f"Mixed model ({metric}): fixed effects, random intercepts for seed (and task)")
+    t = Table(title=f"Mixed model ({metric}), one row per run: fixed effects (task and its interactions), "
+                    "random intercept for seed within task")
     for col in fe.columns:
         t.add_column(str(col))
     for row in fe.itertuples(index=False):
         t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
     console.print(t)
+    for w in fe.attrs.get("warnings", []):
+        if w.startswith("mixed model"):  # the others are the report's, printed with it
+            console.print(f"Warning: {w}", markup=False)
 
 
 @app.command()

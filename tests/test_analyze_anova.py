@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+from scipy import stats
 from statsmodels.stats.anova import anova_lm
 
-from kdgrid.analyze import AnalysisError, anova_diagnostics, anova_table, mixed_model
+from kdgrid.analyze import AnalysisError, anova_diagnostics, anova_table, describe_cells, mixed_model
+from kdgrid.analyze.tidy import prepare
 
 FA, FB, FC = "objective.intermediate.attention", "objective.mapping", "data.fraction"
 
@@ -28,24 +32,27 @@ def unbalanced(rng_seed: int = 5, drop: float = 0.3) -> pd.DataFrame:
     return df.loc[keep].reset_index(drop=True)
 
 
-def statsmodels_anova(df: pd.DataFrame, typ: int) -> pd.DataFrame:
+def statsmodels_anova(df: pd.DataFrame, typ: int, *, block: bool) -> pd.DataFrame:
     d = df.rename(columns={FA: "a", FB: "b", FC: "c"})
-    fit = smf.ols("mcc ~ C(a, Sum) * C(b, Sum) * C(c, Sum)", data=d).fit()
+    rhs = ("C(seed, Sum) + " if block else "") + "C(a, Sum) * C(b, Sum) * C(c, Sum)"
+    fit = smf.ols(f"mcc ~ {rhs}", data=d).fit()
     out = anova_lm(fit, typ=typ)
     return out.drop(index="Intercept", errors="ignore")
 
 
+@pytest.mark.parametrize("block", [True, False])
 @pytest.mark.parametrize("typ", [2, 3])
-def test_unbalanced_three_way_agrees_with_statsmodels(typ: int) -> None:
-    # Independent implementation: statsmodels anova_lm builds type II/III from Wald tests on the
-    # coefficients of a patsy/formulaic design; kdgrid compares nested least-squares fits.
+def test_unbalanced_three_way_agrees_with_statsmodels(typ: int, block: bool) -> None:
+    # Reference: statsmodels.stats.anova.anova_lm(ols("mcc ~ C(seed, Sum) + C(a, Sum) * C(b, Sum) * C(c, Sum)",
+    # data).fit(), typ=typ) (without the seed term for block=False), on an unbalanced table with dotted factor names.
     df = unbalanced()
     assert df.groupby([FA, FB, FC]).size().nunique() > 1  # really unbalanced, but no empty cell
-    ours = anova_table(df, metric="mcc", factors=[FA, FB, FC], typ=typ)
-    ref = statsmodels_anova(df, typ)
-    names = {"C(a, Sum)": FA, "C(b, Sum)": FB, "C(c, Sum)": FC}
+    ours = anova_table(df, metric="mcc", factors=[FA, FB, FC], typ=typ, block_seed=block)
+    ref = statsmodels_anova(df, typ, block=block)
+    names = {"C(a, Sum)": FA, "C(b, Sum)": FB, "C(c, Sum)": FC, "C(seed, Sum)": "seed"}
     ref.index = [":".join(names[p] for p in i.split(":")) if i != "Residual" else i for i in ref.index]
-    assert ours["term"].tolist() == [FA, FB, FC, f"{FA}:{FB}", f"{FA}:{FC}", f"{FB}:{FC}", f"{FA}:{FB}:{FC}", "Residual"]
+    effects = [FA, FB, FC, f"{FA}:{FB}", f"{FA}:{FC}", f"{FB}:{FC}", f"{FA}:{FB}:{FC}", "Residual"]
+    assert ours["term"].tolist() == (["seed"] if block else []) + effects
     assert set(ours["term"]) == set(ref.index)
     for _, r in ours.iterrows():
         s = ref.loc[r["term"]]
@@ -57,18 +64,38 @@ def test_unbalanced_three_way_agrees_with_statsmodels(typ: int) -> None:
             assert r["partial_eta2"] == pytest.approx(r["sum_sq"] / (r["sum_sq"] + ours["sum_sq"].iloc[-1]), rel=1e-12)
 
 
+def test_seed_block_matches_montgomery_rcbd() -> None:
+    # Randomised complete block design, Montgomery, Design and Analysis of Experiments (8th ed.), Example 4.1
+    # (vascular grafts: 4 extrusion pressures, 6 batches of resin as blocks), Table 4.4:
+    #   Treatments SS 178.17 df 3, F0 = 8.11, P = 0.0019; Blocks SS 192.25 df 5; Error SS 109.89 df 15; Total 480.31
+    yields = {8500: [90.3, 89.2, 98.2, 93.9, 87.4, 97.9], 8700: [92.5, 89.5, 90.6, 94.7, 87.0, 95.8],
+              8900: [85.5, 90.8, 89.6, 86.2, 88.0, 93.4], 9100: [82.5, 89.5, 85.6, 87.4, 78.9, 90.7]}
+    df = pd.DataFrame([{"psi": k, "seed": b + 1, "y": v} for k, vs in yields.items() for b, v in enumerate(vs)])
+    t = anova_table(df, metric="y", factors=["psi"]).set_index("term")
+    assert t.loc["psi", "df"] == 3 and t.loc["psi", "sum_sq"] == pytest.approx(178.17, abs=0.005)
+    assert t.loc["psi", "F"] == pytest.approx(8.11, abs=0.005) and t.loc["psi", "p"] == pytest.approx(0.0019, abs=5e-5)
+    assert t.loc["seed", "df"] == 5 and t.loc["seed", "sum_sq"] == pytest.approx(192.25, abs=0.005)
+    assert t.loc["Residual", "df"] == 15 and t.loc["Residual", "sum_sq"] == pytest.approx(109.89, abs=0.005)
+    # Without the block the batches' variation is error: one-way ANOVA, error SS 192.25 + 109.89 on 20 df.
+    # scipy.stats.f_oneway(*yields.values()) -> F = 3.9313, p = 0.023448 (an independent one-way ANOVA)
+    u = anova_table(df, metric="y", factors=["psi"], block_seed=False).set_index("term")
+    assert u.loc["Residual", "df"] == 20 and u.loc["Residual", "sum_sq"] == pytest.approx(302.14, abs=0.005)
+    assert u.loc["psi", "F"] == pytest.approx(3.9313, abs=5e-4) and u.loc["psi", "p"] == pytest.approx(0.023448, abs=5e-6)
+
+
 @pytest.mark.filterwarnings("ignore::statsmodels.tools.sm_exceptions.SingularMatrixWarning")
 def test_type2_with_an_empty_cell_tests_the_estimable_interaction() -> None:
     # The interaction's type II SS and df equal the explicit comparison of the nested fits
-    # y ~ a + b versus y ~ a * b (R: anova(lm(y ~ a + b), lm(y ~ a * b))), whose df is the rank gained.
+    # y ~ seed + a + c versus y ~ seed + a * c (R: anova(lm(y ~ seed + a + c), lm(y ~ seed + a * c))), whose df is
+    # the rank gained: the rank-deficient design is not full rank, so kdgrid compares nested statsmodels OLS fits.
     df = unbalanced(drop=0.0)
     df = df[df[FB] == "uniform"]
     df = df[~((df[FA] == "none") & (df[FC] == 1.0))]
     out = anova_table(df, metric="mcc", factors=[FA, FC])
     inter = out[out["term"] == f"{FA}:{FC}"].iloc[0]
     d = df.rename(columns={FA: "a", FC: "c"})
-    small = smf.ols("mcc ~ C(a) + C(c)", data=d).fit()
-    big = smf.ols("mcc ~ C(a) * C(c)", data=d).fit()
+    small = smf.ols("mcc ~ C(seed) + C(a) + C(c)", data=d).fit()
+    big = smf.ols("mcc ~ C(seed) + C(a) * C(c)", data=d).fit()
     cmp = anova_lm(small, big)
     assert inter["df"] == 1 == cmp["df_diff"].iloc[1]
     assert inter["sum_sq"] == pytest.approx(cmp["ss_diff"].iloc[1], rel=1e-8)
@@ -91,7 +118,7 @@ def test_type3_with_an_empty_cell_lowers_the_order_and_says_so() -> None:
 def test_order_limits_interactions_and_single_level_factors_are_dropped() -> None:
     df = unbalanced().assign(**{"train.lr": 5e-5})
     out = anova_table(df, metric="mcc", factors=[FA, FB, FC, "train.lr"], order=1)
-    assert out["term"].tolist() == [FA, FB, FC, "Residual"]
+    assert out["term"].tolist() == ["seed", FA, FB, FC, "Residual"]
     assert any("factor train.lr has a single level (5e-05) and was dropped" in w for w in out.attrs["warnings"])
     with pytest.raises(AnalysisError, match="anova type must be 2 or 3"):
         anova_table(df, metric="mcc", factors=[FA, FB], typ=1)
@@ -104,7 +131,9 @@ def test_pooled_anova_has_task_as_a_factor() -> None:
     out = anova_table(df, metric="mcc", factors=[FA, FB], order=2)
     assert out["task"].unique().tolist() == ["cola", "rte", "all"]
     pooled = out[out["task"] == "all"]["term"].tolist()
-    assert pooled == ["task", FA, FB, f"task:{FA}", f"task:{FB}", f"{FA}:{FB}", "Residual"]
+    assert pooled == ["task:seed", "task", FA, FB, f"task:{FA}", f"task:{FB}", f"{FA}:{FB}", "Residual"]
+    # seed nested in task: 4 seeds in each of 2 tasks -> 2 x 3 df
+    assert out[(out["task"] == "all") & (out["term"] == "task:seed")]["df"].item() == 6
 
 
 def test_no_residual_df_gives_nan_and_a_warning() -> None:
@@ -115,15 +144,21 @@ def test_no_residual_df_gives_nan_and_a_warning() -> None:
     assert any("no residual degrees of freedom" in w for w in out.attrs["warnings"])
 
 
-def test_block_on_seed_adds_a_seed_term() -> None:
-    out = anova_table(unbalanced(drop=0.0), metric="mcc", factors=[FA, FB], block="seed", order=2)
+def test_seed_block_is_on_by_default_and_can_be_turned_off() -> None:
+    out = anova_table(unbalanced(drop=0.0), metric="mcc", factors=[FA, FB], order=2)
     assert out["term"].tolist() == ["seed", FA, FB, f"{FA}:{FB}", "Residual"]
     assert out.iloc[0]["df"] == 3
+    assert any(d.startswith("Seed is a block") for d in out.attrs["design"])
+    off = anova_table(unbalanced(drop=0.0), metric="mcc", factors=[FA, FB], order=2, block_seed=False)
+    assert off["term"].tolist() == [FA, FB, f"{FA}:{FB}", "Residual"]
+    assert off.iloc[-1]["df"] == out.iloc[-1]["df"] + 3
+    assert any(d.startswith("Seed block off") for d in off.attrs["design"])
 
 
 def test_diagnostics_report_balance_residuals_and_levene() -> None:
     diag = anova_diagnostics(unbalanced(drop=0.0), metric="mcc", factors=[FA, FB, FC]).set_index("check")
-    assert list(diag.index) == ["balance", "missing_cells", "anova_order", "residual_shapiro_p", "levene_p"]
+    assert list(diag.index) == ["runs", "balance", "missing_cells", "anova_order", "residual_shapiro_p", "levene_p"]
+    assert diag.loc["runs", "value"] == 48.0
     assert diag.loc["balance", "value"] == 1.0 and "balanced: every cell has 4 run(s)" in diag.loc["balance", "note"]
     assert diag.loc["missing_cells", "value"] == 0.0
     assert 0 < diag.loc["residual_shapiro_p", "value"] <= 1 and 0 < diag.loc["levene_p", "value"] <= 1
@@ -136,9 +171,138 @@ def test_mixed_model_returns_tidy_fixed_effects() -> None:
     out = mixed_model(df, [FA, FB], "mcc", baseline={"attention": "mse", "mapping": "uniform"})
     assert list(out.columns) == ["task", "term", "level", "coef", "se", "z", "p", "ci_low", "ci_high"]
     assert out["task"].unique().tolist() == ["all"]
-    assert list(zip(out["term"], out["level"])) == [("Intercept", ""), (FA, "kl"), (FA, "none"), (FB, "learnable")]
+    # task is a fixed effect with its interactions; treatment coding against the baseline (attention=mse)
+    assert list(zip(out["term"], out["level"])) == [
+        ("Intercept", ""), ("task", "rte"), (FA, "kl"), (FA, "none"), (FB, "learnable"),
+        (f"task:{FA}", "rte:kl"), (f"task:{FA}", "rte:none"), (f"task:{FB}", "rte:learnable")]
     kl = out[(out["term"] == FA) & (out["level"] == "kl")].iloc[0]
     assert 0.015 < kl["coef"] < 0.045 and kl["ci_low"] < kl["coef"] < kl["ci_high"]  # simulated effect 0.03
-    assert set(out.attrs["random_effects"]["all"]) == {"residual_var", "task_var", "seed_within_task_var"}
+    assert set(out.attrs["random_effects"]["all"]) == {"residual_var", "seed_within_task_var"}
     per_task = mixed_model(df, [FA, FB], "mcc", per_task=True)
     assert per_task["task"].unique().tolist() == ["cola", "rte"]
+
+
+# --------------------------------------------------------------------------- one row per run, collapsed cells
+ATT, ALPHA, KIND, DATA = "objective.intermediate.attention", "objective.intermediate.alpha", "objective.mapping.kind", \
+    "data.max_train_examples"
+ABLATION_FACTORS = [ATT, DATA, KIND, ALPHA]
+ABLATION_PARQUET = Path(__file__).resolve().parents[1] / "reports" / "ablation-cpu" / "results.parquet"
+
+
+def collapsed(tasks: tuple[str, ...] = ("stsb",), seed_sd: float = 0.02) -> pd.DataFrame:
+    """ablation-cpu's grid: attention {mse, kl} x data {200, 400} x mapping {uniform, learnable} x alpha {0, .5, 1},
+    5 seeds. At alpha = 0 the attention loss is never computed, so the mse and kl cells share one run, which the
+    table lists once per cell (as the store does): 120 rows per task, 100 runs."""
+    rng = np.random.default_rng(7)
+    value: dict[str, float] = {}
+    seed_effect = {(t, s): rng.normal(0, seed_sd) for t in tasks for s in range(5)}
+    rows = []
+    for task in tasks:
+        for att in ("mse", "kl"):
+            for data in (200, 400):
+                for kind in ("uniform", "learnable"):
+                    for alpha in (0.0, 0.5, 1.0):
+                        for s in range(5):
+                            rid = f"{task}-{data}-{kind}-{alpha}-{s}" + (f"-{att}" if alpha > 0 else "")
+                            if rid not in value:
+                                value[rid] = (0.3 + 0.1 * (data == 400) - 0.1 * (kind == "learnable") - 0.05 * alpha
+                                              + seed_effect[(task, s)] + rng.normal(0, 0.05))
+                            rows.append({"run_id": rid, "task": task, "seed": s, ATT: att, DATA: data, KIND: kind,
+                                         ALPHA: alpha, "pearson": value[rid]})
+    return pd.DataFrame(rows)
+
+
+def merged_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The reference's own one-row-per-run table, built independently of kdgrid: drop the duplicate listings and
+    merge attention and alpha into one factor (attention is 'any' at alpha = 0)."""
+    runs = df.drop_duplicates("run_id").copy()
+    runs["m"] = np.where(runs[ALPHA] == 0.0, "any@0", runs[ATT] + "@" + runs[ALPHA].astype(str))
+    return runs.rename(columns={DATA: "d", KIND: "k"})
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_collapsed_cells_count_each_run_once(block: bool) -> None:
+    # Fails on kdgrid <= 0.1: every alpha = 0 run entered twice, residual df 96 instead of 80.
+    df = collapsed()
+    assert len(df) == 120 and df["run_id"].nunique() == 100
+    ours = anova_table(df, metric="pearson", factors=ABLATION_FACTORS, block_seed=block)
+    merged = f"{ATT}×{ALPHA}"
+    assert ours["term"].tolist() == (["seed"] if block else []) + [
+        merged, DATA, KIND, f"{merged}:{DATA}", f"{merged}:{KIND}", f"{DATA}:{KIND}", f"{merged}:{DATA}:{KIND}",
+        "Residual"]
+    # 100 runs - 20 cells (5 settings x 2 x 2) = 80 residual df; the seed block takes 4 more
+    assert ours.iloc[-1]["df"] == (76 if block else 80)
+    # Reference: statsmodels anova_lm(ols("pearson ~ [C(seed, Sum) +] C(m, Sum) * C(d, Sum) * C(k, Sum)",
+    # one row per run).fit(), typ=2)
+    runs = merged_runs(df)
+    rhs = ("C(seed, Sum) + " if block else "") + "C(m, Sum) * C(d, Sum) * C(k, Sum)"
+    ref = anova_lm(smf.ols(f"pearson ~ {rhs}", data=runs).fit(), typ=2)
+    names = {"C(m, Sum)": merged, "C(d, Sum)": DATA, "C(k, Sum)": KIND, "C(seed, Sum)": "seed"}
+    ref.index = [":".join(names[p] for p in i.split(":")) if i != "Residual" else i for i in ref.index]
+    for _, r in ours.iterrows():
+        s = ref.loc[r["term"]]
+        assert r["df"] == s["df"] and r["sum_sq"] == pytest.approx(s["sum_sq"], rel=1e-8)
+        if r["term"] != "Residual":
+            assert r["F"] == pytest.approx(s["F"], rel=1e-8) and r["p"] == pytest.approx(s["PR(>F)"], rel=1e-6)
+    design = " ".join(ours.attrs["design"])
+    assert "attention has no effect at alpha=0" in design.lower() and "attention×alpha" in design
+    assert "kl|mse@0, kl@0.5, kl@1, mse@0.5, mse@1" in design
+
+
+def test_pooled_collapsed_anova_nests_seed_in_task() -> None:
+    df = collapsed(tasks=("cola", "stsb"))
+    out = anova_table(df, metric="pearson", factors=ABLATION_FACTORS)
+    pooled = out[out["task"] == "all"].set_index("term")
+    # 200 runs - 40 cells (task x 5 settings x 2 x 2) - 8 block df (4 per task) = 152
+    assert pooled.loc["task:seed", "df"] == 8 and pooled.loc["Residual", "df"] == 152
+    # Reference: statsmodels anova_lm(ols("pearson ~ C(task, Sum) + C(task, Sum):C(seed, Sum)
+    # + C(task, Sum) * C(m, Sum) * C(d, Sum) * C(k, Sum)", one row per run).fit(), typ=2)
+    runs = merged_runs(df)
+    ref = anova_lm(smf.ols("pearson ~ C(task, Sum) + C(task, Sum):C(seed, Sum) + C(task, Sum) * C(m, Sum) * C(d, Sum) "
+                           "* C(k, Sum)", data=runs).fit(), typ=2)
+    assert pooled.loc["task:seed", "sum_sq"] == pytest.approx(ref.loc["C(task, Sum):C(seed, Sum)", "sum_sq"], rel=1e-8)
+    assert pooled.loc["task", "F"] == pytest.approx(ref.loc["C(task, Sum)", "F"], rel=1e-8)
+    assert pooled.loc[KIND, "F"] == pytest.approx(ref.loc["C(k, Sum)", "F"], rel=1e-8)
+
+
+def test_cells_and_diagnostics_show_a_collapsed_cell_once() -> None:
+    df = collapsed()
+    cells = describe_cells(df, metric="pearson", factors=ABLATION_FACTORS)
+    assert len(cells) == 20 and cells["n"].tolist() == [5] * 20  # 24 cells on kdgrid <= 0.1
+    zero = cells[cells[ALPHA] == "0"]
+    assert zero["cell"].tolist()[0] == "attention=kl|mse, max_train_examples=200, kind=learnable, alpha=0"
+    assert zero["stands_for"].tolist()[0] == ["attention=kl, max_train_examples=200, kind=learnable, alpha=0",
+                                              "attention=mse, max_train_examples=200, kind=learnable, alpha=0"]
+    assert all(len(c) == 1 for c in cells.loc[cells[ALPHA] != "0", "stands_for"])
+    diag = anova_diagnostics(df, metric="pearson", factors=ABLATION_FACTORS).set_index("check")
+    assert diag.loc["runs", "value"] == 100 and "20 shared by several cells" in diag.loc["runs", "note"]
+    assert diag.loc["balance", "note"] == "balanced: every cell has 5 run(s) (20 cells)"
+    # Levene across the 20 run-level cells: scipy.stats.levene(*groups, center="median") on one row per run
+    runs = merged_runs(df)
+    groups = [g["pearson"].to_numpy() for _, g in runs.groupby(["m", "d", "k"])]
+    assert diag.loc["levene_p", "value"] == pytest.approx(stats.levene(*groups, center="median").pvalue, rel=1e-10)
+
+
+def test_run_level_detects_the_collapse_from_shared_run_ids() -> None:
+    prep = prepare(collapsed(), metric="pearson", factors=ABLATION_FACTORS)
+    col = prep.collapse
+    assert col is not None and col.collapsed == (ATT,) and col.given == {ALPHA: ("0",)}
+    assert col.members == (ATT, ALPHA) and col.levels == ("kl|mse@0", "kl@0.5", "kl@1", "mse@0.5", "mse@1")
+    assert prep.model_factors == [f"{ATT}×{ALPHA}", DATA, KIND]
+    assert len(prep.runs) == 100 and prep.runs["run_id"].is_unique
+    assert len(prep.data) == 120  # the (cell, run) rows are kept for what compares cells
+    # without run ids nothing can be known to be shared: every row is a run
+    no_ids = prepare(collapsed().drop(columns="run_id"), metric="pearson", factors=ABLATION_FACTORS)
+    assert no_ids.collapse is None and len(no_ids.runs) == 120
+
+
+@pytest.mark.skipif(not ABLATION_PARQUET.is_file(), reason="reports/ablation-cpu/results.parquet not in the checkout")
+def test_ablation_cpu_stsb_has_80_residual_df_without_the_seed_block() -> None:
+    # The committed ablation-cpu results: kdgrid <= 0.1 reported Residual df 96 and mapping F = 209.8 on STS-B.
+    df = pd.read_parquet(ABLATION_PARQUET)
+    out = anova_table(df, metric="auto", factors=ABLATION_FACTORS, block_seed=False)
+    stsb = out[out["task"] == "stsb"].set_index("term")
+    assert stsb.loc["Residual", "df"] == 80
+    assert stsb.loc[KIND, "F"] == pytest.approx(160.2, abs=0.05)
+    blocked = anova_table(df, metric="auto", factors=ABLATION_FACTORS).set_index(["task", "term"])
+    assert blocked.loc[("stsb", "Residual"), "df"] == 76 and blocked.loc[("stsb", "seed"), "df"] == 4

@@ -48,7 +48,8 @@ def table(tasks: tuple[str, ...] = ("cola", "sst2", "rte"), seeds: int = 6) -> p
 
 
 CONTRACT = {
-    "cells": ["task", "metric", "cell", ATT, ALPHA, "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values"],
+    "cells": ["task", "metric", "cell", ATT, ALPHA, "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values",
+              "stands_for"],
     "paired_tests": ["task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adj",
                      "dz", "wilcoxon_p", "note"],
     "anova": ["task", "term", "df", "sum_sq", "F", "p", "partial_eta2"],
@@ -100,7 +101,8 @@ def test_without_seed_paired_tests_are_skipped_with_a_warning() -> None:
 def test_without_task_everything_is_one_task_all() -> None:
     a = analyze_table(table(tasks=("cola",)).drop(columns="task"), metric="mcc", baseline={"attention": "mse", "alpha": 0})
     assert set(a.cells["task"]) == {"all"} and set(a.paired_tests["task"]) == {"all"}
-    assert set(a.anova["task"]) == {"all"} and len(a.anova) == 4  # no pooled fit on top of a single task
+    # seed block, two factors, their interaction, residual; no pooled fit on top of a single task
+    assert set(a.anova["task"]) == {"all"} and len(a.anova) == 5
 
 
 def test_metric_auto_uses_official_glue_metrics() -> None:

@@ -1,25 +1,33 @@
 """Factorial ANOVA of the metric on the grid factors, its diagnostics, and a mixed model.
 
-The ANOVA is an OLS fit with every factor categorical and their interactions up to
-``order`` (default: all). Sums of squares are computed by explicit comparison of
-nested least-squares fits (``numpy.linalg.lstsq``) on sum-to-zero coded design
-matrices (R's ``contr.sum``), built here without a formula engine, so factor
-names with dots need no quoting and term names are the original column names
-joined by ``':'``:
+**The unit is the run.** Every fit here reads :attr:`Prepared.runs` (one row per run,
+:func:`kdgrid.analyze.tidy.run_level`), never the (cell, run) rows a store lists: a run
+shared by several cells (α = 0 makes the attention loss irrelevant) is one observation.
+Such a partly crossed design is modelled with the merged factor of
+:class:`kdgrid.analyze.tidy.Collapse` (its distinct settings, crossed with the other factors).
 
-* **Type II** (default; Fox, *Applied Regression Analysis*, 2016, §8.2.5; R
-  ``car::Anova(type = 2)``): SS(T) = RSS(M₋T) − RSS(M₋T + T), where M₋T holds every
-  term that does not contain T (T's higher-order relatives are left out). df is the
-  rank gained by adding T, so a design with empty cells is tested on its
-  estimable contrasts (df smaller than nominal; a warning says so).
-* **Type III** (``car::Anova(type = 3)`` with ``contr.sum``): SS(T) = RSS(full
-  without T's columns) − RSS(full). Always with sum-to-zero contrasts: with
-  treatment contrasts type III tests main effects at the reference level of the
-  other factors, which is not what anyone means. Type III needs a full-rank design;
-  with empty cells the interaction order is lowered until it is (with a warning).
+**The model.** Per task: y = μ + block(seed) + Σ factor effects and their interactions up to
+``order`` + ε, ε iid N(0, σ²), every factor categorical with sum-to-zero contrasts (R's
+``contr.sum``; patsy ``C(x, Sum)``). The seed block is on by default (``block_seed``): runs
+with one seed share their data subset, order and initialisation (a randomised complete block
+design). Pooled over tasks (``'all'``): task is a factor crossed with the others and the
+seed block is nested in task (``task:seed``; a seed means a different run in every task).
 
-F = (SS(T)/df(T)) / (RSS(full)/df_res), p = P(F_{df, df_res} > F), partial η² =
-SS(T)/(SS(T) + SS_res). Balanced designs give identical type I, II and III tables.
+**The sums of squares** come from statsmodels:
+
+* full-rank design (every combination of levels has runs, the usual case):
+  ``statsmodels.stats.anova.anova_lm(ols(formula).fit(), typ=2 | 3)``. Type II (default;
+  Fox 2016 §8.2.5, R ``car::Anova(type = 2)``): each term adjusted for every term that does
+  not contain it. Type III: each term adjusted for all others, meaningful only with
+  sum-to-zero contrasts, which are always used;
+* rank-deficient design (empty cells): type II from nested statsmodels OLS fits on the
+  same design's columns, SS(T) = RSS(M₋T) − RSS(M₋T + T), df = rank gained (R's
+  ``anova(lm(M₋T), lm(M₋T + T))``), so a term is tested on its estimable contrasts (a
+  warning names the reduced df); type III needs a full-rank factor design, so the
+  interaction order is lowered until it is (with a warning).
+
+F = (SS(T)/df(T)) / (RSS/df_res) of the full model, partial η² = SS(T)/(SS(T) + RSS).
+Balanced designs give identical type I, II and III tables.
 """
 
 from __future__ import annotations
@@ -27,18 +35,19 @@ from __future__ import annotations
 import itertools
 import warnings as pywarnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, level_order, prepare
+from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 
 __all__ = [
     "ANOVA_COLUMNS",
     "DIAGNOSTIC_COLUMNS",
     "MIXED_COLUMNS",
+    "AnovaResult",
     "anova_diagnostics",
     "anova_table",
     "mixed_model",
@@ -49,48 +58,9 @@ DIAGNOSTIC_COLUMNS = ["task", "check", "value", "note"]
 MIXED_COLUMNS = ["task", "term", "level", "coef", "se", "z", "p", "ci_low", "ci_high"]
 ALL_TASKS = "all"
 RESIDUAL = "Residual"
+SEED = "seed"
 
 Term = tuple[str, ...]
-
-
-# --------------------------------------------------------------------------- design matrices
-def _sum_coding(codes: np.ndarray, k: int) -> np.ndarray:
-    """R's ``contr.sum``: k−1 columns, level j<k -> e_j, last level -> −1 everywhere."""
-    out = np.zeros((codes.size, k - 1))
-    for j in range(k - 1):
-        out[:, j] = codes == j
-    out[codes == k - 1, :] = -1.0
-    return out
-
-
-def _treatment_coding(codes: np.ndarray, k: int, ref: int) -> tuple[np.ndarray, list[int]]:
-    cols = [j for j in range(k) if j != ref]
-    return np.column_stack([(codes == j).astype(float) for j in cols]) if cols else np.zeros((codes.size, 0)), cols
-
-
-def _term_columns(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Columns of an interaction: all products of one column from each factor's coding."""
-    cols = parts[0]
-    for nxt in parts[1:]:
-        cols = np.einsum("ni,nj->nij", cols, nxt).reshape(cols.shape[0], -1)
-    return cols
-
-
-@dataclass
-class _Design:
-    y: np.ndarray
-    coded: dict[str, np.ndarray]  # factor -> sum-coded columns
-
-    def matrix(self, terms: Sequence[Term]) -> np.ndarray:
-        blocks = [np.ones((self.y.size, 1))]
-        blocks += [_term_columns([self.coded[f] for f in t]) for t in terms]
-        return np.hstack(blocks)
-
-
-def _rss_rank(x: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
-    beta, _res, rank, _sv = np.linalg.lstsq(x, y, rcond=None)
-    resid = y - x @ beta
-    return float(resid @ resid), int(rank), resid
 
 
 def _terms_up_to(factors: Sequence[str], order: int) -> list[Term]:
@@ -106,16 +76,55 @@ class _Fit:
     factors: list[str]
 
 
+@dataclass
+class _Formula:
+    """A patsy formula over safe column aliases (factor names hold dots, '×' and '|')."""
+
+    frame: pd.DataFrame  # y and one categorical column per alias
+    code: dict[str, str]  # factor -> "C(aN, Sum)"
+
+    def term(self, t: Term) -> str:
+        return ":".join(self.code[f] for f in t)
+
+    def rhs(self, terms: Sequence[Term]) -> str:
+        return " + ".join(["1", *(self.term(t) for t in terms)])
+
+
+def _formula(data: pd.DataFrame, factors: Sequence[str], orders: Mapping[str, Sequence[str]]) -> _Formula:
+    frame = pd.DataFrame({"y": data["value"].to_numpy(dtype=float)})
+    code: dict[str, str] = {}
+    for i, f in enumerate(factors):
+        alias = f"a{i}"
+        present = set(data[f].astype(str))
+        cats = [lv for lv in orders[f] if lv in present]
+        frame[alias] = pd.Categorical(data[f].astype(str).to_numpy(), categories=cats)
+        code[f] = f"C({alias}, Sum)"
+    return _Formula(frame=frame, code=code)
+
+
+def _ols(y: np.ndarray, x: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(RSS, residual df, residuals) of a statsmodels OLS fit; its df is n − rank, so aliased columns cost nothing."""
+    import statsmodels.api as sm
+
+    fit = sm.OLS(y, x).fit()
+    return float(fit.ssr), float(fit.df_resid), np.asarray(fit.resid, dtype=float)
+
+
 def _fit_one(
     data: pd.DataFrame,
     factors: list[str],
+    orders: Mapping[str, Sequence[str]],
     *,
     typ: int,
     order: int | None,
-    block: str | None,
+    block: Term | None,
     label: str,
 ) -> tuple[_Fit | None, list[str]]:
-    """ANOVA table of ``value`` on ``factors`` for one slice of the data (None if nothing to fit), warnings."""
+    """ANOVA table of ``value`` on ``factors`` (+ ``block``) for one slice of runs (None if nothing to fit), warnings."""
+    import patsy
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
     warnings: list[str] = []
     used: list[str] = []
     for f in factors:
@@ -127,78 +136,118 @@ def _fit_one(
     if not used:
         warnings.append(f"ANOVA {label}: no factor with two or more levels, no ANOVA")
         return None, warnings
-    y = data["value"].to_numpy(dtype=float)
-    coded: dict[str, np.ndarray] = {}
-    for f in used + ([block] if block else []):
-        levels = level_order(data[f]) if f != block else sorted(data[f].unique().tolist(), key=str)
-        codes = data[f].map({lv: i for i, lv in enumerate(levels)}).to_numpy()
-        coded[f] = _sum_coding(codes, len(levels))
-    design = _Design(y=y, coded=coded)
+    block_factors = [f for f in (block or ()) if f not in used]
+    form = _formula(data, used + block_factors, orders)
+    blocks: list[Term] = [block] if block else []
     max_order = len(used) if order is None else max(1, min(order, len(used)))
-    blocks: list[Term] = [(block,)] if block else []
+
+    def design(terms: Sequence[Term]) -> patsy.DesignMatrix:
+        return patsy.dmatrix(form.rhs(terms), form.frame, return_type="matrix")
 
     eff_order = max_order
     terms = _terms_up_to(used, eff_order)
-    x_full = design.matrix(blocks + terms)
-    rss_full, rank_full, resid = _rss_rank(x_full, y)
+    x_full = design(blocks + terms)
+    rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
     if typ == 3:
-        while rank_full < x_full.shape[1] and eff_order > 1:
+        # Empty cells alias interaction columns; type III has no meaning then, so lower the order.
+        def factor_rank_ok(ts: Sequence[Term]) -> bool:
+            x = np.asarray(design(ts))
+            return int(np.linalg.matrix_rank(x)) == x.shape[1]
+
+        while not factor_rank_ok(terms) and eff_order > 1:
             eff_order -= 1
             terms = _terms_up_to(used, eff_order)
-            x_full = design.matrix(blocks + terms)
-            rss_full, rank_full, resid = _rss_rank(x_full, y)
         if eff_order < max_order:
             warnings.append(
                 f"ANOVA {label}: empty cells make the order-{max_order} model rank-deficient; type III needs a full-rank "
                 f"design, so interactions were fitted up to order {eff_order} only"
             )
-        if rank_full < x_full.shape[1]:
+        if not factor_rank_ok(terms):
             warnings.append(f"ANOVA {label}: design is rank-deficient even with main effects only (confounded factors); no ANOVA")
             return None, warnings
-    df_res = y.size - rank_full
+        x_full = design(blocks + terms)
+        rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
+    all_terms = blocks + terms
+    y = form.frame["y"].to_numpy(dtype=float)
+    rss_full, df_res, resid = _ols(y, np.asarray(x_full))
 
     rows: list[dict[str, object]] = []
-    reduced: list[str] = []
-    for t in blocks + terms:
-        if typ == 2:
-            base = [s for s in blocks + terms if not set(t) <= set(s)]
-            rss0, rank0, _ = _rss_rank(design.matrix(base), y)
-            rss1, rank1, _ = _rss_rank(design.matrix(base + [t]), y)
-            ss, df_t = rss0 - rss1, rank1 - rank0
-            nominal = int(np.prod([design.coded[f].shape[1] for f in t]))
-            if df_t < nominal:
+    if rank_full == x_full.shape[1] and df_res > 0:
+        # The usual case: statsmodels' own type II / III table.
+        fit = smf.ols("y ~ " + form.rhs(all_terms), data=form.frame).fit()
+        ref = anova_lm(fit, typ=typ)
+        for t in all_terms:
+            r = ref.loc[form.term(t)]
+            rows.append({"term": ":".join(t), "df": int(round(float(r["df"]))), "sum_sq": float(r["sum_sq"])})
+        resid = np.asarray(fit.resid, dtype=float)
+    else:
+        slices = {frozenset(f.name() for f in term.factors): sl for term, sl in x_full.design_info.term_slices.items()}
+        xa = np.asarray(x_full)
+
+        def cols(ts: Sequence[Term]) -> np.ndarray:
+            idx = [0] + [i for t in ts for i in range(*slices[frozenset(form.code[f] for f in t)].indices(xa.shape[1]))]
+            return xa[:, idx]
+
+        reduced: list[str] = []
+        for t in all_terms:
+            if typ == 2:
+                base = [s for s in all_terms if not set(t) <= set(s)]
+                rss0, df0, _ = _ols(y, cols(base))
+                rss1, df1, _ = _ols(y, cols(base + [t]))
+                ss, df_t = rss0 - rss1, int(round(df0 - df1))
+            else:
+                rss0, df0, _ = _ols(y, cols([s for s in all_terms if s != t]))
+                ss, df_t = rss0 - rss_full, int(round(df0 - df_res))
+            nominal = slices[frozenset(form.code[f] for f in t)].stop - slices[frozenset(form.code[f] for f in t)].start
+            if 0 < df_t < nominal and t != block:
                 reduced.append(f"{':'.join(t)} ({df_t} of {nominal})")
-        else:
-            keep = [s for s in blocks + terms if s != t]
-            rss0, _rank0, _ = _rss_rank(design.matrix(keep), y)
-            ss, df_t = rss0 - rss_full, int(np.prod([design.coded[f].shape[1] for f in t]))
-        if df_t == 0:
-            warnings.append(f"ANOVA {label}: term {':'.join(t)} is not estimable (no data in the cells it needs) and is left out")
-            continue
-        ss = max(ss, 0.0)
-        rows.append({"term": ":".join(t), "df": df_t, "sum_sq": ss})
-    if reduced:
-        warnings.append(
-            f"ANOVA {label}: empty cells leave fewer estimable contrasts, df reduced for " + ", ".join(reduced)
-        )
-    ms_res = rss_full / df_res if df_res > 0 else np.nan
-    if df_res <= 0:
+            if df_t == 0:
+                warnings.append(f"ANOVA {label}: term {':'.join(t)} is not estimable (no data in the cells it needs) and is left out")
+                continue
+            rows.append({"term": ":".join(t), "df": df_t, "sum_sq": max(ss, 0.0)})
+        if reduced:
+            warnings.append(f"ANOVA {label}: empty cells leave fewer estimable contrasts, df reduced for " + ", ".join(reduced))
+    df_res_i = int(round(df_res))
+    ms_res = rss_full / df_res_i if df_res_i > 0 else np.nan
+    if df_res_i <= 0:
         warnings.append(f"ANOVA {label}: no residual degrees of freedom (one run per cell?): F and p undefined; lower the order")
     for r in rows:
-        f_val = (r["sum_sq"] / r["df"]) / ms_res if df_res > 0 and ms_res > 0 else np.nan  # type: ignore[operator]
+        ss_t, df_t = float(r["sum_sq"]), int(r["df"])  # type: ignore[arg-type]
+        f_val = (ss_t / df_t) / ms_res if df_res_i > 0 and ms_res > 0 else np.nan
         r["F"] = f_val
-        r["p"] = float(stats.f.sf(f_val, r["df"], df_res)) if np.isfinite(f_val) else np.nan
-        denom = r["sum_sq"] + rss_full  # type: ignore[operator]
-        r["partial_eta2"] = r["sum_sq"] / denom if denom > 0 else np.nan  # type: ignore[operator]
-    rows.append({"term": RESIDUAL, "df": df_res, "sum_sq": rss_full, "F": np.nan, "p": np.nan, "partial_eta2": np.nan})
+        r["p"] = float(stats.f.sf(f_val, df_t, df_res_i)) if np.isfinite(f_val) else np.nan
+        denom = ss_t + rss_full
+        r["partial_eta2"] = ss_t / denom if denom > 0 else np.nan
+    rows.append({"term": RESIDUAL, "df": df_res_i, "sum_sq": rss_full, "F": np.nan, "p": np.nan, "partial_eta2": np.nan})
     table = pd.DataFrame(rows, columns=ANOVA_COLUMNS[1:])
     table["df"] = table["df"].astype("int64")
     return _Fit(table=table, residuals=resid, order=eff_order, factors=used), warnings
 
 
-def _diagnostics(data: pd.DataFrame, fit: _Fit | None, factors: list[str], label: str) -> list[dict[str, object]]:
+# --------------------------------------------------------------------------- diagnostics
+def _shapiro(r: np.ndarray) -> tuple[float, str]:
+    """Shapiro-Wilk p of the residuals, the case scipy warns about stated in the note instead."""
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        p = float(stats.shapiro(r).pvalue)
+    note = f"Shapiro-Wilk on {r.size} OLS residuals (small p: non-normal residuals)"
+    if r.size > 5000 or caught:
+        # scipy: "For N > 5000, computed p-value may not be accurate."
+        note += "; with more than 5000 residuals the p value is approximate (scipy) and any test rejects small departures"
+    return p, note
+
+
+def _diagnostics(
+    data: pd.DataFrame, fit: _Fit | None, factors: list[str], orders: Mapping[str, Sequence[str]], label: str
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     used = fit.factors if fit is not None else [f for f in factors if data[f].nunique() > 1]
+    n_shared = int((data["cells"].map(len) > 1).sum()) if "cells" in data.columns else 0
+    rows.append({
+        "task": label, "check": "runs", "value": float(len(data)),
+        "note": f"{len(data)} runs, each counted once"
+        + (f" ({n_shared} shared by several cells)" if n_shared else ""),
+    })
     if not used:
         return rows
     counts = data.groupby(used, sort=True).size()
@@ -208,7 +257,7 @@ def _diagnostics(data: pd.DataFrame, fit: _Fit | None, factors: list[str], label
         "note": (f"balanced: every cell has {lo} run(s)" if lo == hi else f"unbalanced: cells have {lo} to {hi} runs")
         + f" ({len(counts)} cells)",
     })
-    levels = [level_order(data[f]) for f in used]
+    levels = [[lv for lv in orders[f] if lv in set(data[f])] for f in used]
     observed = set(counts.index if len(used) > 1 else [(i,) for i in counts.index])
     missing = [c for c in itertools.product(*levels) if c not in observed]
     shown = "; ".join(", ".join(f"{f}={v}" for f, v in zip(used, c)) for c in missing[:5])
@@ -222,8 +271,7 @@ def _diagnostics(data: pd.DataFrame, fit: _Fit | None, factors: list[str], label
                      "note": f"interactions up to order {fit.order} among {len(fit.factors)} factor(s)"})
         r = fit.residuals
         if r.size >= 3 and np.ptp(r) > 1e-12 * max(1.0, float(np.abs(data['value']).max())):
-            p = float(stats.shapiro(r).pvalue)
-            note = f"Shapiro-Wilk on {r.size} OLS residuals (small p: non-normal residuals)"
+            p, note = _shapiro(r)
         else:
             p, note = np.nan, "Shapiro-Wilk needs at least 3 residuals that are not all equal"
         rows.append({"task": label, "check": "residual_shapiro_p", "value": p, "note": note})
@@ -231,7 +279,7 @@ def _diagnostics(data: pd.DataFrame, fit: _Fit | None, factors: list[str], label
     groups = [g for g in groups if g.size >= 2]
     if len(groups) >= 2 and any(np.ptp(g) > 0 for g in groups):
         with pywarnings.catch_warnings():
-            pywarnings.simplefilter("ignore")
+            pywarnings.simplefilter("ignore")  # cells with zero spread: Levene is still defined on the others
             p = float(stats.levene(*groups, center="median").pvalue)
         note = f"Levene (median-centred, Brown-Forsythe) across {len(groups)} cells with 2+ runs (small p: unequal variances)"
     else:
@@ -247,48 +295,99 @@ def _check_args(typ: int, order: int | None) -> None:
         raise AnalysisError(f"anova order must be a positive integer or None (all interactions), got {order!r}")
 
 
+@dataclass
+class AnovaResult:
+    """The ANOVA of a prepared table: ``table`` (:data:`ANOVA_COLUMNS`), ``diagnostics``
+    (:data:`DIAGNOSTIC_COLUMNS`), ``warnings``, and ``design``: sentences saying which model
+    was fitted (runs counted once, merged factors, seed block, sums of squares)."""
+
+    table: pd.DataFrame
+    diagnostics: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    design: list[str] = field(default_factory=list)
+
+
+def _design_notes(prep: Prepared, *, typ: int, block_seed: bool, blocked: bool) -> list[str]:
+    runs = prep.runs
+    n_shared = int((runs["cells"].map(len) > 1).sum())
+    notes = [
+        f"One row per run: {len(runs)} runs" + (f", {n_shared} of them shared by several cells and counted once" if n_shared else "")
+        + "."
+    ]
+    if prep.collapse is not None:
+        notes.append(prep.collapse.describe(prep.short)[0].upper() + prep.collapse.describe(prep.short)[1:] + ".")
+    if blocked:
+        notes.append(
+            "Seed is a block: an additive seed term per task, nested in task (task:seed) when pooled, since runs with "
+            "one seed share their data subset, order and initialisation (turn off with analysis.block_seed: false "
+            "or --no-block-seed)."
+        )
+    elif not prep.has_seed:
+        notes.append("No seed column: runs are treated as independent replicates (no block).")
+    elif not block_seed:
+        notes.append("Seed block off (analysis.block_seed: false or --no-block-seed): runs are treated as independent "
+                     "replicates within each cell.")
+    else:
+        notes.append("Every task has a single seed: no seed block.")
+    notes.append(
+        "Type II sums of squares (each term adjusted for the terms that do not contain it)" if typ == 2
+        else "Type III sums of squares with sum-to-zero contrasts (each term adjusted for all others)"
+    )
+    notes[-1] += "; OLS with categorical factors, errors assumed independent, normal, of equal variance (see Diagnostics)."
+    return notes
+
+
 def _anova(
     prep: Prepared,
     *,
     typ: int = 2,
     order: int | None = None,
-    block: str | None = None,
+    block_seed: bool = True,
     pooled: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(anova table, diagnostics, warnings) per task and, with 2+ tasks, pooled with task as a factor."""
+) -> AnovaResult:
+    """The ANOVA per task and, with 2+ tasks, pooled with task as a factor, on one row per run."""
     _check_args(typ, order)
-    if block is not None and block not in prep.data.columns:
-        raise AnalysisError(f"block column {block!r} not in the table (use 'seed' to block on seeds)")
     warnings: list[str] = []
     tables: list[pd.DataFrame] = []
     diag: list[dict[str, object]] = []
-    data = prep.data.copy()
-    if block is not None:
-        data[block] = data[block].astype(str)
-    slices: list[tuple[str, pd.DataFrame, list[str]]] = [
-        (t, data.loc[data["task"] == t], list(prep.factors)) for t in prep.tasks
-    ]
+    data = prep.runs.copy()
+    facs = prep.model_factors
+    orders: dict[str, list[str]] = {f: prep.model_levels(f) for f in facs}
+    orders["task"] = list(prep.tasks)
+    if prep.has_seed:
+        data[SEED] = data[SEED].astype(str)
+        orders[SEED] = sorted(data[SEED].unique(), key=lambda s: (len(s), s))
+    slices: list[tuple[str, pd.DataFrame, list[str], Term | None]] = []
+    blocked = False
+    for t in prep.tasks:
+        part = data.loc[data["task"] == t]
+        use = block_seed and prep.has_seed and part[SEED].nunique() > 1
+        blocked |= use
+        slices.append((t, part, list(facs), (SEED,) if use else None))
     if pooled and len(prep.tasks) > 1:
-        slices.append((ALL_TASKS, data, ["task"] + list(prep.factors)))
+        use = block_seed and prep.has_seed and data.groupby("task")[SEED].nunique().max() > 1
+        slices.append((ALL_TASKS, data, ["task", *facs], ("task", SEED) if use else None))
         metrics = sorted(set(prep.metric_of.values()))
         if len(metrics) > 1:
             warnings.append(f"ANOVA 'all' mixes metrics of different tasks ({', '.join(metrics)}) in one response")
-    for label, part, facs in slices:
+    for label, part, fs, block in slices:
         if not facs:
             warnings.append("no factor columns: no ANOVA")
             break
         with pywarnings.catch_warnings():
+            # 0/0 when a fit is exact: F and p become NaN and the no-residual-df warning says why.
             pywarnings.simplefilter("ignore", RuntimeWarning)
-            fit, fit_warnings = _fit_one(part, facs, typ=typ, order=order, block=block, label=f"task {label}")
+            fit, fit_warnings = _fit_one(part, fs, orders, typ=typ, order=order, block=block, label=f"task {label}")
         warnings += fit_warnings
         if fit is not None:
             tables.append(fit.table.assign(task=label)[ANOVA_COLUMNS])
-        diag += _diagnostics(part, fit, facs, label)
+        diag += _diagnostics(part, fit, fs, orders, label)
     anova = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ANOVA_COLUMNS)
     diagnostics = pd.DataFrame(diag, columns=DIAGNOSTIC_COLUMNS)
     if not diagnostics.empty:
         diagnostics["value"] = diagnostics["value"].astype(float)
-    return anova, diagnostics, warnings
+    design = _design_notes(prep, typ=typ, block_seed=block_seed, blocked=blocked) if facs else []
+    return AnovaResult(anova, diagnostics, warnings, design)
 
 
 def anova_table(
@@ -298,29 +397,33 @@ def anova_table(
     factors: Sequence[str] | None = None,
     typ: int = 2,
     order: int | None = None,
-    block: str | None = None,
+    block_seed: bool = True,
     pooled: bool = True,
 ) -> pd.DataFrame:
     """Factorial ANOVA per task and, with two or more tasks, pooled with ``task`` as a factor.
 
-    Columns ``task`` (``'all'`` for the pooled fit), ``term`` (factor column names,
-    interactions joined by ``':'``; ``'Residual'``), ``df``, ``sum_sq``, ``F``, ``p``,
-    ``partial_eta2`` = SS_effect / (SS_effect + SS_residual). ``typ`` 2 (default) or 3
-    (sum-to-zero contrasts; see the module docstring for the formulas). ``order``
-    limits interactions (1 = main effects; None = all). ``block="seed"`` adds seed as an
-    additive block term (randomised complete block design). Factors with a single
-    level in a task are dropped with a warning. Warnings are in
-    ``frame.attrs["warnings"]``, the diagnostics frame (see :func:`anova_diagnostics`)
-    in ``frame.attrs["diagnostics"]``.
+    One observation per run (a run shared by several cells counts once; collapsed factors
+    are merged, see the module docstring). Columns ``task`` (``'all'`` for the pooled fit),
+    ``term`` (factor column names, interactions joined by ``':'``, a merged factor's members
+    joined by ``'×'``; ``'seed'`` / ``'task:seed'`` for the block; ``'Residual'``), ``df``,
+    ``sum_sq``, ``F``, ``p``, ``partial_eta2`` = SS_effect / (SS_effect + SS_residual).
+    ``typ`` 2 (default) or 3 (sum-to-zero contrasts). ``order`` limits interactions (1 =
+    main effects; None = all). ``block_seed`` (default True, when the table has a ``seed``
+    column with 2+ seeds) adds seed as an additive block (nested in task when pooled).
+    Factors with a single level in a task are dropped with a warning. Warnings are in
+    ``frame.attrs["warnings"]``, the diagnostics frame (see :func:`anova_diagnostics`) in
+    ``frame.attrs["diagnostics"]``, the design sentences in ``frame.attrs["design"]``.
 
-    Reference (R): ``car::Anova(lm(len ~ supp * factor(dose), ToothGrowth,
-    contrasts = list(supp = contr.sum, dose = contr.sum)), type = 2)``.
+    Reference: ``statsmodels.stats.anova.anova_lm(ols("y ~ C(seed, Sum) + C(a, Sum) * C(b, Sum)",
+    data).fit(), typ=2)``; R ``car::Anova(lm(y ~ factor(seed) + a * b, contrasts =
+    list(a = contr.sum, b = contr.sum)), type = 2)``.
     """
     prep = prepare(df, metric=metric, factors=factors)
-    table, diagnostics, warnings = _anova(prep, typ=typ, order=order, block=block, pooled=pooled)
-    table.attrs["warnings"] = prep.warnings + warnings
-    table.attrs["diagnostics"] = diagnostics
-    return table
+    res = _anova(prep, typ=typ, order=order, block_seed=block_seed, pooled=pooled)
+    res.table.attrs["warnings"] = prep.warnings + res.warnings
+    res.table.attrs["diagnostics"] = res.diagnostics
+    res.table.attrs["design"] = res.design
+    return res.table
 
 
 def anova_diagnostics(
@@ -329,42 +432,72 @@ def anova_diagnostics(
     metric: MetricSpec,
     factors: Sequence[str] | None = None,
     order: int | None = None,
+    block_seed: bool = True,
     pooled: bool = True,
 ) -> pd.DataFrame:
     """Checks of the ANOVA's assumptions per task (and ``'all'``): columns ``task, check, value, note``.
 
-    Checks: ``balance`` (smallest / largest cell size; 1 = balanced), ``missing_cells``
-    (number of level combinations without runs), ``anova_order`` (interaction order
-    fitted), ``residual_shapiro_p`` (Shapiro-Wilk p of the OLS residuals),
-    ``levene_p`` (Levene's test across cells, median-centred as R's
-    ``car::leveneTest`` default).
+    Checks, all on one row per run and on the model's cells (a merged factor's settings
+    crossed with the other factors): ``runs`` (runs in the fit), ``balance`` (smallest /
+    largest cell size; 1 = balanced), ``missing_cells`` (level combinations without runs),
+    ``anova_order`` (interaction order fitted), ``residual_shapiro_p`` (Shapiro-Wilk p of
+    the OLS residuals, seed block included), ``levene_p`` (Levene's test across cells,
+    median-centred as R's ``car::leveneTest`` default).
     """
     prep = prepare(df, metric=metric, factors=factors)
-    _table, diagnostics, warnings = _anova(prep, order=order, pooled=pooled)
-    diagnostics.attrs["warnings"] = prep.warnings + warnings
-    return diagnostics
+    res = _anova(prep, order=order, block_seed=block_seed, pooled=pooled)
+    res.diagnostics.attrs["warnings"] = prep.warnings + res.warnings
+    return res.diagnostics
 
 
 # --------------------------------------------------------------------------- mixed model
+def _treatment_coding(codes: np.ndarray, k: int, ref: int) -> tuple[np.ndarray, list[int]]:
+    cols = [j for j in range(k) if j != ref]
+    return np.column_stack([(codes == j).astype(float) for j in cols]) if cols else np.zeros((codes.size, 0)), cols
+
+
+def _term_columns(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Columns of an interaction: all products of one column from each factor's coding."""
+    cols = parts[0]
+    for nxt in parts[1:]:
+        cols = np.einsum("ni,nj->nij", cols, nxt).reshape(cols.shape[0], -1)
+    return cols
+
+
+def _reference_levels(prep: Prepared, base: Mapping[str, str]) -> dict[str, str]:
+    """Reference level of each model factor: the baseline's, the merged factor's from its members'."""
+    ref = {f: base[f] for f in prep.factors if f in base}
+    col = prep.collapse
+    if col is not None:
+        from kdgrid.analyze.tidy import COLLAPSED_SEP, MERGED_SEP
+
+        for lv in col.levels:
+            parts = dict(zip(col.members, lv.split(MERGED_SEP)))
+            if all(m not in base or base[m] in parts[m].split(COLLAPSED_SEP) for m in col.members):
+                ref[col.name] = lv
+                break
+    return ref
+
+
 def mixed_model(
     df: pd.DataFrame,
     factors: Sequence[str] | None,
     metric: MetricSpec,
-    groups: str = "seed",
+    groups: str = SEED,
     *,
     order: int = 1,
     baseline: Mapping[str, object] | None = None,
     per_task: bool = False,
 ) -> pd.DataFrame:
-    """Linear mixed model with a random intercept for ``groups`` (and for task when pooled).
+    """Linear mixed model on one row per run with a random intercept for seed within task.
 
-    y = Xβ + u_task + u_{seed(task)} + ε, fitted by REML with statsmodels ``MixedLM``.
-    Fixed effects: the factors with treatment coding against the baseline levels
-    (default: first level), interactions up to ``order`` (default 1, main effects).
-    With two or more tasks and ``per_task=False`` one model is fitted with random
-    intercepts for task and for ``groups`` nested in task (a seed means a different
-    run in every task); otherwise one model per task with a random intercept for
-    ``groups``.
+    Pooled (two or more tasks, ``per_task=False``): y = Xβ + u_{seed(task)} + ε, with task a
+    **fixed** effect crossed with the factor terms (task, the factors and their interactions
+    up to ``order``, and task × each of those terms), and a random intercept per (task,
+    seed), u ~ N(0, σ²_seed), since a seed means a different run in every task. Per task (one
+    task, or ``per_task=True``): y = Xβ + u_seed + ε. Fitted by REML with statsmodels
+    ``MixedLM``; treatment coding against the baseline levels (default: first level; a
+    merged factor of collapsed cells uses the setting that contains the baseline).
 
     Returns a tidy fixed-effects frame: ``task`` (``'all'`` when pooled), ``term``
     (``'Intercept'`` or factor names joined by ``':'``), ``level`` (levels joined by
@@ -372,9 +505,10 @@ def mixed_model(
     tests ignore the uncertainty in the variance components (no Kenward-Roger or
     Satterthwaite df), so they are optimistic with few seeds.
     ``frame.attrs["random_effects"]`` holds the variance estimates,
-    ``frame.attrs["warnings"]`` convergence and other warnings.
+    ``frame.attrs["warnings"]`` the fit's problems in kdgrid's words (e.g. "did not
+    converge"); no statsmodels warning is re-raised.
 
-    Reference (R): ``lme4::lmer(y ~ f1 + f2 + (1 | task) + (1 | task:seed), REML = TRUE)``.
+    Reference (R): ``lme4::lmer(y ~ task * (f1 + f2) + (1 | task:seed), REML = TRUE)``.
     """
     from statsmodels.regression.mixed_linear_model import MixedLM
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
@@ -384,67 +518,71 @@ def mixed_model(
     if not isinstance(order, int) or order < 1:
         raise AnalysisError(f"mixed model order must be a positive integer, got {order!r}")
     prep = prepare(df, metric=metric, factors=factors)
-    if groups not in prep.data.columns:
+    if groups not in prep.runs.columns:
         raise AnalysisError(f"group column {groups!r} not in the table")
     base, warnings = resolve_baseline(prep, baseline)
     warnings = prep.warnings + warnings
+    ref_level = _reference_levels(prep, base)
+    runs = prep.runs
     pooled = len(prep.tasks) > 1 and not per_task
-    slices = [(ALL_TASKS, prep.data)] if pooled else [(t, prep.data.loc[prep.data["task"] == t]) for t in prep.tasks]
+    slices = [(ALL_TASKS, runs)] if pooled else [(t, runs.loc[runs["task"] == t]) for t in prep.tasks]
     out: list[dict[str, object]] = []
     random_effects: dict[str, dict[str, float]] = {}
     for label, part in slices:
-        used = [f for f in prep.factors if part[f].nunique() > 1]
+        used = [f for f in prep.model_factors if part[f].nunique() > 1]
+        levels_of = {f: [lv for lv in prep.model_levels(f) if lv in set(part[f])] for f in used}
+        if pooled:
+            used = ["task", *used]
+            levels_of["task"] = list(prep.tasks)
+            ref_level["task"] = prep.tasks[0]
         cols: dict[str, np.ndarray] = {"x0": np.ones(len(part))}
         names: dict[str, tuple[str, str]] = {"x0": ("Intercept", "")}
         coded: dict[str, tuple[np.ndarray, list[str]]] = {}
         for f in used:
-            levels = level_order(part[f])
-            ref = levels.index(base[f]) if base.get(f) in levels else 0
+            levels = levels_of[f]
+            ref = levels.index(ref_level[f]) if ref_level.get(f) in levels else 0
             codes = part[f].map({lv: i for i, lv in enumerate(levels)}).to_numpy()
             mat, idx = _treatment_coding(codes, len(levels), ref)
             coded[f] = (mat, [levels[i] for i in idx])
-        for t in _terms_up_to(used, min(order, len(used))) if used else []:
-            mats = [coded[f][0] for f in t]
+        non_task = [f for f in used if f != "task"]
+        factor_terms = _terms_up_to(non_task, min(order, len(non_task))) if non_task else []
+        terms: list[Term] = ([("task",)] if pooled else []) + factor_terms + (
+            [("task", *t) for t in factor_terms] if pooled else [])
+        for t in terms:
+            block = _term_columns([coded[f][0] for f in t])
             labs = list(itertools.product(*[coded[f][1] for f in t]))
-            block = _term_columns(mats)
             for j, lab in enumerate(labs):
                 key = f"x{len(cols)}"
                 cols[key] = block[:, j]
                 names[key] = (":".join(t), ":".join(lab))
-        frame = pd.DataFrame(cols)
-        frame["y"] = part["value"].to_numpy(dtype=float)
-        frame["g"] = part[groups].astype(str).to_numpy()
-        frame["task"] = part["task"].to_numpy()
-        formula = "y ~ 0 + " + " + ".join(k for k in cols)
+        exog = pd.DataFrame(cols)
+        y = part["value"].to_numpy(dtype=float)
+        g = (part["task"].astype(str) + "/" + part[groups].astype(str)).to_numpy()
         with pywarnings.catch_warnings(record=True) as caught:
             pywarnings.simplefilter("always")
             try:
-                if pooled:
-                    model = MixedLM.from_formula(formula, data=frame, groups="task", re_formula="1",
-                                                 vc_formula={groups: "0 + C(g)"})
-                else:
-                    model = MixedLM.from_formula(formula, data=frame, groups="g", re_formula="1")
-                fit = model.fit(reml=True)
+                fit = MixedLM(y, exog, groups=g).fit(reml=True)
+                fe, se = fit.fe_params, fit.bse_fe
+                scale, cov_re = float(fit.scale), float(np.asarray(fit.cov_re)[0, 0])
+                converged = bool(getattr(fit, "converged", True))
             except (np.linalg.LinAlgError, ValueError) as exc:
-                warnings.append(f"mixed model {label}: fit failed ({exc})")
+                warnings.append(f"mixed model {label}: the fit failed ({exc}); no fixed effects")
                 continue
-        for w in caught:
-            if issubclass(w.category, (ConvergenceWarning, RuntimeWarning, UserWarning)):
-                warnings.append(f"mixed model {label}: {w.message}")
-        fe = fit.fe_params
-        se = fit.bse_fe
+        if not converged or any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            warnings.append(
+                f"mixed model {label}: did not converge (REML optimiser stopped early or the seed variance is on "
+                "its boundary, 0): treat its estimates as approximate"
+            )
+        elif caught:
+            warnings.append(f"mixed model {label}: numerical problems in the fit; treat its estimates as approximate")
         for key in fe.index:
             coef, s = float(fe[key]), float(se[key])
             z = coef / s if s > 0 else np.nan
             p = float(2 * stats.norm.sf(abs(z))) if np.isfinite(z) else np.nan
-            term, level = names[key]
+            term, level = names[str(key)]
             out.append({"task": label, "term": term, "level": level, "coef": coef, "se": s, "z": z, "p": p,
                         "ci_low": coef - 1.959963984540054 * s, "ci_high": coef + 1.959963984540054 * s})
-        re = {"residual_var": float(fit.scale)}
-        re[("task" if pooled else groups) + "_var"] = float(np.asarray(fit.cov_re)[0, 0])
-        if pooled:
-            re[f"{groups}_within_task_var"] = float(np.asarray(fit.vcomp)[0])
-        random_effects[label] = re
+        random_effects[label] = {"residual_var": scale, ("seed_within_task_var" if pooled else f"{groups}_var"): cov_re}
     result = pd.DataFrame(out, columns=MIXED_COLUMNS)
     result.attrs["random_effects"] = random_effects
     result.attrs["warnings"] = list(dict.fromkeys(warnings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings as pywarnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,8 +27,11 @@ class Analysis:
     * ``cells``: task, metric, cell, <factor columns>, n, mean, sd, ci_low, ci_high, seeds, values
     * ``paired_tests``: task ('pooled' across tasks), condition, baseline, n, mean_diff,
       ci_low, ci_high, t, df, p, p_adj, dz, wilcoxon_p, note
-    * ``anova``: task ('all' with task as a factor), term, df, sum_sq, F, p, partial_eta2
+    * ``anova``: task ('all' with task as a factor), term, df, sum_sq, F, p, partial_eta2 (one row
+      per run; the seed block is the term 'seed', 'task:seed' when pooled)
     * ``diagnostics``: task, check, value, note
+    * ``design``: sentences stating the ANOVA's model (runs counted once, merged factors of
+      collapsed cells, seed block, type of sums of squares)
     * ``sensitivity``: task, cell, teacher, student_mean, student_sd, gap, retention_pct, n, rank, train_size
     * ``sensitivity_summary``: spearman_rho, spearman_p, n_tasks, method, note (empty without teacher scores)
     * ``power``: task, condition, n, observed_dz, power_observed, n_for_observed, target_dz, n_for_target
@@ -47,6 +51,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     mapping_weights: pd.DataFrame | None = None
     efficiency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EFFICIENCY_COLUMNS)))
+    design: list[str] = field(default_factory=list)
 
 
 def analyze_table(
@@ -58,6 +63,7 @@ def analyze_table(
     correction: str = "holm",
     anova_type: int = 2,
     anova_order: int | None = None,
+    block_seed: bool = True,
     teacher_scores: TeacherScores | None = None,
     train_sizes: Mapping[str, float] | None = None,
     target_dz: float = 0.5,
@@ -74,18 +80,51 @@ def analyze_table(
     ``correction`` holm | fdr_bh | bonferroni | none within ``family`` (``"task"``:
     each task's comparisons, and the pooled rows, are separate families; ``"all"``:
     one family). ``anova_type`` 2 or 3 (3 with sum-to-zero contrasts), ``anova_order``
-    the highest interaction (None = all). ``teacher_scores`` (DataFrame task, teacher
+    the highest interaction (None = all); ``block_seed`` puts seed (within task) in the
+    ANOVA as a block (default; False: runs are independent replicates). ``teacher_scores`` (DataFrame task, teacher
     [, seed], or dict) enables the sensitivity tables, ``train_sizes`` (dict task ->
     training rows) its Spearman summary. ``target_dz`` is the planning effect size of
     the power table. See the functions of :mod:`kdgrid.analyze` for formulas.
     """
+    with pywarnings.catch_warnings(record=True) as caught:
+        # Library warnings never reach the terminal as Python warnings: each known case is handled
+        # where it arises (mixed model convergence, Shapiro with N > 5000, ...); anything else
+        # becomes one report warning here.
+        pywarnings.simplefilter("always")
+        analysis = _analyze(
+            df, metric=metric, factors=factors, baseline=baseline, correction=correction, anova_type=anova_type,
+            anova_order=anova_order, block_seed=block_seed, teacher_scores=teacher_scores, train_sizes=train_sizes,
+            target_dz=target_dz, family=family,
+        )
+    unexpected = [f"analysis: {w.category.__name__} from {w.filename.rsplit('/', 1)[-1]}: {w.message}" for w in caught
+                  if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))]
+    analysis.warnings = dedupe([*analysis.warnings, *unexpected])
+    return analysis
+
+
+def _analyze(
+    df: pd.DataFrame,
+    *,
+    metric: MetricSpec,
+    factors: Sequence[str] | None,
+    baseline: Mapping[str, object] | None,
+    correction: str,
+    anova_type: int,
+    anova_order: int | None,
+    block_seed: bool,
+    teacher_scores: TeacherScores | None,
+    train_sizes: Mapping[str, float] | None,
+    target_dz: float,
+    family: Literal["task", "all"],
+) -> Analysis:
     prep = prepare(df, metric=metric, factors=factors)
     warnings = list(prep.warnings)
     cells = _describe(prep)
     paired, w = _paired(prep, baseline=baseline, correction=correction, family=family)
     warnings += w
-    anova, diagnostics, w = _anova(prep, typ=anova_type, order=anova_order)
-    warnings += w
+    res = _anova(prep, typ=anova_type, order=anova_order, block_seed=block_seed)
+    anova, diagnostics = res.table, res.diagnostics
+    warnings += res.warnings
     if teacher_scores is not None:
         sens, w = _sensitivity(prep, teacher_scores, train_sizes)
         warnings += w
@@ -111,4 +150,5 @@ def analyze_table(
         power=power,
         warnings=dedupe(warnings),
         efficiency=efficiency,
+        design=res.design,
     )

@@ -12,7 +12,7 @@ from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 
 __all__ = ["CELL_COLUMNS", "describe_cells", "mean_ci"]
 
-CELL_COLUMNS = ["task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values"]
+CELL_COLUMNS = ["task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values", "stands_for"]
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -38,8 +38,9 @@ def mean_ci(values: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -
 
 
 def _describe(prep: Prepared, *, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per task and cell of *runs*: a collapsed cell (runs shared by several cells) once."""
     rows: list[dict[str, object]] = []
-    data = prep.data
+    data = prep.runs
     sort_cols = ["task", "cell_rank"] + (["seed"] if prep.has_seed else [])
     data = data.sort_values(sort_cols, kind="mergesort")
     for (task, _rank), g in data.groupby(["task", "cell_rank"], sort=True):
@@ -56,6 +57,7 @@ def _describe(prep: Prepared, *, confidence: float = 0.95) -> pd.DataFrame:
             ci_high=hi,
             seeds=g["seed"].tolist() if prep.has_seed else [],
             values=vals.tolist(),
+            stands_for=list(first["cells"]),
         )
         rows.append(row)
     cols = CELL_COLUMNS[:3] + prep.factors + CELL_COLUMNS[3:]
@@ -74,7 +76,11 @@ def describe_cells(
     """Descriptive statistics of the metric per task and cell.
 
     Columns: ``task, metric, cell, <factor columns>, n, mean, sd, ci_low, ci_high,
-    seeds, values``. ``sd`` has ddof=1; the interval is t-based
+    seeds, values, stands_for``. Each run counts once: cells that share their runs (a
+    factor without effect at some level of another, e.g. attention at α = 0) are one row,
+    whose ``cell`` joins the collapsed factor's levels with ``|`` (``attention=kl|mse,
+    alpha=0``) and whose ``stands_for`` lists the cells it stands for (one cell for the
+    others). ``sd`` has ddof=1; the interval is t-based
     (mean ± t_{.975, n-1}·sd/√n for 95%). ``seeds`` and ``values`` are lists in
     seed order (``seeds`` is empty when the table has no ``seed`` column). Factor
     columns hold canonical string levels (see :func:`kdgrid.analyze.tidy.level_key`);

@@ -10,7 +10,12 @@ Everything in :mod:`kdgrid.analyze` goes through :func:`prepare`, which
   that ``0.5``, ``"0.5"`` and ``"0.50"`` are one level and ``1`` equals ``1.0``,
 * orders levels deterministically (:func:`level_order`) so that row order never
   changes a result,
-* labels cells ``"k=v, k=v"`` with short factor names (:func:`short_names`).
+* labels cells ``"k=v, k=v"`` with short factor names (:func:`short_names`),
+* builds the **run-level table** (:func:`run_level`, ``Prepared.runs``): each run once,
+  with the cells it stands for. A store lists a run shared by several cells (a factor
+  without effect at some level of another) once per cell; models and tests that count
+  that row twice inflate their degrees of freedom, so they read ``runs`` and model the
+  collapse with a merged factor (:class:`Collapse`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from kdgrid.errors import KdgridError
 
 __all__ = [
     "AnalysisError",
+    "Collapse",
     "KNOWN_METRICS",
     "RESERVED_COLUMNS",
     "MetricSpec",
@@ -37,6 +43,7 @@ __all__ = [
     "level_order",
     "load_table",
     "prepare",
+    "run_level",
     "short_names",
 ]
 
@@ -182,14 +189,61 @@ def infer_factors(df: pd.DataFrame, *, metric: MetricSpec | None = None) -> list
 
 
 # --------------------------------------------------------------------------- prepare
+@dataclass(frozen=True)
+class Collapse:
+    """How cells that share runs are modelled: the factors that collapse, merged into one factor.
+
+    A run listed in several cells (a setting without effect at some level of another factor:
+    at α = 0 the attention loss is never computed, so ``attention=mse, alpha=0`` and
+    ``attention=kl, alpha=0`` are one run) makes the design partly crossed: attention is
+    crossed with α only at α > 0. Such a design is modelled with one **merged factor** whose
+    levels are the distinct settings that were actually run, e.g. ``attention×alpha`` with
+    levels ``kl|mse@0``, ``kl@0.5``, ``kl@1``, ``mse@0.5``, ``mse@1`` (DESIGN.md §6: "merged
+    factor of distinct levels ... never by copying rows").
+
+    * ``collapsed``: the factors whose level differs between the cells of one run (attention);
+    * ``given``: the factors whose levels say when they collapse, with those levels
+      (``{alpha: ("0",)}``): a factor qualifies when the shared runs and the unshared ones
+      have no level of it in common; when none does, every other factor that takes only
+      some of its levels on the shared runs; empty when neither exists;
+    * ``members``: collapsed and given factors in table order, the parts of the merged factor;
+    * ``name``: the merged factor's column name, the members' names joined by ``×``;
+    * ``levels``: the merged levels in display order; a level joins the members' levels
+      with ``@`` (collapsed levels joined by ``|``).
+    """
+
+    collapsed: tuple[str, ...]
+    given: dict[str, tuple[str, ...]]
+    members: tuple[str, ...]
+    name: str
+    levels: tuple[str, ...]
+
+    def describe(self, short: Mapping[str, str]) -> str:
+        """One sentence for a report: which cells share runs and what the models do about it."""
+        coll = " and ".join(short.get(f, f) for f in self.collapsed)
+        when = "; ".join(f"{short.get(f, f)}={'|'.join(lv)}" for f, lv in self.given.items())
+        merged = "×".join(short.get(f, f) for f in self.members)
+        return (
+            f"{coll} has no effect{' at ' + when if when else ' on some runs'} (those runs are shared by the cells "
+            f"that differ only in {coll}): the models use one merged factor {merged} with the {len(self.levels)} "
+            f"settings actually run ({', '.join(self.levels)}), crossed with the other factors, each run once"
+        )
+
+
 @dataclass
 class Prepared:
     """A results table normalised for analysis (internal currency of the package).
 
-    ``data`` has columns ``task`` (str), ``seed`` (when present), one column per
-    factor (canonical string levels, original column names), ``cell`` (label),
-    ``cell_rank`` (sort position of the cell), ``metric`` (metric name of the
-    row's task) and ``value`` (float). Rows with a missing metric value are gone.
+    ``data`` has one row per (cell, run) as the table lists them, with columns ``task``
+    (str), ``seed`` (when present), one column per factor (canonical string levels,
+    original column names), ``cell`` (label), ``cell_rank`` (sort position of the cell),
+    ``metric`` (metric name of the row's task) and ``value`` (float). Rows with a missing
+    metric value are gone. A run shared by several cells appears once per cell here.
+
+    ``runs`` has **one row per run** (see :func:`run_level`): every model, test and
+    diagnostic that treats runs as observations must use it, never ``data``.
+    ``collapse`` says how shared runs were merged (None when no run is shared);
+    :attr:`model_factors` are the factors a model of ``runs`` uses.
     """
 
     data: pd.DataFrame
@@ -200,6 +254,29 @@ class Prepared:
     tasks: list[str]
     has_seed: bool
     warnings: list[str] = field(default_factory=list)
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    collapse: Collapse | None = None
+
+    @property
+    def model_factors(self) -> list[str]:
+        """The factors of a model of ``runs``: ``factors`` with the collapse's members replaced by
+        the merged factor (at the place of the first member)."""
+        if self.collapse is None:
+            return list(self.factors)
+        out: list[str] = []
+        for f in self.factors:
+            if f in self.collapse.members:
+                if self.collapse.name not in out:
+                    out.append(self.collapse.name)
+            else:
+                out.append(f)
+        return out
+
+    def model_levels(self, factor: str) -> list[str]:
+        """Level order of a model factor (the merged one included)."""
+        if self.collapse is not None and factor == self.collapse.name:
+            return list(self.collapse.levels)
+        return list(self.levels[factor])
 
     def cell_levels(self, cell: str) -> dict[str, str]:
         row = self.data.loc[self.data["cell"] == cell].iloc[0]
@@ -300,15 +377,6 @@ def prepare(df: pd.DataFrame, *, metric: MetricSpec, factors: Sequence[str] | No
     if work.empty:
         raise AnalysisError("no run has a finite metric value")
 
-    if "run_id" in work.columns:
-        shared = work["run_id"].dropna()
-        shared = shared[shared.duplicated(keep=False)]
-        if not shared.empty:
-            warnings.append(
-                f"{shared.nunique()} run(s) appear in more than one cell (collapsed factors share runs): the ANOVA "
-                "counts every copy, and cells that share runs have zero paired differences"
-            )
-
     levels = {f: level_order(work[f]) for f in facs}
     for f in facs:
         work[f] = work[f].map(level_key).astype(object)
@@ -329,6 +397,9 @@ def prepare(df: pd.DataFrame, *, metric: MetricSpec, factors: Sequence[str] | No
         work["cell_rank"] = 0
     keep = ["task"] + (["seed"] if has_seed else []) + facs + ["cell", "cell_rank", "metric", "value"]
     data = work[keep].reset_index(drop=True)
+    run_ids = work["run_id"].to_numpy(dtype=object) if "run_id" in work.columns else None
+    runs, collapse, w = run_level(data, facs, levels, short, run_ids)
+    warnings += w
     return Prepared(
         data=data,
         factors=facs,
@@ -338,7 +409,108 @@ def prepare(df: pd.DataFrame, *, metric: MetricSpec, factors: Sequence[str] | No
         tasks=tasks,
         has_seed=has_seed,
         warnings=warnings,
+        runs=runs,
+        collapse=collapse,
     )
+
+
+# --------------------------------------------------------------------------- one row per run
+#: Joins the levels of a collapsed factor in a run shared by several cells ("kl|mse").
+COLLAPSED_SEP = "|"
+#: Joins the members' levels in a merged factor's level ("mse@0.5").
+MERGED_SEP = "@"
+#: Joins the members' names in a merged factor's name ("attention×alpha").
+MERGED_NAME_SEP = "×"
+
+
+def run_level(
+    data: pd.DataFrame,
+    factors: Sequence[str],
+    levels: Mapping[str, Sequence[str]],
+    short: Mapping[str, str],
+    run_ids: Sequence[object] | np.ndarray | None = None,
+) -> tuple[pd.DataFrame, Collapse | None, list[str]]:
+    """One row per run from the (cell, run) rows of :class:`Prepared` ``data``: (runs, collapse, warnings).
+
+    A run is identified by ``run_ids`` (the table's ``run_id`` column, aligned with
+    ``data``); rows without one, or tables without the column, are one run each. The
+    result has the columns of ``data`` plus
+
+    * ``run_id`` (a made-up ``row<i>`` where the table had none),
+    * ``cells``: tuple of the cell labels the run stands for, in cell order (one for most runs),
+    * the merged factor's column when a :class:`Collapse` is detected.
+
+    For a run shared by several cells, a factor whose level differs between those cells
+    holds the levels joined by ``|`` in level order (``kl|mse``), and ``cell`` /
+    ``cell_rank`` name the collapsed cell (``attention=kl|mse, alpha=0``, at the
+    position of its first cell). Every other column is the run's own (a run has one task,
+    seed and value). The collapse is detected from the data only: which cells share run ids.
+    """
+    warnings: list[str] = []
+    rid = (
+        pd.Series(run_ids, index=data.index, dtype=object)
+        if run_ids is not None else pd.Series([None] * len(data), index=data.index, dtype=object)
+    )
+    missing = rid.isna()
+    rid[missing] = [f"row{i}" for i in np.flatnonzero(missing.to_numpy())]
+    work = data.assign(run_id=rid.astype(str))
+    dup = work.duplicated(["run_id", "cell"])
+    if dup.any():
+        warnings.append(f"{int(dup.sum())} row(s) repeat a run already listed in the same cell and were ignored")
+        work = work.loc[~dup]
+    n_cells = work.groupby("run_id")["cell"].transform("size")
+    shared = work.loc[n_cells > 1]
+    if shared.empty:
+        runs = work.assign(cells=[(c,) for c in work["cell"]]).reset_index(drop=True)
+        return runs, None, warnings
+
+    collapsed = [f for f in factors if (shared.groupby("run_id")[f].nunique() > 1).any()]
+    rank = {f: {lv: i for i, lv in enumerate(levels[f])} for f in factors}
+    rows: list[dict[str, object]] = []
+    for _rid, g in work.sort_values("cell_rank", kind="mergesort").groupby("run_id", sort=False):
+        first = g.iloc[0].to_dict()
+        if len(g) > 1:
+            for f in collapsed:
+                present = set(g[f])
+                first[f] = COLLAPSED_SEP.join(lv for lv in levels[f] if lv in present)
+            first["cell"] = cell_label({f: str(first[f]) for f in factors}, factors, short)
+        first["cells"] = tuple(dict.fromkeys(g["cell"]))
+        rows.append(first)
+    runs = pd.DataFrame(rows)
+    n_shared = int((runs["cells"].map(len) > 1).sum())
+    warnings.append(
+        f"{n_shared} run(s) appear in more than one cell (collapsed factors share runs): each run counts once in "
+        "the cells table, the ANOVA, its diagnostics and the mixed model"
+    )
+
+    is_shared = runs["cells"].map(len) > 1
+    given: dict[str, tuple[str, ...]] = {}
+    others = [f for f in factors if f not in collapsed]
+    if (~is_shared).any():
+        for f in others:
+            on_shared, on_rest = set(runs.loc[is_shared, f]), set(runs.loc[~is_shared, f])
+            if not on_shared & on_rest:
+                given[f] = tuple(lv for lv in levels[f] if lv in on_shared)
+        if not given:
+            for f in others:
+                on_shared = set(runs.loc[is_shared, f])
+                if on_shared < set(levels[f]):
+                    given[f] = tuple(lv for lv in levels[f] if lv in on_shared)
+    members = tuple(f for f in factors if f in collapsed or f in given)
+    name = MERGED_NAME_SEP.join(members)
+
+    def key(row: Mapping[str, object]) -> tuple[int, ...]:
+        # a joined (collapsed) level sorts before the member's own levels
+        return tuple(rank[f].get(str(row[f]), -1) for f in members)
+
+    combos = runs[list(members)].drop_duplicates()
+    combos = sorted((r for _, r in combos.iterrows()), key=key)
+    merged_levels = tuple(MERGED_SEP.join(str(r[f]) for f in members) for r in combos)
+    runs[name] = [MERGED_SEP.join(str(v) for v in vals) for vals in zip(*(runs[f] for f in members))]
+    cell_order = runs.drop_duplicates("cell").sort_values("cell_rank", kind="mergesort")["cell"].tolist()
+    runs["cell_rank"] = runs["cell"].map({c: i for i, c in enumerate(cell_order)}).astype(int)
+    collapse = Collapse(collapsed=tuple(collapsed), given=given, members=members, name=name, levels=merged_levels)
+    return runs.reset_index(drop=True), collapse, warnings
 
 
 def dedupe(messages: Iterable[str]) -> list[str]:

@@ -73,7 +73,7 @@ CSV_SECTIONS: tuple[str, ...] = ("cells", "paired_tests", "anova", "sensitivity"
 #: Keys of each ``paired_tests`` / ``anova`` record in the JSON report (a stable schema).
 JSON_PAIRED_KEYS: tuple[str, ...] = tuple(c for c in PAIRED_COLUMNS if c != "note")
 JSON_ANOVA_KEYS: tuple[str, ...] = SECTION_COLUMNS["anova"]
-_LIST_COLUMNS = {"seeds", "values"}  # list-valued cells columns, JSON-encoded inside CSV
+_LIST_COLUMNS = {"seeds", "values", "stands_for"}  # list-valued cells columns, JSON-encoded inside CSV
 _STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "check", "note"}
 
 
@@ -577,7 +577,7 @@ def analysis_json(
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
-    ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``efficiency`` and
+    ``anova_design`` (the sentences stating the ANOVA's model), ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``efficiency`` and
     ``mapping_convergence``, computed here unless ``convergence`` is given). NaN becomes None (null).
 
     ``paired_tests`` records have exactly :data:`JSON_PAIRED_KEYS` and ``anova`` records
@@ -598,6 +598,7 @@ def analysis_json(
         "paired_tests": _records(paired, JSON_PAIRED_KEYS),
         "paired_test_notes": notes,
         "anova": _records(section_frame(analysis, "anova"), JSON_ANOVA_KEYS),
+        "anova_design": [str(d) for d in (getattr(analysis, "design", None) or [])],
         "diagnostics": _records(section_frame(analysis, "diagnostics")),
         "sensitivity": _records(section_frame(analysis, "sensitivity")),
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),

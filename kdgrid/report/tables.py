@@ -30,7 +30,7 @@ MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that 
 #: Contract column names (docs/CONTRACTS.md). Factor columns of ``cells`` are whatever
 #: else the frame holds, so they are found by subtracting these.
 CELL_COLUMNS: tuple[str, ...] = (
-    "task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values",
+    "task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values", "stands_for",
 )
 PAIRED_COLUMNS: tuple[str, ...] = (
     "task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p",
@@ -414,7 +414,7 @@ def section_frame(analysis: Any, name: str) -> pd.DataFrame | None:
     if df.empty:
         return None
     need = SECTION_COLUMNS.get(name, ())
-    optional = {"note", "train_size"}  # informative extras a producer may leave out
+    optional = {"note", "train_size", "stands_for"}  # informative extras a producer may leave out
     missing = [c for c in need if c not in df.columns and c not in optional]
     if missing:
         raise ValueError(f"analysis.{name} lacks contract columns {missing} (docs/CONTRACTS.md)")
@@ -460,7 +460,28 @@ def cells_section(cells: pd.DataFrame | None, *, baseline: str | None, scale100:
         t = paper_table(sub, label, scale100=scale100, decimals=decimals, baseline=baseline)
         frame = t.reset_index().rename(columns={"condition": "Condition"})
         tables.append(DisplayTable(f"cells-{slug(label)}", t.attrs["caption"], frame, left=("Condition",)))
-    return Section("cells", "Cells", tables=tuple(tables))
+    return Section("cells", "Cells", tables=tuple(tables), notes=_collapsed_notes(cells))
+
+
+def _collapsed_notes(cells: pd.DataFrame) -> tuple[str, ...]:
+    """Name the cells a collapsed row stands for (runs shared by cells that differ only in a
+    factor without effect there): such a row is shown once, its levels joined by '|'."""
+    if "stands_for" not in cells.columns:
+        return ()
+    labels = condition_labels(cells)
+    seen: dict[str, list[str]] = {}
+    for r in cells.itertuples(index=False):
+        members = list(r.stands_for) if isinstance(r.stands_for, (list, tuple)) else []
+        if len(members) > 1:
+            seen.setdefault(labels.get(str(r.cell), str(r.cell)), [str(m) for m in members])
+    if not seen:
+        return ()
+    shown = [f"{k} = {' and '.join(v)}" for k, v in list(seen.items())[:8]]
+    return (
+        f"{len(seen)} condition(s) stand for several cells that share the same runs (a factor without effect there; "
+        "'|' joins its levels); each is shown, and counted, once: " + "; ".join(shown)
+        + ("; ..." if len(seen) > 8 else "") + ".",
+    )
 
 
 def paired_section(
@@ -530,13 +551,17 @@ def _note(x: Any) -> str:
 
 def _term_labels(terms: Sequence[str]) -> dict[str, str]:
     """Short names for ANOVA terms: each factor path shortened as in the condition labels,
-    interactions re-joined with ':'."""
-    parts = list(dict.fromkeys(p for t in terms if t != "Residual" for p in str(t).split(":")))
+    interactions re-joined with ':', a merged factor's members with '×'."""
+    def pieces(t: str) -> list[list[str]]:
+        return [p.split("×") for p in t.split(":")]
+
+    parts = list(dict.fromkeys(f for t in terms if t != "Residual" for p in pieces(str(t)) for f in p))
     short = _short_names(parts)
-    return {t: "Residual" if t == "Residual" else ":".join(short[p] for p in str(t).split(":")) for t in terms}
+    return {t: "Residual" if t == "Residual" else ":".join("×".join(short[f] for f in p) for p in pieces(str(t)))
+            for t in terms}
 
 
-def anova_section(anova: pd.DataFrame | None, *, alpha: float) -> Section:
+def anova_section(anova: pd.DataFrame | None, *, alpha: float, design: Sequence[str] = ()) -> Section:
     title = "ANOVA per task"
     if anova is None:
         return Section("anova", title, empty_note="No ANOVA: fewer than one factor with two levels, or too few runs.")
@@ -554,13 +579,16 @@ def anova_section(anova: pd.DataFrame | None, *, alpha: float) -> Section:
         emph.append(is_effect and p is not None and p < alpha)
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
+    blocked = any(str(t).split(":")[-1] == "seed" for t in anova["term"])
     caption = (
-        "OLS ANOVA with categorical factors and their interactions (terms joined by ':'); "
-        "partial η² = SS_effect / (SS_effect + SS_residual); task 'all' treats the task as a factor; "
+        "OLS ANOVA on one row per run, categorical factors and their interactions (terms joined by ':', "
+        "a merged factor's parts by '×')"
+        + ("; seed is a block (task:seed: seed within task)" if blocked else "")
+        + "; partial η² = SS_effect / (SS_effect + SS_residual); task 'all' treats the task as a factor; "
         f"highlighted: p < {alpha:g} (uncorrected)."
     )
     table = DisplayTable("anova", caption, frame, left=("Task", "Term"), emphasis=tuple(emph))
-    return Section("anova", title, tables=(table,))
+    return Section("anova", title, tables=(table,), notes=tuple(f"Model: {d}" for d in design))
 
 
 def diagnostics_section(diag: pd.DataFrame | None) -> Section:
@@ -574,7 +602,8 @@ def diagnostics_section(diag: pd.DataFrame | None) -> Section:
         rows.append({"Task": str(r.task), "Check": str(r.check), "Value": shown, "Note": _note(getattr(r, "note", ""))})
     frame = _frame(rows, ["Task", "Check", "Value", "Note"])
     frame["Task"] = _shown_task(list(frame["Task"]))
-    caption = "Design balance, missing cells and residual checks (Shapiro–Wilk and Levene p values)."
+    caption = ("Runs in each fit (each once), balance and missing cells of the ANOVA's cells, and residual checks "
+               "(Shapiro–Wilk and Levene p values).")
     return Section("diagnostics", title,
                    tables=(DisplayTable("diagnostics", caption, frame, left=("Task", "Check", "Note")),))
 
@@ -792,7 +821,7 @@ def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05,
     sections = [
         cells_section(cells, baseline=_baseline_of(paired), scale100=scale100),
         paired_section(paired, cells, alpha=alpha, scale100=scale100),
-        anova_section(section_frame(analysis, "anova"), alpha=alpha),
+        anova_section(section_frame(analysis, "anova"), alpha=alpha, design=getattr(analysis, "design", None) or ()),
         diagnostics_section(section_frame(analysis, "diagnostics")),
         sensitivity_section(section_frame(analysis, "sensitivity"), getattr(analysis, "sensitivity_summary", None),
                             cells, scale100=scale100),

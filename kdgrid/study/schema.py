@@ -207,6 +207,8 @@ class Analysis(Strict):
     metric: str = "auto"
     factors: list[str] | None = None
     correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
+    # Seed (within task) as a block in the ANOVA: the same seed means the same subset, order and init.
+    block_seed: bool = True
 
 
 SEARCH_SAMPLERS = ("tpe", "random", "grid", "cmaes")
