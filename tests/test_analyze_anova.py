@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +307,64 @@ def test_ablation_cpu_stsb_has_80_residual_df_without_the_seed_block() -> None:
     assert stsb.loc[KIND, "F"] == pytest.approx(160.2, abs=0.05)
     blocked = anova_table(df, metric="auto", factors=ABLATION_FACTORS).set_index(["task", "term"])
     assert blocked.loc[("stsb", "Residual"), "df"] == 76 and blocked.loc[("stsb", "seed"), "df"] == 4
+
+
+def test_mixed_model_is_fitted_on_one_row_per_run_with_seed_within_task() -> None:
+    df = collapsed(tasks=("cola", "stsb"), seed_sd=0.05)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = mixed_model(df, ABLATION_FACTORS, "pearson")
+    assert caught == []  # statsmodels' warnings are turned into report warnings, never re-raised
+    # Reference: statsmodels mixedlm("pearson ~ C(task) * (C(m) + C(d) + C(k))", one row per run,
+    # groups = task/seed).fit(reml=True), m the merged attention x alpha factor with kdgrid's first level as reference
+    runs = merged_runs(df)
+    runs["m"] = pd.Categorical(runs["m"].str.replace("any@0", "kl|mse@0").str.replace(".0", "", regex=False),
+                               categories=["kl|mse@0", "kl@0.5", "kl@1", "mse@0.5", "mse@1"])
+    runs["g"] = runs["task"] + "/" + runs["seed"].astype(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = smf.mixedlm("pearson ~ C(task) * (C(m) + C(d) + C(k))", runs, groups="g").fit(reml=True)
+    merged = f"{ATT}×{ALPHA}"
+    names = {("Intercept", ""): "Intercept", ("task", "stsb"): "C(task)[T.stsb]", (merged, "mse@1"): "C(m)[T.mse@1]",
+             (KIND, "uniform"): "C(k)[T.uniform]", (f"task:{DATA}", "stsb:400"): "C(task)[T.stsb]:C(d)[T.400]"}
+    got = out.set_index(["term", "level"])
+    assert len(out) == len(ref.fe_params) == 14
+    for key, ref_name in names.items():
+        assert got.loc[key, "coef"] == pytest.approx(ref.fe_params[ref_name], rel=1e-5, abs=1e-8)
+        assert got.loc[key, "se"] == pytest.approx(ref.bse_fe[ref_name], rel=1e-4)
+    re = out.attrs["random_effects"]["all"]
+    assert re["seed_within_task_var"] == pytest.approx(float(ref.cov_re.iloc[0, 0]), rel=1e-4)
+
+
+def test_mixed_model_boundary_and_non_convergence_become_report_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statsmodels.regression.mixed_linear_model import MixedLM
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    real_fit = MixedLM.fit
+
+    def failing_fit(self: MixedLM, *args: object, **kwargs: object) -> object:
+        result = real_fit(self, *args, **kwargs)
+        warnings.warn("Gradient optimization failed, |grad| = 1.2", ConvergenceWarning, stacklevel=1)
+        result.converged = False
+        return result
+
+    df = collapsed(tasks=("cola", "stsb"))
+    monkeypatch.setattr(MixedLM, "fit", failing_fit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = mixed_model(df, ABLATION_FACTORS, "pearson")
+    assert caught == []
+    mine = [w for w in out.attrs["warnings"] if w.startswith("mixed model")]
+    assert mine == ["mixed model all: did not converge (the REML optimiser stopped before the optimum): its estimates "
+                    "and tests are not reliable"]
+    assert not any("grad" in w for w in out.attrs["warnings"])
+
+
+def test_shapiro_on_more_than_5000_residuals_says_so_without_a_python_warning() -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"f": rng.choice(["a", "b"], 6000), "y": rng.normal(size=6000)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        diag = anova_diagnostics(df, metric="y", factors=["f"]).set_index("check")
+    assert caught == []  # scipy: "For N > 5000, computed p-value may not be accurate."
+    assert "p value is approximate" in diag.loc["residual_shapiro_p", "note"]

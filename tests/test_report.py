@@ -417,6 +417,35 @@ def test_real_analysis_renders_if_available(tmp_path: Path) -> None:
     assert "attention=kl, kind=learnable" in texts["md"]
 
 
+def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) -> None:
+    analyze = pytest.importorskip("kdgrid.analyze", reason="kdgrid.analyze not available")
+    alpha = "objective.intermediate.alpha"
+    rng = np.random.default_rng(1)
+    rows = []
+    for att in ("mse", "kl"):
+        for a in (0.0, 1.0):
+            for s in SEEDS:
+                # at alpha = 0 the attention loss is never computed: one run, listed in both attention cells
+                rid = f"{a}-{s}" + (f"-{att}" if a else "")
+                rows.append({"run_id": rid, "task": "cola", "seed": s, ATT: att, alpha: a, "mcc": 0.3 + rng.normal(0, .01)})
+    tidy = pd.DataFrame(rows)
+    tidy["mcc"] = tidy.groupby("run_id")["mcc"].transform("first")
+    real = analyze.analyze_table(tidy, metric="auto", factors=[ATT, alpha], baseline={ATT: "mse", alpha: 1})
+    texts = render_many(real, fmts=FORMATS, out_dir=tmp_path, title="collapsed", meta={}, plots=False)
+    data = json.loads(texts["json"])
+    assert [c["cell"] for c in data["cells"]][0] == "attention=kl|mse, alpha=0"
+    assert data["cells"][0]["stands_for"] == ["attention=kl, alpha=0", "attention=mse, alpha=0"]
+    assert any("merged factor attention×alpha" in d for d in data["anova_design"])
+    assert [r["term"] for r in data["anova"]] == ["seed", f"{ATT}×{alpha}", "Residual"]
+    for fmt in ("md", "html", "latex", "table"):
+        text = texts[fmt].replace("\\", "")
+        assert "merged factor attention" in text and "Seed is a block" in text, fmt
+        assert "stand for several cells that share the same runs" in text, fmt
+    assert "attention×alpha" in texts["md"]
+    assert read_section_csv(tmp_path / "cells.csv")["stands_for"][0] == ["attention=kl, alpha=0",
+                                                                         "attention=mse, alpha=0"]
+
+
 # --------------------------------------------------------------------------- plots
 
 

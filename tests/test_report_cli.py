@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -73,6 +74,22 @@ def test_unbalanced_moore_anova_through_cli(tmp_path: Path, typ: str, expected: 
         # R prints 4-5 significant digits: compare to half a unit in the last printed place
         assert t[term]["F"] == pytest.approx(f, rel=2e-4)
         assert t[term]["p"] == pytest.approx(p, rel=5e-4)
+
+
+def test_seed_block_through_cli_and_its_switch(tmp_path: Path) -> None:
+    # Montgomery, Design and Analysis of Experiments (8th ed.), Example 4.1 (RCBD, batches as blocks), Table 4.4:
+    #   pressure SS 178.17 df 3 F0 = 8.11 P = 0.0019; blocks SS 192.25 df 5; error SS 109.89 df 15
+    yields = {8500: [90.3, 89.2, 98.2, 93.9, 87.4, 97.9], 8700: [92.5, 89.5, 90.6, 94.7, 87.0, 95.8],
+              8900: [85.5, 90.8, 89.6, 86.2, 88.0, 93.4], 9100: [82.5, 89.5, 85.6, 87.4, 78.9, 90.7]}
+    df = pd.DataFrame([{"psi": k, "seed": b + 1, "y": v} for k, vs in yields.items() for b, v in enumerate(vs)])
+    data = report_json(tmp_path, df, "--metric", "y", "--factors", "psi")
+    t = anova_terms(data, "all")
+    assert t["psi"]["F"] == pytest.approx(8.11, abs=0.005) and t["seed"]["sum_sq"] == pytest.approx(192.25, abs=0.005)
+    assert t["Residual"]["df"] == 15
+    assert any(d.startswith("Seed is a block") for d in data["anova_design"])
+    # scipy.stats.f_oneway(*yields.values()) -> F = 3.9313, p = 0.023448: the same data without the block
+    off = anova_terms(report_json(tmp_path, df, "--metric", "y", "--factors", "psi", "--no-block-seed"), "all")
+    assert "seed" not in off and off["Residual"]["df"] == 20 and off["psi"]["F"] == pytest.approx(3.9313, abs=5e-4)
 
 
 def test_report_files_and_bad_options(tmp_path: Path) -> None:

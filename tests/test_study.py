@@ -78,3 +78,11 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 def test_yaml_tags_that_run_code_are_refused(tmp_path: Path) -> None:
     msg = error_of(tmp_path, "name: !!python/object/apply:os.system ['true']\ntasks: [cola]\n")
     assert "not valid YAML" in msg
+
+
+def test_analysis_block_seed_defaults_on_and_is_a_bool(tmp_path: Path) -> None:
+    assert load_study(write(tmp_path, "name: s\ntasks: [cola]\n")).study.analysis.block_seed is True
+    off = load_study(write(tmp_path, "name: s\ntasks: [cola]\nanalysis: {block_seed: false}\n")).study
+    assert off.analysis.block_seed is False
+    assert "analysis.block_seed: Input should be a valid boolean" in error_of(
+        tmp_path, "name: s\ntasks: [cola]\nanalysis: {block_seed: maybe}\n")

@@ -568,10 +568,17 @@ def mixed_model(
             except (np.linalg.LinAlgError, ValueError) as exc:
                 warnings.append(f"mixed model {label}: the fit failed ({exc}); no fixed effects")
                 continue
-        if not converged or any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        # statsmodels signals these cases by warnings whose text would otherwise reach the terminal.
+        conv = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+        if not converged or any("boundary" not in m for m in conv):
             warnings.append(
-                f"mixed model {label}: did not converge (REML optimiser stopped early or the seed variance is on "
-                "its boundary, 0): treat its estimates as approximate"
+                f"mixed model {label}: did not converge (the REML optimiser stopped before the optimum): its "
+                "estimates and tests are not reliable"
+            )
+        elif conv:
+            warnings.append(
+                f"mixed model {label}: the seed variance estimate is at or near 0 (the boundary of its range), so the "
+                "Wald tests of the fixed effects are approximate"
             )
         elif caught:
             warnings.append(f"mixed model {label}: numerical problems in the fit; treat its estimates as approximate")
