@@ -20,7 +20,7 @@ seed block is nested in task (``task:seed``; a seed means a different run in eve
   Fox 2016 §8.2.5, R ``car::Anova(type = 2)``): each term adjusted for every term that does
   not contain it. Type III: each term adjusted for all others, meaningful only with
   sum-to-zero contrasts, which are always used;
-* rank-deficient design (empty cells): type II from nested statsmodels OLS fits on the
+* rank-deficient design (empty cells) or no residual df: type II from nested statsmodels OLS fits on the
   same design's columns, SS(T) = RSS(M₋T) − RSS(M₋T + T), df = rank gained (R's
   ``anova(lm(M₋T), lm(M₋T + T))``), so a term is tested on its estimable contrasts (a
   warning names the reduced df); type III needs a full-rank factor design, so the
