@@ -227,11 +227,42 @@ def test_collapsed_cells_count_each_run_once(block: bool) -> None:
     df = collapsed()
     assert len(df) == 120 and df["run_id"].nunique() == 100
     ours = anova_table(df, metric="pearson", factors=ABLATION_FACTORS, block_seed=block)
+    # 100 runs - 20 cells (5 settings x 2 x 2) = 80 residual df; the seed block takes 4 more
+    assert ours.iloc[-1]["df"] == (76 if block else 80)
+    # The crossed part plus a contrast, built here by hand as numeric columns on one row per run:
+    # on = 1 where alpha > 0; att = +1 kl / -1 mse where alpha > 0, else 0; alp = +1 at 0.5 / -1 at 1, else 0.
+    # Reference: statsmodels anova_lm(ols("pearson ~ [C(seed, Sum) +] (on + att + alp + att:alp) * C(d, Sum)
+    # * C(k, Sum)", runs).fit(), typ=2)
+    runs = merged_runs(df)
+    runs["on"] = (runs[ALPHA] > 0).astype(float)
+    runs["att"] = runs[ATT].map({"kl": 1.0, "mse": -1.0}) * runs["on"]
+    runs["alp"] = runs[ALPHA].map({0.0: 0.0, 0.5: 1.0, 1.0: -1.0})
+    rhs = ("C(seed, Sum) + " if block else "") + "(on + att + alp + att:alp) * C(d, Sum) * C(k, Sum)"
+    ref = anova_lm(smf.ols(f"pearson ~ {rhs}", data=runs).fit(), typ=2)
+    contrast = f"{ALPHA}=0 vs rest"
+    names = {"on": contrast, "att": ATT, "alp": ALPHA, "C(d, Sum)": DATA, "C(k, Sum)": KIND, "C(seed, Sum)": "seed"}
+    ref.index = [":".join(names[p] for p in i.split(":")) if i != "Residual" else i for i in ref.index]
+    assert len(ours) == len(ref) == 20 + block
+    for _, r in ours.iterrows():
+        key = r["term"] if r["term"] in ref.index else ":".join(
+            sorted(r["term"].split(":"), key=lambda p: list(names.values()).index(p)))
+        s = ref.loc[key]
+        assert r["df"] == s["df"] and r["sum_sq"] == pytest.approx(s["sum_sq"], rel=1e-7, abs=1e-14)
+        if r["term"] != "Residual":
+            assert r["F"] == pytest.approx(s["F"], rel=1e-7) and r["p"] == pytest.approx(s["PR(>F)"], rel=1e-6)
+    design = " ".join(ours.attrs["design"])
+    assert "attention has no effect at alpha=0" in design.lower() and "crossed part plus a contrast" in design
+    assert "kl|mse@0, kl@0.5, kl@1, mse@0.5, mse@1" in design
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_collapsed_cells_as_one_merged_factor(block: bool) -> None:
+    df = collapsed()
+    ours = anova_table(df, metric="pearson", factors=ABLATION_FACTORS, block_seed=block, collapsed="merged")
     merged = f"{ATT}×{ALPHA}"
     assert ours["term"].tolist() == (["seed"] if block else []) + [
         merged, DATA, KIND, f"{merged}:{DATA}", f"{merged}:{KIND}", f"{DATA}:{KIND}", f"{merged}:{DATA}:{KIND}",
         "Residual"]
-    # 100 runs - 20 cells (5 settings x 2 x 2) = 80 residual df; the seed block takes 4 more
     assert ours.iloc[-1]["df"] == (76 if block else 80)
     # Reference: statsmodels anova_lm(ols("pearson ~ [C(seed, Sum) +] C(m, Sum) * C(d, Sum) * C(k, Sum)",
     # one row per run).fit(), typ=2)
@@ -245,9 +276,9 @@ def test_collapsed_cells_count_each_run_once(block: bool) -> None:
         assert r["df"] == s["df"] and r["sum_sq"] == pytest.approx(s["sum_sq"], rel=1e-8)
         if r["term"] != "Residual":
             assert r["F"] == pytest.approx(s["F"], rel=1e-8) and r["p"] == pytest.approx(s["PR(>F)"], rel=1e-6)
-    design = " ".join(ours.attrs["design"])
-    assert "attention has no effect at alpha=0" in design.lower() and "attention×alpha" in design
-    assert "kl|mse@0, kl@0.5, kl@1, mse@0.5, mse@1" in design
+    # the same model either way: same residual sum of squares
+    split = anova_table(df, metric="pearson", factors=ABLATION_FACTORS, block_seed=block)
+    assert split.iloc[-1]["sum_sq"] == pytest.approx(ours.iloc[-1]["sum_sq"], rel=1e-10)
 
 
 def test_pooled_collapsed_anova_nests_seed_in_task() -> None:
@@ -307,7 +338,8 @@ def test_ablation_cpu_stsb_has_80_residual_df_without_the_seed_block() -> None:
     out = anova_table(df, metric="auto", factors=ABLATION_FACTORS, block_seed=False)
     stsb = out[out["task"] == "stsb"].set_index("term")
     assert stsb.loc["Residual", "df"] == 80
-    assert stsb.loc[KIND, "F"] == pytest.approx(160.2, abs=0.05)
+    assert stsb.loc[KIND, "F"] == pytest.approx(160.2, abs=0.05)  # kdgrid <= 0.1: 209.8
+    assert stsb.loc[ATT, "F"] == pytest.approx(2.41, abs=0.005)  # kdgrid <= 0.1: 1.80 (96 df, alpha = 0 runs twice)
 
 
 def test_mixed_model_is_fitted_on_one_row_per_run_with_seed_within_task() -> None:

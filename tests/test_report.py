@@ -436,12 +436,13 @@ def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) 
     assert [c["cell"] for c in data["cells"]][0] == "attention=kl|mse, alpha=0"
     assert data["cells"][0]["stands_for"] == ["attention=kl, alpha=0", "attention=mse, alpha=0"]
     assert any("merged factor attention×alpha" in d for d in data["anova_design"])
-    assert [r["term"] for r in data["anova"]] == ["seed", f"{ATT}×{alpha}", "Residual"]
+    assert any("crossed part plus a contrast" in d for d in data["anova_design"])
+    assert [r["term"] for r in data["anova"]] == ["seed", f"{alpha}=0 vs rest", ATT, "Residual"]
     for fmt in ("md", "html", "latex", "table"):
         text = texts[fmt].replace("\\", "")
         assert "merged factor attention" in text and "Seed is a block" in text, fmt
         assert "stand for several cells that share the same runs" in text, fmt
-    assert "attention×alpha" in texts["md"]
+    assert "alpha=0 vs rest" in texts["md"]
     assert read_section_csv(tmp_path / "cells.csv")["stands_for"][0] == ["attention=kl, alpha=0",
                                                                          "attention=mse, alpha=0"]
 

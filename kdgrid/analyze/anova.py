@@ -4,7 +4,9 @@
 :func:`kdgrid.analyze.tidy.run_level`), never the (cell, run) rows a store lists: a run
 shared by several cells (α = 0 makes the attention loss irrelevant) is one observation.
 Such a partly crossed design is modelled with the merged factor of
-:class:`kdgrid.analyze.tidy.Collapse` (its distinct settings, crossed with the other factors).
+:class:`kdgrid.analyze.tidy.Collapse` (its distinct settings, crossed with the other factors),
+which the ANOVA splits into the fully crossed part plus a contrast for the shared runs
+(``collapsed="contrast"``, default) or keeps as one factor (``collapsed="merged"``).
 
 **The model.** Per task: y = μ + block(seed) + Σ factor effects and their interactions up to
 ``order`` + ε, ε iid N(0, σ²), every factor categorical with sum-to-zero contrasts (R's
@@ -20,6 +22,11 @@ seed block is nested in task (``task:seed``; a seed means a different run in eve
   Fox 2016 §8.2.5, R ``car::Anova(type = 2)``): each term adjusted for every term that does
   not contain it. Type III: each term adjusted for all others, meaningful only with
   sum-to-zero contrasts, which are always used;
+* collapsed cells: the merged factor is split into the fully crossed part (each member a
+  factor of its own where the members are crossed, e.g. attention and α at α > 0) plus one
+  contrast for the shared runs (``alpha=0 vs rest``), coded as numeric columns; these span
+  the merged factor, so the fit is the same and each member gets its own test. Its sums of
+  squares come from the nested fits below (equal to ``anova_lm`` on a full-rank design);
 * rank-deficient design (empty cells) or no residual df: type II from nested statsmodels OLS fits on the
   same design's columns, SS(T) = RSS(M₋T) − RSS(M₋T + T), df = rank gained (R's
   ``anova(lm(M₋T), lm(M₋T + T))``), so a term is tested on its estimable contrasts (a
@@ -41,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
+from kdgrid.analyze.tidy import AnalysisError, Collapse, MetricSpec, Prepared, prepare
 
 __all__ = [
     "ANOVA_COLUMNS",
@@ -74,14 +81,17 @@ class _Fit:
     residuals: np.ndarray
     order: int
     factors: list[str]
+    contrast: str | None = None  # the contrast term's name when a merged factor was fitted as crossed part + contrast
 
 
 @dataclass
 class _Formula:
     """A patsy formula over safe column aliases (factor names hold dots, '×' and '|')."""
 
-    frame: pd.DataFrame  # y and one categorical column per alias
-    code: dict[str, str]  # factor -> "C(aN, Sum)"
+    frame: dict[str, object]  # y, one categorical per factor alias, one numeric matrix per contrast alias
+    code: dict[str, str]  # factor -> "C(aN, Sum)" (categorical) or "nN" (numeric contrast columns)
+    expand: dict[str, list[Term]]  # a merged factor fitted as the crossed part plus a contrast -> its sub-terms
+    contrast_name: str | None = None
 
     def term(self, t: Term) -> str:
         return ":".join(self.code[f] for f in t)
@@ -89,17 +99,83 @@ class _Formula:
     def rhs(self, terms: Sequence[Term]) -> str:
         return " + ".join(["1", *(self.term(t) for t in terms)])
 
+    def expand_terms(self, terms: Sequence[Term]) -> list[Term]:
+        """Terms over model factors -> terms over the fitted ones (a merged factor becomes its sub-terms)."""
+        out: list[Term] = []
+        for t in terms:
+            parts: list[list[Term]] = [self.expand.get(f, [(f,)]) for f in t]
+            out += [tuple(x for p in combo for x in p) for combo in itertools.product(*parts)]
+        return out
 
-def _formula(data: pd.DataFrame, factors: Sequence[str], orders: Mapping[str, Sequence[str]]) -> _Formula:
-    frame = pd.DataFrame({"y": data["value"].to_numpy(dtype=float)})
+
+def _sum_columns(codes: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
+    """R's contr.sum for ``k`` levels on ``rows`` (level k−1 is −1 everywhere), zero on the other rows."""
+    out = np.zeros((codes.size, k - 1))
+    for j in range(k - 1):
+        out[:, j] = (codes == j) & rows
+    out[(codes == k - 1) & rows, :] = -1.0
+    return out
+
+
+def _contrast_coding(
+    data: pd.DataFrame, collapse: Collapse, orders: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, np.ndarray], list[Term], str] | None:
+    """The merged factor as the fully crossed part plus a contrast for the collapsed settings.
+
+    Rows at the levels that make the factors collapse (α = 0) are the *shared* part; the others
+    the *crossed* part, where every member is a factor of its own (sum-coded there, 0 on the
+    shared rows). One contrast term sets each shared setting against the crossed part (sum
+    coding with the crossed part as the last level). Together they span exactly the merged
+    factor's columns, so the fit and its residuals are the same; the terms say which member
+    matters where it has an effect. None when there is no crossed or no shared part.
+    """
+    shared = np.ones(len(data), dtype=bool)
+    for d, lv in collapse.given.items():
+        shared &= data[d].astype(str).isin(lv).to_numpy()
+    crossed = ~shared
+    if not shared.any() or not crossed.any() or not collapse.given:
+        return None
+    cols: dict[str, np.ndarray] = {}
+    members: list[str] = []
+    for f in collapse.members:
+        present = set(data.loc[crossed, f].astype(str))
+        levels = [lv for lv in orders[f] if lv in present]
+        if len(levels) < 2:
+            continue
+        codes = data[f].astype(str).map({lv: i for i, lv in enumerate(levels)}).fillna(-1).to_numpy(dtype=int)
+        cols[f] = _sum_columns(codes, len(levels), crossed)
+        members.append(f)
+    merged = data[collapse.name].astype(str)
+    groups = [lv for lv in collapse.levels if lv in set(merged[shared])]
+    codes = np.where(shared, merged.map({lv: i for i, lv in enumerate(groups)}).fillna(-1).to_numpy(), len(groups))
+    name = " and ".join(f"{d}={'|'.join(lv)}" for d, lv in collapse.given.items()) + " vs rest"
+    cols[name] = _sum_columns(codes.astype(int), len(groups) + 1, np.ones(len(data), dtype=bool))
+    subsets = [t for k in range(1, len(members) + 1) for t in itertools.combinations(members, k)]
+    return cols, [(name,), *subsets], name
+
+
+def _formula(
+    data: pd.DataFrame, factors: Sequence[str], orders: Mapping[str, Sequence[str]], collapse: Collapse | None = None
+) -> _Formula:
+    frame: dict[str, object] = {"y": data["value"].to_numpy(dtype=float)}
     code: dict[str, str] = {}
+    expand: dict[str, list[Term]] = {}
+    contrast_name = None
     for i, f in enumerate(factors):
+        coding = _contrast_coding(data, collapse, orders) if collapse is not None and f == collapse.name else None
+        if coding is not None:
+            cols, subterms, contrast_name = coding
+            for j, (g, mat) in enumerate(cols.items()):
+                frame[f"n{i}_{j}"] = mat
+                code[g] = f"n{i}_{j}"
+            expand[f] = subterms
+            continue
         alias = f"a{i}"
         present = set(data[f].astype(str))
         cats = [lv for lv in orders[f] if lv in present]
         frame[alias] = pd.Categorical(data[f].astype(str).to_numpy(), categories=cats)
         code[f] = f"C({alias}, Sum)"
-    return _Formula(frame=frame, code=code)
+    return _Formula(frame=frame, code=code, expand=expand, contrast_name=contrast_name)
 
 
 def _ols(y: np.ndarray, x: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -119,6 +195,7 @@ def _fit_one(
     order: int | None,
     block: Term | None,
     label: str,
+    collapse: Collapse | None = None,
 ) -> tuple[_Fit | None, list[str]]:
     """ANOVA table of ``value`` on ``factors`` (+ ``block``) for one slice of runs (None if nothing to fit), warnings."""
     import patsy
@@ -137,7 +214,7 @@ def _fit_one(
         warnings.append(f"ANOVA {label}: no factor with two or more levels, no ANOVA")
         return None, warnings
     block_factors = [f for f in (block or ()) if f not in used]
-    form = _formula(data, used + block_factors, orders)
+    form = _formula(data, used + block_factors, orders, collapse)
     blocks: list[Term] = [block] if block else []
     max_order = len(used) if order is None else max(1, min(order, len(used)))
 
@@ -145,7 +222,7 @@ def _fit_one(
         return patsy.dmatrix(form.rhs(terms), form.frame, return_type="matrix")
 
     eff_order = max_order
-    terms = _terms_up_to(used, eff_order)
+    terms = form.expand_terms(_terms_up_to(used, eff_order))
     x_full = design(blocks + terms)
     rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
     if typ == 3:
@@ -156,7 +233,7 @@ def _fit_one(
 
         while not factor_rank_ok(terms) and eff_order > 1:
             eff_order -= 1
-            terms = _terms_up_to(used, eff_order)
+            terms = form.expand_terms(_terms_up_to(used, eff_order))
         if eff_order < max_order:
             warnings.append(
                 f"ANOVA {label}: empty cells make the order-{max_order} model rank-deficient; type III needs a full-rank "
@@ -168,13 +245,15 @@ def _fit_one(
         x_full = design(blocks + terms)
         rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
     all_terms = blocks + terms
-    y = form.frame["y"].to_numpy(dtype=float)
+    y = np.asarray(form.frame["y"], dtype=float)
     rss_full, df_res, resid = _ols(y, np.asarray(x_full))
 
     rows: list[dict[str, object]] = []
-    if rank_full == x_full.shape[1] and df_res > 0:
-        # The usual case: statsmodels' own type II / III table.
-        fit = smf.ols("y ~ " + form.rhs(all_terms), data=form.frame).fit()
+    if rank_full == x_full.shape[1] and df_res > 0 and not form.expand:
+        # The usual case: statsmodels' own type II / III table. (Contrast columns are matrices, which
+        # statsmodels' formulas no longer take: those designs go through the nested fits below, which
+        # give the same numbers on a full-rank design; the tests check both against anova_lm.)
+        fit = smf.ols("y ~ " + form.rhs(all_terms), data=pd.DataFrame(form.frame)).fit()
         ref = anova_lm(fit, typ=typ)
         for t in all_terms:
             r = ref.loc[form.term(t)]
@@ -221,7 +300,7 @@ def _fit_one(
     rows.append({"term": RESIDUAL, "df": df_res_i, "sum_sq": rss_full, "F": np.nan, "p": np.nan, "partial_eta2": np.nan})
     table = pd.DataFrame(rows, columns=ANOVA_COLUMNS[1:])
     table["df"] = table["df"].astype("int64")
-    return _Fit(table=table, residuals=resid, order=eff_order, factors=used), warnings
+    return _Fit(table=table, residuals=resid, order=eff_order, factors=used, contrast=form.contrast_name), warnings
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -307,15 +386,27 @@ class AnovaResult:
     design: list[str] = field(default_factory=list)
 
 
-def _design_notes(prep: Prepared, *, typ: int, block_seed: bool, blocked: bool) -> list[str]:
+def _design_notes(prep: Prepared, *, typ: int, block_seed: bool, blocked: bool, contrast: str | None) -> list[str]:
     runs = prep.runs
     n_shared = int((runs["cells"].map(len) > 1).sum())
     notes = [
         f"One row per run: {len(runs)} runs" + (f", {n_shared} of them shared by several cells and counted once" if n_shared else "")
         + "."
     ]
-    if prep.collapse is not None:
-        notes.append(prep.collapse.describe(prep.short)[0].upper() + prep.collapse.describe(prep.short)[1:] + ".")
+    col = prep.collapse
+    if col is not None:
+        text = col.describe(prep.short)
+        notes.append(text[0].upper() + text[1:] + ".")
+        if contrast is not None:
+            members = " and ".join(prep.short.get(f, f) for f in col.members)
+            shown = "; ".join(f"{prep.short.get(d, d)}={'|'.join(lv)}" for d, lv in col.given.items())
+            notes.append(
+                f"The ANOVA splits that merged factor into the fully crossed part plus a contrast: {members} and their "
+                f"interaction are tested on the runs where they are crossed (all but {shown}), and the term "
+                f"'{prep.short.get(contrast.split('=')[0], contrast.split('=')[0])}={contrast.split('=', 1)[1]}' sets "
+                f"the shared runs at {shown} against the mean of the crossed part; together these terms span the "
+                "merged factor, so the residuals and their df are those of the merged model."
+            )
     if blocked:
         notes.append(
             "Seed is a block: an additive seed term per task, nested in task (task:seed) when pooled, since runs with "
@@ -344,15 +435,20 @@ def _anova(
     order: int | None = None,
     block_seed: bool = True,
     pooled: bool = True,
+    collapsed: str = "contrast",
 ) -> AnovaResult:
     """The ANOVA per task and, with 2+ tasks, pooled with task as a factor, on one row per run."""
     _check_args(typ, order)
+    if collapsed not in ("contrast", "merged"):
+        raise AnalysisError(f"collapsed cells are modelled as 'contrast' or 'merged', got {collapsed!r}")
     warnings: list[str] = []
+    contrast: str | None = None
     tables: list[pd.DataFrame] = []
     diag: list[dict[str, object]] = []
     data = prep.runs.copy()
     facs = prep.model_factors
     orders: dict[str, list[str]] = {f: prep.model_levels(f) for f in facs}
+    orders.update({f: list(prep.levels[f]) for f in prep.factors if f not in orders})
     orders["task"] = list(prep.tasks)
     if prep.has_seed:
         data[SEED] = data[SEED].astype(str)
@@ -377,16 +473,18 @@ def _anova(
         with pywarnings.catch_warnings():
             # 0/0 when a fit is exact: F and p become NaN and the no-residual-df warning says why.
             pywarnings.simplefilter("ignore", RuntimeWarning)
-            fit, fit_warnings = _fit_one(part, fs, orders, typ=typ, order=order, block=block, label=f"task {label}")
+            fit, fit_warnings = _fit_one(part, fs, orders, typ=typ, order=order, block=block, label=f"task {label}",
+                                         collapse=prep.collapse if collapsed == "contrast" else None)
         warnings += fit_warnings
         if fit is not None:
             tables.append(fit.table.assign(task=label)[ANOVA_COLUMNS])
+            contrast = contrast or fit.contrast
         diag += _diagnostics(part, fit, fs, orders, label)
     anova = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ANOVA_COLUMNS)
     diagnostics = pd.DataFrame(diag, columns=DIAGNOSTIC_COLUMNS)
     if not diagnostics.empty:
         diagnostics["value"] = diagnostics["value"].astype(float)
-    design = _design_notes(prep, typ=typ, block_seed=block_seed, blocked=blocked) if facs else []
+    design = _design_notes(prep, typ=typ, block_seed=block_seed, blocked=blocked, contrast=contrast) if facs else []
     return AnovaResult(anova, diagnostics, warnings, design)
 
 
@@ -399,6 +497,7 @@ def anova_table(
     order: int | None = None,
     block_seed: bool = True,
     pooled: bool = True,
+    collapsed: str = "contrast",
 ) -> pd.DataFrame:
     """Factorial ANOVA per task and, with two or more tasks, pooled with ``task`` as a factor.
 
@@ -410,6 +509,10 @@ def anova_table(
     ``typ`` 2 (default) or 3 (sum-to-zero contrasts). ``order`` limits interactions (1 =
     main effects; None = all). ``block_seed`` (default True, when the table has a ``seed``
     column with 2+ seeds) adds seed as an additive block (nested in task when pooled).
+    ``collapsed``: how a merged factor of collapsed cells enters the ANOVA, ``"contrast"``
+    (default: the fully crossed part, each member a factor of its own there, plus one term
+    ``'<factor>=<levels> vs rest'`` for the shared runs) or ``"merged"`` (one factor of the
+    settings actually run, members joined by ``'×'``); both fit the same model (same residuals).
     Factors with a single level in a task are dropped with a warning. Warnings are in
     ``frame.attrs["warnings"]``, the diagnostics frame (see :func:`anova_diagnostics`) in
     ``frame.attrs["diagnostics"]``, the design sentences in ``frame.attrs["design"]``.
@@ -419,7 +522,7 @@ def anova_table(
     list(a = contr.sum, b = contr.sum)), type = 2)``.
     """
     prep = prepare(df, metric=metric, factors=factors)
-    res = _anova(prep, typ=typ, order=order, block_seed=block_seed, pooled=pooled)
+    res = _anova(prep, typ=typ, order=order, block_seed=block_seed, pooled=pooled, collapsed=collapsed)
     res.table.attrs["warnings"] = prep.warnings + res.warnings
     res.table.attrs["diagnostics"] = res.diagnostics
     res.table.attrs["design"] = res.design
