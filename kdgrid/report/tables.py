@@ -555,9 +555,15 @@ def _term_labels(terms: Sequence[str]) -> dict[str, str]:
     def pieces(t: str) -> list[list[str]]:
         return [p.split("×") for p in t.split(":")]
 
-    parts = list(dict.fromkeys(f for t in terms if t != "Residual" for p in pieces(str(t)) for f in p))
+    # A contrast term ("objective.intermediate.alpha=0.5 vs rest") is shortened before its '=' only.
+    parts = list(dict.fromkeys(f.split("=", 1)[0] for t in terms if t != "Residual" for p in pieces(str(t)) for f in p))
     short = _short_names(parts)
-    return {t: "Residual" if t == "Residual" else ":".join("×".join(short[f] for f in p) for p in pieces(str(t)))
+
+    def show(f: str) -> str:
+        name, eq, rest = f.partition("=")
+        return short[name] + eq + rest
+
+    return {t: "Residual" if t == "Residual" else ":".join("×".join(show(f) for f in p) for p in pieces(str(t)))
             for t in terms}
 
 
