@@ -250,3 +250,22 @@ def test_shared_runs_and_an_excluded_first_cell_are_reported() -> None:
     b = analyze_table(df[~((df[ATT] == "kl") & (df[ALPHA] == 0.0))], metric="mcc")
     assert set(b.paired_tests["baseline"]) == {"attention=kl, alpha=1"}
     assert any("the cell of first levels has no runs" in w for w in b.warnings)
+
+
+def test_library_warnings_become_report_warnings_and_never_escape(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import kdgrid.analyze.core as core
+
+    real = core.power_table
+
+    def noisy(*args: object, **kwargs: object) -> pd.DataFrame:
+        warnings.warn("some library's numerical complaint", RuntimeWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "power_table", noisy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = analyze_table(table(tasks=("cola",)), metric="mcc")
+    assert caught == []
+    assert any(w.startswith("analysis: RuntimeWarning") and "numerical complaint" in w for w in a.warnings)
