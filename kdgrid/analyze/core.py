@@ -11,9 +11,16 @@ import pandas as pd
 from kdgrid.analyze.anova import ANOVA_COLUMNS, DIAGNOSTIC_COLUMNS, _anova
 from kdgrid.analyze.describe import _describe
 from kdgrid.analyze.efficiency import EFFICIENCY_COLUMNS, efficiency_table
-from kdgrid.analyze.paired import _paired
-from kdgrid.analyze.power import power_table
-from kdgrid.analyze.sensitivity import SENSITIVITY_COLUMNS, TeacherScores, _sensitivity, sensitivity_summary
+from kdgrid.analyze.paired import PAIRED_COLUMNS, Margin, _paired, run_keys
+from kdgrid.analyze.pooled import NEMENYI_COLUMNS, RANK_COLUMNS, STRATIFIED_COLUMNS, friedman_ranks, stratified_tests
+from kdgrid.analyze.power import PLAN_COLUMNS, power_plan, power_table
+from kdgrid.analyze.sensitivity import (
+    SENSITIVITY_COLUMNS,
+    TeacherScores,
+    _sensitivity,
+    sensitivity_summary,
+    teacher_floors,
+)
 from kdgrid.analyze.tidy import MetricSpec, dedupe, prepare
 
 __all__ = ["Analysis", "analyze_table"]
@@ -24,13 +31,19 @@ class Analysis:
     """Everything ``report`` renders; column names are a contract (docs/CONTRACTS.md, "analyze -> report").
 
     * ``cells``: task, metric, cell, <factor columns>, n, mean, sd, ci_low, ci_high, seeds, values
-    * ``paired_tests``: task ('pooled' across tasks), condition, baseline, n, mean_diff,
-      ci_low, ci_high, t, df, p, p_adj, dz, wilcoxon_p, note
+    * ``paired_tests``: per task, the columns of ``kdgrid.analyze.paired.PAIRED_COLUMNS``
+      (unadjusted and simultaneous intervals, p, p_adj, family, TOST, verdict, floor)
+    * ``stratified``: within one metric over its tasks, task as a fixed effect
+      (``kdgrid.analyze.pooled.STRATIFIED_COLUMNS``)
+    * ``friedman``: statistic, p, k, n_blocks, cd, alpha, method, note; ``ranks``: cell,
+      mean_rank, n_blocks, same_as; ``nemenyi``: cell_a, cell_b, rank_diff, p (across metrics)
     * ``anova``: task ('all' with task as a factor), term, df, sum_sq, F, p, partial_eta2
     * ``diagnostics``: task, check, value, note
-    * ``sensitivity``: task, cell, teacher, student_mean, student_sd, gap, retention_pct, n, rank, train_size
+    * ``sensitivity``: task, metric, cell, teacher, floor, student_mean, student_sd, gap (+ CI),
+      retention (normalised, + CI), n, rank (within metric), train_size
     * ``sensitivity_summary``: spearman_rho, spearman_p, n_tasks, method, note (empty without teacher scores)
-    * ``power``: task, condition, n, observed_dz, power_observed, n_for_observed, target_dz, n_for_target
+    * ``power``: task, condition, n, dz, dz_ci_low, dz_ci_high, family_size, alpha_used, target_dz,
+      n_for_target; ``power_plan``: family, family_size, alpha_used, target_dz, power, n_needed
     * ``warnings``: every caveat, in the order found, without repeats
     * ``mapping_weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (filled by callers that have them)
     * ``efficiency``: cell, measure, n, median, min, max, baseline, ratio (empty when the table has no
@@ -47,6 +60,11 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     mapping_weights: pd.DataFrame | None = None
     efficiency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EFFICIENCY_COLUMNS)))
+    stratified: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STRATIFIED_COLUMNS))
+    friedman: dict[str, object] = field(default_factory=dict)
+    ranks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANK_COLUMNS))
+    nemenyi: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NEMENYI_COLUMNS))
+    power_plan: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PLAN_COLUMNS))
 
 
 def analyze_table(
@@ -62,6 +80,8 @@ def analyze_table(
     train_sizes: Mapping[str, float] | None = None,
     target_dz: float = 0.5,
     family: Literal["task", "all"] = "task",
+    margin: Margin | None = None,
+    alpha: float = 0.05,
 ) -> Analysis:
     """Describe, compare, ANOVA, sensitivity and power for a tidy table (one row per run).
 
@@ -77,12 +97,24 @@ def analyze_table(
     the highest interaction (None = all). ``teacher_scores`` (DataFrame task, teacher
     [, seed], or dict) enables the sensitivity tables, ``train_sizes`` (dict task ->
     training rows) its Spearman summary. ``target_dz`` is the planning effect size of
-    the power table. See the functions of :mod:`kdgrid.analyze` for formulas.
+    the power table. ``margin``: equivalence margin in the metric's units (a number, or a
+    dict metric -> margin; default 0.01). ``alpha``: level of every test, interval and verdict.
+    See the functions of :mod:`kdgrid.analyze` for formulas.
     """
     prep = prepare(df, metric=metric, factors=factors)
     warnings = list(prep.warnings)
     cells = _describe(prep)
-    paired, w = _paired(prep, baseline=baseline, correction=correction, family=family)
+    floors = teacher_floors(teacher_scores, prep.metric_of)
+    full, w = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=1 - alpha,
+                      margin=margin, floors=floors, internal=True)
+    warnings += w
+    paired = full[PAIRED_COLUMNS].copy()
+    if full.empty:
+        stratified = pd.DataFrame(columns=STRATIFIED_COLUMNS)
+    else:
+        diffs = {(str(t), str(c)): d for t, c, d in zip(full["task"], full["condition"], full["_diffs"])}
+        stratified = stratified_tests(full, diffs, correction=correction, alpha=alpha)
+    ranks, nemenyi, friedman, w = friedman_ranks(prep, run_keys(prep), alpha=alpha)
     warnings += w
     anova, diagnostics, w = _anova(prep, typ=anova_type, order=anova_order)
     warnings += w
@@ -94,7 +126,8 @@ def analyze_table(
         sens, summary = pd.DataFrame(columns=SENSITIVITY_COLUMNS), {}
         if train_sizes is not None:
             warnings.append("train_sizes given without teacher_scores: no sensitivity analysis")
-    power = power_table(paired, target_dz=target_dz)
+    power = power_table(paired, target_dz=target_dz, alpha=alpha, correction=correction)
+    plan = power_plan(paired, alpha=alpha, correction=correction)
     efficiency, w = efficiency_table(df, factors=prep.factors, baseline=baseline)
     warnings += w
     if anova.empty:
@@ -111,4 +144,9 @@ def analyze_table(
         power=power,
         warnings=dedupe(warnings),
         efficiency=efficiency,
+        stratified=stratified,
+        friedman=friedman,
+        ranks=ranks,
+        nemenyi=nemenyi,
+        power_plan=plan,
     )
