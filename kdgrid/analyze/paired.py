@@ -488,6 +488,11 @@ def _adjust_families(out: pd.DataFrame, *, correction: str, family: str, alpha: 
                 scale = float(stats.t.ppf(0.5 + level / 2, n - 1)) / float(stats.t.ppf(1.0 - alpha / 2, n - 1))
                 out.at[i, "sci_low"] = float(out.at[i, "mean_diff"]) - half * scale
                 out.at[i, "sci_high"] = float(out.at[i, "mean_diff"]) + half * scale
+    rejected = (out["p_adj"] < alpha) & ~((out["sci_low"] > 0) | (out["sci_high"] < 0)) & out["sci_low"].notna()
+    for i in out.index[rejected & out["_dup_of"].isna()]:
+        out.at[i, "note"] = "; ".join(x for x in (str(out.at[i, "note"]), (
+            f"{correction} rejects at a later step (level below α/m) while the Bonferroni interval, which covers all "
+            f"{int(out.at[i, 'family_size'])} comparisons at once, still touches 0")) if x)
     for i in out.index[out["_dup_of"].notna()]:
         j = out.index[int(out.at[i, "_dup_of"])]
         for c in ("p_adj", "p_equiv_adj", "sci_low", "sci_high"):

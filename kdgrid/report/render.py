@@ -74,7 +74,9 @@ CSV_SECTIONS: tuple[str, ...] = ("cells", "paired_tests", "anova", "sensitivity"
 JSON_PAIRED_KEYS: tuple[str, ...] = tuple(c for c in PAIRED_COLUMNS if c != "note")
 JSON_ANOVA_KEYS: tuple[str, ...] = SECTION_COLUMNS["anova"]
 _LIST_COLUMNS = {"seeds", "values"}  # list-valued cells columns, JSON-encoded inside CSV
-_STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "check", "note"}
+_BOOL_COLUMNS = {"baseline_at_floor"}
+_STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "check", "note", "test", "family", "verdict",
+                   "tasks", "same_as", "cell_a", "cell_b"}
 
 
 def render(
@@ -577,7 +579,8 @@ def analysis_json(
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
-    ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``efficiency`` and
+    ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``power_plan``, ``stratified``,
+    ``friedman``, ``ranks``, ``nemenyi``, ``efficiency`` and
     ``mapping_convergence``, computed here unless ``convergence`` is given). NaN becomes None (null).
 
     ``paired_tests`` records have exactly :data:`JSON_PAIRED_KEYS` and ``anova`` records
@@ -602,6 +605,11 @@ def analysis_json(
         "sensitivity": _records(section_frame(analysis, "sensitivity")),
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),
         "power": _records(section_frame(analysis, "power")),
+        "power_plan": _records(section_frame(analysis, "power_plan")),
+        "stratified": _records(section_frame(analysis, "stratified")),
+        "friedman": _jsonable(dict(getattr(analysis, "friedman", None) or {})),
+        "ranks": _records(section_frame(analysis, "ranks")),
+        "nemenyi": _records(section_frame(analysis, "nemenyi")),
         "efficiency": _records(section_frame(analysis, "efficiency")),
         "mapping_convergence": _records(convergence if convergence is not None else convergence_frame(analysis)),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
@@ -624,8 +632,8 @@ def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
 
 
 def _csv(analysis: Any, out: Path | None, conv: pd.DataFrame | None) -> str:
-    names = list(CSV_SECTIONS) + [name for name in ("mapping_weights", "efficiency")
-                                  if section_frame(analysis, name) is not None]
+    optional = ("stratified", "ranks", "nemenyi", "power_plan", "mapping_weights", "efficiency")
+    names = list(CSV_SECTIONS) + [name for name in optional if section_frame(analysis, name) is not None]
     chunks = []
     for name in names:
         text = _csv_frame(analysis, name).to_csv(index=False, lineterminator="\n")
@@ -654,6 +662,8 @@ def read_section_csv(path: Path | str) -> pd.DataFrame:
     for c in df.columns:
         if c in _LIST_COLUMNS:
             df[c] = [json.loads(v) if v else [] for v in df[c]]
+        elif c in _BOOL_COLUMNS:
+            df[c] = df[c] == "True"
         elif c in schema and c not in _STRING_COLUMNS:
             num = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
             # diagnostics.value may hold text ("balanced"): keep strings unless all parse.
