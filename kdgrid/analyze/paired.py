@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "PAIRED_COLUMNS",
     "adjust_pvalues",
+    "family_adjust",
     "margin_of",
     "min_wilcoxon_p",
     "paired_tests",
@@ -457,50 +458,78 @@ def _paired(
     return out.reset_index(drop=True), warnings
 
 
+def family_adjust(
+    p: np.ndarray, p_equiv: np.ndarray, n: np.ndarray, mean: np.ndarray, ci_low: np.ndarray, *,
+    correction: str, alpha: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One family: (p_adj, p_equiv_adj, sci_low, sci_high) from each comparison's p, TOST p, n, mean and
+    unadjusted (1 − α) t interval's lower limit.
+
+    The simultaneous interval is the Bonferroni t interval at level 1 − α/m (m = comparisons with a
+    finite p): excluding 0 implies m·p < α, so Holm, Bonferroni and BH reject too. With
+    ``correction="none"`` it is the unadjusted interval.
+    """
+    p = np.asarray(p, dtype=float)
+    n = np.asarray(n, dtype=float)
+    mean = np.asarray(mean, dtype=float)
+    ci_low = np.asarray(ci_low, dtype=float)
+    m = int(np.isfinite(p).sum())
+    level = 1.0 - alpha / max(m, 1) if correction != "none" else 1.0 - alpha
+    sci_low, sci_high = np.full(p.shape, np.nan), np.full(p.shape, np.nan)
+    ok = (n >= 2) & np.isfinite(ci_low)
+    if ok.any():
+        df = n[ok] - 1
+        half = (mean[ok] - ci_low[ok]) * stats.t.ppf(0.5 + level / 2, df) / stats.t.ppf(1.0 - alpha / 2, df)
+        sci_low[ok], sci_high[ok] = mean[ok] - half, mean[ok] + half
+    return adjust_pvalues(p, correction), adjust_pvalues(p_equiv, correction), sci_low, sci_high
+
+
 def _adjust_families(out: pd.DataFrame, *, correction: str, family: str, alpha: float) -> None:
     """Fill p_adj, p_equiv_adj, family, family_size, sci_low/high and verdict in place.
 
     Each family counts a comparison once: rows that repeat another row's runs (``_dup_of``)
     take that row's adjusted values.
     """
-    for c in ("p_adj", "p_equiv_adj", "sci_low", "sci_high"):
-        out[c] = np.nan
-    out["family"] = ""
-    out["family_size"] = 0
-    groups = {"all": out.index} if family == "all" else out.groupby("task", sort=False).groups
-    for name, idx in groups.items():
-        fam = out.loc[idx]
-        own = fam[fam["_dup_of"].isna()]
-        m = int(np.isfinite(own["p"].to_numpy(dtype=float)).sum())
+    nrow = len(out)
+    p = out["p"].to_numpy(dtype=float)
+    pe = out["p_equiv"].to_numpy(dtype=float)
+    n = out["n"].to_numpy(dtype=float)
+    mean = out["mean_diff"].to_numpy(dtype=float)
+    lo = out["ci_low"].to_numpy(dtype=float)
+    dup = out["_dup_of"].to_numpy(dtype=object)
+    own = np.array([d is None or (isinstance(d, float) and math.isnan(d)) for d in dup], dtype=bool)
+    p_adj, pe_adj = np.full(nrow, np.nan), np.full(nrow, np.nan)
+    sci_low, sci_high = np.full(nrow, np.nan), np.full(nrow, np.nan)
+    fam_label = np.empty(nrow, dtype=object)
+    fam_size = np.zeros(nrow, dtype="int64")
+    tasks = out["task"].astype(str).to_numpy()
+    keys = ["all"] if family == "all" else list(dict.fromkeys(tasks))
+    for name in keys:
+        member = np.ones(nrow, dtype=bool) if family == "all" else tasks == name
+        sel = member & own
+        m = int(np.isfinite(p[sel]).sum())
         label = ("all comparisons vs the baseline, every task" if family == "all"
                  else f"{name}: every condition vs the baseline")
-        label += f" ({m} comparison{'s' if m != 1 else ''}, {correction})"
-        out.loc[own.index, "p_adj"] = adjust_pvalues(own["p"].to_numpy(dtype=float), correction)
-        out.loc[own.index, "p_equiv_adj"] = adjust_pvalues(own["p_equiv"].to_numpy(dtype=float), correction)
-        out.loc[idx, "family"] = label
-        out.loc[idx, "family_size"] = m
-        # Bonferroni intervals: excluding 0 implies m·p < α, so every correction offered rejects too.
-        level = 1.0 - alpha / max(m, 1) if correction != "none" else 1.0 - alpha
-        for i in own.index:
-            n = int(out.at[i, "n"])
-            if n >= 2 and math.isfinite(float(out.at[i, "ci_low"])):
-                half = float(out.at[i, "mean_diff"]) - float(out.at[i, "ci_low"])
-                scale = float(stats.t.ppf(0.5 + level / 2, n - 1)) / float(stats.t.ppf(1.0 - alpha / 2, n - 1))
-                out.at[i, "sci_low"] = float(out.at[i, "mean_diff"]) - half * scale
-                out.at[i, "sci_high"] = float(out.at[i, "mean_diff"]) + half * scale
-    rejected = (out["p_adj"] < alpha) & ~((out["sci_low"] > 0) | (out["sci_high"] < 0)) & out["sci_low"].notna()
-    for i in out.index[rejected & out["_dup_of"].isna()]:
-        out.at[i, "note"] = "; ".join(x for x in (str(out.at[i, "note"]), (
-            f"{correction} rejects at a later step (level below α/m) while the Bonferroni interval, which covers all "
-            f"{int(out.at[i, 'family_size'])} comparisons at once, still touches 0")) if x)
-    for i in out.index[out["_dup_of"].notna()]:
-        j = out.index[int(out.at[i, "_dup_of"])]
-        for c in ("p_adj", "p_equiv_adj", "sci_low", "sci_high"):
-            out.at[i, c] = out.at[j, c]
-    out["verdict"] = [
-        classify(float(pa), float(pe), alpha)[0] if math.isfinite(float(p)) else ""
-        for p, pa, pe in zip(out["p"], out["p_adj"], out["p_equiv_adj"])
-    ]
+        fam_label[member] = label + f" ({m} comparison{'s' if m != 1 else ''}, {correction})"
+        fam_size[member] = m
+        p_adj[sel], pe_adj[sel], sci_low[sel], sci_high[sel] = family_adjust(
+            p[sel], pe[sel], n[sel], mean[sel], lo[sel], correction=correction, alpha=alpha)
+    for i in np.flatnonzero(~own):
+        j = int(dup[i])
+        p_adj[i], pe_adj[i], sci_low[i], sci_high[i] = p_adj[j], pe_adj[j], sci_low[j], sci_high[j]
+    out["p_adj"], out["p_equiv_adj"], out["sci_low"], out["sci_high"] = p_adj, pe_adj, sci_low, sci_high
+    out["family"], out["family_size"] = fam_label, fam_size
+    touches = np.isfinite(sci_low) & (sci_low <= 0) & (sci_high >= 0)
+    late = own & (p_adj < alpha) & touches
+    if late.any():
+        notes = out["note"].astype(str).to_numpy(dtype=object)
+        for i in np.flatnonzero(late):
+            extra = (f"{correction} rejects at a later step (level above α/m) while the Bonferroni interval, which "
+                     f"covers all {fam_size[i]} comparisons at once, still touches 0")
+            notes[i] = f"{notes[i]}; {extra}" if notes[i] else extra
+        out["note"] = notes
+    out["verdict"] = [classify(float(pa), float(pq), alpha)[0] if math.isfinite(float(pv)) else ""
+                      for pv, pa, pq in zip(p, p_adj, pe_adj)]
 
 
 def paired_tests(
