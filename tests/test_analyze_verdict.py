@@ -36,11 +36,13 @@ def _signflip_p(d: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- exact Wilcoxon
 def test_wilcoxon_with_ties_is_exact_at_five_pairs() -> None:
-    # Tied |d|: the old code switched to the normal approximation and returned p = 0.0431 (below the exact
-    # floor). Every sign positive is the most extreme of 2^5 flips: p = 2/32.
-    # scipy.stats.wilcoxon([1, 1, 2, 2, 3], method=scipy.stats.PermutationMethod(n_resamples=np.inf)) -> 0.0625
-    p, note = wilcoxon_signed_rank([0.01, 0.01, 0.02, 0.02, 0.03])
-    assert p == pytest.approx(0.0625, abs=1e-12) and note == ""
+    # Tied |d|: the old code switched to the normal approximation and returned p = 0.0369 for five equal
+    # differences and 0.0477 for [1, 2, 2, 2, 2], below the exact floor. Every sign positive is the most
+    # extreme of the 2^5 flips: p = 2/32.
+    # scipy.stats.wilcoxon([1, 2, 2, 2, 2], method=scipy.stats.PermutationMethod(n_resamples=np.inf)) -> 0.0625
+    for d in ([0.01] * 5, [0.01, 0.02, 0.02, 0.02, 0.02], [0.01, 0.01, 0.02, 0.02, 0.03]):
+        p, note = wilcoxon_signed_rank(d)
+        assert p == pytest.approx(0.0625, abs=1e-12) and note == ""
 
 
 @pytest.mark.parametrize("d", [
