@@ -105,6 +105,10 @@ def analyze_table(
     warnings = list(prep.warnings)
     cells = _describe(prep)
     floors = teacher_floors(teacher_scores, prep.metric_of)
+    no_floor = [t for t in prep.tasks if t not in floors]
+    if no_floor and prep.has_seed:
+        warnings.append(f"no majority-class score for task(s) {', '.join(no_floor)} (accuracy and F1 need it; give "
+                        "teacher_scores a floor column): their comparisons are not checked against the floor")
     full, w = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=1 - alpha,
                       margin=margin, floors=floors, internal=True)
     warnings += w

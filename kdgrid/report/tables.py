@@ -538,7 +538,7 @@ def paired_section(
     level = 1 - alpha
     caption = (
         f"Paired comparisons by seed{base_txt}: Δ = condition − baseline "
-        f"({scale_phrase(scales or {1.0})[:-1].lower()}); p from the paired t-test (ᵂ: exact Wilcoxon, "
+        f"({scale_phrase(scales or {1.0})[:-1]}); p from the paired t-test (ᵂ: exact Wilcoxon, "
         f"differences constant); dz = mean(diff) / sd(diff). {level:.0%} CI (unadj.) is the unadjusted interval; "
         + (f"Simult. CI is the {interval_label(correction)} interval at {level:.0%} family-wise coverage, "
            f"consistent with p_adj ({correction}): it excludes 0 only where p_adj < {alpha:g}. "
