@@ -388,12 +388,15 @@ _LATEX_MAP = {
     "−": "$-$", "×": r"$\times$", "η²": r"$\eta^2$", "η": r"$\eta$", "²": r"$^2$", "Δ": r"$\Delta$",
     "ρ": r"$\rho$", "∞": r"$\infty$", "<": "$<$", ">": "$>$", "≤": r"$\le$", "≥": r"$\ge$", "·": r"$\cdot$",
     "•": r"\textbullet{}", "α": r"$\alpha$", "β": r"$\beta$",
+    # the paired, stratified and rank sections' symbols
+    "š": r"\v{s}", "μ": r"$\mu$", "τ": r"$\tau$", "ε": r"$\varepsilon$", "χ": r"$\chi$", "√": r"$\surd$", "ᵂ": r"$^{W}$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_LATEX_MAP, key=len, reverse=True)))
 _LATEX_HEADERS = {"dz": "$d_z$", "p_adj": r"$p_{\mathrm{adj}}$", "p": "$p$", "t": "$t$", "F": "$F$",
                   "n": "$n$", "Observed dz": "Observed $d_z$", "n for observed dz": r"$n$ for obs.\ $d_z$",
                   "Target dz": "Target $d_z$", "n for target dz": r"$n$ for target $d_z$",
-                  "Wilcoxon p": "Wilcoxon $p$", "partial η²": r"partial $\eta^2$", "Power at n": "Power at $n$"}
+                  "Wilcoxon p": "Wilcoxon $p$", "partial η²": r"partial $\eta^2$", "Power at n": "Power at $n$",
+                  "dz 95% CI": r"$d_z$ 95\% CI", "α used": r"$\alpha$ used"}
 
 
 def latex_escape(text: str) -> str:
