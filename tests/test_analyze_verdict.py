@@ -271,3 +271,12 @@ def test_family_wise_error_and_simultaneous_coverage_under_the_null() -> None:
         assert covered / sims >= 1 - alpha - mc, correction
     unadjusted = float(np.mean((p < alpha).any(axis=1)))
     assert unadjusted > alpha + mc  # without the correction the family errs far more often
+
+
+def test_equal_values_of_different_runs_are_still_compared() -> None:
+    # Two students that both collapse to MCC 0 at every seed are different runs: the comparison stays
+    # (p = 1, all differences zero), it is not mistaken for a collapsed cell. Only run ids decide that.
+    rows = [{"run_id": f"{c}-{s}", "config": c, "seed": s, "mcc": 0.0} for c in ("best", "baseline") for s in (1, 2)]
+    for df in (pd.DataFrame(rows), pd.DataFrame(rows).drop(columns="run_id")):
+        out = paired_tests(df, metric="mcc", factors=["config"], baseline={"config": "baseline"})
+        assert len(out) == 1 and out["p"].iloc[0] == 1.0 and out["family_size"].iloc[0] == 1

@@ -109,8 +109,9 @@ def analyze_table(
     if no_floor and prep.has_seed:
         warnings.append(f"no majority-class score for task(s) {', '.join(no_floor)} (accuracy and F1 need it; give "
                         "teacher_scores a floor column): their comparisons are not checked against the floor")
+    keys = run_keys(prep, df)
     full, w = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=1 - alpha,
-                      margin=margin, floors=floors, internal=True)
+                      margin=margin, floors=floors, internal=True, keys=keys)
     warnings += w
     paired = full[PAIRED_COLUMNS].copy()
     if full.empty:
@@ -118,7 +119,7 @@ def analyze_table(
     else:
         diffs = {(str(t), str(c)): d for t, c, d in zip(full["task"], full["condition"], full["_diffs"])}
         stratified = stratified_tests(full, diffs, correction=correction, alpha=alpha)
-    ranks, nemenyi, friedman, w = friedman_ranks(prep, run_keys(prep), alpha=alpha)
+    ranks, nemenyi, friedman, w = friedman_ranks(prep, keys, alpha=alpha)
     warnings += w
     anova, diagnostics, w = _anova(prep, typ=anova_type, order=anova_order)
     warnings += w

@@ -248,19 +248,33 @@ def margin_of(margin: Margin | None, metric: str) -> float:
     return float(margin)
 
 
-def run_keys(prep: Prepared) -> dict[tuple[str, str], tuple[object, ...]]:
-    """(task, cell) -> the identity of its runs: sorted (seed, run_id), or (seed, value) without run ids.
+def run_keys(prep: Prepared, df: pd.DataFrame | None = None) -> dict[tuple[str, str], tuple[object, ...]]:
+    """(task, cell) -> the identity of its runs: the sorted run ids of that task and cell.
 
-    Two cells with the same key are the same runs (collapsed by a setting without effect).
+    Two cells with the same key are the same runs (collapsed by a setting without effect). The run ids
+    come from ``prep.data`` when it carries them, else from the raw table ``df`` (its ``run_id``
+    column, its rows labelled as :func:`kdgrid.analyze.tidy.prepare` labels them). Without run ids every
+    cell is its own identity: equal values are never taken for the same runs (two students that
+    both collapse to MCC 0 are different runs).
     """
-    data = prep.data
-    ident = "run_id" if "run_id" in data.columns else "value"
-    seed = "seed" if prep.has_seed else None
-    out: dict[tuple[str, str], tuple[object, ...]] = {}
-    for (task, cell), grp in data.groupby(["task", "cell"], sort=False):
-        pairs = zip(grp[seed] if seed else range(len(grp)), grp[ident])
-        out[(str(task), str(cell))] = tuple(sorted((str(a), repr(b)) for a, b in pairs))
-    return out
+    cells = prep.data[["task", "cell"]].drop_duplicates()
+    own = {(str(t), str(c)): (("cell", str(t), str(c)),) for t, c in zip(cells["task"], cells["cell"])}
+    if "run_id" in prep.data.columns:
+        src = prep.data[["task", "cell", "run_id"]]
+    elif df is not None and "run_id" in df.columns and all(f in df.columns for f in prep.factors):
+        task = df["task"].astype(str) if "task" in df.columns else pd.Series("all", index=df.index)
+        if prep.factors:
+            levels = zip(*(df[f].map(level_key) for f in prep.factors))
+            label = [cell_label(dict(zip(prep.factors, lv)), prep.factors, prep.short) for lv in levels]
+        else:
+            label = ["all"] * len(df)
+        src = pd.DataFrame({"task": task.to_numpy(), "cell": label, "run_id": df["run_id"].to_numpy()}).dropna()
+    else:
+        return own
+    for (task, cell), grp in src.groupby(["task", "cell"], sort=False):
+        if (str(task), str(cell)) in own:
+            own[(str(task), str(cell))] = tuple(sorted(map(str, grp["run_id"].unique())))
+    return own
 
 
 # --------------------------------------------------------------------------- baseline
@@ -331,6 +345,7 @@ def _paired(
     margin: Margin | None = None,
     floors: Mapping[str, float] | None = None,
     internal: bool = False,
+    keys: Mapping[tuple[str, str], tuple[object, ...]] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The paired table and its warnings; ``internal`` keeps ``_dup_of`` and ``_diffs`` for the pooled analyses."""
     if correction not in CORRECTIONS:
@@ -356,7 +371,7 @@ def _paired(
     per_seed: dict[str, dict[str, dict[object, float]]] = {}
     for (task, cell, seed), v in data.groupby(["task", "cell", "seed"], sort=True)["value"].mean().items():
         per_seed.setdefault(task, {}).setdefault(cell, {})[seed] = float(v)
-    keys = run_keys(prep)
+    keys = dict(keys) if keys is not None else run_keys(prep)
 
     cells = data.drop_duplicates("cell").sort_values("cell_rank")
     cell_levels = {r["cell"]: {f: r[f] for f in prep.factors} for _, r in cells.iterrows()}
@@ -569,6 +584,6 @@ def paired_tests(
     """
     prep = prepare(df, metric=metric, factors=factors)
     out, warnings = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=confidence,
-                            margin=margin, floors=floors)
+                            margin=margin, floors=floors, keys=run_keys(prep, df))
     out.attrs["warnings"] = prep.warnings + warnings
     return out

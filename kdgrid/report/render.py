@@ -60,6 +60,7 @@ from kdgrid.report.tables import (
     convergence_frame,
     section_frame,
 )
+from kdgrid.tasks import display_scale
 
 if TYPE_CHECKING:
     from kdgrid.store.queries import Reproducibility
@@ -600,6 +601,9 @@ def analysis_json(
     return {
         "title": title,
         "meta": _jsonable(dict(meta or {})),
+        # The factor each metric is shown with in the tables (values here stay raw): one per metric, never per task.
+        "display_scale": {str(m): display_scale(str(m))
+                          for m in dict.fromkeys(getattr(section_frame(analysis, "cells"), "metric", pd.Series([])))},
         "cells": _records(section_frame(analysis, "cells")),
         "paired_tests": _records(paired, JSON_PAIRED_KEYS),
         "paired_test_notes": notes,
