@@ -282,6 +282,7 @@ def report(
         anova_type=anova_type, anova_order=anova_order, teacher_scores=src.teacher,
         block_seed=block_seed if block_seed is not None else bool(settings.get("block_seed", True)),
         train_sizes={name: spec.train_size for name, spec in TASKS.items()},
+        margin=settings.get("equivalence_margin"),
     )
     if src.mapping is not None:
         from kdgrid.analyze.mapping import as_analysis_cells
@@ -289,7 +290,8 @@ def report(
         analysis.mapping_weights = as_analysis_cells(src.mapping, src.table, chosen_factors or [])
     analysis.warnings = [*src.warnings, *analysis.warnings]
     meta = {**src.meta, "metric": chosen_metric, "baseline": base or "first level of each factor",
-            "correction": corr, "anova type": anova_type, "kdgrid": __version__}
+            "correction": corr, "equivalence margin": settings.get("equivalence_margin", 0.01),
+            "anova type": anova_type, "kdgrid": __version__}
     out_dir = out or Path("reports") / src.title
     files = [f for f in ("md", "csv", "html", "json", "latex") if f != fmt]
     texts = render_many(analysis, fmts=[fmt, *files], out_dir=out_dir, title=f"kdgrid report: {src.title}",

@@ -134,6 +134,43 @@ TASKS: dict[str, TaskSpec] = {
 METRIC_NAMES: tuple[str, ...] = ("mcc", "accuracy", "f1", "pearson", "spearman")
 
 
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric is, decided once for every task, table, CSV and JSON.
+
+    ``scale``: the display factor. Bounded scores (a proportion or a correlation) are shown ×100, as GLUE
+    papers do, whatever values a study happened to produce, so an average over tasks never mixes raw and
+    ×100 numbers. ``chance``: the score of a constant (or random) predictor when it does not depend on the
+    data (0 for a correlation: MCC, Pearson, Spearman); None when it does (accuracy, F1: the majority-class
+    score, which needs the labels and is stored with each teacher).
+    """
+
+    name: str
+    scale: float
+    chance: float | None
+
+
+METRICS: dict[str, MetricInfo] = {
+    "mcc": MetricInfo("mcc", 100.0, 0.0),
+    "accuracy": MetricInfo("accuracy", 100.0, None),
+    "f1": MetricInfo("f1", 100.0, None),
+    "pearson": MetricInfo("pearson", 100.0, 0.0),
+    "spearman": MetricInfo("spearman", 100.0, 0.0),
+}
+
+
+def display_scale(metric: str) -> float:
+    """Display factor of a metric: 100 for the GLUE scores (:data:`METRICS`), 1 for any other column."""
+    info = METRICS.get(str(metric))
+    return info.scale if info is not None else 1.0
+
+
+def chance_floor(metric: str) -> float | None:
+    """Score of a predictor that ignores its input, when that does not depend on the data (else None)."""
+    info = METRICS.get(str(metric))
+    return info.chance if info is not None else None
+
+
 def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]

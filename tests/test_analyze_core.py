@@ -50,13 +50,21 @@ def table(tasks: tuple[str, ...] = ("cola", "sst2", "rte"), seeds: int = 6) -> p
 CONTRACT = {
     "cells": ["task", "metric", "cell", ATT, ALPHA, "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values",
               "stands_for"],
-    "paired_tests": ["task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "p_adj",
-                     "dz", "wilcoxon_p", "note"],
+    "paired_tests": ["task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low",
+                     "sci_high", "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
+                     "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor", "note"],
     "anova": ["task", "term", "df", "sum_sq", "F", "p", "partial_eta2"],
     "diagnostics": ["task", "check", "value", "note"],
-    "sensitivity": ["task", "cell", "teacher", "student_mean", "student_sd", "gap", "retention_pct", "n", "rank",
-                    "train_size"],
-    "power": ["task", "condition", "n", "observed_dz", "power_observed", "n_for_observed", "target_dz", "n_for_target"],
+    "sensitivity": ["task", "metric", "cell", "teacher", "floor", "student_mean", "student_sd", "gap", "gap_ci_low",
+                    "gap_ci_high", "retention", "retention_ci_low", "retention_ci_high", "n", "rank", "train_size"],
+    "power": ["task", "condition", "n", "dz", "dz_ci_low", "dz_ci_high", "family_size", "alpha_used", "target_dz",
+              "n_for_target"],
+    "stratified": ["metric", "condition", "baseline", "tasks", "n", "estimate", "se", "df", "ci_low", "ci_high",
+                   "sci_low", "sci_high", "t", "p", "p_adj", "family", "family_size", "heterogeneity_F",
+                   "heterogeneity_p", "margin", "p_equiv", "p_equiv_adj", "verdict", "note"],
+    "ranks": ["cell", "mean_rank", "n_blocks", "same_as"],
+    "nemenyi": ["cell_a", "cell_b", "rank_diff", "p"],
+    "power_plan": ["family", "family_size", "alpha_used", "target_dz", "power", "n_needed"],
 }
 
 
@@ -69,9 +77,14 @@ def test_analyze_table_returns_the_contract_columns() -> None:
         assert list(getattr(a, name).columns) == cols, name
     assert set(a.sensitivity_summary) == {"spearman_rho", "spearman_p", "n_tasks", "method", "note"}
     assert a.mapping_weights is None and isinstance(a.warnings, list)
-    assert a.paired_tests["task"].unique().tolist() == ["cola", "rte", "sst2", "pooled"]
+    assert a.paired_tests["task"].unique().tolist() == ["cola", "rte", "sst2"]
     assert a.anova["task"].unique().tolist() == ["cola", "rte", "sst2", "all"]
-    assert len(a.power) == len(a.paired_tests) and (a.power["n_for_target"] == 34).all()
+    # 3 comparisons per task family: planned at alpha/3 = 0.0167, d_z = 0.5 needs 45 seeds
+    # (statsmodels TTestPower().solve_power(0.5, alpha=0.05/3, power=0.8) -> 44.78)
+    assert len(a.power) == len(a.paired_tests) and (a.power["n_for_target"] == 45).all()
+    # one metric (mcc) over three tasks: the stratified rows, one per condition
+    assert a.stratified["condition"].tolist() == ["attention=kl, alpha=0", "attention=kl, alpha=1", "attention=mse, alpha=1"]
+    assert a.friedman["k"] == 4 and a.friedman["n_blocks"] == 18
     # factors inferred: run_id, task, seed and metrics are not factors
     assert infer_factors(table()) == [ATT, ALPHA]
 
@@ -176,12 +189,19 @@ def test_sensitivity_gap_retention_and_rank_by_hand() -> None:
     })
     teacher = pd.DataFrame({"task": ["cola", "cola", "rte"], "seed": [1, 2, 1], "teacher": [0.58, 0.62, 0.70]})
     s = sensitivity(df, teacher, metric="mcc", factors=["student"], train_sizes={"cola": 8551, "rte": 2490})
-    # cola: teacher mean 0.60; 2L mean 0.42 -> gap 0.18, retention 70%; 4L mean 0.52 -> gap 0.08, 86.67%
-    # rte: teacher 0.70; 2L 0.61 -> gap 0.09, 87.14%; 4L 0.65 -> gap 0.05, 92.86%
-    # mean gaps: cola 0.13 > rte 0.07, so cola is rank 1 (most sensitive)
+    # MCC's floor is chance, 0. cola: teacher mean 0.60; 2L mean 0.42 -> gap 0.18, retention 0.42/0.60 = 0.70;
+    # 4L 0.52 -> gap 0.08, 0.8667. rte: teacher 0.70; 2L 0.61 -> 0.09, 0.8714; 4L 0.65 -> 0.05, 0.9286.
+    # Mean retention: cola 0.783 < rte 0.900, so cola is rank 1 (most sensitive) within mcc.
     assert s["task"].tolist() == ["cola", "cola", "rte", "rte"] and s["rank"].tolist() == [1, 1, 2, 2]
+    assert s["floor"].tolist() == [0.0] * 4
     assert s["gap"].tolist() == pytest.approx([0.18, 0.08, 0.09, 0.05])
-    assert s["retention_pct"].tolist() == pytest.approx([70.0, 100 * 0.52 / 0.6, 100 * 0.61 / 0.7, 100 * 0.65 / 0.7])
+    assert s["retention"].tolist() == pytest.approx([0.70, 0.52 / 0.6, 0.61 / 0.7, 0.65 / 0.7])
+    # CI over the 2 seeds of the per-seed gaps 0.20, 0.16: 0.18 ± t(0.975, 1)·sd/√2 (R: t.test(c(0.20, 0.16))$conf.int)
+    half = stats.t.ppf(0.975, 1) * np.std([0.20, 0.16], ddof=1) / math.sqrt(2)
+    assert (s["gap_ci_low"].iloc[0], s["gap_ci_high"].iloc[0]) == pytest.approx((0.18 - half, 0.18 + half))
+    # With a majority-class floor the retention is relative to it: (0.42 - 0.3)/(0.6 - 0.3) = 0.4
+    floored = sensitivity(df, teacher.assign(floor=0.3), metric="mcc", factors=["student"])
+    assert floored["retention"].iloc[0] == pytest.approx(0.4)
     assert s["student_sd"].tolist() == pytest.approx([np.std([0.40, 0.44], ddof=1)] * 2 + [np.std([0.60, 0.62], ddof=1)] * 2)
     assert s["train_size"].tolist() == [8551.0, 8551.0, 2490.0, 2490.0]
     summary = sensitivity_summary(s)
@@ -194,9 +214,9 @@ def test_spearman_exact_permutation_p() -> None:
     rho, p, method = spearman_exact([1, 2, 3, 4], [10, 20, 30, 40])
     assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 24) and method.startswith("exact")
     sizes = {"rte": 2490, "mrpc": 3668, "cola": 8551, "sst2": 67349}
-    sens = pd.DataFrame({"task": list(sizes), "gap": [0.2, 0.15, 0.1, 0.02], "train_size": list(sizes.values())})
+    sens = pd.DataFrame({"task": list(sizes), "retention": [0.5, 0.6, 0.8, 0.95], "train_size": list(sizes.values())})
     out = sensitivity_summary(sens)
-    assert out["spearman_rho"] == pytest.approx(-1.0) and out["spearman_p"] == pytest.approx(2 / 24)
+    assert out["spearman_rho"] == pytest.approx(1.0) and out["spearman_p"] == pytest.approx(2 / 24)
 
 
 # --------------------------------------------------------------------------- power
@@ -216,12 +236,15 @@ def test_power_known_values() -> None:
     assert math.isnan(achieved_power(1.0, 1))
 
 
-def test_power_table_from_paired_results() -> None:
-    paired = pd.DataFrame({"task": ["cola", "cola"], "condition": ["a", "b"], "n": [5, 5], "dz": [1.0, 0.0]})
+def test_power_table_is_prospective_at_the_family_alpha() -> None:
+    paired = pd.DataFrame({"task": ["cola", "cola"], "condition": ["a", "b"], "n": [5, 5], "dz": [1.0, 0.0],
+                           "family_size": [2, 2]})
     out = power_table(paired, target_dz=0.5)
-    assert out["n_for_observed"].tolist()[0] == 10 and pd.isna(out["n_for_observed"].iloc[1])
-    assert out["n_for_target"].tolist() == [34, 34]
-    assert out["power_observed"].iloc[1] == pytest.approx(0.05)
+    # nothing computed from the observed effect but its interval
+    assert "power_observed" not in out.columns and "n_for_observed" not in out.columns
+    # Holm over 2 comparisons: alpha/2 = 0.025; statsmodels TTestPower().solve_power(0.5, alpha=0.025, power=0.8) -> 40.58
+    assert out["alpha_used"].tolist() == [0.025, 0.025] and out["n_for_target"].tolist() == [41, 41]
+    assert power_table(paired, target_dz=0.5, correction="none")["n_for_target"].tolist() == [34, 34]
     with pytest.raises(AnalysisError, match="target_dz must be a non-zero number"):
         power_table(paired, target_dz=0.0)
 
@@ -244,8 +267,10 @@ def test_shared_runs_and_an_excluded_first_cell_are_reported() -> None:
     df = pd.concat([df[~((df[ATT] == "kl") & (df[ALPHA] == 0.0))], shared], ignore_index=True)
     a = analyze_table(df, metric="mcc")
     assert any("3 run(s) appear in more than one cell" in w for w in a.warnings)
-    zero = a.paired_tests[a.paired_tests["condition"] == "attention=mse, alpha=0"].iloc[0]
-    assert zero["mean_diff"] == 0 and "all differences are zero" in zero["note"]
+    # the same runs as the baseline: not a comparison, left out of the family, and a warning says so
+    assert "attention=mse, alpha=0" not in set(a.paired_tests["condition"])
+    assert (a.paired_tests["family_size"] == 2).all()
+    assert any("same runs as their baseline" in w and "attention=mse, alpha=0" in w for w in a.warnings)
     # the first cell (attention=kl, alpha=0) is excluded: the default baseline is the first cell with runs
     b = analyze_table(df[~((df[ATT] == "kl") & (df[ALPHA] == 0.0))], metric="mcc")
     assert set(b.paired_tests["baseline"]) == {"attention=kl, alpha=1"}

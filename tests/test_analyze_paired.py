@@ -40,17 +40,20 @@ def test_shuffled_rows_give_the_same_result() -> None:
     pd.testing.assert_frame_equal(c, d)
 
 
-def test_rows_cover_every_condition_and_the_pooled_family() -> None:
+def test_rows_cover_every_condition_per_task_and_nothing_is_pooled() -> None:
     out = paired_tests(grid(), metric="mcc", factors=[ATT, ALPHA], baseline=BASE)
-    assert list(out.columns) == ["task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high",
-                                 "t", "df", "p", "p_adj", "dz", "wilcoxon_p", "note"]
-    assert out["task"].tolist() == ["cola"] * 5 + ["sst2"] * 5 + ["pooled"] * 5
+    assert list(out.columns) == [
+        "task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low", "sci_high",
+        "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
+        "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor", "note"]
+    # Raw differences of tasks are never pooled into one row (kdgrid.analyze.pooled answers that question).
+    assert out["task"].tolist() == ["cola"] * 5 + ["sst2"] * 5
     assert out["condition"].tolist()[:5] == ["attention=kl, alpha=0", "attention=kl, alpha=0.5", "attention=kl, alpha=1",
                                            "attention=mse, alpha=0.5", "attention=mse, alpha=1"]
     assert set(out["baseline"]) == {"attention=mse, alpha=0"}
-    pooled = out[out["task"] == "pooled"]
-    assert (pooled["n"] == 10).all() and (out.loc[out["task"] != "pooled", "n"] == 5).all()
-    assert pooled["note"].str.contains("pooled over 2 task").all()
+    assert (out["n"] == 5).all() and (out["family_size"] == 5).all()
+    assert out["family"].tolist()[0] == "cola: every condition vs the baseline (5 comparisons, holm)"
+    assert set(out["verdict"]) <= {"different", "equivalent", "inconclusive"}
 
 
 def test_pairs_are_matched_by_seed_not_by_position() -> None:
@@ -72,11 +75,9 @@ def test_missing_seed_drops_only_its_pair_and_the_note_says_so() -> None:
     hit = out[(out["task"] == "cola") & (out["condition"] == "attention=kl, alpha=0.5")].iloc[0]
     assert hit["n"] == 4 and hit["df"] == 3
     assert "dropped seed(s) 3: missing in condition" in hit["note"]
-    others = out[~((out["task"].isin(["cola", "pooled"])) & (out["condition"] == "attention=kl, alpha=0.5"))]
-    assert (others.loc[others["task"] != "pooled", "n"] == 5).all()
-    assert not others.loc[others["task"] != "pooled", "note"].str.contains("dropped").any()
-    pooled = out[(out["task"] == "pooled") & (out["condition"] == "attention=kl, alpha=0.5")].iloc[0]
-    assert pooled["n"] == 9 and "cola seed(s) 3" in pooled["note"]
+    others = out[~((out["task"] == "cola") & (out["condition"] == "attention=kl, alpha=0.5"))]
+    assert (others["n"] == 5).all()
+    assert not others["note"].str.contains("dropped").any()
     # the same result as computing the 4 pairs by hand
     sub = df[(df["task"] == "cola") & (df["seed"] != 3)]
     a = sub[(sub[ATT] == "kl") & (sub[ALPHA] == 0.5)].sort_values("seed")["mcc"].to_numpy()
@@ -159,10 +160,15 @@ def test_nan_p_values_stay_out_of_the_family() -> None:
 
 
 @pytest.mark.parametrize("method", ["holm", "fdr_bh", "bonferroni", "none"])
-def test_paired_tests_adjust_within_each_task_and_pooled(method: str) -> None:
+def test_paired_tests_adjust_within_each_task(method: str) -> None:
+    from statsmodels.stats.multitest import multipletests
+
     out = paired_tests(grid(), metric="mcc", factors=[ATT, ALPHA], baseline=BASE, correction=method)
     for _task, g in out.groupby("task"):
         np.testing.assert_allclose(g["p_adj"], adjust_pvalues(g["p"], method), rtol=1e-12)
+        if method != "none":  # independent reference: statsmodels multipletests(p, method=...)[1]
+            np.testing.assert_allclose(g["p_adj"], multipletests(g["p"], method=method)[1], rtol=1e-12)
+            np.testing.assert_allclose(g["p_equiv_adj"], multipletests(g["p_equiv"], method=method)[1], rtol=1e-12)
     every = paired_tests(grid(), metric="mcc", factors=[ATT, ALPHA], baseline=BASE, correction=method, family="all")
     np.testing.assert_allclose(every["p_adj"], adjust_pvalues(every["p"], method), rtol=1e-12)
 
@@ -178,10 +184,11 @@ def test_dz_on_a_hand_made_example() -> None:
     assert r["df"] == 4
 
 
-def test_all_zero_differences_give_nan_with_a_note() -> None:
+def test_all_zero_differences_give_p_one_with_a_note() -> None:
+    # No difference at all is no evidence against H0: p = 1 (not NaN, which would drop it from its family).
     r = paired_ttest([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]).iloc[0]
-    assert np.isnan(r["t"]) and np.isnan(r["p"]) and np.isnan(r["dz"]) and np.isnan(r["wilcoxon_p"])
-    assert "all differences are zero" in r["note"] and "sd = 0" in r["note"]
+    assert np.isnan(r["t"]) and r["p"] == 1.0 and np.isnan(r["dz"]) and np.isnan(r["wilcoxon_p"])
+    assert "all differences are zero" in r["note"] and r["test"] == "none (all differences zero)"
     one = paired_ttest([1.0], [0.5]).iloc[0]
     assert one["n"] == 1 and np.isnan(one["t"]) and "no test" in one["note"]
 
@@ -203,7 +210,7 @@ def test_metric_dict_uses_each_tasks_metric() -> None:
     ref = paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline=BASE)
     # accuracy = mcc + 0.3 in the fixture: differences, and so every statistic, are the same
     np.testing.assert_allclose(out["t"], ref["t"], rtol=1e-9)
-    assert out.loc[out["task"] == "pooled", "note"].str.contains("mix metrics").all()
+    assert out.loc[out["task"] == "sst2", "metric"].eq("accuracy").all()
 
 
 def test_duplicate_runs_of_a_seed_are_averaged_with_a_warning() -> None:

@@ -152,12 +152,15 @@ def test_sleep_through_paired_tests_matches_r() -> None:
     assert r["p_adj"] == r["p"]  # a family of one
 
 
-def test_sleep_wilcoxon_matches_r() -> None:
-    # R: wilcox.test(extra ~ group, data = sleep, paired = TRUE)
-    #   V = 0, p-value = 0.009091  (warnings: cannot compute exact p-value with ties / with zeroes)
-    p, note = wilcoxon_signed_rank(np.subtract(SLEEP_EXTRA_1, SLEEP_EXTRA_2))
-    assert close(p, 0.009091, rtol=1e-4)
-    assert "normal approximation" in note
+def test_sleep_wilcoxon_is_exact_with_ties_and_a_zero() -> None:
+    # R: wilcox.test(extra ~ group, data = sleep, paired = TRUE) gives p = 0.009091 from the normal
+    # approximation ("cannot compute exact p-value with ties / with zeroes"). The exact conditional test
+    # drops the one zero; the other 9 differences are all negative, the most extreme of the 2^9 sign
+    # flips whatever the mid-ranks, so p = 2/2^9 = 0.00390625.
+    # scipy.stats.wilcoxon(d[d != 0], method=scipy.stats.PermutationMethod(n_resamples=np.inf)) -> 0.00390625
+    d = np.subtract(SLEEP_EXTRA_1, SLEEP_EXTRA_2)
+    p, note = wilcoxon_signed_rank(d)
+    assert p == pytest.approx(2 / 2**9, abs=1e-15) and note == ""
 
 
 def test_wilcoxon_exact_small_sample() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from kdgrid.errors import KdgridError
 from kdgrid.report import (
@@ -94,20 +95,21 @@ def make_analysis() -> FakeAnalysis:
             half = T_975_DF2 * d.std(ddof=1) / math.sqrt(3)
             dz = d.mean() / d.std(ddof=1)
             t, p = dz * math.sqrt(3), 0.004 if att == "kl" else 0.3
+            shalf = stats.t.ppf(1 - 0.05 / 6, 2) * d.std(ddof=1) / math.sqrt(3)  # Bonferroni over m = 3
             paired_rows.append({
-                "task": task, "condition": cond, "baseline": baseline, "n": 3, "mean_diff": d.mean(),
-                "ci_low": d.mean() - half, "ci_high": d.mean() + half, "t": t, "df": 2, "p": p,
-                "p_adj": min(1.0, p * 3), "dz": dz, "wilcoxon_p": 0.25, "note": "",
+                "task": task, "metric": TASKS[task], "condition": cond, "baseline": baseline, "n": 3,
+                "mean_diff": d.mean(), "ci_low": d.mean() - half, "ci_high": d.mean() + half,
+                "sci_low": d.mean() - shalf, "sci_high": d.mean() + shalf, "t": t, "df": 2, "p": p,
+                "test": "paired t", "p_adj": min(1.0, p * 3), "family": f"{task}: every condition vs the baseline (3, holm)",
+                "family_size": 3, "dz": dz, "wilcoxon_p": 0.25, "margin": 0.01, "p_equiv": 0.5, "p_equiv_adj": 1.0,
+                "verdict": "different" if p * 3 < 0.05 else "inconclusive", "baseline_mean": base[task],
+                "floor": 0.0, "baseline_at_floor": False,
+                "note": "Wilcoxon skipped: ties" if (task, att, kind) == ("sst2", "kl", "learnable") else "",
             })
             power_rows.append({
-                "task": task, "condition": cond, "n": 3, "observed_dz": dz, "power_observed": 0.4,
-                "n_for_observed": 6.2, "target_dz": 0.5, "n_for_target": 33.4,
+                "task": task, "condition": cond, "n": 3, "dz": dz, "dz_ci_low": dz - 2, "dz_ci_high": dz + 2,
+                "family_size": 3, "alpha_used": 0.05 / 3, "target_dz": 0.5, "n_for_target": 45,
             })
-    paired_rows.append({
-        "task": "pooled", "condition": cell_name("kl", "learnable"), "baseline": baseline, "n": 6,
-        "mean_diff": 0.05, "ci_low": 0.04, "ci_high": 0.06, "t": 12.0, "df": 5, "p": 1e-5, "p_adj": 3e-5,
-        "dz": 4.9, "wilcoxon_p": float("nan"), "note": "Wilcoxon skipped: ties",
-    })
     anova_rows = []
     for task in TASKS:
         anova_rows += [
@@ -127,10 +129,13 @@ def make_analysis() -> FakeAnalysis:
     sens_rows = []
     for r in cell_rows:
         gap = teacher[r["task"]] - r["mean"]
+        floor = {"cola": 0.0, "sst2": 0.5}[r["task"]]
+        ret = (r["mean"] - floor) / (teacher[r["task"]] - floor)
         sens_rows.append({
-            "task": r["task"], "cell": r["cell"], "teacher": teacher[r["task"]], "student_mean": r["mean"],
-            "student_sd": r["sd"], "gap": gap, "retention_pct": 100 * r["mean"] / teacher[r["task"]], "n": 3,
-            "rank": 1 if r["task"] == "cola" else 2, "train_size": {"cola": 8551, "sst2": 67349}[r["task"]],
+            "task": r["task"], "metric": r["metric"], "cell": r["cell"], "teacher": teacher[r["task"]], "floor": floor,
+            "student_mean": r["mean"], "student_sd": r["sd"], "gap": gap, "gap_ci_low": gap - 0.02,
+            "gap_ci_high": gap + 0.02, "retention": ret, "retention_ci_low": ret - 0.05, "retention_ci_high": ret + 0.05,
+            "n": 3, "rank": 1, "train_size": {"cola": 8551, "sst2": 67349}[r["task"]],
         })
     mw = []
     for task in ("cola",):  # one task keeps the test plots few (drawing is the slow part)
@@ -227,8 +232,10 @@ def test_paper_table_without_scaling_and_baseline_first(analysis: FakeAnalysis) 
 
 
 def test_paper_table_keeps_percent_data_and_blank_avg_for_missing_task(analysis: FakeAnalysis) -> None:
+    # A column that already holds percentages is not a GLUE metric name: it is shown as stored.
     pct = analysis.cells.assign(mean=analysis.cells["mean"] * 100, sd=analysis.cells["sd"] * 100,
-                                ci_low=analysis.cells["ci_low"] * 100, ci_high=analysis.cells["ci_high"] * 100)
+                                ci_low=analysis.cells["ci_low"] * 100, ci_high=analysis.cells["ci_high"] * 100,
+                                metric="accuracy_pct")
     pct = pct.drop(index=pct.index[-1])  # one condition lacks sst2
     t = paper_table(pct, "accuracy (%)")
     assert t.iloc[0, 1] == f"{pct.iloc[4]['mean']:.1f} ± {pct.iloc[4]['sd']:.1f}"  # not ×100 again
@@ -253,7 +260,7 @@ def test_every_format_writes_its_files(report_dir: Path) -> None:
         "cells.csv", "paired_tests.csv", "anova.csv", "sensitivity.csv", "power.csv", "diagnostics.csv",
         "mapping_weights.csv", "mapping_convergence.csv", "warnings.txt", "plots",
     ])
-    stems = ["forest", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention_pct"]
+    stems = ["forest", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention"]
     plots = sorted((report_dir / "plots").iterdir())
     assert [p.name for p in plots] == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
     assert_images(plots)
@@ -273,10 +280,12 @@ def test_unknown_format_is_a_user_error(analysis: FakeAnalysis) -> None:
 def test_table_has_every_section_and_marks_significance(reports: dict[str, tuple[Path, str]]) -> None:
     text = reports["table"][1]
     for heading in ("Cells", "Paired tests vs baseline", "ANOVA per task", "Diagnostics",
-                    "Sensitivity (tasks ranked)", "Power", "Learned mapping weights", "Warnings"):
+                    "Sensitivity (tasks ranked within their metric)", "Power (prospective)", "Learned mapping weights",
+                    "Warnings"):
         assert heading in text
     assert "p_adj" in text and "dz" in text and "partial η²" in text
-    assert "<0.001" in text  # the pooled row's p
+    assert "different" in text and "inconclusive" in text  # the verdicts
+    assert "sst2: every condition vs the baseline (3, holm)" in text  # the family is named
     assert "only 3 seeds: power is low" in text
     assert "study: tinybert-ablation" in text
     assert "spearman_rho = -1" in text
@@ -285,27 +294,29 @@ def test_table_has_every_section_and_marks_significance(reports: dict[str, tuple
 def test_table_never_crops_columns(analysis: FakeAnalysis) -> None:
     wide = render(analysis, fmt="table", out_dir=None, title="t", meta={}, plots=False, width=120)
     assert max(len(line) for line in wide.splitlines()) <= 120
-    assert "Wilcoxon p  sig" in wide  # the whole paired table fits 120 columns
+    assert "Verdict" in wide
     narrow = render(analysis, fmt="table", out_dir=None, title="t", meta={}, plots=False, width=70)
     # Too narrow for the paired table: rows become wrapped "column: value" lines, nothing is cut.
     assert narrow.count("Wilcoxon") >= len(analysis.paired_tests)
-    assert "p_adj: <0.001" in narrow and "95% CI: [-2.24, 4.85]" in narrow  # pairs never split
+    assert "p_adj: 0.012" in narrow and "95% CI (unadj.): [-2.24, 4.85]" in narrow  # pairs never split
 
 
 def test_json_is_valid_with_exact_keys(reports: dict[str, tuple[Path, str]], analysis: FakeAnalysis) -> None:
     obj = json.loads(reports["json"][1])
     for key in ("cells", "paired_tests", "anova", "sensitivity", "power", "warnings", "meta"):
         assert key in obj
-    assert JSON_PAIRED_KEYS == ("task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df",
-                                "p", "p_adj", "dz", "wilcoxon_p")
+    assert JSON_PAIRED_KEYS == (
+        "task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low", "sci_high",
+        "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
+        "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor")
     assert JSON_ANOVA_KEYS == ("task", "term", "df", "sum_sq", "F", "p", "partial_eta2")
     assert all(list(r) == list(JSON_PAIRED_KEYS) for r in obj["paired_tests"])
     assert all(list(r) == list(JSON_ANOVA_KEYS) for r in obj["anova"])
     assert len(obj["cells"]) == 8 and obj["cells"][0]["seeds"] == SEEDS
     assert obj["cells"][0]["values"] == analysis.cells.iloc[0]["values"]
-    assert obj["paired_tests"][-1]["wilcoxon_p"] is None  # NaN -> null
+    assert obj["paired_tests"][-1]["verdict"] == "different"
     assert obj["anova"][3]["F"] is None
-    assert obj["paired_test_notes"] == [{"task": "pooled", "condition": cell_name("kl", "learnable"),
+    assert obj["paired_test_notes"] == [{"task": "sst2", "condition": cell_name("kl", "learnable"),
                                          "note": "Wilcoxon skipped: ties"}]
     assert obj["meta"] == META and obj["warnings"] == analysis.warnings
     assert "NaN" not in reports["json"][1]
@@ -345,7 +356,7 @@ def test_markdown_cells_table_shape_and_plots(reports: dict[str, tuple[Path, str
     assert "![cola (mcc): cell means with 95% CI](plots/interaction_cola.png)" in text
     for link in [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]:
         assert (d / link).stat().st_size > 0
-    assert "\\*" in text and "**attention=kl, kind=learnable**" in text  # significant pooled row marked
+    assert "**attention=kl, kind=learnable**" in text  # a significant row is marked
 
 
 def test_latex_is_booktabs_and_escaped(reports: dict[str, tuple[Path, str]]) -> None:
@@ -541,14 +552,14 @@ def test_odd_inputs_do_not_crash(tmp_path: Path, analysis: FakeAnalysis) -> None
     cells["sd"] = cells["ci_low"] = cells["ci_high"] = np.nan
     cells["n"] = 1
     cells[MAP] = [np.nan, "uniform", "learnable"]
-    power = analysis.power.head(2).assign(n_for_observed=[np.inf, np.nan])
+    power = analysis.power.head(2).assign(n_for_target=[np.inf, np.nan])
     odd = only(
         cells=cells,
         paired_tests=analysis.paired_tests.head(2).assign(note=[None, np.nan]),
         power=power,
         diagnostics=pd.DataFrame({"task": ["cola"], "check": ["x"], "value": [None], "note": [None]}),
         sensitivity=analysis.sensitivity.head(2).drop(columns="train_size").assign(teacher=np.nan,
-                                                                                   retention_pct=np.nan),
+                                                                                   retention=np.nan),
         warnings=["a | pipe, an *asterisk*, 50% & a_b $x$ {y} <tag>"],
     )
     texts = render_many(odd, fmts=FORMATS, out_dir=tmp_path, title="odd & <title>", meta={"nested": {"a": [1, None]}},
@@ -557,7 +568,7 @@ def test_odd_inputs_do_not_crash(tmp_path: Path, analysis: FakeAnalysis) -> None
     assert "a \\| pipe, an \\*asterisk\\*" in texts["md"]
     assert "50\\% \\& a\\_b \\$x\\$ \\{y\\} $<$tag$>$" in texts["latex"]
     assert "&lt;tag&gt;" in texts["html"] and "<tag>" not in texts["html"]
-    assert json.loads(texts["json"])["power"][0]["n_for_observed"] is None  # inf -> null
+    assert json.loads(texts["json"])["power"][0]["n_for_target"] is None  # inf -> null
     from kdgrid.report import build_figures
 
     figs = build_figures(odd)

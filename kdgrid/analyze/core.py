@@ -12,9 +12,16 @@ import pandas as pd
 from kdgrid.analyze.anova import ANOVA_COLUMNS, DIAGNOSTIC_COLUMNS, _anova
 from kdgrid.analyze.describe import _describe
 from kdgrid.analyze.efficiency import EFFICIENCY_COLUMNS, efficiency_table
-from kdgrid.analyze.paired import _paired
-from kdgrid.analyze.power import power_table
-from kdgrid.analyze.sensitivity import SENSITIVITY_COLUMNS, TeacherScores, _sensitivity, sensitivity_summary
+from kdgrid.analyze.paired import PAIRED_COLUMNS, Margin, _paired, run_keys
+from kdgrid.analyze.pooled import NEMENYI_COLUMNS, RANK_COLUMNS, STRATIFIED_COLUMNS, friedman_ranks, stratified_tests
+from kdgrid.analyze.power import PLAN_COLUMNS, power_plan, power_table
+from kdgrid.analyze.sensitivity import (
+    SENSITIVITY_COLUMNS,
+    TeacherScores,
+    _sensitivity,
+    sensitivity_summary,
+    teacher_floors,
+)
 from kdgrid.analyze.tidy import MetricSpec, dedupe, prepare
 
 __all__ = ["Analysis", "analyze_table"]
@@ -24,17 +31,23 @@ __all__ = ["Analysis", "analyze_table"]
 class Analysis:
     """Everything ``report`` renders; column names are a contract (docs/CONTRACTS.md, "analyze -> report").
 
-    * ``cells``: task, metric, cell, <factor columns>, n, mean, sd, ci_low, ci_high, seeds, values
-    * ``paired_tests``: task ('pooled' across tasks), condition, baseline, n, mean_diff,
-      ci_low, ci_high, t, df, p, p_adj, dz, wilcoxon_p, note
+    * ``cells``: task, metric, cell, <factor columns>, n, mean, sd, ci_low, ci_high, seeds, values, stands_for
+    * ``paired_tests``: per task, the columns of ``kdgrid.analyze.paired.PAIRED_COLUMNS``
+      (unadjusted and simultaneous intervals, p, p_adj, family, TOST, verdict, floor)
+    * ``stratified``: within one metric over its tasks, task as a fixed effect
+      (``kdgrid.analyze.pooled.STRATIFIED_COLUMNS``)
+    * ``friedman``: statistic, p, k, n_blocks, cd, alpha, method, note; ``ranks``: cell,
+      mean_rank, n_blocks, same_as; ``nemenyi``: cell_a, cell_b, rank_diff, p (across metrics)
     * ``anova``: task ('all' with task as a factor), term, df, sum_sq, F, p, partial_eta2 (one row
       per run; the seed block is the term 'seed', 'task:seed' when pooled)
     * ``diagnostics``: task, check, value, note
     * ``design``: sentences stating the ANOVA's model (runs counted once, merged factors of
       collapsed cells, seed block, type of sums of squares)
-    * ``sensitivity``: task, cell, teacher, student_mean, student_sd, gap, retention_pct, n, rank, train_size
+    * ``sensitivity``: task, metric, cell, teacher, floor, student_mean, student_sd, gap (+ CI),
+      retention (normalised, + CI), n, rank (within metric), train_size
     * ``sensitivity_summary``: spearman_rho, spearman_p, n_tasks, method, note (empty without teacher scores)
-    * ``power``: task, condition, n, observed_dz, power_observed, n_for_observed, target_dz, n_for_target
+    * ``power``: task, condition, n, dz, dz_ci_low, dz_ci_high, family_size, alpha_used, target_dz,
+      n_for_target; ``power_plan``: family, family_size, alpha_used, target_dz, power, n_needed
     * ``warnings``: every caveat, in the order found, without repeats
     * ``mapping_weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (filled by callers that have them)
     * ``efficiency``: cell, measure, n, median, min, max, baseline, ratio (empty when the table has no
@@ -52,6 +65,11 @@ class Analysis:
     mapping_weights: pd.DataFrame | None = None
     efficiency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EFFICIENCY_COLUMNS)))
     design: list[str] = field(default_factory=list)
+    stratified: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STRATIFIED_COLUMNS))
+    friedman: dict[str, object] = field(default_factory=dict)
+    ranks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RANK_COLUMNS))
+    nemenyi: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NEMENYI_COLUMNS))
+    power_plan: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PLAN_COLUMNS))
 
 
 def analyze_table(
@@ -68,6 +86,8 @@ def analyze_table(
     train_sizes: Mapping[str, float] | None = None,
     target_dz: float = 0.5,
     family: Literal["task", "all"] = "task",
+    margin: Margin | None = None,
+    alpha: float = 0.05,
 ) -> Analysis:
     """Describe, compare, ANOVA, sensitivity and power for a tidy table (one row per run).
 
@@ -84,7 +104,9 @@ def analyze_table(
     ANOVA as a block (default; False: runs are independent replicates). ``teacher_scores`` (DataFrame task, teacher
     [, seed], or dict) enables the sensitivity tables, ``train_sizes`` (dict task ->
     training rows) its Spearman summary. ``target_dz`` is the planning effect size of
-    the power table. See the functions of :mod:`kdgrid.analyze` for formulas.
+    the power table. ``margin``: equivalence margin in the metric's units (a number, or a
+    dict metric -> margin; default 0.01). ``alpha``: level of every test, interval and verdict.
+    See the functions of :mod:`kdgrid.analyze` for formulas.
     """
     with pywarnings.catch_warnings(record=True) as caught:
         # Library warnings never reach the terminal as Python warnings: each known case is handled
@@ -94,7 +116,7 @@ def analyze_table(
         analysis = _analyze(
             df, metric=metric, factors=factors, baseline=baseline, correction=correction, anova_type=anova_type,
             anova_order=anova_order, block_seed=block_seed, teacher_scores=teacher_scores, train_sizes=train_sizes,
-            target_dz=target_dz, family=family,
+            target_dz=target_dz, family=family, margin=margin, alpha=alpha,
         )
     unexpected = [f"analysis: {w.category.__name__} from {w.filename.rsplit('/', 1)[-1]}: {w.message}" for w in caught
                   if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))]
@@ -116,11 +138,28 @@ def _analyze(
     train_sizes: Mapping[str, float] | None,
     target_dz: float,
     family: Literal["task", "all"],
+    margin: Margin | None,
+    alpha: float,
 ) -> Analysis:
     prep = prepare(df, metric=metric, factors=factors)
     warnings = list(prep.warnings)
     cells = _describe(prep)
-    paired, w = _paired(prep, baseline=baseline, correction=correction, family=family)
+    floors = teacher_floors(teacher_scores, prep.metric_of)
+    no_floor = [t for t in prep.tasks if t not in floors]
+    if no_floor and prep.has_seed:
+        warnings.append(f"no majority-class score for task(s) {', '.join(no_floor)} (accuracy and F1 need it; give "
+                        "teacher_scores a floor column): their comparisons are not checked against the floor")
+    keys = run_keys(prep, df)
+    full, w = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=1 - alpha,
+                      margin=margin, floors=floors, internal=True, keys=keys)
+    warnings += w
+    paired = full[PAIRED_COLUMNS].copy()
+    if full.empty:
+        stratified = pd.DataFrame(columns=STRATIFIED_COLUMNS)
+    else:
+        diffs = {(str(t), str(c)): d for t, c, d in zip(full["task"], full["condition"], full["_diffs"])}
+        stratified = stratified_tests(full, diffs, correction=correction, alpha=alpha)
+    ranks, nemenyi, friedman, w = friedman_ranks(prep, keys, alpha=alpha)
     warnings += w
     res = _anova(prep, typ=anova_type, order=anova_order, block_seed=block_seed)
     anova, diagnostics = res.table, res.diagnostics
@@ -133,7 +172,8 @@ def _analyze(
         sens, summary = pd.DataFrame(columns=SENSITIVITY_COLUMNS), {}
         if train_sizes is not None:
             warnings.append("train_sizes given without teacher_scores: no sensitivity analysis")
-    power = power_table(paired, target_dz=target_dz)
+    power = power_table(paired, target_dz=target_dz, alpha=alpha, correction=correction)
+    plan = power_plan(paired, alpha=alpha, correction=correction)
     efficiency, w = efficiency_table(df, factors=prep.factors, baseline=baseline)
     warnings += w
     if anova.empty:
@@ -151,4 +191,9 @@ def _analyze(
         warnings=dedupe(warnings),
         efficiency=efficiency,
         design=res.design,
+        stratified=stratified,
+        friedman=friedman,
+        ranks=ranks,
+        nemenyi=nemenyi,
+        power_plan=plan,
     )

@@ -6,9 +6,15 @@ pairs, the test statistic follows a noncentral t with n − 1 df and noncentrali
 d_z·√n. Known values (R: ``pwr::pwr.t.test(d = 1, power = .8, type = "paired")``):
 d_z = 1.0 needs 10 seeds, d_z = 0.5 needs 34 (9.94 and 33.37, rounded up).
 
-``power_observed`` is the power at the *observed* d_z. It is a monotone function
-of the observed p value and says nothing new about the result (Hoenig & Heisey, 2001,
-*Am. Stat.* 55:19); plan with ``n_for_target`` at an effect size chosen in advance.
+The power table is prospective only. Power at the *observed* d_z is a monotone function
+of the observed p value and says nothing new (Hoenig & Heisey, 2001, *Am. Stat.* 55:19),
+and seeds "needed for the observed d_z" inherit the winner's curse, so neither is reported.
+Instead, per comparison: the observed d_z with its exact confidence interval (inverting the
+noncentral t distribution of t = d_z·√n, Steiger & Fouladi, 1997; :func:`dz_interval`), and
+the seeds needed for stated target effects at the α the correction actually uses: α/m for a
+family of m comparisons under Holm or Bonferroni (Holm's first step, and the level at which a
+single planned comparison must pass), α/m for BH too (its first step; conservative), α
+without correction.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from statsmodels.stats.power import TTestPower
 
 from kdgrid.analyze.tidy import AnalysisError
 
-__all__ = ["POWER_COLUMNS", "achieved_power", "power_table", "seeds_needed"]
+__all__ = ["PLAN_COLUMNS", "POWER_COLUMNS", "achieved_power", "dz_interval", "family_alpha", "power_plan", "power_table",
+           "seeds_needed"]
 
-POWER_COLUMNS = ["task", "condition", "n", "observed_dz", "power_observed", "n_for_observed", "target_dz", "n_for_target"]
+POWER_COLUMNS = ["task", "condition", "n", "dz", "dz_ci_low", "dz_ci_high", "family_size", "alpha_used", "target_dz",
+                 "n_for_target"]
+PLAN_COLUMNS = ["family", "family_size", "alpha_used", "target_dz", "power", "n_needed"]
 _MAX_SEEDS = 10**7
 
 
@@ -101,20 +110,60 @@ def achieved_power(dz: float, n: int, *, alpha: float = 0.05) -> float:
     return _power(float(dz), int(n), alpha)
 
 
+def dz_interval(dz: float, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact confidence interval of d_z from the noncentral t (NaN when undefined).
+
+    With t = d_z·√n and ν = n − 1, the limits are δ/√n for the noncentrality δ solving
+    ``scipy.stats.nct.cdf(t, ν, δ) = 1 − (1 − confidence)/2`` (lower) and ``(1 − confidence)/2``
+    (upper), found with ``scipy.optimize.brentq``.
+    """
+    from scipy.optimize import brentq
+
+    if n is None or n < 2 or dz is None or not math.isfinite(dz):
+        return np.nan, np.nan
+    nu, t_obs = n - 1, float(dz) * math.sqrt(n)
+    tail = (1 - confidence) / 2
+
+    def solve(target: float) -> float:
+        f = lambda d: float(stats.nct.cdf(t_obs, nu, d)) - target  # noqa: E731
+        # The cdf falls in δ; widen the bracket step by step (scipy's nct gives NaN far in the tails).
+        lo, hi = t_obs - 1.0, t_obs + 1.0
+        while f(lo) < 0:
+            lo -= max(1.0, abs(lo))
+        while f(hi) > 0:
+            hi += max(1.0, abs(hi))
+        return float(brentq(f, lo, hi, xtol=1e-10)) / math.sqrt(n)
+
+    with pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore")
+        try:
+            return solve(1 - tail), solve(tail)
+        except (ValueError, RuntimeError):
+            return np.nan, np.nan
+
+
+def family_alpha(alpha: float, family_size: int, correction: str) -> float:
+    """The per-comparison α a planned comparison must meet in a family of ``family_size``."""
+    if correction == "none" or family_size <= 1:
+        return alpha
+    return alpha / family_size
+
+
 def power_table(
     paired: pd.DataFrame,
     *,
     target_dz: float = 0.5,
     power: float = 0.8,
     alpha: float = 0.05,
+    correction: str = "holm",
 ) -> pd.DataFrame:
-    """Seeds needed per comparison of a :func:`kdgrid.analyze.paired_tests` frame.
+    """Observed d_z with its CI, and seeds needed for ``target_dz``, per comparison of a paired frame.
 
-    Columns ``task, condition, n, observed_dz, power_observed, n_for_observed,
-    target_dz, n_for_target``: ``power_observed`` = power with the current n at the
-    observed d_z; ``n_for_observed`` / ``n_for_target`` = seeds for ``power`` (default
-    80%) at the observed d_z / at ``target_dz`` (default 0.5), two-sided ``alpha``.
-    Seed counts are nullable integers (``<NA>`` when undefined, e.g. d_z = 0).
+    Columns ``task, condition, n, dz, dz_ci_low, dz_ci_high, family_size, alpha_used,
+    target_dz, n_for_target``: the CI is :func:`dz_interval` (95%); ``alpha_used`` is
+    :func:`family_alpha` for the comparison's family (``family_size`` from the frame, else 1);
+    ``n_for_target`` = seeds for ``power`` (default 80%) at ``target_dz`` (chosen in advance)
+    and ``alpha_used``, two-sided. Seed counts are nullable integers.
     """
     _check(alpha, power)
     if not math.isfinite(target_dz) or target_dz == 0:
@@ -122,24 +171,47 @@ def power_table(
     missing = [c for c in ("task", "condition", "n", "dz") if c not in paired.columns]
     if missing:
         raise AnalysisError(f"paired frame lacks column(s) {', '.join(missing)}")
-    n_target = seeds_needed(target_dz, power=power, alpha=alpha)
     rows = []
+    cache: dict[float, int | None] = {}
     for r in paired.itertuples(index=False):
         dz = float(r.dz) if r.dz is not None else np.nan
-        rows.append({
-            "task": r.task,
-            "condition": r.condition,
-            "n": int(r.n),
-            "observed_dz": dz,
-            "power_observed": achieved_power(dz, int(r.n), alpha=alpha),
-            "n_for_observed": seeds_needed(dz, power=power, alpha=alpha),
-            "target_dz": float(target_dz),
-            "n_for_target": n_target,
-        })
+        m = int(getattr(r, "family_size", 1) or 1)
+        a = family_alpha(alpha, m, correction)
+        if a not in cache:
+            cache[a] = seeds_needed(target_dz, power=power, alpha=a)
+        lo, hi = dz_interval(dz, int(r.n))
+        rows.append({"task": r.task, "condition": r.condition, "n": int(r.n), "dz": dz, "dz_ci_low": lo,
+                     "dz_ci_high": hi, "family_size": m, "alpha_used": a, "target_dz": float(target_dz),
+                     "n_for_target": cache[a]})
     out = pd.DataFrame(rows, columns=POWER_COLUMNS)
     out["n"] = out["n"].astype("int64")
-    for c in ("n_for_observed", "n_for_target"):
-        out[c] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v) for v in out[c]], dtype="Int64")
-    for c in ("observed_dz", "power_observed", "target_dz"):
+    out["family_size"] = out["family_size"].astype("int64")
+    out["n_for_target"] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                                    for v in out["n_for_target"]], dtype="Int64")
+    for c in ("dz", "dz_ci_low", "dz_ci_high", "alpha_used", "target_dz"):
         out[c] = out[c].astype(float)
+    return out
+
+
+def power_plan(
+    paired: pd.DataFrame,
+    *,
+    targets: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0),
+    power: float = 0.8,
+    alpha: float = 0.05,
+    correction: str = "holm",
+) -> pd.DataFrame:
+    """Seeds needed per family for each target d_z at the family's α (one row per family and target)."""
+    _check(alpha, power)
+    if paired.empty or "family" not in paired.columns:
+        return pd.DataFrame(columns=PLAN_COLUMNS)
+    rows = []
+    fams = paired.drop_duplicates("family")[["family", "family_size"]]
+    for r in fams.itertuples(index=False):
+        a = family_alpha(alpha, int(r.family_size), correction)
+        for d in targets:
+            rows.append({"family": r.family, "family_size": int(r.family_size), "alpha_used": a, "target_dz": float(d),
+                         "power": power, "n_needed": seeds_needed(d, power=power, alpha=a)})
+    out = pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    out["n_needed"] = pd.array(list(out["n_needed"]), dtype="Int64")
     return out

@@ -1,11 +1,19 @@
 """Per-task sensitivity to distillation: how far each student configuration falls behind its teacher.
 
-For every task and cell: the teacher's score, the student's mean ± sd over seeds, the
-gap = teacher − mean(student) and the retention = 100 · mean(student) / teacher (%).
-Tasks are ranked from most to least sensitive by their mean gap across cells (rank 1 =
-largest gap), and :func:`sensitivity_summary` relates the gap to the training-set size
-with Spearman's rank correlation (as in the per-task analysis of student shapes of
-paper 3 of the design notes).
+For every task and cell: the teacher's score, the floor (the majority-class score, or chance
+for a correlation metric: 0 for MCC, Pearson, Spearman; :func:`kdgrid.tasks.chance_floor`), the
+student's mean ± sd over seeds, and, each with a t interval over seeds (the teacher is one
+fixed model, so the interval is the students' seed variation only):
+
+* gap = teacher − student (in the metric's units),
+* normalised retention = (student − floor) / (teacher − floor): 1 = as good as the teacher,
+  0 = no better than the floor. Plain student/teacher is not reported: it is meaningless for
+  MCC (whose floor is 0 but can go negative) and flatters scores near the majority class.
+
+Tasks are ranked within their metric (rank 1 = the task whose cells lose most: lowest mean
+normalised retention), never across metrics, and :func:`sensitivity_summary` relates the
+normalised retention (unit-free) to the training-set size with Spearman's rank correlation
+(as in the per-task analysis of student shapes of paper 3 of the design notes).
 """
 
 from __future__ import annotations
@@ -18,18 +26,43 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdgrid.analyze.describe import _describe
 from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 
-__all__ = ["SENSITIVITY_COLUMNS", "sensitivity", "sensitivity_summary", "spearman_exact"]
+__all__ = ["SENSITIVITY_COLUMNS", "sensitivity", "sensitivity_summary", "spearman_exact", "teacher_floors"]
 
 SENSITIVITY_COLUMNS = [
-    "task", "cell", "teacher", "student_mean", "student_sd", "gap", "retention_pct", "n", "rank", "train_size",
+    "task", "metric", "cell", "teacher", "floor", "student_mean", "student_sd", "gap", "gap_ci_low", "gap_ci_high",
+    "retention", "retention_ci_low", "retention_ci_high", "n", "rank", "train_size",
 ]
 _EXACT_MAX_N = 9  # 9! = 362,880 permutations: exact enumeration stays under a second
 
 
 TeacherScores = pd.DataFrame | Mapping[str, float]
+
+
+def teacher_floors(teacher_scores: TeacherScores | None, metric_of: Mapping[str, str]) -> dict[str, float]:
+    """task -> floor: the ``floor`` column of ``teacher_scores`` (majority-class score) where given,
+    else the metric's chance score (:func:`kdgrid.tasks.chance_floor`); tasks with neither are absent."""
+    from kdgrid.tasks import chance_floor
+
+    out: dict[str, float] = {}
+    for task, metric in metric_of.items():
+        c = chance_floor(metric)
+        if c is not None:
+            out[task] = float(c)
+    if isinstance(teacher_scores, pd.DataFrame) and "floor" in teacher_scores.columns and "task" in teacher_scores.columns:
+        f = teacher_scores.assign(floor=pd.to_numeric(teacher_scores["floor"], errors="coerce")).groupby(
+            teacher_scores["task"].astype(str))["floor"].mean()
+        out.update({str(t): float(v) for t, v in f.items() if math.isfinite(v)})
+    return out
+
+
+def _t_ci(v: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return np.nan, np.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return float(v.mean()) - half, float(v.mean()) + half
 
 
 def _teacher_table(teacher_scores: TeacherScores) -> tuple[dict[str, float], list[str]]:
@@ -61,21 +94,31 @@ def _sensitivity(
     missing = [t for t in prep.tasks if t not in teacher or not math.isfinite(teacher[t])]
     if missing:
         warnings.append(f"no teacher score for task(s) {', '.join(missing)}: gap and retention are NaN there")
-    cells = _describe(prep)
-    out = pd.DataFrame({
-        "task": cells["task"],
-        "cell": cells["cell"],
-        "teacher": cells["task"].map(lambda t: teacher.get(t, np.nan)).astype(float),
-        "student_mean": cells["mean"].astype(float),
-        "student_sd": cells["sd"].astype(float),
-        "n": cells["n"].astype("int64"),
-    })
-    out["gap"] = out["teacher"] - out["student_mean"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ret = 100.0 * out["student_mean"] / out["teacher"]
-    out["retention_pct"] = ret.where(out["teacher"] != 0)
-    task_gap = out.groupby("task")["gap"].mean()
-    ranks = task_gap.rank(ascending=False, method="min")
+    floors = teacher_floors(teacher_scores, prep.metric_of)
+    no_floor = [t for t in prep.tasks if t not in floors]
+    if no_floor:
+        warnings.append(f"no majority-class score for task(s) {', '.join(no_floor)}: normalised retention is NaN there")
+    rows = []
+    data = prep.data.drop_duplicates(["task", "cell", "seed"] if prep.has_seed else None)
+    for (task, cell), grp in data.groupby(["task", "cell"], sort=False):
+        v = grp["value"].to_numpy(dtype=float)
+        t = teacher.get(str(task), np.nan)
+        f = floors.get(str(task), np.nan)
+        gap = t - v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ret = (v - f) / (t - f) if math.isfinite(t) and math.isfinite(f) and t != f else np.full(v.shape, np.nan)
+        rows.append({
+            "task": str(task), "metric": prep.metric_of[str(task)], "cell": cell, "teacher": t, "floor": f,
+            "student_mean": float(v.mean()), "student_sd": float(v.std(ddof=1)) if v.size > 1 else np.nan,
+            "gap": float(gap.mean()), "gap_ci_low": _t_ci(gap)[0], "gap_ci_high": _t_ci(gap)[1],
+            "retention": float(ret.mean()), "retention_ci_low": _t_ci(ret)[0], "retention_ci_high": _t_ci(ret)[1],
+            "n": int(v.size), "_rank": int(grp["cell_rank"].iloc[0]),
+        })
+    out = pd.DataFrame(rows)
+    # Rank tasks within their metric: most sensitive (lowest mean normalised retention; largest gap without a floor) first.
+    per_task = out.groupby("task").agg(metric=("metric", "first"), retention=("retention", "mean"), gap=("gap", "mean"))
+    key = per_task["retention"].where(per_task["retention"].notna(), -per_task["gap"])
+    ranks = key.groupby(per_task["metric"]).rank(ascending=True, method="min")
     out["rank"] = out["task"].map(ranks).astype("Int64")
     sizes = dict(train_sizes or {})
     out["train_size"] = out["task"].map(lambda t: float(sizes[t]) if t in sizes else np.nan).astype(float)
@@ -83,8 +126,8 @@ def _sensitivity(
         no_size = [t for t in prep.tasks if t not in sizes]
         if no_size:
             warnings.append(f"no training-set size for task(s) {', '.join(no_size)}")
-    out["_order"] = range(len(out))
-    out = out.sort_values(["rank", "task", "_order"], na_position="last", kind="mergesort").drop(columns="_order")
+    out = out.sort_values(["metric", "rank", "task", "_rank"], na_position="last", kind="mergesort")
+    out["n"] = out["n"].astype("int64")
     return out[SENSITIVITY_COLUMNS].reset_index(drop=True), warnings
 
 
@@ -100,11 +143,10 @@ def sensitivity(
 
     ``teacher_scores``: DataFrame with ``task`` and ``teacher`` (the teacher's score on
     the task's metric; with a ``seed`` column the mean over teacher seeds is used), or a
-    dict task -> score. Columns: ``task, cell, teacher, student_mean, student_sd, gap,
-    retention_pct, n, rank, train_size`` where gap = teacher − student_mean,
-    retention_pct = 100·student_mean/teacher (NaN for a zero teacher score), rank = 1
-    for the task with the largest mean gap across its cells (ties share the smaller
-    rank), train_size from ``train_sizes`` (NaN when not given). Rows are ordered by
+    dict task -> score; an optional ``floor`` column gives the majority-class score (else the
+    metric's chance score, when it has one). Columns: :data:`SENSITIVITY_COLUMNS` (module
+    docstring); rank = 1 for the most sensitive task within its metric (ties share the smaller
+    rank), train_size from ``train_sizes`` (NaN when not given). Rows are ordered by metric,
     rank, then cell. Warnings in ``frame.attrs["warnings"]``.
     """
     prep = prepare(df, metric=metric, factors=factors)
@@ -147,17 +189,16 @@ def sensitivity_summary(sens: pd.DataFrame) -> dict[str, object]:
     """Spearman correlation between a task's mean gap (across cells) and its training-set size.
 
     Returns ``{"spearman_rho", "spearman_p", "n_tasks", "method", "note"}``. With n ≤ 9
-    tasks p is exact (permutations, :func:`spearman_exact`). A negative rho means
-    smaller training sets lose more to distillation. Gaps of different metrics (MCC,
-    accuracy, F1) share one ranking here; rank correlation makes that less harmful but
-    it is still a caveat, stated in ``note``.
+    tasks p is exact (permutations, :func:`spearman_exact`). Uses the normalised retention
+    (unit-free, so tasks of different metrics can share one ranking); a positive rho means
+    smaller training sets keep less of the teacher.
     """
-    missing = [c for c in ("task", "gap", "train_size") if c not in sens.columns]
+    missing = [c for c in ("task", "retention", "train_size") if c not in sens.columns]
     if missing:
         raise AnalysisError(f"sensitivity frame lacks column(s) {', '.join(missing)}")
-    per_task = sens.groupby("task").agg(gap=("gap", "mean"), train_size=("train_size", "first")).dropna()
-    rho, p, method = spearman_exact(per_task["train_size"].to_numpy(), per_task["gap"].to_numpy())
-    note = "gap = teacher − student mean, averaged over cells per task"
+    per_task = sens.groupby("task").agg(retention=("retention", "mean"), train_size=("train_size", "first")).dropna()
+    rho, p, method = spearman_exact(per_task["train_size"].to_numpy(), per_task["retention"].to_numpy())
+    note = "normalised retention (student − floor)/(teacher − floor), averaged over cells per task"
     if len(per_task) < 3:
         note = f"only {len(per_task)} task(s) with a gap and a training-set size: no correlation"
     return {"spearman_rho": rho, "spearman_p": p, "n_tasks": int(len(per_task)), "method": method, "note": note}

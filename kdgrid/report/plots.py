@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +35,20 @@ from kdgrid.report.tables import (
     condition_labels,
     factor_columns,
     mapping_weight_grids,
+    interval_label,
+    metric_scale,
     metric_scales,
     section_frame,
     short_name,
     slug,
-    task_scales,
 )
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 PNG_DPI = 150  # sharp enough for a paper draft and for the HTML report, still small to mail
-SIG_COLOR = "#c0392b"  # adjusted-significant differences in the forest plot
-NONSIG_COLOR = "#7f8c8d"
-SensitivityValue = Literal["retention_pct", "gap"]
+SIG_COLOR = "#c0392b"  # verdict "different" in the forest plot
+EQUIV_COLOR = "#2471a3"  # verdict "equivalent"
+NONSIG_COLOR = "#7f8c8d"  # "inconclusive"
+SensitivityValue = Literal["retention", "gap"]
 
 
 @dataclass(frozen=True)
@@ -182,24 +185,36 @@ def interaction_figure(
 def forest_figure(
     paired: pd.DataFrame, cells: pd.DataFrame | None = None, *, alpha: float = 0.05, scale100: bool = True
 ) -> Figure:
-    """Forest plot of paired differences vs the baseline with 95% CIs, one row per
-    (task, condition); rows with p_adj < alpha are drawn in colour and filled."""
-    scales = task_scales(cells, scale100=scale100)
+    """Forest plot of paired differences vs the baseline, one row per (task, condition).
+
+    Thick bar: the simultaneous interval of the comparison's family (consistent with p_adj);
+    thin bar: the unadjusted 95% interval. Colour: the verdict (different, equivalent within
+    ±margin, inconclusive). Without a correction both intervals are the unadjusted one.
+    """
     labels = condition_labels(cells)
     n = len(paired)
-    fig = _figure(7.0, 0.32 * n + 1.4)
+    fig = _figure(7.0, 0.32 * n + 1.6)
     ax = fig.add_subplot()
     ytick, ylab = [], []
     prev_task = None
+    colors = {"different": SIG_COLOR, "equivalent": EQUIV_COLOR}
+    scales = set()
     for i, r in enumerate(paired.itertuples(index=False)):
         y = n - 1 - i
-        s = scales.get(str(r.task), 1.0)
+        s = metric_scale(r.metric, scale100=scale100)
+        scales.add(s)
         d, lo, hi = _f(r.mean_diff) * s, _f(r.ci_low) * s, _f(r.ci_high) * s
-        sig = _f(r.p_adj) < alpha
-        color = SIG_COLOR if sig else NONSIG_COLOR
+        slo, shi = _f(r.sci_low) * s, _f(r.sci_high) * s
+        verdict = str(r.verdict)
+        color = colors.get(verdict, NONSIG_COLOR)
         if math.isfinite(lo) and math.isfinite(hi):
-            ax.plot([lo, hi], [y, y], color=color, linewidth=2 if sig else 1.2)
-        ax.plot([d], [y], marker="o", markersize=6, color=color, markerfacecolor=color if sig else "white")
+            ax.plot([lo, hi], [y, y], color=color, linewidth=0.9)
+        if math.isfinite(slo) and math.isfinite(shi):
+            ax.plot([slo, shi], [y, y], color=color, linewidth=2.6, alpha=0.55)
+        filled = verdict in colors
+        ax.plot([d], [y], marker="o", markersize=6, color=color, markerfacecolor=color if filled else "white")
+        if bool(getattr(r, "baseline_at_floor", False)):
+            ax.annotate("floor", (d, y), xytext=(6, 3), textcoords="offset points", fontsize="x-small", color="0.3")
         if prev_task is not None and str(r.task) != prev_task:
             ax.axhline(y + 0.5, color="0.85", linewidth=0.8)  # separate task groups
         prev_task = str(r.task)
@@ -208,14 +223,39 @@ def forest_figure(
     ax.axvline(0.0, color="black", linestyle="--", linewidth=0.9)
     ax.set_yticks(ytick, ylab, fontsize="small")
     ax.set_ylim(-0.7, n - 0.3)
-    all_scaled = set(scales.values()) == {100.0}
-    ax.set_xlabel("difference vs baseline" + (" (×100)" if all_scaled else ""))
-    ax.set_title("Paired differences with 95% CI")
+    ax.set_xlabel("difference vs baseline" + (" (×100)" if scales == {100.0} else ""))
+    families = list(dict.fromkeys(paired["family"].astype(str)))
+    m = re.search(r", (holm|fdr_bh|bonferroni|none)\)$", families[0]) if families else None
+    correction = m.group(1) if m else None
+    ax.set_title("Paired differences: thick = " + interval_label(correction) + ", thin = unadjusted 95% CI",
+                 fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     # Proxy artists: a legend that explains colour even when only one kind is present.
-    ax.plot([], [], marker="o", color=SIG_COLOR, label=f"p_adj < {alpha:g}")
-    ax.plot([], [], marker="o", color=NONSIG_COLOR, markerfacecolor="white", label="not significant")
+    ax.plot([], [], marker="o", color=SIG_COLOR, label=f"different (p_adj < {alpha:g})")
+    ax.plot([], [], marker="o", color=EQUIV_COLOR, label="equivalent (TOST)")
+    ax.plot([], [], marker="o", color=NONSIG_COLOR, markerfacecolor="white", label="inconclusive")
     ax.legend(fontsize="small", frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: pd.DataFrame | None = None,
+              *, alpha: float = 0.05) -> Figure:
+    """Critical-difference diagram (Demšar 2006) drawn by ``scikit_posthocs.critical_difference_diagram``:
+    conditions joined by a bar are not distinguishable by the Nemenyi test at ``alpha``."""
+    import scikit_posthocs as sp
+
+    labels = condition_labels(cells)
+    names = [labels.get(str(c), str(c)) for c in ranks["cell"]]
+    rank = pd.Series(ranks["mean_rank"].to_numpy(dtype=float), index=names)
+    sig = pd.DataFrame(1.0, index=names, columns=names)
+    for r in nemenyi.itertuples(index=False):
+        a, b = labels.get(str(r.cell_a), str(r.cell_a)), labels.get(str(r.cell_b), str(r.cell_b))
+        sig.loc[a, b] = sig.loc[b, a] = float(r.p)
+    fig = _figure(8.0, 0.28 * len(names) + 1.6)
+    ax = fig.add_subplot()
+    sp.critical_difference_diagram(rank, sig, ax=ax, alpha=alpha, label_props={"fontsize": "x-small"})
+    ax.set_title(f"Mean ranks over (task, seed) blocks; bars: no Nemenyi difference at α = {alpha:g} "
+                 f"(Friedman p = {float(summary.get('p', float('nan'))):.3g})", fontsize="small")
     return fig
 
 
@@ -223,35 +263,36 @@ def forest_figure(
 
 
 def sensitivity_figure(
-    sens: pd.DataFrame, cells: pd.DataFrame | None = None, *, value: SensitivityValue = "retention_pct",
+    sens: pd.DataFrame, cells: pd.DataFrame | None = None, *, value: SensitivityValue = "retention",
     scale100: bool = True,
 ) -> Figure:
-    """Heatmap tasks × conditions of retention % (default) or of the teacher–student gap.
+    """Heatmap tasks × conditions of normalised retention (default) or of the teacher–student gap.
 
     Tasks are sorted by their mean over conditions, most affected on top, so the ranking
     the section reports reads straight off the plot.
     """
     labels = condition_labels(cells)
-    scales = task_scales(cells, scale100=scale100)
+    scales = {metric_scale(m, scale100=scale100) for m in sens["metric"]}
     df = sens.assign(
         _cond=[labels.get(str(c), str(c)) for c in sens["cell"]],
-        _v=[_f(v) * (scales.get(str(t), 1.0) if value == "gap" else 1.0) for t, v in zip(sens["task"], sens[value])],
+        _v=[_f(v) * (metric_scale(m, scale100=scale100) if value == "gap" else 1.0)
+            for m, v in zip(sens["metric"], sens[value])],
     )
     grid = df.pivot_table(index="task", columns="_cond", values="_v", aggfunc="mean", sort=False)
     grid = grid[[c for c in dict.fromkeys(df["_cond"]) if c in grid.columns]]
-    ascending = value == "retention_pct"  # low retention / high gap = most sensitive, on top
+    ascending = value == "retention"  # low retention / high gap = most sensitive, on top
     grid = grid.loc[grid.mean(axis=1).sort_values(ascending=ascending).index]
     data = grid.to_numpy(dtype=float)
 
     fig = _figure(max(4.5, 1.1 * data.shape[1] + 2.5), max(2.5, 0.5 * data.shape[0] + 1.8))
     ax = fig.add_subplot()
-    cmap = "RdYlGn" if value == "retention_pct" else "RdYlGn_r"
+    cmap = "RdYlGn" if value == "retention" else "RdYlGn_r"
     im = ax.imshow(data, cmap=cmap, aspect="auto")
-    _annotate(ax, im, data, "{:.1f}")
+    _annotate(ax, im, data, "{:.2f}" if value == "retention" else "{:.1f}")
     ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right", fontsize="small")
     ax.set_yticks(range(data.shape[0]), [str(t) for t in grid.index])
-    what = "retention %" if value == "retention_pct" else "gap (teacher − student)" + (
-        " ×100" if set(scales.values()) == {100.0} else "")
+    what = "retention (student − floor)/(teacher − floor)" if value == "retention" else "gap (teacher − student)" + (
+        " ×100" if scales == {100.0} else "")
     fig.colorbar(im, ax=ax, label=what)
     ax.set_title(f"Per-task sensitivity: {what}")
     return fig
@@ -306,7 +347,7 @@ def mapping_figure(weights: pd.DataFrame, task: str, cells: pd.DataFrame | None 
 
 
 def build_figures(
-    analysis: Any, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention_pct"
+    analysis: Any, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention"
 ) -> list[Plot]:
     """Every plot the analysis supports, each tagged with the report section it belongs to."""
     plots: list[Plot] = []
@@ -327,8 +368,16 @@ def build_figures(
             plots.append(Plot(name, "cells", f"{task} ({metric}): cell means with 95% CI", fig))
     paired = section_frame(analysis, "paired_tests")
     if paired is not None:
-        plots.append(Plot("forest", "paired_tests", "Paired differences vs baseline with 95% CI",
+        plots.append(Plot("forest", "paired_tests",
+                          "Paired differences vs baseline: simultaneous (thick) and unadjusted 95% (thin) intervals, "
+                          "coloured by verdict",
                           forest_figure(paired, cells, alpha=alpha, scale100=scale100)))
+    ranks = section_frame(analysis, "ranks")
+    nemenyi = section_frame(analysis, "nemenyi")
+    friedman = getattr(analysis, "friedman", None)
+    if ranks is not None and nemenyi is not None and friedman:
+        plots.append(Plot("critical_difference", "ranks", "Critical-difference diagram (Friedman, Nemenyi)",
+                          cd_figure(ranks, nemenyi, friedman, cells, alpha=alpha)))
     if sens is not None and sens[sensitivity_value].notna().any():
         plots.append(Plot(f"sensitivity_{sensitivity_value}", "sensitivity", "Per-task sensitivity",
                           sensitivity_figure(sens, cells, value=sensitivity_value, scale100=scale100)))
@@ -346,7 +395,7 @@ def make_plots(
     *,
     scale100: bool = True,
     alpha: float = 0.05,
-    sensitivity_value: SensitivityValue = "retention_pct",
+    sensitivity_value: SensitivityValue = "retention",
     formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Build every report plot and save it under ``out_dir/plots/`` as PNG and SVG.

@@ -60,6 +60,7 @@ from kdgrid.report.tables import (
     convergence_frame,
     section_frame,
 )
+from kdgrid.tasks import display_scale
 
 if TYPE_CHECKING:
     from kdgrid.store.queries import Reproducibility
@@ -74,7 +75,9 @@ CSV_SECTIONS: tuple[str, ...] = ("cells", "paired_tests", "anova", "sensitivity"
 JSON_PAIRED_KEYS: tuple[str, ...] = tuple(c for c in PAIRED_COLUMNS if c != "note")
 JSON_ANOVA_KEYS: tuple[str, ...] = SECTION_COLUMNS["anova"]
 _LIST_COLUMNS = {"seeds", "values", "stands_for"}  # list-valued cells columns, JSON-encoded inside CSV
-_STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "check", "note"}
+_BOOL_COLUMNS = {"baseline_at_floor"}
+_STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "check", "note", "test", "family", "verdict",
+                   "tasks", "same_as", "cell_a", "cell_b"}
 
 
 def render(
@@ -386,12 +389,15 @@ _LATEX_MAP = {
     "−": "$-$", "×": r"$\times$", "η²": r"$\eta^2$", "η": r"$\eta$", "²": r"$^2$", "Δ": r"$\Delta$",
     "ρ": r"$\rho$", "∞": r"$\infty$", "<": "$<$", ">": "$>$", "≤": r"$\le$", "≥": r"$\ge$", "·": r"$\cdot$",
     "•": r"\textbullet{}", "α": r"$\alpha$", "β": r"$\beta$",
+    # the paired, stratified and rank sections' symbols
+    "š": r"\v{s}", "μ": r"$\mu$", "τ": r"$\tau$", "ε": r"$\varepsilon$", "χ": r"$\chi$", "√": r"$\surd$", "ᵂ": r"$^{W}$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_LATEX_MAP, key=len, reverse=True)))
 _LATEX_HEADERS = {"dz": "$d_z$", "p_adj": r"$p_{\mathrm{adj}}$", "p": "$p$", "t": "$t$", "F": "$F$",
                   "n": "$n$", "Observed dz": "Observed $d_z$", "n for observed dz": r"$n$ for obs.\ $d_z$",
                   "Target dz": "Target $d_z$", "n for target dz": r"$n$ for target $d_z$",
-                  "Wilcoxon p": "Wilcoxon $p$", "partial η²": r"partial $\eta^2$", "Power at n": "Power at $n$"}
+                  "Wilcoxon p": "Wilcoxon $p$", "partial η²": r"partial $\eta^2$", "Power at n": "Power at $n$",
+                  "dz 95% CI": r"$d_z$ 95\% CI", "α used": r"$\alpha$ used"}
 
 
 def latex_escape(text: str) -> str:
@@ -577,7 +583,8 @@ def analysis_json(
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
-    ``anova_design`` (the sentences stating the ANOVA's model), ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``efficiency`` and
+    ``anova_design`` (the sentences stating the ANOVA's model), ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``power_plan``, ``stratified``,
+    ``friedman``, ``ranks``, ``nemenyi``, ``efficiency`` and
     ``mapping_convergence``, computed here unless ``convergence`` is given). NaN becomes None (null).
 
     ``paired_tests`` records have exactly :data:`JSON_PAIRED_KEYS` and ``anova`` records
@@ -594,6 +601,9 @@ def analysis_json(
     return {
         "title": title,
         "meta": _jsonable(dict(meta or {})),
+        # The factor each metric is shown with in the tables (values here stay raw): one per metric, never per task.
+        "display_scale": {str(m): display_scale(str(m))
+                          for m in dict.fromkeys(getattr(section_frame(analysis, "cells"), "metric", pd.Series([])))},
         "cells": _records(section_frame(analysis, "cells")),
         "paired_tests": _records(paired, JSON_PAIRED_KEYS),
         "paired_test_notes": notes,
@@ -603,6 +613,11 @@ def analysis_json(
         "sensitivity": _records(section_frame(analysis, "sensitivity")),
         "sensitivity_summary": _jsonable(dict(getattr(analysis, "sensitivity_summary", None) or {})),
         "power": _records(section_frame(analysis, "power")),
+        "power_plan": _records(section_frame(analysis, "power_plan")),
+        "stratified": _records(section_frame(analysis, "stratified")),
+        "friedman": _jsonable(dict(getattr(analysis, "friedman", None) or {})),
+        "ranks": _records(section_frame(analysis, "ranks")),
+        "nemenyi": _records(section_frame(analysis, "nemenyi")),
         "efficiency": _records(section_frame(analysis, "efficiency")),
         "mapping_convergence": _records(convergence if convergence is not None else convergence_frame(analysis)),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
@@ -625,8 +640,8 @@ def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
 
 
 def _csv(analysis: Any, out: Path | None, conv: pd.DataFrame | None) -> str:
-    names = list(CSV_SECTIONS) + [name for name in ("mapping_weights", "efficiency")
-                                  if section_frame(analysis, name) is not None]
+    optional = ("stratified", "ranks", "nemenyi", "power_plan", "mapping_weights", "efficiency")
+    names = list(CSV_SECTIONS) + [name for name in optional if section_frame(analysis, name) is not None]
     chunks = []
     for name in names:
         text = _csv_frame(analysis, name).to_csv(index=False, lineterminator="\n")
@@ -655,6 +670,8 @@ def read_section_csv(path: Path | str) -> pd.DataFrame:
     for c in df.columns:
         if c in _LIST_COLUMNS:
             df[c] = [json.loads(v) if v else [] for v in df[c]]
+        elif c in _BOOL_COLUMNS:
+            df[c] = df[c] == "True"
         elif c in schema and c not in _STRING_COLUMNS:
             num = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
             # diagnostics.value may hold text ("balanced"): keep strings unless all parse.

@@ -54,6 +54,7 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         teacher = _teacher_frame(long_scores, table)
         mapping = mapping_weights(store, study)
         provenance = study_reproducibility(store, study)
+        teacher = _with_floors(teacher, provenance)
         text = store.con.execute("SELECT text FROM studies WHERE name = ?", [study]).fetchone()[0]
         counts = store.con.execute(
             """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
@@ -86,6 +87,19 @@ def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | No
         if not hit.empty:
             rows.append({"task": task, "teacher": float(hit["value"].iloc[0])})
     return pd.DataFrame(rows) if rows else None
+
+
+def _with_floors(teacher: pd.DataFrame | None, provenance: Reproducibility | None) -> pd.DataFrame | None:
+    """Add each task's majority-class score (``floor``), recorded with its teacher, to the teacher frame."""
+    if teacher is None or provenance is None:
+        return teacher
+    floors: dict[str, list[float]] = {}
+    for t in provenance.teachers:
+        if t.majority is not None:
+            floors.setdefault(t.task, []).append(float(t.majority))
+    if not floors:
+        return teacher
+    return teacher.assign(floor=teacher["task"].map(lambda k: sum(floors[k]) / len(floors[k]) if k in floors else None))
 
 
 def from_file(path: Path, metric: str | None = None) -> ReportInput:

@@ -7,8 +7,9 @@ The machine-readable formats (CSV, JSON) do not go through here: they write the 
 numbers so nothing is lost to rounding.
 
 Conventions, stated once so every caption can repeat them:
-- metrics whose values lie in [−1, 1] (accuracy, F1, MCC, Pearson, ...) are shown ×100
-  with one decimal, as GLUE papers do; ``scale100=False`` turns that off;
+- the GLUE scores (accuracy, F1, MCC, Pearson, Spearman) are shown ×100 with one decimal, as
+  GLUE papers do, decided by the metric's identity (:func:`kdgrid.tasks.display_scale`), the
+  same in every task and table; any other column as stored; ``scale100=False`` turns it off;
 - p values are shown as ``<0.001`` or with three decimals;
 - a missing number (NaN, no test possible) is shown as an en dash.
 """
@@ -24,6 +25,14 @@ from typing import Any
 import pandas as pd
 
 from kdgrid.analyze.mapping import mapping_convergence
+from kdgrid.analyze.paired import PAIRED_COLUMNS as _PAIRED
+from kdgrid.analyze.pooled import NEMENYI_COLUMNS as _NEMENYI
+from kdgrid.analyze.pooled import RANK_COLUMNS as _RANKS
+from kdgrid.analyze.pooled import STRATIFIED_COLUMNS as _STRATIFIED
+from kdgrid.analyze.power import PLAN_COLUMNS as _PLAN
+from kdgrid.analyze.power import POWER_COLUMNS as _POWER
+from kdgrid.analyze.sensitivity import SENSITIVITY_COLUMNS as _SENSITIVITY
+from kdgrid.tasks import display_scale
 
 MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that could not run)
 
@@ -32,20 +41,15 @@ MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that 
 CELL_COLUMNS: tuple[str, ...] = (
     "task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values", "stands_for",
 )
-PAIRED_COLUMNS: tuple[str, ...] = (
-    "task", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p",
-    "p_adj", "dz", "wilcoxon_p", "note",
-)
+PAIRED_COLUMNS: tuple[str, ...] = tuple(_PAIRED)
 ANOVA_COLUMNS: tuple[str, ...] = ("task", "term", "df", "sum_sq", "F", "p", "partial_eta2")
 DIAGNOSTICS_COLUMNS: tuple[str, ...] = ("task", "check", "value", "note")
-SENSITIVITY_COLUMNS: tuple[str, ...] = (
-    "task", "cell", "teacher", "student_mean", "student_sd", "gap", "retention_pct", "n", "rank",
-    "train_size",
-)
-POWER_COLUMNS: tuple[str, ...] = (
-    "task", "condition", "n", "observed_dz", "power_observed", "n_for_observed", "target_dz",
-    "n_for_target",
-)
+SENSITIVITY_COLUMNS: tuple[str, ...] = tuple(_SENSITIVITY)
+POWER_COLUMNS: tuple[str, ...] = tuple(_POWER)
+STRATIFIED_COLUMNS: tuple[str, ...] = tuple(_STRATIFIED)
+RANK_COLUMNS: tuple[str, ...] = tuple(_RANKS)
+NEMENYI_COLUMNS: tuple[str, ...] = tuple(_NEMENYI)
+PLAN_COLUMNS: tuple[str, ...] = tuple(_PLAN)
 MAPPING_COLUMNS: tuple[str, ...] = (
     "task", "cell", "seed", "epoch", "student_layer", "teacher_layer", "weight",
 )
@@ -58,6 +62,10 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "diagnostics": DIAGNOSTICS_COLUMNS,
     "sensitivity": SENSITIVITY_COLUMNS,
     "power": POWER_COLUMNS,
+    "stratified": STRATIFIED_COLUMNS,
+    "ranks": RANK_COLUMNS,
+    "nemenyi": NEMENYI_COLUMNS,
+    "power_plan": PLAN_COLUMNS,
     "mapping_weights": MAPPING_COLUMNS,
     "efficiency": EFFICIENCY_COLUMNS,
 }
@@ -158,35 +166,31 @@ def in_unit_range(values: Iterable[Any]) -> bool:
     return seen
 
 
-def metric_scales(cells: pd.DataFrame | None, *, scale100: bool = True) -> dict[tuple[str, str], float]:
-    """Display factor per (task, metric): 100 when the metric's values lie in [−1, 1].
+def metric_scale(metric: Any, *, scale100: bool = True) -> float:
+    """Display factor of a metric, from its identity alone (:func:`kdgrid.tasks.display_scale`)."""
+    return display_scale(str(metric)) if scale100 else 1.0
 
-    Decided from the data, not from the metric's name, so an external table that already
-    holds percentages (85.3) is not multiplied again.
+
+def metric_scales(cells: pd.DataFrame | None, *, scale100: bool = True) -> dict[tuple[str, str], float]:
+    """Display factor per (task, metric), decided by the metric's name, never by its values,
+    so every task, table, CSV and JSON shows a metric on one scale and ``Avg`` never mixes
+    raw and ×100 numbers. An external table that holds percentages names its metric column
+    something other than the GLUE metric names, and is shown as stored.
     """
     if cells is None or cells.empty:
         return {}
-    out: dict[tuple[str, str], float] = {}
-    for (task, metric), g in cells.groupby(["task", "metric"], sort=False):
-        vals = [*g["mean"], *g.get("ci_low", []), *g.get("ci_high", [])]
-        out[(str(task), str(metric))] = 100.0 if scale100 and in_unit_range(vals) else 1.0
-    return out
+    pairs = dict.fromkeys(zip(cells["task"].astype(str), cells["metric"].astype(str)))
+    return {(t, m): metric_scale(m, scale100=scale100) for t, m in pairs}
 
 
 def task_scales(cells: pd.DataFrame | None, *, scale100: bool = True) -> dict[str, float]:
-    """Display factor per task (for tables without a metric column, e.g. paired tests).
-
-    A task counts as ×100 only when all its metrics do; the pooled row ('pooled') gets
-    ×100 only when every task does.
-    """
+    """Display factor per task (its metrics' factor; 1 when a task mixes scales)."""
     per_metric = metric_scales(cells, scale100=scale100)
     out: dict[str, float] = {}
     for (task, _), s in per_metric.items():
         out[task] = min(out.get(task, 100.0), s)
     if out:
-        every = 100.0 if all(s == 100.0 for s in out.values()) else 1.0
-        out.setdefault("pooled", every)
-        out.setdefault("all", every)
+        out.setdefault("all", 100.0 if all(s == 100.0 for s in out.values()) else 1.0)
     return out
 
 
@@ -194,9 +198,9 @@ def scale_phrase(scales: Iterable[float]) -> str:
     """Caption phrase saying whether values were multiplied by 100."""
     s = set(scales)
     if s == {100.0}:
-        return "Metrics in [−1, 1] are shown ×100."
+        return "GLUE scores are shown ×100."
     if s == {100.0, 1.0}:
-        return "Metrics whose values lie in [−1, 1] are shown ×100; the others as stored."
+        return "GLUE scores (accuracy, F1, MCC, Pearson, Spearman) are shown ×100; other metrics as stored."
     return "Values as stored (not rescaled)."
 
 
@@ -288,7 +292,7 @@ def paper_table(
     displayed scale; it is left empty for a condition that lacks a task, since an average
     over fewer tasks would not be comparable.
 
-    ``scale100`` multiplies metrics whose values lie in [−1, 1] by 100. ``baseline`` (a
+    ``scale100`` multiplies the GLUE scores by 100 (:func:`metric_scale`). ``baseline`` (a
     cell name) is moved to the first row and marked. The caption, stating the scale and
     the number of seeds, is in ``result.attrs["caption"]``. All entries are strings.
     """
@@ -484,6 +488,29 @@ def _collapsed_notes(cells: pd.DataFrame) -> tuple[str, ...]:
     )
 
 
+def verdict_text(verdict: Any, margin: Any, scale: float) -> str:
+    """``different`` / ``equivalent (±m)`` / ``inconclusive``, the margin on the displayed scale."""
+    v = str(verdict) if _present(verdict) else ""
+    if v == "equivalent" and _num(margin) is not None:
+        return f"equivalent (±{fmt_metric(margin, scale=scale, decimals=1 if scale == 100.0 else 3)})"
+    return v or MISSING
+
+
+def interval_label(correction: str | None) -> str:
+    """What the simultaneous interval is, for captions and plot legends."""
+    if correction in (None, "", "none"):
+        return "unadjusted (no correction)"
+    return "simultaneous (Bonferroni over the family)"
+
+
+def _correction_of(families: Iterable[str]) -> str | None:
+    for f in families:
+        m = re.search(r", (holm|fdr_bh|bonferroni|none)\)$", str(f))
+        if m:
+            return m.group(1)
+    return None
+
+
 def paired_section(
     paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float, scale100: bool
 ) -> Section:
@@ -491,14 +518,16 @@ def paired_section(
     if paired is None:
         note = "No paired tests: no baseline, no seed column to pair by, or no cell to compare."
         return Section("paired_tests", title, empty_note=note)
-    scales = task_scales(cells, scale100=scale100)
     labels = condition_labels(cells)
     baseline = _baseline_of(paired)
+    families = list(dict.fromkeys(paired["family"].astype(str)))
+    correction = _correction_of(families)
+    adjusted = correction not in (None, "none")
     cols = ["Task", "Condition"] + ([] if baseline else ["Baseline"]) + [
-        "n", "Δ", "95% CI", "t", "df", "p", "p_adj", "dz", "Wilcoxon p", "sig"]
+        "n", "Δ", "95% CI (unadj.)", "Simult. CI" if adjusted else "CI", "p", "p_adj", "dz", "Wilcoxon p", "Verdict", "floor"]
     rows, emph, row_notes = [], [], []
     for r in paired.itertuples(index=False):
-        s = scales.get(str(r.task), 1.0)
+        s = metric_scale(r.metric, scale100=scale100)
         p_adj = _num(r.p_adj)
         sig = p_adj is not None and p_adj < alpha
         condition = labels.get(str(r.condition), str(r.condition))
@@ -508,14 +537,14 @@ def paired_section(
             "Baseline": labels.get(str(r.baseline), str(r.baseline)),
             "n": fmt_count(r.n),
             "Δ": fmt_metric(r.mean_diff, scale=s, decimals=2),
-            "95% CI": fmt_ci(r.ci_low, r.ci_high, scale=s, decimals=2),
-            "t": fmt_num(r.t, 2),
-            "df": fmt_count(r.df),
-            "p": fmt_p(r.p),
+            "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=s, decimals=2),
+            "Simult. CI" if adjusted else "CI": fmt_ci(r.sci_low, r.sci_high, scale=s, decimals=2),
+            "p": fmt_p(r.p) + ("ᵂ" if str(r.test).startswith("exact Wilcoxon") else ""),
             "p_adj": fmt_p(r.p_adj),
             "dz": fmt_num(r.dz, 2),
             "Wilcoxon p": fmt_p(r.wilcoxon_p),
-            "sig": "*" if sig else "",
+            "Verdict": verdict_text(r.verdict, r.margin, s),
+            "floor": "at floor" if bool(r.baseline_at_floor) else "",
         })
         emph.append(sig)
         # Free-text notes go under the table, not in a column: one long note would
@@ -526,11 +555,18 @@ def paired_section(
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
     base_txt = f" vs baseline {labels.get(baseline, baseline)}" if baseline else ""
+    scales = {metric_scale(m, scale100=scale100) for m in paired["metric"]}
+    level = 1 - alpha
     caption = (
-        f"Paired t-tests by seed{base_txt}: Δ = condition − baseline with its 95% CI "
-        f"({scale_phrase(set(scales.values()) or {1.0})[:-1].lower()}); "
-        f"dz = mean(diff) / sd(diff); p_adj corrected for the family of comparisons; "
-        f"* = p_adj < {alpha:g}; Wilcoxon signed-rank p as a robustness check."
+        f"Paired comparisons by seed{base_txt}: Δ = condition − baseline "
+        f"({scale_phrase(scales or {1.0})[:-1]}); p from the paired t-test (ᵂ: exact Wilcoxon, "
+        f"differences constant); dz = mean(diff) / sd(diff). {level:.0%} CI (unadj.) is the unadjusted interval; "
+        + (f"Simult. CI is the {interval_label(correction)} interval at {level:.0%} family-wise coverage, "
+           f"consistent with p_adj ({correction}): it excludes 0 only where p_adj < {alpha:g}. "
+           if adjusted else "no correction was asked for, so every interval is unadjusted. ")
+        + f"Verdict: different = p_adj < {alpha:g}; equivalent = TOST within ±margin with adjusted p < {alpha:g}; "
+        "otherwise inconclusive. floor: the baseline student's CI reaches the majority-class or chance score. "
+        "Families corrected together: " + "; ".join(families) + "."
     )
     notes = [f"Note: {n}" for n in row_notes]
     ns = [int(v) for v in paired["n"] if _num(v) is not None]
@@ -543,6 +579,71 @@ def paired_section(
     table = DisplayTable("paired-tests", caption, frame, left=("Task", "Condition", "Baseline"),
                          emphasis=tuple(emph))
     return Section("paired_tests", title, tables=(table,), notes=tuple(notes))
+
+
+def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float,
+                       scale100: bool) -> Section | None:
+    """Over the tasks of one metric, task as a fixed effect; None when no metric has two tasks."""
+    if strat is None:
+        return None
+    labels = condition_labels(cells)
+    cols = ["Metric", "Condition", "Tasks", "n", "Δ (mean over tasks)", "95% CI (unadj.)", "Simult. CI", "df", "p",
+            "p_adj", "Task × effect p", "Verdict"]
+    rows, emph = [], []
+    for r in strat.itertuples(index=False):
+        sc = metric_scale(r.metric, scale100=scale100)
+        rows.append({
+            "Metric": str(r.metric), "Condition": labels.get(str(r.condition), str(r.condition)), "Tasks": str(r.tasks),
+            "n": fmt_count(r.n), "Δ (mean over tasks)": fmt_metric(r.estimate, scale=sc, decimals=2),
+            "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=sc, decimals=2),
+            "Simult. CI": fmt_ci(r.sci_low, r.sci_high, scale=sc, decimals=2), "df": fmt_count(r.df),
+            "p": fmt_p(r.p), "p_adj": fmt_p(r.p_adj), "Task × effect p": fmt_p(r.heterogeneity_p),
+            "Verdict": verdict_text(r.verdict, r.margin, sc),
+        })
+        emph.append((_num(r.p_adj) or 1.0) < alpha)
+    frame = _frame(rows, cols)
+    frame["Metric"] = _shown_task(list(frame["Metric"]))
+    families = "; ".join(dict.fromkeys(strat["family"].astype(str)))
+    caption = (
+        "Within one metric, over its tasks: paired differences d = μ + τ_task + ε with sum-to-zero task effects "
+        "(OLS); Δ = μ, the unweighted mean of the per-task mean differences, its SE from the pooled within-task "
+        f"variance (N − T df). 'Task × effect p' tests whether the effect differs between tasks (if it does, read "
+        f"the per-task rows). Simultaneous intervals are Bonferroni over the family. Families: {families}. "
+        "Raw differences of different metrics are never pooled."
+    )
+    return Section("stratified", "Over tasks, within a metric",
+                   tables=(DisplayTable("stratified", caption, frame, left=("Metric", "Condition", "Tasks"),
+                                        emphasis=tuple(emph)),))
+
+
+def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summary: Mapping[str, Any] | None,
+                  cells: pd.DataFrame | None, *, alpha: float) -> Section | None:
+    """Friedman test and Nemenyi post-hoc over (task, seed) blocks; None without them."""
+    if ranks is None or not summary:
+        return None
+    labels = condition_labels(cells)
+    best = float(ranks["mean_rank"].min())
+    cd = _num(summary.get("cd"))
+    rows = []
+    for r in ranks.itertuples(index=False):
+        rows.append({
+            "Condition": labels.get(str(r.cell), str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
+            "within CD of best": "yes" if cd is not None and float(r.mean_rank) - best <= cd else "",
+            "Same runs as": "; ".join(labels.get(c, c) for c in str(r.same_as).split("; ") if c),
+        })
+    frame = _frame(rows, ["Condition", "Mean rank", "within CD of best", "Same runs as"])
+    n_sig = int((nemenyi["p"] < alpha).sum()) if nemenyi is not None else 0
+    n_pairs = len(nemenyi) if nemenyi is not None else 0
+    caption = (
+        f"Across tasks, whatever their metric: {summary.get('method')}. Each (task, seed) block ranks the conditions "
+        f"on its task's own metric (1 = best); Friedman χ² = {fmt_num(summary.get('statistic'), 2)}, "
+        f"k = {summary.get('k')}, N = {summary.get('n_blocks')} blocks, p = {fmt_p(summary.get('p'))}. "
+        f"Critical difference (Nemenyi, α = {alpha:g}, family = all {n_pairs} pairs): CD = {fmt_num(cd, 2)}; "
+        f"{n_sig} pair(s) differ. The null is exchangeability within each task and seed: a rejection says the "
+        "conditions differ somewhere, not that the ranking generalises to other tasks."
+    )
+    return Section("ranks", "Across tasks: ranks (Friedman, Nemenyi)",
+                   tables=(DisplayTable("ranks", caption, frame, left=("Condition", "Same runs as")),))
 
 
 def _note(x: Any) -> str:
@@ -617,37 +718,41 @@ def diagnostics_section(diag: pd.DataFrame | None) -> Section:
 def sensitivity_section(
     sens: pd.DataFrame | None, summary: Mapping[str, Any] | None, cells: pd.DataFrame | None, *, scale100: bool
 ) -> Section:
-    title = "Sensitivity (tasks ranked)"
+    title = "Sensitivity (tasks ranked within their metric)"
     if sens is None:
         return Section("sensitivity", title, empty_note="No sensitivity analysis: no teacher scores were given.")
     labels = condition_labels(cells)
-    scales = task_scales(cells, scale100=scale100)
     has_size = "train_size" in sens.columns and sens["train_size"].notna().any()
     cols = ["Condition", "Rank", "Task"] + (["Train size"] if has_size else []) + [
-        "Teacher", "Student", "Gap", "Retention %", "n"]
+        "Teacher", "Floor", "Student", "Gap [95% CI]", "Retention [95% CI]", "n"]
     ordered = sens.assign(_c=pd.Categorical(sens["cell"], list(dict.fromkeys(sens["cell"]))))
-    ordered = ordered.sort_values(["_c", "rank"], kind="stable")
+    ordered = ordered.sort_values(["_c", "metric", "rank"], kind="stable")
     rows = []
     for r in ordered.itertuples(index=False):
-        s = scales.get(str(r.task), 100.0 if scale100 and in_unit_range([r.teacher, r.student_mean]) else 1.0)
+        s = metric_scale(r.metric, scale100=scale100)
         rows.append({
-            "Condition": labels.get(str(r.cell), str(r.cell)), "Rank": fmt_count(r.rank), "Task": str(r.task),
-            "Train size": fmt_count(getattr(r, "train_size", None)),
-            "Teacher": fmt_metric(r.teacher, scale=s), "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
-            "Gap": fmt_metric(r.gap, scale=s), "Retention %": fmt_num(r.retention_pct, 1), "n": fmt_count(r.n),
+            "Condition": labels.get(str(r.cell), str(r.cell)), "Rank": f"{fmt_count(r.rank)} ({r.metric})",
+            "Task": str(r.task), "Train size": fmt_count(getattr(r, "train_size", None)),
+            "Teacher": fmt_metric(r.teacher, scale=s), "Floor": fmt_metric(r.floor, scale=s),
+            "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
+            "Gap [95% CI]": f"{fmt_metric(r.gap, scale=s)} {fmt_ci(r.gap_ci_low, r.gap_ci_high, scale=s, decimals=1)}",
+            "Retention [95% CI]": f"{fmt_num(r.retention, 2)} {fmt_ci(r.retention_ci_low, r.retention_ci_high)}",
+            "n": fmt_count(r.n),
         })
     frame = _frame(rows, cols)
     frame["Condition"] = _shown_task(list(frame["Condition"]))
+    scales = {metric_scale(m, scale100=scale100) for m in sens["metric"]}
     caption = (
-        "Teacher score, student mean ± sd over seeds, gap = teacher − student and retention = "
-        f"student / teacher × 100, per condition with tasks in the analysis' rank order. "
-        f"{scale_phrase(set(scales.values()) or {1.0})}"
+        "Teacher score, floor (majority-class score, or 0 for a correlation metric), student mean ± sd over seeds, "
+        "gap = teacher − student and normalised retention = (student − floor)/(teacher − floor) (1 = the teacher's "
+        "score, 0 = the floor), each with a t interval over seeds (the teacher is one fixed model). Tasks are ranked "
+        f"within their metric, 1 = lowest retention. {scale_phrase(scales or {1.0})}"
     )
     notes = []
     if summary:
         shown = [f"{k} = {_fmt_summary(k, v)}" for k, v in summary.items() if _present(v) and v != ""]
         if shown:
-            notes.append("Gap vs training-set size: " + ", ".join(shown))
+            notes.append("Retention vs training-set size: " + ", ".join(shown))
     table = DisplayTable("sensitivity", caption, frame, left=("Condition", "Task"))
     return Section("sensitivity", title, tables=(table,), notes=tuple(notes))
 
@@ -658,27 +763,37 @@ def _fmt_summary(key: str, v: Any) -> str:
     return fmt_p(v) if key == "p" or key.endswith("_p") or key.startswith("p_") else fmt_g(v, 3)
 
 
-def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None) -> Section:
-    title = "Power"
+def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
+                  plan: pd.DataFrame | None = None) -> Section:
+    title = "Power (prospective)"
     if power is None:
         return Section("power", title, empty_note="No power analysis: it needs paired tests.")
-    cols = ["Task", "Condition", "n", "Observed dz", "Power at n", "n for observed dz", "Target dz", "n for target dz"]
+    cols = ["Task", "Condition", "n", "dz", "dz 95% CI", "α used", "Target dz", "Seeds for target"]
     labels = condition_labels(cells)
     rows = []
     for r in power.itertuples(index=False):
         rows.append({
             "Task": str(r.task), "Condition": labels.get(str(r.condition), str(r.condition)), "n": fmt_count(r.n),
-            "Observed dz": fmt_num(r.observed_dz, 2), "Power at n": fmt_num(r.power_observed, 2),
-            "n for observed dz": _fmt_seeds(r.n_for_observed), "Target dz": fmt_num(r.target_dz, 2),
-            "n for target dz": _fmt_seeds(r.n_for_target),
+            "dz": fmt_num(r.dz, 2), "dz 95% CI": fmt_ci(r.dz_ci_low, r.dz_ci_high),
+            "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
+            "Seeds for target": _fmt_seeds(r.n_for_target),
         })
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
     caption = (
-        "Power of the paired t-test at the seeds run, and seeds needed to detect the observed and the "
-        "target effect size dz at the analysis' target power (80% unless set otherwise)."
+        "Observed d_z with its exact 95% CI (noncentral t), and the seeds the two-sided paired t-test needs for 80% "
+        "power at a target d_z chosen in advance, at the α the correction uses (α/m for a family of m). No power is "
+        "computed from the observed effect (post-hoc power restates p)."
     )
-    return Section("power", title, tables=(DisplayTable("power", caption, frame, left=("Task", "Condition")),))
+    tables = [DisplayTable("power", caption, frame, left=("Task", "Condition"))]
+    if plan is not None:
+        prow = [{"Family": str(r.family), "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
+                 "Seeds for 80% power": _fmt_seeds(r.n_needed)} for r in plan.itertuples(index=False)]
+        pframe = _frame(prow, ["Family", "α used", "Target dz", "Seeds for 80% power"])
+        pframe["Family"] = _shown_task(list(pframe["Family"]))
+        tables.append(DisplayTable("power-plan", "Seeds needed per family for stated target effects (prospective).",
+                                   pframe, left=("Family",)))
+    return Section("power", title, tables=tuple(tables))
 
 
 def _fmt_seeds(x: Any) -> str:
@@ -827,11 +942,14 @@ def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05,
     sections = [
         cells_section(cells, baseline=_baseline_of(paired), scale100=scale100),
         paired_section(paired, cells, alpha=alpha, scale100=scale100),
+        stratified_section(section_frame(analysis, "stratified"), cells, alpha=alpha, scale100=scale100),
+        ranks_section(section_frame(analysis, "ranks"), section_frame(analysis, "nemenyi"),
+                      getattr(analysis, "friedman", None), cells, alpha=alpha),
         anova_section(section_frame(analysis, "anova"), alpha=alpha, design=getattr(analysis, "design", None) or ()),
         diagnostics_section(section_frame(analysis, "diagnostics")),
         sensitivity_section(section_frame(analysis, "sensitivity"), getattr(analysis, "sensitivity_summary", None),
                             cells, scale100=scale100),
-        power_section(section_frame(analysis, "power"), cells),
+        power_section(section_frame(analysis, "power"), cells, section_frame(analysis, "power_plan")),
         mapping_section(section_frame(analysis, "mapping_weights"), cells, convergence),
         efficiency_section(section_frame(analysis, "efficiency"), cells),
         warnings_section(getattr(analysis, "warnings", None)),

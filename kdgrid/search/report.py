@@ -196,7 +196,7 @@ def summary_lines(rep: SearchReport) -> list[str]:
 def confirmation_frame(conf: ConfirmationResult) -> pd.DataFrame:
     """The paired tests without the columns that are the same in every row (best vs baseline) and the notes
     (printed below the table)."""
-    cols = ["task", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "dz", "wilcoxon_p"]
+    cols = ["task", "n", "mean_diff", "ci_low", "ci_high", "t", "df", "p", "dz", "wilcoxon_p", "verdict"]
     return conf.tests[[c for c in cols if c in conf.tests]] if not conf.tests.empty else conf.tests
 
 

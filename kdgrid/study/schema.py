@@ -209,6 +209,9 @@ class Analysis(Strict):
     correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
     # Seed (within task) as a block in the ANOVA: the same seed means the same subset, order and init.
     block_seed: bool = True
+    # Equivalence margin (TOST) in the metric's own units: one number for every metric, or metric -> margin.
+    # 0.01 is one point on the ×100 scale of a GLUE score (docs/report.md, "Verdicts").
+    equivalence_margin: PosFloat | dict[str, PosFloat] = 0.01
 
 
 SEARCH_SAMPLERS = ("tpe", "random", "grid", "cmaes")
