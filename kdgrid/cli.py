@@ -183,13 +183,15 @@ def run(
 @app.command()
 def status(db: DbOption = None) -> None:
     """Studies in the store with their done / failed / pending counts and the last errors."""
-    from kdgrid.execute.rundir import waiting_results, workdir_for
+    from kdgrid.execute.rundir import damaged_results, waiting_results, workdir_for
     from kdgrid.store.db import open_store
 
     with open_store(_db(db), read_only=True) as store:
         rows = store.study_status()
         errors = store.last_errors()
         waiting, on_cluster = waiting_results(store, workdir_for(_db(db)))
+        not_done = [r[0] for r in store.con.execute("SELECT run_id FROM runs WHERE status <> 'done'").fetchall()]
+        damaged = damaged_results(workdir_for(_db(db)), not_done)
     table = Table(title=f"kdgrid store {_db(db)}")
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
@@ -202,6 +204,10 @@ def status(db: DbOption = None) -> None:
         console.print(f"{len(waiting)} finished result(s) in run directories are not in the store yet; 'kdgrid run STUDY' stores them")
     if on_cluster:
         console.print(f"{len(on_cluster)} run(s) submitted to a cluster and not finished yet")
+    for run_id, why in damaged:
+        console.print(f"damaged result {workdir_for(_db(db)) / 'runs' / run_id / 'result.json'}: {why}; "
+                      "the next 'kdgrid run' runs it again and keeps the file as result.json.damaged",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 ATTENTION_LOSSES = ("none", "mse", "kl")
@@ -50,6 +50,18 @@ class Teacher(Strict):
 
     model: str = "minilm-l6"
     finetune: FineTune = FineTune()
+    # A model folder or hub repo may ship Python code (config.auto_map); it runs only when this is true.
+    # Not part of a run's identity (plan/canonical.py): it decides whether such a model loads, not what it computes.
+    trust_remote_code: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_untrusted(self, handler: Any) -> Any:
+        # Dumped only when true, so configs, run ids and search fingerprints of every study that never
+        # trusted remote code stay what they were before the setting existed.
+        out = handler(self)
+        if isinstance(out, dict) and not self.trust_remote_code:
+            out.pop("trust_remote_code", None)
+        return out
 
 
 class Student(Strict):
