@@ -248,8 +248,9 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, LineMap]:
     Bounded: nesting depth, alias expansion and key uniqueness are checked on the composed nodes before
     anything is built from them, so no file can make this hang, exhaust memory or recurse too deep.
     """
-    loader = _BoundedLoader(text)
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(text)  # already reads: refuses control characters with a ReaderError
         node = loader.get_single_node()
         if node is not None:
             _check_size(node)
@@ -271,7 +272,8 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, LineMap]:
     except RecursionError:  # cannot happen below MAX_DEPTH; kept so no input ends in a traceback
         raise StudyError(f"{path}: nested too deep to read") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
