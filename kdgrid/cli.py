@@ -48,15 +48,16 @@ def _db(db: Path | None) -> Path:
 
 
 def _load_and_plan(path: Path, plan_limit: int | None = None) -> tuple[Any, list[Any]]:
-    from kdgrid.plan import plan_study
+    from kdgrid.plan import check_plan_size, plan_study
     from kdgrid.study import load_study
 
     loaded = load_study(path)
-    if loaded.study.search is not None:
-        from kdgrid.search import check_search
-
-        check_search(loaded)  # a bad search block makes the whole file invalid, as any other block would
     try:
+        check_plan_size(loaded.study, plan_limit)  # first: the search checks below list the study's seeds
+        if loaded.study.search is not None:
+            from kdgrid.search import check_search
+
+            check_search(loaded)  # a bad search block makes the whole file invalid, as any other block would
         runs = plan_study(loaded.study, plan_limit=plan_limit)
     except PlanError as exc:
         line = loaded.line_of(exc.loc) if exc.loc else None

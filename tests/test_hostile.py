@@ -553,3 +553,38 @@ def test_the_report_says_when_remote_code_was_trusted() -> None:
     assert remote_code_trusted(HEAD + "grid: {teacher.trust_remote_code: [false, true]}\n") == ["grid"]
     assert remote_code_trusted(HEAD + "variants: {teacher: {custom: {model: org/m, trust_remote_code: true}}}\n") == [
         "variants.teacher.custom"]
+
+
+def test_the_reproducibility_facts_name_trusted_remote_code(tmp_path: Path) -> None:
+    from kdgrid.report.reproducibility import _facts
+    from test_report import make_provenance
+
+    plain = make_provenance(tmp_path)
+    assert "Remote code" not in list(_facts(plain, tmp_path).frame["Item"])
+    trusted = make_provenance(tmp_path, text=plain.text + "teacher: {model: org/m, trust_remote_code: true}\n")
+    facts = dict(zip(_facts(trusted, tmp_path).frame["Item"], _facts(trusted, tmp_path).frame["Value"]))
+    assert facts["Remote code"] == "trusted (teacher.trust_remote_code): the teacher model's own Python code ran"
+
+
+# ------------------------------------------------------------------ search blocks
+
+
+def test_a_grid_search_is_counted_not_listed(tmp_path: Path) -> None:
+    p = write(tmp_path, HEAD + "search:\n  sampler: grid\n  params:\n    train.batch_size: {type: int, low: 1, high: 1000000000000}\n")
+    assert study_error(p) == (f"{p}:3: search: sampler 'grid' has 1000000000000 points, more than 10000; "
+                              "use fewer values (a larger step) or another sampler")
+
+
+@settings(max_examples=50, deadline=None)
+@given(kind=st.sampled_from(["int", "float"]), low=st.integers(-50, 50), span=st.integers(0, 60), step=st.integers(1, 7))
+def test_grid_count_is_the_length_of_grid_values(kind: str, low: int, span: int, step: int) -> None:
+    from kdgrid.study.schema import SearchParam
+
+    p = SearchParam(type=kind, low=low, high=low + span, step=step if kind == "int" else step / 10)  # type: ignore[arg-type]
+    assert p.grid_count() == len(p.grid_values() or [])
+
+
+def test_a_search_study_with_huge_seeds_is_refused_before_its_seeds_are_listed(tmp_path: Path) -> None:
+    write(tmp_path, HEAD + "seeds: 100000000\nsearch:\n  params:\n    train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n", "h.yaml")
+    proc = kdgrid_cli("validate", "h.yaml", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: h.yaml:3: seeds: the study plans 100000000 runs")

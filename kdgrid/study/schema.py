@@ -7,6 +7,7 @@ plus the grid, variants, tasks, seeds, filters and analysis settings.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,9 @@ MAPPINGS = ("uniform", "last", "first_last", "explicit", "learnable")
 STUDENT_INITS = ("teacher_layers", "random", "width_slice")
 SCHEDULES = ("joint", "two_stage")
 HEAD_MATCH = ("equal", "mean")
+#: Most runs a study may plan unless it sets ``plan_limit`` (or ``--plan-limit`` is given), and most points
+#: of a grid search: the largest shipped study plans 480, and expanding 10,000 runs takes a few seconds.
+DEFAULT_PLAN_LIMIT = 10_000
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 PosFloat = Annotated[float, Field(gt=0.0)]
@@ -263,6 +267,15 @@ class SearchParam(Strict):
             raise ValueError("log scale and 'step' cannot be combined")
         return self
 
+    def grid_count(self) -> int | None:
+        """How many points :meth:`grid_values` has, computed without listing them (None: continuous)."""
+        if self.type == "categorical":
+            return len(self.choices or [])
+        assert self.low is not None and self.high is not None  # guaranteed by _bounds
+        if self.type == "int":
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        return None if self.step is None else int((self.high - self.low) / self.step + 1e-9) + 1
+
     def grid_values(self) -> list[Any] | None:
         """The points a grid search visits, or None when the parameter is continuous (a float without step)."""
         if self.type == "categorical":
@@ -294,12 +307,17 @@ class Search(Strict):
     @model_validator(mode="after")
     def _grid_needs_points(self) -> Search:
         if self.sampler == "grid":
-            continuous = [path for path, p in self.params.items() if p.grid_values() is None]
+            continuous = [path for path, p in self.params.items() if p.grid_count() is None]
             if continuous:
                 raise ValueError(
                     f"sampler 'grid' needs 'choices' or a 'step' for every parameter; "
                     f"{', '.join(continuous)} is a float without step"
                 )
+            # Counted, not listed: an int range of 10^12 points would exhaust memory before any answer.
+            points = math.prod(p.grid_count() or 1 for p in self.params.values())
+            if points > DEFAULT_PLAN_LIMIT:
+                raise ValueError(f"sampler 'grid' has {points} points, more than {DEFAULT_PLAN_LIMIT}; "
+                                 "use fewer values (a larger step) or another sampler")
         return self
 
 
@@ -341,11 +359,6 @@ class Execute(Strict):
             if not v or not all(v):
                 raise ValueError("list GPU indices such as [0, 1] (an index twice gives that GPU two slots)")
         return v
-
-
-#: Most runs a study may plan unless it sets ``plan_limit`` (or ``--plan-limit`` is given): the
-#: largest shipped study plans 480, and expanding 10,000 runs takes a few seconds.
-DEFAULT_PLAN_LIMIT = 10_000
 
 
 class Study(Strict):
