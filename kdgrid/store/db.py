@@ -342,10 +342,13 @@ def open_store(path: str | Path | None = None, *, read_only: bool = False, creat
         except duckdb.Error as exc:
             # A truncated or corrupt file often opens and fails only when a query reaches the damaged
             # blocks: any command, at any query, then says so in one line instead of a traceback.
-            if not _is_damage(exc):
-                raise
-            raise StoreError(f"{p}: the store is damaged ({_first_line(exc)}); restore it from a copy, or "
-                             "'kdgrid run' each study into a new --db (finished run directories are ingested again)") from None
+            if _is_damage(exc):
+                raise StoreError(f"{p}: the store is damaged ({_first_line(exc)}); restore it from a copy, or "
+                                 "'kdgrid run' each study into a new --db (finished run directories are ingested "
+                                 "again)") from None
+            if isinstance(exc, duckdb.IOException):  # a full disk, a file system gone read-only
+                raise StoreError(f"{p}: cannot read or write the store ({_first_line(exc)})") from None
+            raise
     finally:
         con.close()
 
@@ -357,8 +360,8 @@ def _first_line(exc: BaseException) -> str:
 def _is_damage(exc: duckdb.Error) -> bool:
     """DuckDB's errors for a file cut short or with bad blocks (not a mistake in a query)."""
     text = str(exc).lower()
-    return isinstance(exc, (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException)) or any(
-        w in text for w in ("corrupt", "checksum", "could not read", "not a valid duckdb"))
+    return isinstance(exc, duckdb.SerializationException) or any(
+        w in text for w in ("corrupt", "checksum", "could not read enough bytes", "not a valid duckdb"))
 
 
 def _check_schema_version(con: duckdb.DuckDBPyConnection, p: Path) -> None:

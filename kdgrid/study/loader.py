@@ -137,7 +137,8 @@ class _BoundedLoader(yaml.SafeLoader):
         self._path: list[Any] = []
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        part = index.value if isinstance(index, yaml.ScalarNode) else index
+        # index: the key node of a mapping value, the position in a list, None for a key or the root.
+        part = index.value if isinstance(index, yaml.ScalarNode) else (index if isinstance(index, int) else None)
         self._path.append(part)
         try:
             if len(self._path) > MAX_DEPTH:
