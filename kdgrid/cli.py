@@ -396,11 +396,12 @@ def main() -> None:
         err_console.print("Interrupted.")
         sys.exit(130)
     except Exception as exc:  # click usage errors come through here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # Typer ships its own copy of click (typer._click), whose exceptions are no click.ClickException:
+        # recognise a usage error by what it can do, so an unknown option is one message, not a traceback.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -588,3 +588,9 @@ def test_a_search_study_with_huge_seeds_is_refused_before_its_seeds_are_listed(t
     write(tmp_path, HEAD + "seeds: 100000000\nsearch:\n  params:\n    train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n", "h.yaml")
     proc = kdgrid_cli("validate", "h.yaml", cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.startswith("Error: h.yaml:3: seeds: the study plans 100000000 runs")
+
+
+def test_an_unknown_option_is_a_usage_message_not_a_traceback(tmp_path: Path) -> None:
+    proc = kdgrid_cli("status", "--bogus", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("Error: No such option: --bogus")
