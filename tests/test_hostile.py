@@ -208,10 +208,12 @@ _blocks = {
     "train": st.dictionaries(st.sampled_from(["epochs", "lr", "schedule", "batch_size"]), _value, max_size=3),
     "objective": st.fixed_dictionaries({}, optional={"prediction": st.dictionaries(
         st.sampled_from(["beta", "temperature"]), _value, max_size=2), "mapping": _value}),
-    "seeds": st.one_of(st.integers(-2, 10**9), st.lists(st.integers(-1, 20), max_size=5), _value),
+    # Small or far over the limit: a plan of thousands of runs would only make the test slow.
+    "seeds": st.one_of(st.integers(-2, 20), st.sampled_from([10**5, 10**9]), st.lists(st.integers(-1, 20), max_size=5),
+                       st.booleans(), st.text(max_size=3)),
     "grid": st.dictionaries(st.sampled_from(["objective.prediction.temperature", "train.lr", "student.layers",
                                              "no.such.path", "seed"]), st.lists(_value, max_size=3), max_size=2),
-    "plan_limit": st.one_of(st.integers(-1, 50), _value),
+    "plan_limit": st.one_of(st.integers(-1, 50), st.none(), st.booleans(), st.text(max_size=3)),
     "description": st.text(max_size=20),
 }
 
