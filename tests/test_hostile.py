@@ -14,7 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kdgrid.errors import PlanError, RunFailed, StoreError, StudyError
@@ -224,7 +224,8 @@ _blocks = {
        extra=st.fixed_dictionaries({}, optional=_blocks))
 def test_random_study_dicts_validate_or_fail_in_one_line(tmp_path: Path, name: str, tasks: list[str], extra: dict[str, Any]) -> None:
     p = tmp_path / "random.yaml"
-    p.write_text(yaml.safe_dump({"name": name, "tasks": tasks, **extra}, allow_unicode=True))
+    data = {"name": name, "tasks": tasks, **extra}
+    p.write_text(yaml.safe_dump(data, allow_unicode=True))
     try:
         loaded = load_study(p)
         expand(loaded.study)
@@ -232,8 +233,38 @@ def test_random_study_dicts_validate_or_fail_in_one_line(tmp_path: Path, name: s
         assert str(exc).startswith(f"{p}") and "\n" not in str(exc)
     except PlanError as exc:
         assert "\n" not in str(exc)
-    else:
-        assert loaded.study.name == name
+    else:  # the file means exactly what the dict it was written from means
+        event("valid study")
+        assert loaded.study == Study.model_validate(data)
+
+
+_pos = st.floats(min_value=1e-6, max_value=10.0, allow_nan=False, allow_infinity=False)
+_well_formed = st.fixed_dictionaries(
+    {"name": st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True),
+     "tasks": st.lists(st.sampled_from(["cola", "sst2", "mrpc", "stsb", "rte"]), min_size=1, max_size=3, unique=True)},
+    optional={
+        "description": st.text(max_size=30),
+        "seeds": st.one_of(st.integers(1, 4), st.lists(st.integers(0, 99), min_size=1, max_size=4, unique=True)),
+        "teacher": st.fixed_dictionaries({}, optional={"finetune": st.fixed_dictionaries(
+            {}, optional={"epochs": st.integers(1, 3), "lr": _pos, "seed": st.integers(0, 9)})}),
+        "student": st.fixed_dictionaries({}, optional={"layers": st.integers(1, 6), "init": st.sampled_from(["teacher_layers", "random"])}),
+        "train": st.fixed_dictionaries({}, optional={"epochs": st.integers(1, 3), "lr": _pos, "batch_size": st.integers(1, 64)}),
+        "objective": st.fixed_dictionaries({}, optional={"prediction": st.fixed_dictionaries(
+            {}, optional={"beta": st.floats(0, 1), "temperature": _pos})}),
+        "grid": st.dictionaries(st.sampled_from(["objective.prediction.temperature", "train.lr", "data.fraction"]),
+                                st.lists(st.floats(0.05, 1.0), min_size=1, max_size=3, unique=True), max_size=2),
+        "plan_limit": st.integers(1000, 10**6),
+    })
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=_well_formed)
+def test_well_formed_study_dicts_round_trip_through_yaml(tmp_path: Path, data: dict[str, Any]) -> None:
+    p = tmp_path / "well.yaml"
+    p.write_text(yaml.safe_dump(data, allow_unicode=True))
+    loaded = load_study(p)
+    assert loaded.study == Study.model_validate(data)
+    assert len(expand(loaded.study)) == plan_size(loaded.study).runs
 
 
 @settings(max_examples=150, deadline=None)
