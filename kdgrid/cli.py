@@ -34,6 +34,11 @@ DbOption = Annotated[
     typer.Option("--db", help="DuckDB store (default: $KDGRID_DB or ./kdgrid.duckdb).", show_default=False),
 ]
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
+PlanLimitOption = Annotated[
+    Optional[int],
+    typer.Option("--plan-limit", min=1, show_default=False,
+                 help="Most runs the plan may have (default: the study's plan_limit, else 10000)."),
+]
 
 
 def _db(db: Path | None) -> Path:
@@ -42,17 +47,18 @@ def _db(db: Path | None) -> Path:
     return db if db is not None else default_db_path()
 
 
-def _load_and_plan(path: Path) -> tuple[Any, list[Any]]:
-    from kdgrid.plan import plan_study
+def _load_and_plan(path: Path, plan_limit: int | None = None) -> tuple[Any, list[Any]]:
+    from kdgrid.plan import check_plan_size, plan_study
     from kdgrid.study import load_study
 
     loaded = load_study(path)
-    if loaded.study.search is not None:
-        from kdgrid.search import check_search
-
-        check_search(loaded)  # a bad search block makes the whole file invalid, as any other block would
     try:
-        runs = plan_study(loaded.study)
+        check_plan_size(loaded.study, plan_limit)  # first: the search checks below list the study's seeds
+        if loaded.study.search is not None:
+            from kdgrid.search import check_search
+
+            check_search(loaded)  # a bad search block makes the whole file invalid, as any other block would
+        runs = plan_study(loaded.study, plan_limit=plan_limit)
     except PlanError as exc:
         line = loaded.line_of(exc.loc) if exc.loc else None
         where = f"{path}:{line}" if line else str(path)
@@ -70,11 +76,11 @@ def _check_data(runs: list[Any]) -> None:
 
 
 @app.command()
-def validate(study: StudyArg) -> None:
+def validate(study: StudyArg, plan_limit: PlanLimitOption = None) -> None:
     """Check a study file and every run it expands to; no compute, nothing written."""
     from kdgrid.plan import summarize
 
-    loaded, runs = _load_and_plan(study)
+    loaded, runs = _load_and_plan(study, plan_limit)
     _check_data(runs)
     s = summarize(runs)
     console.print(
@@ -96,12 +102,13 @@ def schema() -> None:
 
 
 @app.command()
-def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 50) -> None:
+def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 50,
+         plan_limit: PlanLimitOption = None) -> None:
     """Show the runs a study expands to, and which are already done."""
     from kdgrid.plan import summarize
     from kdgrid.store.db import open_store
 
-    loaded, runs = _load_and_plan(study)
+    loaded, runs = _load_and_plan(study, plan_limit)
     path = _db(db)
     statuses: dict[str, str] = {}
     if path.exists():
@@ -137,13 +144,14 @@ def run(
     retries: Annotated[Optional[int], typer.Option(help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False)] = None,
     executor: Annotated[Optional[str], typer.Option(help="local | slurm (a Slurm job array through submitit).", show_default=False)] = None,
     slurm: Annotated[Optional[str], typer.Option(help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...", show_default=False)] = None,
+    plan_limit: PlanLimitOption = None,
 ) -> None:
     """Run every run of a study that is not done yet (resumable; finished runs are never redone). docs/execution.md"""
     from kdgrid.execute.local import run_grid
     from kdgrid.execute.progress import RichReporter
     from kdgrid.execute.settings import resolve_execute
 
-    loaded, runs = _load_and_plan(study)
+    loaded, runs = _load_and_plan(study, plan_limit)
     execute = resolve_execute(loaded.study.execute, executor=executor, workers=workers, gpus=gpus, timeout_s=timeout,
                               retries=retries, slurm=slurm)
     _check_data(runs)
@@ -176,13 +184,15 @@ def run(
 @app.command()
 def status(db: DbOption = None) -> None:
     """Studies in the store with their done / failed / pending counts and the last errors."""
-    from kdgrid.execute.rundir import waiting_results, workdir_for
+    from kdgrid.execute.rundir import damaged_results, waiting_results, workdir_for
     from kdgrid.store.db import open_store
 
     with open_store(_db(db), read_only=True) as store:
         rows = store.study_status()
         errors = store.last_errors()
         waiting, on_cluster = waiting_results(store, workdir_for(_db(db)))
+        not_done = [r[0] for r in store.con.execute("SELECT run_id FROM runs WHERE status <> 'done'").fetchall()]
+        damaged = damaged_results(workdir_for(_db(db)), not_done)
     table = Table(title=f"kdgrid store {_db(db)}")
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
@@ -195,6 +205,10 @@ def status(db: DbOption = None) -> None:
         console.print(f"{len(waiting)} finished result(s) in run directories are not in the store yet; 'kdgrid run STUDY' stores them")
     if on_cluster:
         console.print(f"{len(on_cluster)} run(s) submitted to a cluster and not finished yet")
+    for run_id, why in damaged:
+        console.print(f"damaged result {workdir_for(_db(db)) / 'runs' / run_id / 'result.json'}: {why}; "
+                      "the next 'kdgrid run' runs it again and keeps the file as result.json.damaged",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -204,11 +218,12 @@ def search(
     trials: Annotated[Optional[int], typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Trial processes sharing the search.")] = 1,
     confirm: Annotated[Optional[int], typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them.")] = None,
+    plan_limit: PlanLimitOption = None,
 ) -> None:
     """Optuna search over the study's search block; every trial is a kdgrid run (resumable; see docs/search.md)."""
     from kdgrid.search.command import search_main
 
-    loaded, runs = _load_and_plan(study)
+    loaded, runs = _load_and_plan(study, plan_limit)
     if loaded.study.search is None:
         raise KdgridError(f"{study}: no 'search:' block (see docs/search.md)")
     _check_data(runs)
@@ -389,11 +404,12 @@ def main() -> None:
         err_console.print("Interrupted.")
         sys.exit(130)
     except Exception as exc:  # click usage errors come through here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # Typer ships its own copy of click (typer._click), whose exceptions are no click.ClickException:
+        # recognise a usage error by what it can do, so an unknown option is one message, not a traceback.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -28,7 +28,7 @@ def run_dir(workdir: Path, run_id: str) -> Path:
 
 
 def result_path(workdir: Path, run_id: str) -> Path:
-    return run_dir(workdir, run_id) / "result.json"
+    return run_dir(workdir, run_id) / RESULT_NAME
 
 
 def job_path(workdir: Path, run_id: str) -> Path:
@@ -52,7 +52,15 @@ def remove(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` whole or not at all; a result.json is never replaced in a way that loses one.
+
+    A finished (done) result is not replaced by anything but another finished result, and a damaged
+    result.json is kept beside as ``result.json.damaged`` rather than overwritten, for inspection.
+    """
+    tmp: str | None = None
     try:
+        if path.name == RESULT_NAME:
+            _keep_existing_result(path, payload)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
@@ -60,17 +68,70 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise RunFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:  # a full disk or a failed rename: leave no half-written temp file behind
+            remove(Path(tmp))
+
+
+RESULT_NAME = "result.json"
+DAMAGED_SUFFIX = ".damaged"
+
+
+def _keep_existing_result(path: Path, payload: Any) -> None:
+    existing, damage = check_result(path)
+    if damage is not None and path.is_file():  # a folder in the way is not a result: the write then fails
+        os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
+    elif existing is not None and existing["status"] == "done" and not (
+            isinstance(payload, dict) and payload.get("status") == "done"):
+        raise RunFailed(f"{path} holds a finished result; it is kept and will be stored by the next 'kdgrid run'")
+
+
+def check_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the result in ``path``, None) when it is whole and belongs to its run directory; (None, why) when
+    the file is there but damaged; (None, None) when there is none.
+
+    A result is only trusted for the run whose directory holds it: a result.json copied or moved into
+    another run's directory would otherwise be stored under the wrong run.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"unreadable ({getattr(exc, 'strerror', None) or exc})"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, f"not JSON or cut short ({exc})" if text.strip() else "empty"
+    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str) or data.get("status") not in (
+            "done", "failed"):
+        return None, "not a kdgrid result (no run_id, or a status other than done/failed)"
+    if data["run_id"] != path.parent.name:
+        return None, f"names run {data['run_id']}, not the run {path.parent.name} whose directory holds it"
+    return data, None
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
-    """A finished result, or None when absent or unreadable (a crash mid-write leaves only a temp file)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "run_id" in data and "status" in data else None
+    """A finished result, or None when absent or damaged (a crash mid-write leaves only a temp file);
+    :func:`check_result` says why a file is damaged."""
+    return check_result(path)[0]
+
+
+def damaged_results(workdir: Path, run_ids: Any) -> list[tuple[str, str]]:
+    """(run id, why) for each of ``run_ids`` whose run directory holds a damaged result.json.
+
+    Such a run counts as not finished: the next ``kdgrid run`` runs it again and keeps the damaged file
+    as result.json.damaged. Read-only (``kdgrid status`` reports them).
+    """
+    out: list[tuple[str, str]] = []
+    for run_id in run_ids:
+        _, damage = check_result(result_path(workdir, run_id))
+        if damage is not None:
+            out.append((run_id, damage))
+    return out
 
 
 def recoverable(result: dict[str, Any] | None) -> bool:

@@ -15,7 +15,8 @@ from typing import Any
 from kdgrid.study.schema import Intermediate, Mapping, Prediction, RunConfig
 
 # Where the data is read from, on which device, and how often the dev set is scored do not define the experiment.
-_IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"), ("train", "eval_every_epoch"))
+_IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"), ("train", "eval_every_epoch"),
+                      ("teacher", "trust_remote_code"))
 _NEUTRAL_INTERMEDIATE = Intermediate().model_dump(mode="json")
 _NEUTRAL_PREDICTION = Prediction().model_dump(mode="json")
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kdgrid.errors import PlanError
 from kdgrid.plan.canonical import canonical_config, run_id_of
+from kdgrid.plan.count import check_plan_size
 from kdgrid.study.schema import RunConfig, Study
 
 
@@ -123,12 +124,14 @@ def _check_filter_keys(study: Study, template: dict[str, Any]) -> None:
                     check_path(key, template, f"{kind}[{i}]", (kind, i, key))
 
 
-def expand(study: Study) -> list[PlannedRun]:
+def expand(study: Study, *, plan_limit: int | None = None) -> list[PlannedRun]:
     """All runs of a study, validated, in a stable order (task, cell, seed).
 
     Runs that collapse to the same canonical config (a factor without effect, e.g.
     the attention loss when alpha = 0) keep their own cell but share a run id.
+    A plan larger than ``plan_limit`` (else the study's, else the default) is refused before expanding.
     """
+    check_plan_size(study, plan_limit)
     template = _full_template()
     for path in study.grid:
         check_path(path, template, f"grid.{path}", ("grid", path))
@@ -191,11 +194,11 @@ def summarize(runs: list[PlannedRun]) -> dict[str, int]:
     }
 
 
-def plan_study(study: Study) -> list[PlannedRun]:
+def plan_study(study: Study, *, plan_limit: int | None = None) -> list[PlannedRun]:
     """Expand and check every run against its teacher's shape (read without torch)."""
     from kdgrid.plan.shapes import check_run, teacher_shape
 
-    runs = expand(study)
+    runs = expand(study, plan_limit=plan_limit)
     shapes: dict[str, Any] = {}
     seen: set[str] = set()
     for run in runs:

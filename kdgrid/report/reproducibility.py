@@ -132,10 +132,45 @@ def _facts(info: Reproducibility, cwd: Path) -> DisplayTable:
          if info.run_time_s is not None else MISSING),
         ("Data files", _data_text(info)),
     ]
+    remote = remote_code_trusted(info.text)
+    if remote:
+        rows.append(("Remote code", f"trusted ({', '.join(remote)}): the teacher model's own Python code ran"))
     frame = _frame(["Item", "Value"], rows)
     caption = ("This study's runs only. Wall time: first start to last finish; "
                "run time: the sum of the runs' durations.")
     return DisplayTable("reproducibility-facts", caption, frame, left=("Item", "Value"))
+
+
+def remote_code_trusted(text: str | None) -> list[str]:
+    """Where the study file sets ``teacher.trust_remote_code: true`` (base, grid or variants); [] when nowhere.
+
+    Read from the stored study text, as every fact here comes from the store.
+    """
+    from kdgrid.errors import StudyError
+    from kdgrid.study.loader import parse_yaml
+
+    if not text or "trust_remote_code" not in text:
+        return []
+    try:
+        data, _ = parse_yaml(text, Path("<stored study>"))
+    except StudyError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    where: list[str] = []
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("trust_remote_code") is True:
+        where.append("teacher.trust_remote_code")
+    grid = data.get("grid")
+    if isinstance(grid, dict) and True in (grid.get("teacher.trust_remote_code") or []):
+        where.append("grid")
+    variants = data.get("variants")
+    for group, levels in (variants.items() if isinstance(variants, dict) else []):
+        for level, overrides in (levels.items() if isinstance(levels, dict) else []):
+            if isinstance(overrides, dict) and True in (overrides.get("trust_remote_code"),
+                                                        overrides.get("teacher.trust_remote_code")):
+                where.append(f"variants.{group}.{level}")
+    return where
 
 
 # --------------------------------------------------------------------------- tables

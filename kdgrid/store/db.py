@@ -331,11 +331,50 @@ def open_store(path: str | Path | None = None, *, read_only: bool = False, creat
     except duckdb.Error as exc:
         raise StoreError(f"{p}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})") from None
     try:
-        if not _is_kdgrid(con):
-            raise StoreError(f"{p}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db")
-        if not read_only:
-            con.execute(_DDL)
-            con.execute("INSERT OR IGNORE INTO kdgrid_meta VALUES ('app', 'kdgrid'), ('schema_version', ?)", [SCHEMA_VERSION])
-        yield Store(con, p)
+        try:
+            if not _is_kdgrid(con):
+                raise StoreError(f"{p}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db")
+            _check_schema_version(con, p)
+            if not read_only:
+                con.execute(_DDL)
+                con.execute("INSERT OR IGNORE INTO kdgrid_meta VALUES ('app', 'kdgrid'), ('schema_version', ?)", [SCHEMA_VERSION])
+            yield Store(con, p)
+        except duckdb.Error as exc:
+            # A truncated or corrupt file often opens and fails only when a query reaches the damaged
+            # blocks: any command, at any query, then says so in one line instead of a traceback.
+            if _is_damage(exc):
+                raise StoreError(f"{p}: the store is damaged ({_first_line(exc)}); restore it from a copy, or "
+                                 "'kdgrid run' each study into a new --db (finished run directories are ingested "
+                                 "again)") from None
+            if isinstance(exc, duckdb.IOException):  # a full disk, a file system gone read-only
+                raise StoreError(f"{p}: cannot read or write the store ({_first_line(exc)})") from None
+            raise
     finally:
         con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _is_damage(exc: duckdb.Error) -> bool:
+    """DuckDB's errors for a file cut short or with bad blocks (not a mistake in a query)."""
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.SerializationException) or any(
+        w in text for w in ("corrupt", "checksum", "could not read enough bytes", "not a valid duckdb"))
+
+
+def _check_schema_version(con: duckdb.DuckDBPyConnection, p: Path) -> None:
+    """Refuse a store written by a newer kdgrid (it may hold tables or meanings this one does not know)."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "kdgrid_meta" not in tables:
+        return  # an empty database: it becomes a store of this version
+    row = con.execute("SELECT value FROM kdgrid_meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return  # marked 'app' but not yet versioned: this kdgrid writes the version
+    version = str(row[0])
+    if not version.isdigit():
+        raise StoreError(f"{p}: the store is damaged (kdgrid_meta.schema_version is {version!r}, not a number)")
+    if int(version) > int(SCHEMA_VERSION):
+        raise StoreError(f"{p}: written by a newer kdgrid (store schema version {version}; this kdgrid reads up to "
+                         f"{SCHEMA_VERSION}); upgrade kdgrid, or choose another --db")

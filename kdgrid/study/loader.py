@@ -20,6 +20,15 @@ from kdgrid.study.schema import Study
 # Paths are tuples of keys/indices; the value is the 1-based line where that node starts.
 LineMap = dict[tuple[Any, ...], int]
 
+# Limits that keep a hostile or damaged study file from hanging or crashing kdgrid (docs/study-file.md,
+# "Limits"). Real studies are a few kilobytes, a few hundred values and under ten levels deep.
+MAX_FILE_BYTES = 65_536  # 64 KiB: the largest shipped study is 2.4 KB; PyYAML reads ~100 KB/s
+MAX_DEPTH = 50  # nested mappings/lists, counted once aliases are expanded
+MAX_NODES = 20_000  # keys and values once aliases are expanded
+MAX_MESSAGE_CHARS = 2_000
+MAX_INT_DIGITS = 4_000  # below Python's own limit on int("...") (4,300 digits)
+_INT_TAG = "tag:yaml.org,2002:int"
+
 
 @dataclass(frozen=True)
 class LoadedStudy:
@@ -42,19 +51,6 @@ def line_of(lines: LineMap, loc: tuple[Any, ...]) -> int | None:
         if loc[:n] in lines:
             return lines[loc[:n]]
     return None
-
-
-def _compose_lines(node: yaml.Node, path: tuple[Any, ...], out: LineMap) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _compose_lines(value_node, (*path, key), out)
-            out[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _compose_lines(item, (*path, i), out)
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -114,18 +110,171 @@ def _allowed_keys(model: type | None, loc: tuple[Any, ...]) -> str:
     return f" (allowed: {', '.join(fields)})" if fields else ""
 
 
-def parse_yaml(text: str, path: Path) -> tuple[Any, LineMap]:
+def _one_line(message: str) -> str:
+    """A message as one printable line: a key or value from the file may hold newlines or control characters."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return out if len(out) <= MAX_MESSAGE_CHARS else out[: MAX_MESSAGE_CHARS - 20] + " ... (message cut)"
+
+
+class _TooBig(Exception):
+    """A limit of :func:`parse_yaml` was crossed at ``line`` (1-based) under key path ``loc``."""
+
+    def __init__(self, line: int, loc: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.loc = loc
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the composer's recursion cut at MAX_DEPTH nested nodes.
+
+    PyYAML composes nested collections recursively, so ``[[[[...`` a few thousand deep ends in a
+    RecursionError; counting the depth here stops it with a line number first.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[Any] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # index: the key node of a mapping value, the position in a list, None for a key or the root.
+        part = index.value if isinstance(index, yaml.ScalarNode) else (index if isinstance(index, int) else None)
+        self._path.append(part)
+        try:
+            if len(self._path) > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                loc = tuple(p for p in self._path if p is not None)
+                raise _TooBig(line, loc, f"nested more than {MAX_DEPTH} levels deep (the limit for a study file)")
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _measure(root: yaml.Node, memo: dict[int, tuple[int, int]], line: int, loc: tuple[Any, ...]) -> None:
+    """Count the nodes and depth ``root`` has once every alias is expanded, without expanding any.
+
+    A node reached through many aliases is measured once (``memo``), so a "billion laughs" file costs
+    as little to measure as it is long. Iterative, so a deep document cannot exhaust the stack.
+    """
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            kids = [memo[id(k)] for k in _children(node)]
+            size = min(1 + sum(s for s, _ in kids), MAX_NODES + 1)
+            depth = 1 + max((d for _, d in kids), default=0)
+            if size > MAX_NODES:
+                raise _TooBig(line, loc, f"expands to more than {MAX_NODES} values through YAML aliases "
+                                         "(&anchor / *alias); write the values out or use fewer aliases")
+            if depth > MAX_DEPTH:
+                raise _TooBig(line, loc, f"nested more than {MAX_DEPTH} levels deep once YAML aliases are expanded")
+            memo[key] = (size, depth)
+            continue
+        if key in memo:
+            continue
+        if key in on_path:
+            raise _TooBig(node.start_mark.line + 1, loc, "a YAML alias refers to the block that contains it (a recursive alias)")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in memo)
+
+
+def _check_size(node: yaml.Node) -> None:
+    """Refuse alias bombs, recursive aliases and over-deep documents, naming the top-level key at fault."""
+    memo: dict[int, tuple[int, int]] = {}
+    pairs = node.value if isinstance(node, yaml.MappingNode) else [(None, node)]
+    total = 0
+    for key_node, value_node in pairs:
+        loc = (key_node.value,) if isinstance(key_node, yaml.ScalarNode) else ()
+        line = (key_node or value_node).start_mark.line + 1
+        _measure(value_node, memo, line, loc)
+        total += memo[id(value_node)][0]
+        if total > MAX_NODES:
+            raise _TooBig(line, loc, f"the file expands to more than {MAX_NODES} values through YAML aliases "
+                                     "(&anchor / *alias); write the values out or use fewer aliases")
+
+
+def _key_of(loader: yaml.SafeLoader, key_node: yaml.Node) -> Any:
+    """The Python key a mapping key node constructs to (``yes`` and ``true`` are the same key), or None."""
+    if not isinstance(key_node, yaml.ScalarNode):
+        return None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        key = loader.construct_object(key_node)
+        hash(key)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return None
+    return key
+
+
+def _compose_lines(node: yaml.Node, path: tuple[Any, ...], out: LineMap, loader: yaml.SafeLoader) -> None:
+    """Record the line of every key path; a key given twice in one mapping is an error naming both lines
+    (YAML loaders keep the last one silently, so a second ``grid:`` would drop the first without a word)."""
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode) and node.tag == _INT_TAG and len(node.value) > MAX_INT_DIGITS:
+        # Python refuses to convert such a string to int (sys.get_int_max_str_digits): say where it is.
+        raise _TooBig(out[path], path, f"an integer of {len(node.value)} digits (at most {MAX_INT_DIGITS})")
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            # A list or mapping as a key cannot be a study key; construction names it, with its line.
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else f"<{key_node.id}>"
+            line = key_node.start_mark.line + 1
+            py_key = _key_of(loader, key_node)
+            if py_key is not None and key != "<<":
+                if py_key in first:
+                    raise _TooBig(line, (*path, key), f"duplicate key '{key}' (first at line {first[py_key]}); "
+                                                      "YAML would keep only the last one")
+                first[py_key] = line
+            _compose_lines(value_node, (*path, key), out, loader)
+            out[(*path, key)] = line
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _compose_lines(item, (*path, i), out, loader)
+
+
+def parse_yaml(text: str, path: Path) -> tuple[Any, LineMap]:
+    """Safe YAML (no tag constructs an object) with every key's line; raise :class:`StudyError` on any problem.
+
+    Bounded: nesting depth, alias expansion and key uniqueness are checked on the composed nodes before
+    anything is built from them, so no file can make this hang, exhaust memory or recurse too deep.
+    """
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # already reads: refuses control characters with a ReaderError
+        node = loader.get_single_node()
+        if node is not None:
+            _check_size(node)
+        lines: LineMap = {}
+        if node is not None:
+            # Before construction: building a mapping folds merge keys (<<) into it in place.
+            _compose_lines(node, (), lines, loader)
+        data = loader.construct_document(node) if node is not None else None
+    except _TooBig as exc:
+        field = ".".join(str(p) for p in exc.loc[:6]) + (".…" if len(exc.loc) > 6 else "") or "(top level)"
+        raise StudyError(_one_line(f"{path}:{exc.line}: {field}: {exc}")) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StudyError(f"{where}: not valid YAML: {problem}") from None
-    lines: LineMap = {}
-    if node is not None:
-        _compose_lines(node, (), lines)
+        raise StudyError(_one_line(f"{where}: not valid YAML: {problem}")) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (sys.int_info)
+        raise StudyError(_one_line(f"{path}: a value cannot be read: {exc}")) from None
+    except RecursionError:  # cannot happen below MAX_DEPTH; kept so no input ends in a traceback
+        raise StudyError(f"{path}: nested too deep to read") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
@@ -133,18 +282,25 @@ def load_study(path: str | Path) -> LoadedStudy:
     """Read, parse and validate a study file; raise :class:`StudyError` with file:line on any problem."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)  # never more: a study path may name /dev/zero or a huge file
     except FileNotFoundError:
         raise StudyError(f"{p}: study file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{p}: cannot read study file: {exc}") from None
+    except OSError as exc:
+        raise StudyError(_one_line(f"{p}: cannot read study file: {exc}")) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise StudyError(f"{p}:1: (file): larger than {MAX_FILE_BYTES} bytes (64 KiB), the limit for a study file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"{p}: cannot read study file: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     data, lines = parse_yaml(text, p)
     if not isinstance(data, dict):
         raise StudyError(f"{p}:1: a study file must be a YAML mapping (got {type(data).__name__})")
     try:
         study = Study.model_validate(data)
     except ValidationError as exc:
-        raise StudyError(
+        raise StudyError(_one_line(
             format_validation_error(exc, path=p, line_of=lambda loc: line_of(lines, loc), model=Study)
-        ) from None
+        )) from None
     return LoadedStudy(study=study, path=p, text=text, lines=lines)

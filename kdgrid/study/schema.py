@@ -7,9 +7,11 @@ plus the grid, variants, tasks, seeds, filters and analysis settings.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 ATTENTION_LOSSES = ("none", "mse", "kl")
@@ -19,6 +21,9 @@ MAPPINGS = ("uniform", "last", "first_last", "explicit", "learnable")
 STUDENT_INITS = ("teacher_layers", "random", "width_slice")
 SCHEDULES = ("joint", "two_stage")
 HEAD_MATCH = ("equal", "mean")
+#: Most runs a study may plan unless it sets ``plan_limit`` (or ``--plan-limit`` is given), and most points
+#: of a grid search: the largest shipped study plans 480, and expanding 10,000 runs takes a few seconds.
+DEFAULT_PLAN_LIMIT = 10_000
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 PosFloat = Annotated[float, Field(gt=0.0)]
@@ -49,6 +54,18 @@ class Teacher(Strict):
 
     model: str = "minilm-l6"
     finetune: FineTune = FineTune()
+    # A model folder or hub repo may ship Python code (config.auto_map); it runs only when this is true.
+    # Not part of a run's identity (plan/canonical.py): it decides whether such a model loads, not what it computes.
+    trust_remote_code: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_untrusted(self, handler: Any) -> Any:
+        # Dumped only when true, so configs, run ids and search fingerprints of every study that never
+        # trusted remote code stay what they were before the setting existed.
+        out = handler(self)
+        if isinstance(out, dict) and not self.trust_remote_code:
+            out.pop("trust_remote_code", None)
+        return out
 
 
 class Student(Strict):
@@ -255,6 +272,15 @@ class SearchParam(Strict):
             raise ValueError("log scale and 'step' cannot be combined")
         return self
 
+    def grid_count(self) -> int | None:
+        """How many points :meth:`grid_values` has, computed without listing them (None: continuous)."""
+        if self.type == "categorical":
+            return len(self.choices or [])
+        assert self.low is not None and self.high is not None  # guaranteed by _bounds
+        if self.type == "int":
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        return None if self.step is None else int((self.high - self.low) / self.step + 1e-9) + 1
+
     def grid_values(self) -> list[Any] | None:
         """The points a grid search visits, or None when the parameter is continuous (a float without step)."""
         if self.type == "categorical":
@@ -286,12 +312,17 @@ class Search(Strict):
     @model_validator(mode="after")
     def _grid_needs_points(self) -> Search:
         if self.sampler == "grid":
-            continuous = [path for path, p in self.params.items() if p.grid_values() is None]
+            continuous = [path for path, p in self.params.items() if p.grid_count() is None]
             if continuous:
                 raise ValueError(
                     f"sampler 'grid' needs 'choices' or a 'step' for every parameter; "
                     f"{', '.join(continuous)} is a float without step"
                 )
+            # Counted, not listed: an int range of 10^12 points would exhaust memory before any answer.
+            points = math.prod(p.grid_count() or 1 for p in self.params.values())
+            if points > DEFAULT_PLAN_LIMIT:
+                raise ValueError(f"sampler 'grid' has {points} points, more than {DEFAULT_PLAN_LIMIT}; "
+                                 "use fewer values (a larger step) or another sampler")
         return self
 
 
@@ -354,12 +385,14 @@ class Study(Strict):
     analysis: Analysis = Analysis()
     search: Search | None = None
     execute: Execute = Execute()  # study level: never part of a run's config or id
+    # Most runs the plan may have (before include/exclude); None: DEFAULT_PLAN_LIMIT. Never part of a run.
+    plan_limit: PosInt | None = None
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: int | list[int]) -> int | list[int]:
         if isinstance(v, list):
-            dup = sorted({s for s in v if v.count(s) > 1})
+            dup = sorted(s for s, n in Counter(v).items() if n > 1)  # not v.count: quadratic in a long list
             if dup:
                 raise ValueError(f"duplicate seeds {dup}")
         return v
@@ -367,7 +400,7 @@ class Study(Strict):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, v: list[str]) -> list[str]:
-        dup = sorted({t for t in v if v.count(t) > 1})
+        dup = sorted(t for t, n in Counter(v).items() if n > 1)
         if dup:
             raise ValueError(f"duplicate tasks {dup}")
         return v

@@ -68,18 +68,31 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+_REMOTE_CODE_REFUSED = ("it ships its own Python code, which kdgrid runs only when the study sets "
+                        "teacher.trust_remote_code: true")
+
+
+def _load_error(what: str, exc: BaseException) -> ModelError:
+    # transformers refuses a model with custom code when trust_remote_code is False; its message names the flag.
+    if "trust_remote_code" in str(exc):
+        return ModelError(f"cannot load {what}: {_REMOTE_CODE_REFUSED}")
+    return ModelError(f"cannot load {what}: {_one_line(exc)}")
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(path)
+            # Explicit False: transformers' default (None) asks on a terminal and may then run the code.
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelError(f"cannot load the tokenizer of {path}: {_one_line(exc)}") from None
+        raise _load_error(f"the tokenizer of {path}", exc) from None
 
 
 def load_classifier(path: str, num_labels: int, attn_implementation: str = "sdpa", *,
-                    label_list: tuple[str, ...] | None = None, new_head_ok: bool = True) -> PreTrainedModel:
+                    label_list: tuple[str, ...] | None = None, new_head_ok: bool = True,
+                    trust_remote_code: bool = False) -> PreTrainedModel:
     """AutoModelForSequenceClassification; ``num_labels=1`` means regression (STS-B).
 
     A checkpoint whose head has another size (e.g. an MNLI model as an SST-2 teacher)
@@ -89,7 +102,7 @@ def load_classifier(path: str, num_labels: int, attn_implementation: str = "sdpa
     from transformers import AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"num_labels": num_labels, "attn_implementation": attn_implementation,
-                              "ignore_mismatched_sizes": new_head_ok}
+                              "ignore_mismatched_sizes": new_head_ok, "trust_remote_code": trust_remote_code}
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
     else:
@@ -101,7 +114,7 @@ def load_classifier(path: str, num_labels: int, attn_implementation: str = "sdpa
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as exc:
-        raise ModelError(f"cannot load model {path}: {_one_line(exc)}") from None
+        raise _load_error(f"model {path}", exc) from None
 
 
 def check_label_order(model: PreTrainedModel, spec: TaskSpec, where: str) -> None:
@@ -417,7 +430,7 @@ def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir
     from kdgrid.train.data import load_tokenized, make_loader, subsample_positions
 
     ft = teacher_cfg.finetune
-    tok = load_tokenizer(resolved)
+    tok = load_tokenizer(resolved, trust_remote_code=teacher_cfg.trust_remote_code)
     tok_cache = cache_root / "tokenized"
     train = load_tokenized(spec.name, "train", data_dir, tok, max_seq_length, tok_cache)
     train = train.subset(subsample_positions(len(train), 1.0, ft.max_train_examples, ft.seed))
@@ -429,7 +442,8 @@ def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(ft.seed)
-        model = load_classifier(resolved, spec.num_labels, label_list=spec.label_list).to(device)
+        model = load_classifier(resolved, spec.num_labels, label_list=spec.label_list,
+                                trust_remote_code=teacher_cfg.trust_remote_code).to(device)
         loader = make_loader(train, ft.batch_size, pad_token_id=pad_id, shuffle=True, seed=ft.seed,
                              is_regression=spec.is_regression)
         total = ft.epochs * len(loader)
@@ -529,11 +543,13 @@ def _read_record(final: Path) -> TeacherRecord | None:
 
 
 def load_teacher(record: TeacherRecord, device: torch.device | str = "cpu",
-                 attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+                 attn_implementation: str = "sdpa", *,
+                 trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The cached teacher in eval mode with its tokenizer; its label order is checked against the task."""
     spec = get_task(record.task)
     # No label_list here: the saved config's labels must speak for themselves.
-    model = load_classifier(record.path, spec.num_labels, attn_implementation, new_head_ok=False)
+    model = load_classifier(record.path, spec.num_labels, attn_implementation, new_head_ok=False,
+                            trust_remote_code=trust_remote_code)
     check_label_order(model, spec, record.path)
     model.to(_resolve_device(device)).eval()
-    return model, load_tokenizer(record.path)
+    return model, load_tokenizer(record.path, trust_remote_code=trust_remote_code)

@@ -112,7 +112,8 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         time.sleep(10**6)
 
     teacher_rec = finetune_teacher(cfg.task, cfg.teacher, cfg.data.dir, cfg.data.max_seq_length, cache_root, device)
-    teacher, tokenizer = load_teacher(teacher_rec, device)  # checks the head's label order against the task
+    # checks the head's label order against the task; the teacher's own code runs only if the study trusts it
+    teacher, tokenizer = load_teacher(teacher_rec, device, trust_remote_code=cfg.teacher.trust_remote_code)
     for p in teacher.parameters():
         p.requires_grad_(False)
     tok_cache = cache_root / "tokenized"
