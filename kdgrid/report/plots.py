@@ -227,8 +227,8 @@ def forest_figure(
     families = list(dict.fromkeys(paired["family"].astype(str)))
     m = re.search(r", (holm|fdr_bh|bonferroni|none)\)$", families[0]) if families else None
     correction = m.group(1) if m else None
-    ax.set_title("Paired differences: thick = " + interval_label(correction) + ", thin = unadjusted 95% CI",
-                 fontsize="small")
+    ax.set_title("Paired differences: thick = " + interval_label(correction) + ", thin = unadjusted 95% CI\n"
+                 "families corrected together: " + "; ".join(families), fontsize="x-small", wrap=True)
     ax.grid(axis="x", alpha=0.3)
     # Proxy artists: a legend that explains colour even when only one kind is present.
     ax.plot([], [], marker="o", color=SIG_COLOR, label=f"different (p_adj < {alpha:g})")
