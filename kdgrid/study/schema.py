@@ -59,8 +59,12 @@ class Student(Strict):
     hidden_size: PosInt | None = None
     intermediate_size: PosInt | None = None
     init: Literal["teacher_layers", "random", "width_slice"] = "teacher_layers"
-    # Teacher layers (1-based) copied into the student; None: every k-th (TinyBERT/PKD-skip).
+    # Teacher layers (1-based) copied into the student; None: the layers its mapping points to (student layers
+    # the mapping leaves out, and a learnable mapping without 'layers', take every k-th: TinyBERT/PKD-skip).
     init_layers: list[PosInt] | None = None
+    # The classifier (and pooler) from the fine-tuned teacher where the shapes allow (width_slice: its leading
+    # slice), or a fresh classifier drawn from the run's seed (the papers' students).
+    init_head: Literal["teacher", "random"] = "random"
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> Student:
@@ -134,6 +138,9 @@ class Intermediate(Strict):
     alpha: Prob = 0.5
     weight: Annotated[float, Field(ge=0.0)] = 1.0
     head_match: Literal["equal", "mean"] = "equal"
+    # Att-MSE: 'masked' averages over real (query, key) token pairs only, so alpha's weight does not depend on
+    # how much padding a batch has; 'tinybert' is the original mean over every B*H*T*T entry, padded rows included.
+    att_mse_padding: Literal["masked", "tinybert"] = "masked"
     contrast_temperature: PosFloat = 0.07
     contrast_momentum: Prob = 0.5
     contrast_negatives: PosInt = 4096
@@ -150,14 +157,24 @@ class Mapping(Strict):
     """Which teacher layer each student layer learns from (DESIGN §5)."""
 
     kind: Literal["uniform", "last", "first_last", "explicit", "learnable"] = "uniform"
-    layers: list[PosInt] | None = None  # for 'explicit': 1-based teacher layer per student layer
-    init: Literal["uniform", "diagonal", "random"] = "uniform"  # learnable: initial logits
-    lr: PosFloat = 1.0e-2  # learnable: learning rate of the mapping logits
+    # 'explicit': 1-based teacher layer per student layer; 'learnable': where init 'fixed' puts its peaks
+    # (default: the uniform map), and so which layers the student copies by default.
+    layers: list[PosInt] | None = None
+    # Learnable: initial logits. 'uniform' all equal; 'fixed' (alias 'diagonal') a peak holding
+    # init_weight of each row on the fixed map ('layers', else uniform); 'random' N(0, 1).
+    init: Literal["uniform", "fixed", "diagonal", "random"] = "uniform"
+    init_weight: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    # Learnable: the logits have their own AdamW group, lr and schedule, never decayed with the student's:
+    # 'constant' keeps lr for the whole stage; 'warmup' ramps up over the student's warm-up, then stays.
+    lr: PosFloat = 0.1
+    schedule: Literal["constant", "warmup"] = "constant"
 
     @model_validator(mode="after")
     def _explicit_needs_layers(self) -> Mapping:
         if self.kind == "explicit" and not self.layers:
             raise ValueError("mapping 'explicit' needs 'layers' (one teacher layer per student layer)")
+        if self.kind not in ("explicit", "learnable") and self.layers is not None:
+            raise ValueError(f"mapping '{self.kind}' takes no 'layers' (allowed with: explicit, learnable)")
         return self
 
 
@@ -189,7 +206,7 @@ class RunConfig(Strict):
         if self.train.schedule == "two_stage" and not inter.active:
             raise ValueError("schedule 'two_stage' needs an intermediate objective (attention/hidden/value/embedding)")
         m = self.objective.mapping
-        if m.kind == "explicit" and m.layers is not None and len(m.layers) != self.student.layers:
+        if m.kind in ("explicit", "learnable") and m.layers is not None and len(m.layers) != self.student.layers:
             raise ValueError(
                 f"objective.mapping.layers has {len(m.layers)} entries but the student has {self.student.layers} layers"
             )

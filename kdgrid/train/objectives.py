@@ -86,7 +86,7 @@ def check_compatible(
     Checks: one-to-one head comparison (``head_match='equal'``) with different head
     counts for an attention or value loss that would be computed; the layer map
     (uniform needs S ≤ T, explicit layers in range and one per student layer,
-    learnable 'diagonal' init needs the uniform map).
+    learnable 'fixed' init needs its map).
     """
     inter = objective.intermediate
     if inter.active and inter.alpha > 0 and inter.head_match == "equal" and teacher_heads != student_heads:
@@ -102,7 +102,8 @@ def check_compatible(
     if not inter.active:
         return  # no intermediate loss: the mapping is never used (vanilla KD may have a deeper student)
     if mapping.kind == "learnable":
-        LearnableMapping.initial_logits(n_teacher_layers, n_student_layers, mapping.init, 0, 0.9)
+        LearnableMapping.initial_logits(n_teacher_layers, n_student_layers, mapping.init, 0, mapping.init_weight,
+                                        mapping.layers)
     else:
         layer_map(mapping.kind, n_teacher_layers, n_student_layers, mapping.layers)
 
@@ -164,7 +165,8 @@ class DistillObjective(nn.Module):
         self.learnable: LearnableMapping | None = None
         self.fixed_map: list[int | None] = []
         if self.use_layer and mapping.kind == "learnable":
-            self.learnable = LearnableMapping(n_teacher_layers, n_student_layers, mapping.init, seed=seed)
+            self.learnable = LearnableMapping(n_teacher_layers, n_student_layers, mapping.init, seed=seed,
+                                              diagonal_weight=mapping.init_weight, layers=mapping.layers)
         elif self.use_layer:
             self.fixed_map = layer_map(mapping.kind, n_teacher_layers, n_student_layers, mapping.layers)
 
@@ -232,14 +234,16 @@ class DistillObjective(nn.Module):
         """Optimiser groups: W_h and contrast heads at ``lr``; mapping logits at ``mapping.lr``.
 
         The mapping group sets weight_decay 0: decay would pull the logits towards the
-        uniform mapping and bias the convergence study of paper 1.
+        uniform mapping and bias the convergence study of paper 1. Its ``schedule`` key
+        gives it its own lr schedule in the loop (never the student's decay).
         """
         groups: list[dict[str, Any]] = []
         main = [p for name, p in self.named_parameters() if not name.startswith("learnable.")]
         if main:
             groups.append({"params": main, "lr": lr})
         if self.learnable is not None:
-            groups.append({"params": [self.learnable.logits], "lr": self.objective.mapping.lr, "weight_decay": 0.0})
+            m = self.objective.mapping
+            groups.append({"params": [self.learnable.logits], "lr": m.lr, "weight_decay": 0.0, "schedule": m.schedule})
         return groups
 
     # ------------------------------------------------------------------ forward
@@ -351,7 +355,8 @@ class DistillObjective(nn.Module):
                 t_scores = self._teacher_for(
                     m, n, lambda k: attention_scores(*_qkv(teacher, k, "teacher")[:2]), cache, log_probs=False
                 )
-                total = total + attention_mse(attention_scores(s_q, s_k), t_scores, mask, inter.head_match)
+                total = total + attention_mse(attention_scores(s_q, s_k), t_scores, mask, inter.head_match,
+                                             inter.att_mse_padding)
             return total
         mean = inter.head_match == "mean"
 

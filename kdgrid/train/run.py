@@ -27,6 +27,7 @@ from kdgrid.tasks import get_task
 from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
 from kdgrid.train.evaluate import count_parameters, evaluate, inference_speed, metric_rows, peak_memory_mb
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
+from kdgrid.train.mappings import copied_layers, pointed_layers
 from kdgrid.train.models import build_student, finetune_teacher, load_teacher
 from kdgrid.train.objectives import DistillObjective
 from kdgrid.train.teacher_cache import cached_teacher_logits
@@ -70,6 +71,33 @@ def stage_plan(cfg: RunConfig) -> list[tuple[str, int]]:
         return [("intermediate", ep.intermediate), ("prediction", ep.prediction)]
     assert isinstance(cfg.train.epochs, int)  # guaranteed by the Train validator
     return [("joint", cfg.train.epochs)]
+
+
+def run_pointed_layers(cfg: RunConfig, n_teacher: int) -> list[int | None] | None:
+    """Where the run's mapping points (per student layer), or None when it has no layer loss at all."""
+    if not cfg.objective.intermediate.active:
+        return None
+    m = cfg.objective.mapping
+    return pointed_layers(m.kind, n_teacher, cfg.student.layers, m.layers)
+
+
+def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None) -> list[dict[str, Any]]:
+    """Which teacher layer each student layer copied and is mapped to, as metric rows (split 'layers').
+
+    ``copied.sM`` = teacher layer copied into student layer M (absent for init 'random');
+    ``mapped.sM`` = teacher layer it is trained towards (absent when unmapped; for a learnable
+    mapping the layer its 'fixed' start points to, with ``learnable`` = 1).
+    """
+    base = {"stage": "final", "split": "layers"}
+    rows: list[dict[str, Any]] = []
+    if cfg.student.init != "random":
+        copied = copied_layers(n_teacher, cfg.student.layers, cfg.student.init_layers, pointed)
+        rows += [{**base, "name": f"copied.s{m}", "value": float(n)} for m, n in enumerate(copied, start=1)]
+    if pointed is not None:
+        rows += [{**base, "name": f"mapped.s{m}", "value": float(n)} for m, n in enumerate(pointed, start=1)
+                 if n is not None]
+        rows.append({**base, "name": "learnable", "value": float(cfg.objective.mapping.kind == "learnable")})
+    return rows
 
 
 def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
@@ -125,8 +153,11 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
     pad_id = int(tokenizer.pad_token_id or 0)
     dev_loader = make_loader(dev_set, 128, pad_token_id=pad_id, shuffle=False, is_regression=spec.is_regression)
 
-    student = build_student(teacher, cfg.student, cfg.seed).to(device)
+    n_teacher = teacher.config.num_hidden_layers
+    pointed = run_pointed_layers(cfg, n_teacher)
+    student = build_student(teacher, cfg.student, cfg.seed, pointed).to(device)
     t_cfg, s_cfg = teacher.config, student.config
+    rows += layer_rows(cfg, n_teacher, pointed)
 
     autocast = _autocast(device, cfg.train.precision)
     train_time = 0.0
