@@ -25,7 +25,7 @@ from kdgrid.plan.canonical import config_hash
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
 from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
-from kdgrid.train.evaluate import count_parameters, evaluate, inference_speed, metric_rows, peak_memory_mb
+from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed, metric_rows
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
 from kdgrid.train.mappings import copied_layers, pointed_layers
 from kdgrid.train.models import build_student, finetune_teacher, load_teacher
@@ -119,12 +119,14 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
 
     ``on_epoch(stage, epoch, dev_metrics)`` is called after every dev evaluation (a search prunes there).
     """
-    with contextlib.ExitStack() as stage1_lock:  # released however the run ends
-        return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch)
+    device = pick_device(RunConfig.model_validate(config).train.device)
+    # Peak memory from here on, whatever earlier runs of this worker process used (PeakMemory's docstring).
+    with contextlib.ExitStack() as stage1_lock, PeakMemory(device) as memory:  # released however the run ends
+        return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch, memory)
 
 
 def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: Any,
-             stage1_lock: contextlib.ExitStack, on_epoch: Any = None) -> dict[str, Any]:
+             stage1_lock: contextlib.ExitStack, on_epoch: Any = None, memory: PeakMemory | None = None) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
@@ -187,7 +189,8 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
                 continue
         cached = None
         if cfg.train.teacher_cache and not objective.needs_hidden_states() and not objective.needs_qkv():
-            cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id)
+            cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id,
+                                           precision=cfg.train.precision, autocast=autocast)
         settings = StageSettings(
             stage=stage, epochs=epochs, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
             warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm, task=cfg.task,
@@ -225,7 +228,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         "train_time_s": train_time, "train_examples": len(train_set),
         "train_ex_per_s": len(train_set) * sum(e for _, e in stage_plan(cfg)) / train_time if train_time else 0.0,
         **inference_speed(student, vocab_size=s_cfg.vocab_size, device=device),
-        "peak_memory_mb": peak_memory_mb(device),
+        **(memory.rows() if memory is not None else {}),
     }
     rows += metric_rows(efficiency, stage="final", split="efficiency")
     return {
