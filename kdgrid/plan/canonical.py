@@ -14,6 +14,13 @@ from typing import Any
 
 from kdgrid.study.schema import Intermediate, Mapping, Prediction, RunConfig
 
+
+def named_layer_terms(cfg: RunConfig) -> bool:
+    """Whether ``objective.terms`` holds a layer term of non-zero weight (it uses the mapping)."""
+    from kdgrid.plugins.terms import named_terms
+
+    return any(t.weight > 0 and t.spec.stage == "intermediate" for t in named_terms(cfg.objective))
+
 # Where the data is read from, on which device, and how often the dev set is scored do not define the experiment.
 _IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"), ("train", "eval_every_epoch"))
 _NEUTRAL_INTERMEDIATE = Intermediate().model_dump(mode="json")
@@ -41,7 +48,7 @@ def canonical_config(cfg: RunConfig) -> dict[str, Any]:
         for key in ("contrast_temperature", "contrast_momentum", "contrast_negatives"):
             inter[key] = _NEUTRAL_INTERMEDIATE[key]
     layer_terms = inter["attention"] != "none" or inter["value"] != "none" or inter["hidden"] != "none"
-    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint":
+    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint" and not named_layer_terms(cfg):
         # No layer loss at all: alpha, weight and the mapping cannot matter.
         out["objective"]["intermediate"] = dict(_NEUTRAL_INTERMEDIATE)
         out["objective"]["mapping"] = Mapping().model_dump(mode="json")

@@ -7,7 +7,7 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,12 +37,13 @@ def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], device:
     return torch.cat(outs).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
-def evaluate(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], task: str, device: torch.device) -> dict[str, float]:
-    """The task's official GLUE metrics on a dev loader."""
+def evaluate(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], task: str, device: torch.device,
+             extra_metrics: Sequence[str] = ()) -> dict[str, float]:
+    """The task's official GLUE metrics on a dev loader, then the run's registered ``extra_metrics``."""
     logits, labels = predict(model, loader, device)
     spec = get_task(task)
     preds = logits[:, 0] if spec.is_regression else logits.argmax(-1)
-    return compute_metrics(task, preds, labels)
+    return compute_metrics(task, preds, labels, extra_metrics)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -34,6 +34,7 @@ class StageSettings:
     evaluate_each_epoch: bool = True
     # Stage 1 of two-stage training leaves the classifier untrained: scoring it on dev costs a pass and says little.
     evaluate_last_epoch: bool = True
+    metrics: tuple[str, ...] = ()  # registered metrics scored besides the task's (RunConfig.metrics)
 
 
 def _fault(kind: str) -> bool:
@@ -265,7 +266,7 @@ def train_stage(
         rows += [{**base, "split": "train", "name": f"loss.{k}" if k != "loss" else "loss", "value": v / max(1, n_batches)}
                  for k, v in zip(names, values)]
         if settings.evaluate_each_epoch or (settings.evaluate_last_epoch and epoch == settings.epochs):
-            dev = evaluate(student, dev_loader, settings.task, device)
+            dev = evaluate(student, dev_loader, settings.task, device, settings.metrics)
             rows += [{**base, "split": "dev", "name": k, "value": v} for k, v in dev.items()]
             if on_epoch is not None:
                 # A search prunes a trial by raising here: the exception must reach the caller unchanged.

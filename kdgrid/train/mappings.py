@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -99,8 +99,13 @@ def explicit_layer_map(n_teacher: int, n_student: int, layers: Sequence[int] | N
     return [int(n) for n in layers]
 
 
-def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None) -> LayerMap:
-    """Dispatch on ``objective.mapping.kind``; 'learnable' has no fixed map (use :class:`LearnableMapping`)."""
+def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None,
+              settings: Any = None) -> LayerMap:
+    """Dispatch on ``objective.mapping.kind``; 'learnable' has no fixed map (use :class:`LearnableMapping`).
+
+    A kind that is not built in is looked up in the registry (kdgrid.plugins) and called with its
+    ``settings`` (a dict or the validated model); its answer is checked like a user's explicit list.
+    """
     if kind == "uniform":
         return uniform_layer_map(n_teacher, n_student)
     if kind == "last":
@@ -111,10 +116,14 @@ def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] |
         return explicit_layer_map(n_teacher, n_student, layers)
     if kind == "learnable":
         raise PlanError("mapping 'learnable' has no fixed layer map: use LearnableMapping")
-    raise PlanError(f"unknown mapping '{kind}' (allowed: uniform, last, first_last, explicit, learnable)")
+    from kdgrid.plugins import plugin_layer_map
+
+    _check_counts(n_teacher, n_student)
+    return plugin_layer_map(kind, n_teacher, n_student, settings)
 
 
-def pointed_layers(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None) -> LayerMap:
+def pointed_layers(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None,
+                   settings: Any = None) -> LayerMap:
     """The teacher layer each student layer is trained towards at the start of distillation.
 
     A fixed map is itself; a learnable map points where its 'fixed' start puts its peaks
@@ -122,7 +131,24 @@ def pointed_layers(kind: str, n_teacher: int, n_student: int, layers: Sequence[i
     """
     if kind == "learnable":
         return explicit_layer_map(n_teacher, n_student, layers) if layers else uniform_layer_map(n_teacher, n_student)
-    return layer_map(kind, n_teacher, n_student, layers)
+    return layer_map(kind, n_teacher, n_student, layers, settings)
+
+
+# The built-in mappings' registered implementations (kdgrid.plugins.builtin): impl(n_teacher, n_student, settings).
+def uniform_map(n_teacher: int, n_student: int, settings: Any = None) -> LayerMap:
+    return uniform_layer_map(n_teacher, n_student)
+
+
+def last_map(n_teacher: int, n_student: int, settings: Any = None) -> LayerMap:
+    return last_layer_map(n_teacher, n_student)
+
+
+def first_last_map(n_teacher: int, n_student: int, settings: Any = None) -> LayerMap:
+    return first_last_layer_map(n_teacher, n_student)
+
+
+def explicit_map(n_teacher: int, n_student: int, settings: Any) -> LayerMap:
+    return explicit_layer_map(n_teacher, n_student, settings.layers)
 
 
 def copied_layers(n_teacher: int, n_student: int, init_layers: Sequence[int] | None, pointed: LayerMap | None) -> list[int]:

@@ -260,6 +260,30 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
     return student
 
 
+def build_registered_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int,
+                             pointed: list[int | None] | None = None) -> PreTrainedModel:
+    """The student from the builder registered as ``student.init`` (built-ins: :func:`build_student`).
+
+    A plug-in builder is called as ``impl(teacher_model, student_cfg, seed, pointed, settings)`` with its
+    validated settings, under a forked RNG seeded by ``seed`` (the caller's stream is left untouched).
+    """
+    import torch
+
+    from kdgrid.plugins import load_impl, registry, validate_settings
+
+    entry = registry().get("students", student_cfg.init)
+    if entry.source.builtin:
+        return build_student(teacher_model, student_cfg, seed, pointed)
+    settings = validate_settings(entry.spec, student_cfg.settings, "student.settings")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_impl(entry.spec.impl)(teacher_model, student_cfg, seed, pointed, settings)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"student builder '{student_cfg.init}' ({entry.source}) returned "
+                         f"{type(model).__name__}, not a model")
+    return model
+
+
 # --- evaluation -----------------------------------------------------------------------------------------
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:

@@ -28,7 +28,9 @@ from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, sub
 from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed, metric_rows
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
 from kdgrid.train.mappings import copied_layers, pointed_layers
-from kdgrid.train.models import build_student, finetune_teacher, load_teacher
+from kdgrid.train.models import build_registered_student, finetune_teacher, load_teacher
+from kdgrid.plugins import registry
+from kdgrid.plugins.terms import layer_loss_active, mapping_settings
 from kdgrid.train.objectives import DistillObjective
 from kdgrid.train.teacher_cache import cached_teacher_logits
 from kdgrid.train.versions import library_versions
@@ -75,10 +77,10 @@ def stage_plan(cfg: RunConfig) -> list[tuple[str, int]]:
 
 def run_pointed_layers(cfg: RunConfig, n_teacher: int) -> list[int | None] | None:
     """Where the run's mapping points (per student layer), or None when it has no layer loss at all."""
-    if not cfg.objective.intermediate.active:
+    if not layer_loss_active(cfg.objective):
         return None
     m = cfg.objective.mapping
-    return pointed_layers(m.kind, n_teacher, cfg.student.layers, m.layers)
+    return pointed_layers(m.kind, n_teacher, cfg.student.layers, m.layers, mapping_settings(m))
 
 
 def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None) -> list[dict[str, Any]]:
@@ -90,7 +92,7 @@ def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None)
     """
     base = {"stage": "final", "split": "layers"}
     rows: list[dict[str, Any]] = []
-    if cfg.student.init != "random":
+    if registry().spec("students", cfg.student.init).copies_layers:
         copied = copied_layers(n_teacher, cfg.student.layers, cfg.student.init_layers, pointed)
         rows += [{**base, "name": f"copied.s{m}", "value": float(n)} for m, n in enumerate(copied, start=1)]
     if pointed is not None:
@@ -157,7 +159,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
 
     n_teacher = teacher.config.num_hidden_layers
     pointed = run_pointed_layers(cfg, n_teacher)
-    student = build_student(teacher, cfg.student, cfg.seed, pointed).to(device)
+    student = build_registered_student(teacher, cfg.student, cfg.seed, pointed).to(device)
     t_cfg, s_cfg = teacher.config, student.config
     rows += layer_rows(cfg, n_teacher, pointed)
 
@@ -195,7 +197,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
             stage=stage, epochs=epochs, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
             warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm, task=cfg.task,
             evaluate_each_epoch=stage != "intermediate" and cfg.train.eval_every_epoch,
-            evaluate_last_epoch=stage != "intermediate",
+            evaluate_last_epoch=stage != "intermediate", metrics=tuple(cfg.metrics),
         )
         loader = make_loader(train_set, cfg.train.batch_size, pad_token_id=pad_id, shuffle=True, seed=cfg.seed,
                              is_regression=spec.is_regression)
@@ -219,7 +221,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
             stage1_lock.close()
 
     # The loop already scored the final weights after their last epoch; scoring them again would only cost time.
-    final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device)
+    final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device, cfg.metrics)
     rows += metric_rows(final, stage="final", split="dev")
     rows += metric_rows({**teacher_rec.metrics, "majority_baseline": teacher_rec.majority,
                          "no_better_than_majority": float(teacher_rec.flagged)}, stage="final", split="teacher")
