@@ -526,4 +526,9 @@ class Study(Strict):
 
     def base_config(self) -> dict[str, Any]:
         """The run fields shared by every run, as plain data (task and seed added by the plan)."""
-        return self.model_dump(include={"teacher", "student", "data", "train", "objective", "metrics"}, mode="json")
+        out = self.model_dump(include={"teacher", "student", "data", "train", "objective", "metrics"}, mode="json")
+        # The plug-in fields a dump drops when empty stay here, so grids and variants can name them.
+        out["objective"].setdefault("terms", {})
+        out["objective"]["mapping"].setdefault("settings", {})
+        out["student"].setdefault("settings", {})
+        return out
