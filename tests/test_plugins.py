@@ -324,3 +324,70 @@ def test_example_study_runs_on_a_tiny_model(tiny_model_dir: Path, make_cola_dir:
         assert "loss.cosine_hidden" in names
         assert (layers["mapped.s1"], layers["mapped.s2"]) == (3.0, 4.0)  # 'top' on a 4-layer teacher
         assert (layers["copied.s1"], layers["copied.s2"]) == (3.0, 4.0)  # the student copies what it maps to
+
+
+# --------------------------------------------------------------------------- student builders and metrics
+
+def balanced_accuracy(pred: Any, gold: Any) -> float:
+    """A plug-in metric for the test: mean recall over the classes present in gold."""
+    import numpy as np
+
+    return float(np.mean([np.mean(pred[gold == c] == c) for c in np.unique(gold)]))
+
+
+def top_layers_student(teacher: Any, student_cfg: Any, seed: int, pointed: Any, settings: Any) -> Any:
+    """A plug-in student builder for the test: the built-in copy, then the classifier re-drawn with a scale."""
+    import torch
+
+    from kdgrid.train.models import build_student
+
+    model = build_student(teacher, student_cfg.model_copy(update={"init": "teacher_layers"}), seed, pointed)
+    with torch.no_grad():
+        model.classifier.weight.mul_(settings.scale)
+    return model
+
+
+def test_plugin_student_builder_and_metric_run_and_are_recorded(
+    tiny_model_dir: Path, make_cola_dir: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import Field
+
+    from kdgrid.plugins import Entry, MetricSpec, Settings, StudentSpec
+    from kdgrid.train.run import run_one
+
+    class ScaleSettings(Settings):
+        scale: float = Field(default=1.0, gt=0)
+
+    source = Source("my-kd-ideas", "2.0", "kdgrid.students:scaled = test_plugins:...")
+    monkeypatch.setitem(registry()._entries["students"], "scaled",
+                        Entry(StudentSpec("scaled", ScaleSettings, "test_plugins:top_layers_student", True), source))
+    monkeypatch.setitem(registry()._entries["metrics"], "balanced_accuracy",
+                        Entry(MetricSpec("balanced_accuracy", "test_plugins:balanced_accuracy"), source))
+    data = make_cola_dir(tmp_path / "glue", n_train=24, n_dev=8)
+    study = {"name": "b", "tasks": ["cola"], "seeds": [0], "metrics": ["balanced_accuracy"],
+             "teacher": {"model": str(tiny_model_dir), "finetune": {"epochs": 1}},
+             "student": {"layers": 2, "init": "scaled", "settings": {"scale": 0.5}},
+             "data": {"dir": str(data), "max_seq_length": 32}, "train": {"epochs": 1, "batch_size": 8}}
+    run = expand(Study.model_validate(study))[0]
+    assert set(run.config["plugins"]) == {"students.scaled", "metrics.balanced_accuracy"}
+    assert run.config["plugins"]["students.scaled"]["version"] == "2.0"
+    with pytest.raises(StudyError, match=r"student\.settings\.scale|settings\.scale"):
+        load_study(_write(tmp_path, {**study, "student": {"layers": 2, "init": "scaled", "settings": {"scale": -1}}}))
+    res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
+    final = {m["name"] for m in res["metrics"] if m.get("stage") == "final" and m.get("split") == "dev"}
+    assert {"mcc", "balanced_accuracy"} <= final
+
+
+def _write(tmp_path: Path, study: dict[str, Any]) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_validating_a_plugin_study_imports_no_torch() -> None:
+    example_installed()
+    code = ("import sys; from kdgrid.study import load_study; from kdgrid.plan import plan_study; "
+            "plan_study(load_study('studies/plugin_example.yaml').study); "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
