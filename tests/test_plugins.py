@@ -391,3 +391,14 @@ def test_validating_a_plugin_study_imports_no_torch() -> None:
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_stage1_checkpoints_are_keyed_by_plugin_terms() -> None:
+    example_installed()
+    from kdgrid.train.run import stage1_key
+
+    def key(terms: dict[str, Any]) -> str:
+        return stage1_key(_run({"terms": terms}, train={"schedule": "two_stage", "epochs": 1}), "teacher")
+
+    assert key({"cosine_hidden": {}}) != key({"cosine_hidden": {"tokens": "cls"}})
+    assert key({"cosine_hidden": {}}) == key({"cosine_hidden": {"weight": 1.0, "tokens": "all"}})

@@ -15,13 +15,12 @@ intermediate). Terms of weight 0 are not computed at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from kdgrid.plugins import LossSpec, registry, settings_hash, validate_settings
+from kdgrid.plugins import LossSpec, NoSettings, registry, settings_hash, validate_settings
 from kdgrid.plugins.builtin import AttMseSettings, ContrastSettings, ExplicitSettings, HeadSettings, SoftSettings
-from kdgrid.plugins import NoSettings
 
 if TYPE_CHECKING:
     from kdgrid.study.schema import Mapping, Objective, RunConfig
@@ -141,7 +140,3 @@ def plugins_used(cfg: RunConfig) -> dict[str, dict[str, str]]:
             out[f"{kind}.{name}"] = {"package": src.package, "version": src.version,
                                      "settings_sha": settings_hash(settings)}
     return out
-
-
-def describe(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())

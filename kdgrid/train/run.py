@@ -112,6 +112,13 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
         "train": {k: c["train"][k] for k in ("lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "precision")},
         "epochs": stage_plan(cfg)[0][1],
     }
+    # Plug-in terms train in stage 1 too (and their packages' versions matter); absent for built-in-only runs,
+    # so their checkpoints keep their keys.
+    for key in ("terms",):
+        if c["objective"].get(key):
+            stage1[key] = c["objective"][key]
+    if c.get("plugins"):
+        stage1["plugins"] = c["plugins"]
     return config_hash(stage1, 20)
 
 
