@@ -402,3 +402,21 @@ def test_stage1_checkpoints_are_keyed_by_plugin_terms() -> None:
 
     assert key({"cosine_hidden": {}}) != key({"cosine_hidden": {"tokens": "cls"}})
     assert key({"cosine_hidden": {}}) == key({"cosine_hidden": {"weight": 1.0, "tokens": "all"}})
+
+
+def test_grids_and_searches_reach_plugin_settings(tmp_path: Path) -> None:
+    example_installed()
+    from kdgrid.search import check_search
+
+    study = {"name": "g", "tasks": ["rte"], "seeds": [0],
+             "grid": {"objective.terms.cosine_hidden.weight": [0.5, 1.0], "objective.mapping.settings.stride": [1, 2]},
+             "objective": {"mapping": {"kind": "top"}}}
+    runs = expand(Study.model_validate(study))
+    assert len({r.run_id for r in runs}) == 4
+    assert {r.config["objective"]["mapping"]["settings"]["stride"] for r in runs} == {1, 2}
+    search = {"name": "s", "tasks": ["rte"], "seeds": 2, "objective": {"terms": {"cosine_hidden": {}}},
+              "search": {"params": {"objective.terms.cosine_hidden.weight": {"low": 0.1, "high": 2.0},
+                                    "objective.terms.cosine_hidden.tokens": {"type": "categorical",
+                                                                             "choices": ["all", "first"]}}}}
+    with pytest.raises(StudyError, match=r"cosine_hidden\.tokens='first' makes an invalid run"):
+        check_search(load_study(_write(tmp_path, search)))

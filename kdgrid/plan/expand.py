@@ -75,11 +75,12 @@ FREE_FORM: tuple[tuple[str, ...], ...] = (("objective", "terms"), ("objective", 
 
 def check_path(dotted: str, base: dict[str, Any], where: str, loc: tuple[Any, ...] = ()) -> None:
     """Reject a dotted path that names no setting, listing the keys allowed at the failing level."""
+    parts = tuple(dotted.split("."))
+    if any(parts[:len(free)] == free for free in FREE_FORM):
+        return  # plug-in names and settings: the registry's settings models check them when runs validate
     node: Any = base
     walked: list[str] = []
-    for part in dotted.split("."):
-        if tuple(walked) in FREE_FORM:
-            return  # plug-in names and settings: the registry's settings models check them when runs validate
+    for part in parts:
         if isinstance(node, dict) and part in node:
             node = node[part]
             walked.append(part)
