@@ -98,6 +98,8 @@ class LossSpec:
         unknown = set(self.needs) - set(NEEDS)
         if unknown:
             raise PluginError(f"loss term '{self.name}' needs {sorted(unknown)} (allowed: {', '.join(NEEDS)})")
+        if "weight" in self.settings.model_fields:  # objective.terms.NAME.weight is kdgrid's, not the term's
+            raise PluginError(f"loss term '{self.name}': its settings may not define 'weight' (kdgrid weighs terms)")
 
     @property
     def layered(self) -> bool:
