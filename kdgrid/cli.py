@@ -94,6 +94,29 @@ def validate(study: StudyArg, plan_limit: PlanLimitOption = None) -> None:
 
 
 @app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+) -> None:
+    """List the registered loss terms, mappings, student builders and metrics, with package and version."""
+    from kdgrid.plugins import KINDS, registry
+
+    reg = registry()
+    rows = [(kind, e.spec.name, e.source.package, e.source.version, e.spec.description,
+             ", ".join(e.spec.settings.model_fields) or "-") for kind in KINDS for e in reg.entries(kind)]
+    if as_json:
+        keys = ("kind", "name", "package", "version", "description", "settings")
+        for row in rows:
+            typer.echo(json.dumps(dict(zip(keys, row))))
+        return
+    table = Table(title="Registered plug-ins (docs/plugins.md)")
+    for col in ("kind", "name", "package", "version", "settings", "description"):
+        table.add_column(col, overflow="fold")
+    for kind, name, package, version, description, settings in rows:
+        table.add_row(kind, name, package, version, settings, description)
+    console.print(table)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the study file (for editor completion)."""
     from kdgrid.study.schema import Study

@@ -45,3 +45,7 @@ class RunFailed(KdgridError):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class PluginError(PlanError):
+    """A registered plug-in is missing, broken, registered twice, or cannot serve a study (a plan problem)."""

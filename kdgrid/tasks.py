@@ -236,8 +236,10 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def compute_metrics(task: str | TaskSpec, predictions: Sequence[float] | np.ndarray,
-                    labels: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """The task's metrics (``spec.metrics``) of predicted label ids (or scores for STS-B) against gold."""
+                    labels: Sequence[float] | np.ndarray, extra: Sequence[str] = ()) -> dict[str, float]:
+    """The task's metrics (``spec.metrics``), then the registered ``extra`` ones (a run's ``metrics``), of
+    predicted label ids (or scores for STS-B) against gold. Every metric is looked up in the registry
+    (kdgrid.plugins; the built-ins are registered there like a plug-in)."""
     spec = _as_task(task)
     pred = np.asarray(predictions)
     gold = np.asarray(labels)
@@ -247,11 +249,10 @@ def compute_metrics(task: str | TaskSpec, predictions: Sequence[float] | np.ndar
         )
     if pred.size == 0:
         raise DataError(f"task {spec.name}: no predictions to score")
-    funcs = {
-        "mcc": matthews_corrcoef, "accuracy": accuracy, "f1": f1_positive,
-        "pearson": pearson, "spearman": spearman,
-    }
-    return {name: funcs[name](pred, gold) for name in spec.metrics}
+    from kdgrid.plugins import load_impl, registry
+
+    names = list(dict.fromkeys([*spec.metrics, *extra]))
+    return {name: float(load_impl(registry().spec("metrics", name).impl)(pred, gold)) for name in names}
 
 
 def majority_baseline(task: str | TaskSpec, train_labels: Sequence[float] | np.ndarray,

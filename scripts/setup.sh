@@ -9,13 +9,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 stamp=.venv/.kdgrid-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ examples/kdgrid-example-plugin/pyproject.toml -nt "$stamp" ]; then
   log=.venv/setup.log
   echo "installing kdgrid into .venv (log: $log) ..." >&2
   {
     python -m pip install --upgrade pip &&
     python -m pip install "torch==${KDGRID_TORCH_VERSION:-2.13.0}" &&
-    python -m pip install -e ".[offline,test]"
+    python -m pip install -e ".[offline,test]" &&
+    # The example plug-in (docs/plugins.md): the tests run its loss term, mapping and study.
+    python -m pip install --no-deps -e examples/kdgrid-example-plugin
   } >"$log" 2>&1 || { tail -30 "$log" >&2; echo "setup failed: see $log" >&2; exit 1; }
   python -c "import torch, transformers, kdgrid" >/dev/null
   touch "$stamp"

@@ -53,8 +53,10 @@ def ref_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
-def ref_att_mse(s_sc: np.ndarray, t_sc: np.ndarray, mask: np.ndarray, mean_heads: bool = False) -> float:
-    """TinyBERT: add -10000 on padded keys, zero entries <= -100 in each, mean of squares over B·H·T·T."""
+def ref_att_mse(s_sc: np.ndarray, t_sc: np.ndarray, mask: np.ndarray, mean_heads: bool = False,
+                padding: str = "tinybert") -> float:
+    """TinyBERT: add -10000 on padded keys, zero entries <= -100 in each, mean of squares over B·H·T·T;
+    padding='masked': the mean over real (query, key) pairs only, a loop over them."""
     def prep(sc: np.ndarray) -> np.ndarray:
         sc = sc.copy()
         b_, h_, t_, _ = sc.shape
@@ -68,7 +70,17 @@ def ref_att_mse(s_sc: np.ndarray, t_sc: np.ndarray, mask: np.ndarray, mean_heads
         return sc
 
     s, t = prep(s_sc), prep(t_sc)
-    return float(((s - t) ** 2).sum() / s.size)
+    if padding == "tinybert":
+        return float(((s - t) ** 2).sum() / s.size)
+    total, count = 0.0, 0
+    for b in range(s.shape[0]):
+        real = [i for i in range(s.shape[2]) if mask[b, i]]
+        for h in range(s.shape[1]):
+            for i in real:
+                for j in real:
+                    total += float((s[b, h, i, j] - t[b, h, i, j]) ** 2)
+                    count += 1
+    return total / count
 
 
 def ref_probs_valid_keys(sc: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -167,8 +179,24 @@ def test_attention_mse_matches_tinybert_reference(mask: torch.Tensor) -> None:
     assert (s_sc <= -100).any()
     from kdgrid.train.capture import attention_scores
 
-    got = attention_mse(attention_scores(s_q, s_k), attention_scores(t_q, t_k), mask)
+    got = attention_mse(attention_scores(s_q, s_k), attention_scores(t_q, t_k), mask, padding="tinybert")
     assert got.item() == pytest.approx(ref_att_mse(s_sc, t_sc, np_(mask)), rel=1e-5)
+    got = attention_mse(attention_scores(s_q, s_k), attention_scores(t_q, t_k), mask)  # default: masked
+    assert got.item() == pytest.approx(ref_att_mse(s_sc, t_sc, np_(mask), padding="masked"), rel=1e-5)
+
+
+def test_attention_mse_masked_does_not_depend_on_padding() -> None:
+    """One example's masked Att-MSE is the same alone or padded to a longer batch; TinyBERT's is not."""
+    from kdgrid.train.capture import attention_scores
+
+    s_q, s_k, t_q, t_k = (qkv(2, 4, seed, batch=1) for seed in (11, 12, 13, 14))  # [1, 2, 5, 4] each
+    short = torch.tensor([[1, 1, 1, 0, 0]])
+    alone = [x[:, :, :3] for x in (s_q, s_k, t_q, t_k)]
+    a = attention_mse(attention_scores(*alone[:2]), attention_scores(*alone[2:]), torch.ones(1, 3, dtype=torch.long))
+    padded = attention_mse(attention_scores(s_q, s_k), attention_scores(t_q, t_k), short)
+    assert padded.item() == pytest.approx(a.item(), rel=1e-6)
+    orig = attention_mse(attention_scores(s_q, s_k), attention_scores(t_q, t_k), short, padding="tinybert")
+    assert orig.item() != pytest.approx(a.item(), rel=1e-3)
 
 
 def test_attention_mse_head_mean_and_mismatch(mask: torch.Tensor) -> None:
@@ -178,8 +206,11 @@ def test_attention_mse_head_mean_and_mismatch(mask: torch.Tensor) -> None:
     t_sc = attention_scores(qkv(4, 4, 7), qkv(4, 4, 8))
     with pytest.raises(PlanError, match="head_match"):
         attention_mse(s_sc, t_sc, mask)
-    got = attention_mse(s_sc, t_sc, mask, head_match="mean")
+    got = attention_mse(s_sc, t_sc, mask, head_match="mean", padding="tinybert")
     assert got.item() == pytest.approx(ref_att_mse(np_(s_sc), np_(t_sc), np_(mask), mean_heads=True), rel=1e-5)
+    got = attention_mse(s_sc, t_sc, mask, head_match="mean")
+    assert got.item() == pytest.approx(ref_att_mse(np_(s_sc), np_(t_sc), np_(mask), mean_heads=True,
+                                                   padding="masked"), rel=1e-5)
     assert attention_mse(t_sc, t_sc, mask).item() == 0.0
 
 

@@ -95,6 +95,39 @@ def test_default_layer_choice() -> None:
     assert student_layer_choice(6, Student(layers=2, init_layers=[1, 6])) == [1, 6]
 
 
+def test_copied_layers_follow_the_mapping() -> None:
+    """The one rule: copy where the mapping points; init_layers overrides; unmapped layers take every k-th."""
+    from kdgrid.train.mappings import copied_layers, pointed_layers
+
+    assert student_layer_choice(6, Student(layers=2), pointed_layers("first_last", 6, 2)) == [1, 6]
+    assert student_layer_choice(6, Student(layers=3), pointed_layers("first_last", 6, 3)) == [1, 4, 6]
+    assert student_layer_choice(6, Student(layers=4), pointed_layers("first_last", 6, 4)) == [1, 3, 4, 6]
+    assert student_layer_choice(6, Student(layers=3), pointed_layers("explicit", 6, 3, [1, 2, 3])) == [1, 2, 3]
+    assert student_layer_choice(6, Student(layers=3), pointed_layers("uniform", 6, 3)) == [2, 4, 6]
+    assert student_layer_choice(6, Student(layers=3), pointed_layers("last", 6, 3)) == [2, 4, 6]  # [None, None, 6]
+    assert pointed_layers("learnable", 6, 3) == [2, 4, 6]
+    assert student_layer_choice(6, Student(layers=3), pointed_layers("learnable", 6, 3, [1, 2, 3])) == [1, 2, 3]
+    # A study that sets both may make them differ.
+    assert student_layer_choice(6, Student(layers=2, init_layers=[1, 2]), pointed_layers("first_last", 6, 2)) == [1, 2]
+    assert copied_layers(6, 2, None, None) == [3, 6]
+
+
+def test_init_head_teacher_copies_the_classifier(teacher: Any) -> None:
+    s = build_student(teacher, Student(layers=2, init_head="teacher"), seed=0)
+    assert _same(s.classifier.weight, teacher.classifier.weight)
+    assert _same(s.classifier.bias, teacher.classifier.bias)
+    assert _same(s.bert.pooler.dense.weight, teacher.bert.pooler.dense.weight)
+    narrow = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32,
+                                            init="width_slice", init_head="teacher"), seed=0)
+    assert _same(narrow.classifier.weight, teacher.classifier.weight[:, :16])
+    # A random encoder of another width cannot use the teacher's head: it stays the seeded random one.
+    rand = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32,
+                                          init="random", init_head="teacher"), seed=0)
+    rand_default = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32,
+                                                  init="random"), seed=0)
+    assert _same(rand.classifier.weight, rand_default.classifier.weight)
+
+
 def test_teacher_layers_init_copies_weights(teacher: Any) -> None:
     s = build_student(teacher, Student(layers=2, init="teacher_layers"), seed=0)
     assert s.config.num_hidden_layers == 2 and s.config.hidden_size == 32

@@ -72,7 +72,7 @@ def test_empty_grid_after_exclude() -> None:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"grid": {"objective.intermediate.atention": ["mse"]}}, "unknown setting 'objective.intermediate.atention' (allowed under objective.intermediate: alpha, attention"),
+        ({"grid": {"objective.intermediate.atention": ["mse"]}}, "unknown setting 'objective.intermediate.atention' (allowed under objective.intermediate: alpha, att_mse_padding, attention"),
         ({"grid": {"objective.intermediate.attention": ["mse", "l2"]}}, "objective.intermediate.attention: Input should be 'none', 'mse' or 'kl'"),
         ({"exclude": [{"train.nope": 1}]}, "exclude[0]: unknown setting 'train.nope'"),
         ({"train": {"schedule": "two_stage"}}, "schedule 'two_stage' needs an intermediate objective"),

@@ -95,7 +95,8 @@ def test_cli_rejects_bad_options_before_anything_is_written(tmp_path: Path, tiny
 
 # -- determinism on the real tiny model -------------------------------------------------------
 
-TIMINGS = {"latency_ms", "throughput_ex_s", "train_time_s", "train_ex_per_s", "peak_memory_mb"}
+TIMINGS = {"latency_ms", "throughput_ex_s", "train_time_s", "train_ex_per_s", "peak_memory_mb", "rss_start_mb",
+           "bench_repeats"}
 
 
 def metric_table(db: Path) -> tuple[dict[tuple[Any, ...], float], int]:

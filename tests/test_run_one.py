@@ -171,3 +171,80 @@ def test_result_names_the_data_files_it_read(tiny_model_dir: Path, data: Path, t
     train_tsv = data / "CoLA" / "train.tsv"
     assert result["data"]["train"] == "sha256:" + hashlib.sha256(train_tsv.read_bytes()).hexdigest()
     assert result["data"]["dev"].startswith("sha256:") and result["data"]["dev"] != result["data"]["train"]
+
+
+def test_result_records_copied_and_mapped_layers(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    """The tiny teacher has 4 layers: first_last on 2 student layers maps 1, 4 and (by the rule) copies 1, 4;
+    init_layers makes them differ on purpose; vanilla KD copies every k-th and maps nothing."""
+    cases = [
+        ({"objective": {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"}},
+         {"copied.s1": 1, "copied.s2": 4, "mapped.s1": 1, "mapped.s2": 4, "learnable": 0}),
+        ({"objective": {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"},
+          "student": {"layers": 2, "init_layers": [1, 2]}},
+         {"copied.s1": 1, "copied.s2": 2, "mapped.s1": 1, "mapped.s2": 4, "learnable": 0}),
+        ({}, {"copied.s1": 2, "copied.s2": 4}),
+    ]
+    for blocks, want in cases:
+        run = make_runs(tiny_model_dir, data, **blocks)[0]
+        res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
+        assert final(res, "layers") == want
+
+
+def test_init_head_is_part_of_the_run_id(tiny_model_dir: Path, data: Path) -> None:
+    a = make_runs(tiny_model_dir, data)[0]
+    b = make_runs(tiny_model_dir, data, student={"layers": 2, "init_head": "teacher"})[0]
+    assert a.run_id != b.run_id and a.config["student"]["init_head"] == "random"
+
+
+def test_peak_memory_is_per_run_not_per_process() -> None:
+    """A worker that once held 256 MB reports the next run's peak, not its own lifetime peak (ru_maxrss)."""
+    import resource
+    import time
+
+    import torch
+
+    from kdgrid.train.evaluate import PeakMemory
+
+    big = torch.ones(64 * 2**20)  # 256 MB, touched; freed below (large blocks go back to the OS)
+    del big
+    lifetime_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    with PeakMemory(torch.device("cpu")) as quiet:
+        torch.ones(1000).sum()
+    assert quiet.rows()["peak_memory_mb"] < lifetime_mb - 150
+    with PeakMemory(torch.device("cpu")) as busy:
+        mid = torch.ones(32 * 2**20)  # 128 MB inside the run: the sampler must see it
+        time.sleep(0.2)
+        del mid
+    rows = busy.rows()
+    assert rows["peak_memory_mb"] - rows["rss_start_mb"] > 100
+
+
+def test_cached_teacher_logits_use_the_runs_precision(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
+    """bf16: the cached table holds what the teacher gives under the loop's autocast, row for row (one row
+    per batch, so no padding differs); and it is not the fp32 table."""
+    import numpy as np
+    import torch
+
+    from kdgrid.train.data import Collator, load_tokenized
+    from kdgrid.train.evaluate import model_inputs
+    from kdgrid.train.models import load_classifier, load_tokenizer
+    from kdgrid.train.run import _autocast
+    from kdgrid.train.teacher_cache import cached_teacher_logits
+
+    teacher = load_classifier(str(tiny_model_dir), 2).eval()
+    tok = load_tokenizer(str(tiny_model_dir))
+    full = load_tokenized("cola", "train", str(data), tok, 32, tmp_path / "tok")
+    positions = np.arange(len(full))
+    cpu = torch.device("cpu")
+    bf16 = _autocast(cpu, "bf16")
+    table = cached_teacher_logits(teacher, "k", full, positions, tmp_path, cpu, 0, batch_size=1,
+                                  precision="bf16", autocast=bf16)
+    fp32 = cached_teacher_logits(teacher, "k", full, positions, tmp_path, cpu, 0, batch_size=1)
+    collate = Collator(0)
+    with torch.no_grad():
+        for i in range(4):
+            batch = collate([full[i]])
+            with bf16():
+                want = teacher(**model_inputs(batch, cpu)).logits.float()
+            assert torch.equal(table[i], want[0])
+    assert not torch.equal(table, fp32)

@@ -14,11 +14,19 @@ from typing import Any
 
 from kdgrid.study.schema import Intermediate, Mapping, Prediction, RunConfig
 
+
+def named_layer_terms(cfg: RunConfig) -> bool:
+    """Whether ``objective.terms`` holds a layer term of non-zero weight (it uses the mapping)."""
+    from kdgrid.plugins.terms import named_terms
+
+    return any(t.weight > 0 and t.spec.stage == "intermediate" for t in named_terms(cfg.objective))
+
 # Where the data is read from, on which device, and how often the dev set is scored do not define the experiment.
 _IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"), ("train", "eval_every_epoch"),
                       ("teacher", "trust_remote_code"))
 _NEUTRAL_INTERMEDIATE = Intermediate().model_dump(mode="json")
 _NEUTRAL_PREDICTION = Prediction().model_dump(mode="json")
+_NEUTRAL_MAPPING = Mapping().model_dump(mode="json")
 
 
 def canonical_config(cfg: RunConfig) -> dict[str, Any]:
@@ -35,17 +43,23 @@ def canonical_config(cfg: RunConfig) -> dict[str, Any]:
         inter["hidden"] = "none"
     if inter["attention"] == "none" and inter["value"] == "none":
         inter["head_match"] = _NEUTRAL_INTERMEDIATE["head_match"]
+    if inter["attention"] != "mse":
+        inter["att_mse_padding"] = _NEUTRAL_INTERMEDIATE["att_mse_padding"]
     if inter["hidden"] != "cls_contrast":
         for key in ("contrast_temperature", "contrast_momentum", "contrast_negatives"):
             inter[key] = _NEUTRAL_INTERMEDIATE[key]
     layer_terms = inter["attention"] != "none" or inter["value"] != "none" or inter["hidden"] != "none"
-    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint":
+    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint" and not named_layer_terms(cfg):
         # No layer loss at all: alpha, weight and the mapping cannot matter.
         out["objective"]["intermediate"] = dict(_NEUTRAL_INTERMEDIATE)
         out["objective"]["mapping"] = Mapping().model_dump(mode="json")
     elif obj["mapping"]["kind"] != "learnable":
-        obj["mapping"]["init"] = "uniform"
-        obj["mapping"]["lr"] = 1.0e-2
+        for key in ("init", "init_weight", "lr", "schedule"):
+            obj["mapping"][key] = _NEUTRAL_MAPPING[key]
+    elif obj["mapping"]["init"] == "diagonal":  # an alias: one run for both names
+        obj["mapping"]["init"] = "fixed"
+    if obj["mapping"]["kind"] == "learnable" and obj["mapping"]["init"] != "fixed":
+        obj["mapping"]["init_weight"] = _NEUTRAL_MAPPING["init_weight"]
     pred = obj["prediction"]
     if pred["beta"] == 0:
         pred["temperature"] = _NEUTRAL_PREDICTION["temperature"]

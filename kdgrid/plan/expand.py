@@ -69,11 +69,19 @@ def get_path(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+# Blocks whose keys are plug-in names or a plug-in's settings, not fields of the schema.
+FREE_FORM: tuple[tuple[str, ...], ...] = (("objective", "terms"), ("objective", "mapping", "settings"),
+                                          ("student", "settings"))
+
+
 def check_path(dotted: str, base: dict[str, Any], where: str, loc: tuple[Any, ...] = ()) -> None:
     """Reject a dotted path that names no setting, listing the keys allowed at the failing level."""
+    parts = tuple(dotted.split("."))
+    if any(parts[:len(free)] == free for free in FREE_FORM):
+        return  # plug-in names and settings: the registry's settings models check them when runs validate
     node: Any = base
     walked: list[str] = []
-    for part in dotted.split("."):
+    for part in parts:
         if isinstance(node, dict) and part in node:
             node = node[part]
             walked.append(part)
@@ -88,6 +96,12 @@ def _full_template() -> dict[str, Any]:
     """A run config with every optional block filled, so dotted paths can be checked."""
     tpl = RunConfig(task="cola", seed=0).model_dump(mode="json")
     tpl["train"]["epochs"] = {"intermediate": 1, "prediction": 1}  # either form is a valid target
+    for path in FREE_FORM:  # dropped from a dump when empty (so built-in runs keep their ids)
+        node = tpl
+        for part in path[:-1]:
+            node = node[part]
+        node.setdefault(path[-1], {})
+    tpl.setdefault("metrics", [])
     return tpl
 
 

@@ -67,3 +67,37 @@ def check_run(config: dict[str, Any], teacher: Shape) -> None:
     for i, layer in enumerate(mapping.get("layers") or []):
         if layer > teacher.layers:
             raise PlanError(f"objective.mapping.layers[{i}]: teacher layer {layer} out of range (allowed: 1..{teacher.layers})")
+    check_plugins(config, teacher, s)
+
+
+def check_plugins(config: dict[str, Any], teacher: Shape, student: Shape) -> None:
+    """Each registered term's own check (e.g. head counts, widths) and a plug-in mapping's map, before compute.
+
+    The built-ins' checks are the explicit ones above; here every term in ``objective.terms``, a plug-in
+    mapping and a plug-in student builder answer for themselves.
+    """
+    from kdgrid.plugins import Shapes, plugin_layer_map, registry
+    from kdgrid.plugins.terms import layer_loss_active, mapping_settings, named_terms
+    from kdgrid.study.schema import RunConfig
+
+    cfg = RunConfig.model_validate(config)
+    shapes = Shapes(teacher.layers, teacher.heads, teacher.hidden, student.layers, student.heads, student.hidden)
+    for term in named_terms(cfg.objective):
+        if term.spec.check is not None and term.weight > 0:
+            try:
+                term.spec.check(term.settings, shapes)
+            except ValueError as exc:
+                raise PlanError(f"objective.terms.{term.name}: {exc}") from None
+    mapping = cfg.objective.mapping
+    if layer_loss_active(cfg.objective) and not registry().get("mappings", mapping.kind).source.builtin:
+        plugin_layer_map(mapping.kind, teacher.layers, student.layers, mapping_settings(mapping))
+    builder = registry().get("students", cfg.student.init)
+    if not builder.source.builtin:
+        if builder.spec.copies_layers and student.layers > teacher.layers:
+            raise PlanError(f"student.layers: {student.layers} layers but the teacher has {teacher.layers}; "
+                            f"init '{cfg.student.init}' copies teacher layers")
+        if builder.spec.check is not None:
+            try:
+                builder.spec.check(builder.spec.settings.model_validate(cfg.student.settings), shapes)
+            except ValueError as exc:
+                raise PlanError(f"student.init: '{cfg.student.init}': {exc}") from None

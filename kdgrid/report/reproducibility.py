@@ -234,6 +234,17 @@ def _teachers_table(info: Reproducibility) -> DisplayTable | None:
                         left=("Task", "Model", "Cache key", "Flagged"))
 
 
+def _plugins_table(info: Reproducibility) -> DisplayTable | None:
+    if not info.plugins:
+        return None
+    rows = [(p.key, p.package, p.version, p.settings_sha, p.runs) for p in info.plugins]
+    caption = ("Plug-ins the done runs used (docs/plugins.md): install the same package versions to rerun; "
+               "a run id covers each plug-in's package, version and settings hash.")
+    return DisplayTable("reproducibility-plugins", caption,
+                        _frame(["Plug-in", "Package", "Version", "Settings hash", "Runs"], rows),
+                        left=("Plug-in", "Package", "Version", "Settings hash"))
+
+
 # --------------------------------------------------------------------------- notes
 
 _RERUN_NOTE = (
@@ -305,8 +316,8 @@ def reproducibility_section(info: Reproducibility, *, full: bool = True, cwd: Pa
     tables = [_facts(info, cwd)]
     code = [_commands_block(info, cwd)]
     if full:
-        tables += [t for t in (_libraries_table(info), _machines_table(info), _data_table(info),
-                               _teachers_table(info)) if t is not None]
+        tables += [t for t in (_libraries_table(info), _plugins_table(info), _machines_table(info),
+                               _data_table(info), _teachers_table(info)) if t is not None]
         study = _study_block(info, cwd)
         code += [study] if study is not None else []
     return Section(KEY, TITLE, tables=tuple(tables), notes=_notes(info, full=full), code=tuple(code))
@@ -337,6 +348,8 @@ def reproducibility_json(info: Reproducibility, *, cwd: Path | None = None) -> d
                       for d in info.data if d.hash is not None],
             "not_recorded": [{"task": d.task, "runs": d.runs} for d in info.data if d.hash is None],
         },
+        "plugins": [{"key": p.key, "package": p.package, "version": p.version, "settings_sha": p.settings_sha,
+                     "runs": p.runs} for p in info.plugins],
         "teachers": [{"key": t.key, "task": t.task, "model": t.model, "seed": t.seed, "majority": t.majority,
                       "flagged": t.flagged, "runs": t.runs} for t in info.teachers],
     }

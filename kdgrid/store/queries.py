@@ -153,6 +153,17 @@ class TeacherUsed:
 
 
 @dataclass(frozen=True)
+class PluginUsed:
+    """A plug-in (not built into kdgrid) the done runs used, as recorded in their configs."""
+
+    key: str  # 'losses.cosine_hidden', 'mappings.top', ...
+    package: str
+    version: str
+    settings_sha: str
+    runs: int
+
+
+@dataclass(frozen=True)
 class Reproducibility:
     """What a reader needs to rerun a study and check that the same code and data were used.
 
@@ -175,6 +186,7 @@ class Reproducibility:
     data_recorded: bool  # False: the store predates runs.data
     data: tuple[DataFile, ...]
     teachers: tuple[TeacherUsed, ...]
+    plugins: tuple[PluginUsed, ...] = ()
 
     @property
     def runs(self) -> int:
@@ -203,7 +215,18 @@ def study_reproducibility(store: Store, study: str) -> Reproducibility:
         status_counts=_status_counts(store, study), first_started=first, last_finished=last,
         run_time_s=run_time, code=code, libraries=libraries,
         machines=_machines(store, study), data_recorded=recorded, data=data, teachers=_teachers_used(store, study),
+        plugins=_plugins_used(store, study),
     )
+
+
+def _plugins_used(store: Store, study: str) -> tuple[PluginUsed, ...]:
+    """The plug-ins recorded in the done runs' configs (kdgrid.plugins.terms.plugins_used), with run counts."""
+    rows = store.con.execute(f"SELECT config FROM runs WHERE {_DONE_OF_STUDY}", [study]).fetchall()
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    for (config,) in rows:
+        for key, p in _json_dict(config).get("plugins", {}).items():
+            counts[(key, str(p.get("package")), str(p.get("version")), str(p.get("settings_sha")))] += 1
+    return tuple(PluginUsed(*k, n) for k, n in sorted(counts.items()))
 
 
 def _timing(store: Store, study: str) -> tuple[datetime | None, datetime | None, float | None]:

@@ -74,9 +74,12 @@ def format_validation_error(exc: ValidationError, *, path: Path, line_of: Any, m
         # Pydantic adds union-branch tags ('int', 'constrained-int', 'list[...]') to the loc; they are no keys.
         loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
         field = ".".join(str(p) for p in loc) or "(top level)"
-        line = line_of(loc)
-        where = f"{path}:{line}" if line else str(path)
         msg = err["msg"].removeprefix("Value error, ")
+        # A plug-in's settings error names its key path first ('cosine_hidden.tokens: ...'): point at that line.
+        head = msg.split(": ", 1)[0] if ": " in msg else ""
+        deeper = (*loc, *head.split(".")) if head and " " not in head else loc
+        line = line_of(deeper)
+        where = f"{path}:{line}" if line else str(path)
         if err.get("type") == "extra_forbidden":
             msg = "unknown key" + _allowed_keys(model, loc)
         elif err.get("type") in ("literal_error", "enum"):

@@ -75,9 +75,33 @@ class Student(Strict):
     heads: PosInt | None = None
     hidden_size: PosInt | None = None
     intermediate_size: PosInt | None = None
-    init: Literal["teacher_layers", "random", "width_slice"] = "teacher_layers"
-    # Teacher layers (1-based) copied into the student; None: every k-th (TinyBERT/PKD-skip).
+    # A registered student builder (built-in: teacher_layers, random, width_slice; `kdgrid plugins`).
+    init: str = "teacher_layers"
+    # Teacher layers (1-based) copied into the student; None: the layers its mapping points to (student layers
+    # the mapping leaves out, and a learnable mapping without 'layers', take every k-th: TinyBERT/PKD-skip).
     init_layers: list[PosInt] | None = None
+    # The classifier (and pooler) from the fine-tuned teacher where the shapes allow (width_slice: its leading
+    # slice), or a fresh classifier drawn from the run's seed (the papers' students).
+    init_head: Literal["teacher", "random"] = "random"
+    # Settings of a plug-in student builder (validated by its settings model; built-ins take none).
+    settings: dict[str, Any] = {}
+
+    @field_validator("init")
+    @classmethod
+    def _registered_builder(cls, v: str) -> str:
+        return _registered("students", v, "student builder")
+
+    @model_validator(mode="after")
+    def _builder_settings(self) -> Student:
+        from kdgrid.plugins import registry, validate_settings
+
+        s = validate_settings(registry().spec("students", self.init), self.settings, "settings")
+        self.__dict__["settings"] = s.model_dump(mode="json")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: Any) -> Any:
+        return _without_empty(handler(self), "settings")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> Student:
@@ -151,6 +175,9 @@ class Intermediate(Strict):
     alpha: Prob = 0.5
     weight: Annotated[float, Field(ge=0.0)] = 1.0
     head_match: Literal["equal", "mean"] = "equal"
+    # Att-MSE: 'masked' averages over real (query, key) token pairs only, so alpha's weight does not depend on
+    # how much padding a batch has; 'tinybert' is the original mean over every B*H*T*T entry, padded rows included.
+    att_mse_padding: Literal["masked", "tinybert"] = "masked"
     contrast_temperature: PosFloat = 0.07
     contrast_momentum: Prob = 0.5
     contrast_negatives: PosInt = 4096
@@ -166,27 +193,110 @@ class Intermediate(Strict):
 class Mapping(Strict):
     """Which teacher layer each student layer learns from (DESIGN §5)."""
 
-    kind: Literal["uniform", "last", "first_last", "explicit", "learnable"] = "uniform"
-    layers: list[PosInt] | None = None  # for 'explicit': 1-based teacher layer per student layer
-    init: Literal["uniform", "diagonal", "random"] = "uniform"  # learnable: initial logits
-    lr: PosFloat = 1.0e-2  # learnable: learning rate of the mapping logits
+    # A registered mapping (built-in: uniform, last, first_last, explicit, learnable; `kdgrid plugins`).
+    kind: str = "uniform"
+    # 'explicit': 1-based teacher layer per student layer; 'learnable': where init 'fixed' puts its peaks
+    # (default: the uniform map), and so which layers the student copies by default.
+    layers: list[PosInt] | None = None
+    # Learnable: initial logits. 'uniform' all equal; 'fixed' (alias 'diagonal') a peak holding
+    # init_weight of each row on the fixed map ('layers', else uniform); 'random' N(0, 1).
+    init: Literal["uniform", "fixed", "diagonal", "random"] = "uniform"
+    init_weight: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    # Learnable: the logits have their own AdamW group, lr and schedule, never decayed with the student's:
+    # 'constant' keeps lr for the whole stage; 'warmup' ramps up over the student's warm-up, then stays.
+    lr: PosFloat = 0.1
+    schedule: Literal["constant", "warmup"] = "constant"
+    # Settings of a plug-in mapping (validated by its settings model; the built-ins use the keys above).
+    settings: dict[str, Any] = {}
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_mapping(cls, v: str) -> str:
+        return _registered("mappings", v, "mapping")
+
+    @model_validator(mode="after")
+    def _mapping_settings(self) -> Mapping:
+        from kdgrid.plugins import registry, validate_settings
+
+        source = registry().get("mappings", self.kind).source
+        if source.builtin and self.settings:
+            raise ValueError(f"settings: mapping '{self.kind}' is built in and takes its settings from "
+                             "kind/layers/init/init_weight/lr/schedule, not 'settings'")
+        if not source.builtin:
+            s = validate_settings(registry().spec("mappings", self.kind), self.settings, "settings")
+            self.__dict__["settings"] = s.model_dump(mode="json")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: Any) -> Any:
+        return _without_empty(handler(self), "settings")
 
     @model_validator(mode="after")
     def _explicit_needs_layers(self) -> Mapping:
         if self.kind == "explicit" and not self.layers:
             raise ValueError("mapping 'explicit' needs 'layers' (one teacher layer per student layer)")
+        if self.kind not in ("explicit", "learnable") and self.layers is not None:
+            raise ValueError(f"mapping '{self.kind}' takes no 'layers' (allowed with: explicit, learnable)")
         return self
 
 
 class Objective(Strict):
+    """Built-in terms through ``prediction``/``intermediate``; any registered term through ``terms``.
+
+    ``terms``: registered loss term name -> ``{weight: w, ...its settings}`` (kdgrid.plugins.terms).
+    """
+
     prediction: Prediction = Prediction()
     intermediate: Intermediate = Intermediate()
     mapping: Mapping = Mapping()
+    terms: dict[str, dict[str, Any]] = {}
 
     @field_validator("mapping", mode="before")
     @classmethod
     def _mapping_shorthand(cls, v: Any) -> Any:
         return {"kind": v} if isinstance(v, str) else v
+
+    @field_validator("terms", mode="before")
+    @classmethod
+    def _terms(cls, v: Any) -> Any:
+        from kdgrid.plugins import registry, validate_settings
+
+        if not isinstance(v, dict):
+            return v  # the type check names the problem
+        out: dict[str, dict[str, Any]] = {}
+        for name, values in v.items():
+            _registered("losses", str(name), "loss term")
+            values = {} if values is None else values
+            if not isinstance(values, dict):
+                raise ValueError(f"{name}: give a mapping such as {{weight: 1.0}} (got {values!r})")
+            weight = values.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"{name}.weight: a number >= 0 (got {weight!r})")
+            rest = {k: x for k, x in values.items() if k != "weight"}
+            settings = validate_settings(registry().spec("losses", name), rest, str(name))
+            out[str(name)] = {"weight": float(weight), **settings.model_dump(mode="json")}
+        return out
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: Any) -> Any:
+        return _without_empty(handler(self), "terms")
+
+
+def _registered(kind: Any, name: str, what: str) -> str:
+    from kdgrid.plugins import registry
+
+    if not registry().has(kind, name):
+        raise ValueError(f"unknown {what} '{name}' ({registry().names_hint(kind)})")
+    return name
+
+
+def _without_empty(dumped: Any, *keys: str) -> Any:
+    """Drop empty plug-in fields from a dump, so configs (and run ids) of built-in-only runs are unchanged."""
+    if isinstance(dumped, dict):
+        for key in keys:
+            if not dumped.get(key):
+                dumped.pop(key, None)
+    return dumped
 
 
 class RunConfig(Strict):
@@ -199,14 +309,46 @@ class RunConfig(Strict):
     data: Data = Data()
     train: Train = Train()
     objective: Objective = Objective()
+    # Registered metrics scored besides the task's own (`kdgrid plugins`).
+    metrics: list[str] = []
+    # Filled by validation, never written by hand: every plug-in the run uses, with its package, version
+    # and settings hash (kdgrid.plugins.terms.plugins_used), so a changed plug-in gives new run ids.
+    plugins: dict[str, dict[str, str]] = {}
+
+    @field_validator("metrics")
+    @classmethod
+    def _registered_metrics(cls, v: list[str]) -> list[str]:
+        for name in v:
+            _registered("metrics", name, "metric")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate metrics {v}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: Any) -> Any:
+        return _without_empty(handler(self), "metrics", "plugins")
+
+    @model_validator(mode="after")
+    def _record_plugins(self) -> RunConfig:
+        from kdgrid.plugins.terms import plugins_used
+
+        used = plugins_used(self)
+        if self.plugins and self.plugins != used:
+            raise ValueError(
+                f"this run was planned with plug-ins {self.plugins} but {used or 'none'} are installed now: "
+                "plan the study again (a changed plug-in gives new runs)"
+            )
+        self.__dict__["plugins"] = used
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        inter = self.objective.intermediate
-        if self.train.schedule == "two_stage" and not inter.active:
+        from kdgrid.plugins.terms import layer_loss_active
+
+        if self.train.schedule == "two_stage" and not layer_loss_active(self.objective):
             raise ValueError("schedule 'two_stage' needs an intermediate objective (attention/hidden/value/embedding)")
         m = self.objective.mapping
-        if m.kind == "explicit" and m.layers is not None and len(m.layers) != self.student.layers:
+        if m.kind in ("explicit", "learnable") and m.layers is not None and len(m.layers) != self.student.layers:
             raise ValueError(
                 f"objective.mapping.layers has {len(m.layers)} entries but the student has {self.student.layers} layers"
             )
@@ -376,6 +518,7 @@ class Study(Strict):
     data: Data = Data()
     train: Train = Train()
     objective: Objective = Objective()
+    metrics: list[str] = []  # registered metrics scored besides each task's own
     tasks: Annotated[list[Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]], Field(min_length=1)]
     seeds: PosInt | Annotated[list[NonNegInt], Field(min_length=1)] = 3
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
@@ -421,4 +564,9 @@ class Study(Strict):
 
     def base_config(self) -> dict[str, Any]:
         """The run fields shared by every run, as plain data (task and seed added by the plan)."""
-        return self.model_dump(include={"teacher", "student", "data", "train", "objective"}, mode="json")
+        out = self.model_dump(include={"teacher", "student", "data", "train", "objective", "metrics"}, mode="json")
+        # The plug-in fields a dump drops when empty stay here, so grids and variants can name them.
+        out["objective"].setdefault("terms", {})
+        out["objective"]["mapping"].setdefault("settings", {})
+        out["student"].setdefault("settings", {})
+        return out

@@ -34,6 +34,7 @@ class StageSettings:
     evaluate_each_epoch: bool = True
     # Stage 1 of two-stage training leaves the classifier untrained: scoring it on dev costs a pass and says little.
     evaluate_last_epoch: bool = True
+    metrics: tuple[str, ...] = ()  # registered metrics scored besides the task's (RunConfig.metrics)
 
 
 def _fault(kind: str) -> bool:
@@ -76,6 +77,9 @@ def _optimizer(student: nn.Module, objective: DistillObjective, s: StageSettings
 
 
 def _linear_warmup(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then linear decay to 0 for the student's groups; a group with a ``schedule`` key
+    (the learnable mapping's) follows its own: 'constant' (its lr throughout) or 'warmup' (then constant),
+    so the mapping can still move in the last steps of a stage, when the student's lr is near 0."""
     warm = int(total * warmup_ratio)
 
     def factor(step: int) -> float:
@@ -83,7 +87,15 @@ def _linear_warmup(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) 
             return (step + 1) / max(1, warm)
         return max(0.0, (total - step) / max(1, total - warm))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def warmup_only(step: int) -> float:
+        return (step + 1) / max(1, warm) if step < warm else 1.0
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    own = {"constant": constant, "warmup": warmup_only}
+    return torch.optim.lr_scheduler.LambdaLR(opt, [own[g["schedule"]] if "schedule" in g else factor
+                                                   for g in opt.param_groups])
 
 
 class TeacherOutputs:
@@ -206,7 +218,8 @@ def train_stage(
     total = settings.epochs * steps_per_epoch
     opt = _optimizer(student, objective, settings)
     sched = _linear_warmup(opt, total, settings.warmup_ratio)
-    params = [p for g in opt.param_groups for p in g["params"]]
+    # The mapping's logits are not clipped with the student: a large student gradient must not shrink their steps.
+    params = [p for g in opt.param_groups if "schedule" not in g for p in g["params"]]
     check = _FiniteCheck(device, settings.stage)
     s_layers = sorted(objective.student_layers_needed()) if objective.needs_qkv() else []
     fault_nan = _fault("nan")
@@ -253,7 +266,7 @@ def train_stage(
         rows += [{**base, "split": "train", "name": f"loss.{k}" if k != "loss" else "loss", "value": v / max(1, n_batches)}
                  for k, v in zip(names, values)]
         if settings.evaluate_each_epoch or (settings.evaluate_last_epoch and epoch == settings.epochs):
-            dev = evaluate(student, dev_loader, settings.task, device)
+            dev = evaluate(student, dev_loader, settings.task, device, settings.metrics)
             rows += [{**base, "split": "dev", "name": k, "value": v} for k, v in dev.items()]
             if on_epoch is not None:
                 # A search prunes a trial by raising here: the exception must reach the caller unchanged.

@@ -200,15 +200,20 @@ def value_relation_kl(
     return masked_kl(t_lp, s_lp, mask)
 
 
-def attention_mse(s_scores: Tensor, t_scores: Tensor, mask: Tensor, head_match: HeadMatch = "equal") -> Tensor:
+def attention_mse(s_scores: Tensor, t_scores: Tensor, mask: Tensor, head_match: HeadMatch = "equal",
+                  padding: Literal["masked", "tinybert"] = "masked") -> Tensor:
     """Att-MSE (TinyBERT, Jiao et al. 2020, eq. 3 and task_distill.py).
 
     A = Q Kᵀ/√d_head + additive_mask (pre-softmax, -10000 on padded keys); every entry
-    ≤ -100 is set to 0 in the student and (separately) in the teacher, then
-    L = mean over B·H·T·T of (A_S − A_T)². As in TinyBERT, padded *query* rows are not
-    masked and count in the mean. ``s_scores``/``t_scores`` are the raw scores
-    QKᵀ/√d (no mask), [B, H, T, T]. ``head_match='mean'``: average the scores over heads
-    first (mean over B·T·T). ``'equal'`` needs equal head counts.
+    ≤ -100 is set to 0 in the student and (separately) in the teacher. ``s_scores``/``t_scores``
+    are the raw scores QKᵀ/√d (no mask), [B, H, T, T]. ``head_match='mean'``: average the scores
+    over heads first (H = 1 below). ``'equal'`` needs equal head counts.
+
+    * ``padding='masked'`` (default): L = Σ over real (query, key) pairs of (A_S − A_T)² /
+      (H · Σ_b n_b²), n_b = real tokens of row b: padded query rows are dropped, so the
+      loss of an example does not depend on how much padding its batch has.
+    * ``padding='tinybert'``: TinyBERT's original mean over all B·H·T·T entries, padded
+      query rows included (their padded-key entries are 0, their real-key entries are not).
     """
     add = additive_mask(mask, torch.float32)
     s = s_scores.float() + add
@@ -219,7 +224,12 @@ def attention_mse(s_scores: Tensor, t_scores: Tensor, mask: Tensor, head_match: 
         _check_heads(s, t, "attention 'mse'")
     s = torch.where(s <= ATT_MSE_ZERO_BELOW, torch.zeros_like(s), s)
     t = torch.where(t <= ATT_MSE_ZERO_BELOW, torch.zeros_like(t), t)
-    return F.mse_loss(s, t)
+    if padding == "tinybert":
+        return F.mse_loss(s, t)
+    m = mask.to(torch.float32)
+    pairs = (m[:, :, None] * m[:, None, :])[:, None]  # [B, 1, T, T]: 1 where query and key are real tokens
+    sq = (s - t).pow(2) * pairs
+    return sq.sum() / (pairs.sum().clamp_min(1.0) * s.size(1))
 
 
 # --------------------------------------------------------------------------- hidden states

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -99,8 +99,13 @@ def explicit_layer_map(n_teacher: int, n_student: int, layers: Sequence[int] | N
     return [int(n) for n in layers]
 
 
-def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None) -> LayerMap:
-    """Dispatch on ``objective.mapping.kind``; 'learnable' has no fixed map (use :class:`LearnableMapping`)."""
+def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None,
+              settings: Any = None) -> LayerMap:
+    """Dispatch on ``objective.mapping.kind``; 'learnable' has no fixed map (use :class:`LearnableMapping`).
+
+    A kind that is not built in is looked up in the registry (kdgrid.plugins) and called with its
+    ``settings`` (a dict or the validated model); its answer is checked like a user's explicit list.
+    """
     if kind == "uniform":
         return uniform_layer_map(n_teacher, n_student)
     if kind == "last":
@@ -111,7 +116,55 @@ def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] |
         return explicit_layer_map(n_teacher, n_student, layers)
     if kind == "learnable":
         raise PlanError("mapping 'learnable' has no fixed layer map: use LearnableMapping")
-    raise PlanError(f"unknown mapping '{kind}' (allowed: uniform, last, first_last, explicit, learnable)")
+    from kdgrid.plugins import plugin_layer_map
+
+    _check_counts(n_teacher, n_student)
+    return plugin_layer_map(kind, n_teacher, n_student, settings)
+
+
+def pointed_layers(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None,
+                   settings: Any = None) -> LayerMap:
+    """The teacher layer each student layer is trained towards at the start of distillation.
+
+    A fixed map is itself; a learnable map points where its 'fixed' start puts its peaks
+    (``layers``, else the uniform map), whatever its actual init.
+    """
+    if kind == "learnable":
+        return explicit_layer_map(n_teacher, n_student, layers) if layers else uniform_layer_map(n_teacher, n_student)
+    return layer_map(kind, n_teacher, n_student, layers, settings)
+
+
+# The built-in mappings' registered implementations (kdgrid.plugins.builtin): impl(n_teacher, n_student, settings).
+def uniform_map(n_teacher: int, n_student: int, settings: Any = None) -> LayerMap:
+    return uniform_layer_map(n_teacher, n_student)
+
+
+def last_map(n_teacher: int, n_student: int, settings: Any = None) -> LayerMap:
+    return last_layer_map(n_teacher, n_student)
+
+
+def first_last_map(n_teacher: int, n_student: int, settings: Any = None) -> LayerMap:
+    return first_last_layer_map(n_teacher, n_student)
+
+
+def explicit_map(n_teacher: int, n_student: int, settings: Any) -> LayerMap:
+    return explicit_layer_map(n_teacher, n_student, settings.layers)
+
+
+def copied_layers(n_teacher: int, n_student: int, init_layers: Sequence[int] | None, pointed: LayerMap | None) -> list[int]:
+    """The rule that makes initialisation and mapping agree (docs/study-file.md, "Layers copied and mapped").
+
+    ``init_layers`` when the study gives it (then copy and map may differ on purpose); else each student
+    layer copies the teacher layer its mapping points to (``pointed``), and a student layer the mapping
+    leaves out (``None``; or no layer loss at all: ``pointed`` None) copies every k-th teacher layer,
+    k = T // S (TinyBERT / PKD-skip).
+    """
+    if init_layers is not None:
+        return [int(n) for n in init_layers]
+    skip = uniform_layer_map(n_teacher, n_student)
+    if pointed is None:
+        return [int(n) for n in skip]  # type: ignore[arg-type]
+    return [int(p if p is not None else k) for p, k in zip(pointed, skip)]  # type: ignore[arg-type]
 
 
 class LearnableMapping(nn.Module):
@@ -120,30 +173,32 @@ class LearnableMapping(nn.Module):
     Student layer m learns from the mixture Σ_k w_k(m) · X_T^k over all teacher layers
     k = 1..T, with w(m) = softmax(v(m)) and learnable logits v ∈ R^{S×T}.
 
-    Initial logits: ``'uniform'`` all zero (equal weights); ``'diagonal'`` a peak on the
-    uniform map m·k holding ``diagonal_weight`` of the mass (rest spread evenly);
-    ``'random'`` N(0, 1), from ``seed`` when given, else from torch's global RNG (so the
-    run seed decides it).
+    Initial logits: ``'uniform'`` all zero (equal weights); ``'fixed'`` (alias ``'diagonal'``) a
+    peak on the fixed map ``layers`` (default: the uniform map m·k) holding ``diagonal_weight`` of
+    the mass (rest spread evenly); ``'random'`` N(0, 1), from ``seed`` when given, else from
+    torch's global RNG (so the run seed decides it).
     """
 
     def __init__(
         self,
         n_teacher: int,
         n_student: int,
-        init: Literal["uniform", "diagonal", "random"] = "uniform",
+        init: Literal["uniform", "fixed", "diagonal", "random"] = "uniform",
         *,
         seed: int | None = None,
         diagonal_weight: float = 0.9,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         _check_counts(n_teacher, n_student)
         self.n_teacher = n_teacher
         self.n_student = n_student
-        self.logits = nn.Parameter(self.initial_logits(n_teacher, n_student, init, seed, diagonal_weight))
+        self.logits = nn.Parameter(self.initial_logits(n_teacher, n_student, init, seed, diagonal_weight, layers))
 
     @staticmethod
     def initial_logits(
-        n_teacher: int, n_student: int, init: str, seed: int | None, diagonal_weight: float
+        n_teacher: int, n_student: int, init: str, seed: int | None, diagonal_weight: float,
+        layers: Sequence[int] | None = None,
     ) -> Tensor:
         logits = torch.zeros(n_student, n_teacher)
         if init == "uniform":
@@ -151,17 +206,17 @@ class LearnableMapping(nn.Module):
         if init == "random":
             gen = torch.Generator().manual_seed(seed) if seed is not None else None
             return torch.randn(n_student, n_teacher, generator=gen)
-        if init == "diagonal":
+        if init in ("fixed", "diagonal"):
             if not 0.0 < diagonal_weight < 1.0:
                 raise PlanError(f"diagonal_weight must lie in (0, 1), got {diagonal_weight}")
             if n_teacher == 1:
                 return logits
             # softmax puts p on the peak when peak − rest = log(p·(T−1)/(1−p)).
             peak = math.log(diagonal_weight * (n_teacher - 1) / (1.0 - diagonal_weight))
-            for m, n in enumerate(uniform_layer_map(n_teacher, n_student)):
+            for m, n in enumerate(pointed_layers("learnable", n_teacher, n_student, layers)):
                 logits[m, int(n) - 1] = peak  # type: ignore[arg-type]
             return logits
-        raise PlanError(f"unknown learnable mapping init '{init}' (allowed: uniform, diagonal, random)")
+        raise PlanError(f"unknown learnable mapping init '{init}' (allowed: uniform, fixed, diagonal, random)")
 
     def weights(self) -> Tensor:
         """w = softmax(v) over teacher layers, [S, T]; every row sums to 1."""

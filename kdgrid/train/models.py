@@ -131,8 +131,12 @@ def check_label_order(model: PreTrainedModel, spec: TaskSpec, where: str) -> Non
 
 # --- students -------------------------------------------------------------------------------------------
 
-def student_layer_choice(teacher_layers: int, student_cfg: Student) -> list[int]:
-    """1-based teacher layers a student copies: ``init_layers``, else every k-th [k, 2k, ...], k = L_T // L_S."""
+def student_layer_choice(teacher_layers: int, student_cfg: Student, pointed: list[int | None] | None = None) -> list[int]:
+    """1-based teacher layers a student copies: ``init_layers``, else the layers its mapping points to
+    (``pointed``, one entry per student layer; None entries and ``pointed=None`` take every k-th,
+    k = L_T // L_S). The rule lives in :func:`kdgrid.train.mappings.copied_layers`."""
+    from kdgrid.train.mappings import copied_layers
+
     if student_cfg.init_layers is not None:
         for i, layer in enumerate(student_cfg.init_layers):
             if not 1 <= layer <= teacher_layers:
@@ -145,8 +149,7 @@ def student_layer_choice(teacher_layers: int, student_cfg: Student) -> list[int]
             f"student.layers: {student_cfg.layers} layers but the teacher has {teacher_layers}; "
             f"init '{student_cfg.init}' copies teacher layers (allowed: 1..{teacher_layers}, or init: random)"
         )
-    k = teacher_layers // student_cfg.layers
-    return [k * (m + 1) for m in range(student_cfg.layers)]
+    return copied_layers(teacher_layers, student_cfg.layers, None, pointed)
 
 
 _LAYER_RE = re.compile(r"\.layer\.(\d+)\.")
@@ -195,17 +198,20 @@ def _check_student(student_cfg: Student, t: dict[str, int], s: dict[str, int]) -
             )
 
 
-def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int) -> PreTrainedModel:
+def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int,
+                  pointed: list[int | None] | None = None) -> PreTrainedModel:
     """A student from the teacher's config with the overrides in ``student_cfg``, initialised per ``init``.
 
-    - ``teacher_layers``: embeddings, the chosen layers and the pooler copied (equal widths only; a
+    - ``teacher_layers``: embeddings, the chosen layers (:func:`student_layer_choice`: ``init_layers``,
+      else the layers the mapping ``pointed`` to) and the pooler copied (equal widths only; a
       different head count re-splits the same Q/K/V projections into more or fewer heads).
     - ``width_slice``: the leading slices of embeddings, chosen layers and pooler; Q/K/V rows and
       the attention output's columns take the first ``heads`` teacher heads and the first
       ``d_head`` dims of each, so every student head is a piece of one teacher head.
     - ``random``: random encoder; embeddings and pooler copied when the hidden size is equal.
-    The classifier is always random, drawn from ``seed`` (the caller's RNG is left untouched).
-    ``init_layers`` is ignored by ``random``.
+    The classifier is the teacher's (its leading slice for ``width_slice``) with ``init_head: teacher``
+    where the student is no wider than the teacher and not ``random`` with another width; otherwise
+    random, drawn from ``seed`` (the caller's RNG is left untouched). ``init_layers`` is ignored by ``random``.
     """
     import torch
 
@@ -230,7 +236,7 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
             student = type(teacher_model)(cfg)
 
     copy_layers = student_cfg.init in ("teacher_layers", "width_slice")
-    chosen = student_layer_choice(t["layers"], student_cfg) if copy_layers else []
+    chosen = student_layer_choice(t["layers"], student_cfg, pointed) if copy_layers else []
     same_width = s["hidden"] == t["hidden"]
     head_idx = None
     if student_cfg.init == "width_slice":
@@ -240,6 +246,11 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
     with torch.no_grad():
         for name, param in student.named_parameters():
             if name.startswith("classifier"):
+                src = teacher_params.get(name)
+                head_fits = src is not None and src.dim() == param.dim() and all(
+                    d <= e for d, e in zip(param.shape, src.shape))
+                if student_cfg.init_head == "teacher" and (copy_layers or same_width) and head_fits:
+                    _slice_into(param, src, name, None)  # type: ignore[arg-type]
                 continue
             m = _LAYER_RE.search(name)
             if m:
@@ -260,6 +271,30 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
                 )
             _slice_into(param, src, name, head_idx)
     return student
+
+
+def build_registered_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int,
+                             pointed: list[int | None] | None = None) -> PreTrainedModel:
+    """The student from the builder registered as ``student.init`` (built-ins: :func:`build_student`).
+
+    A plug-in builder is called as ``impl(teacher_model, student_cfg, seed, pointed, settings)`` with its
+    validated settings, under a forked RNG seeded by ``seed`` (the caller's stream is left untouched).
+    """
+    import torch
+
+    from kdgrid.plugins import load_impl, registry, validate_settings
+
+    entry = registry().get("students", student_cfg.init)
+    if entry.source.builtin:
+        return build_student(teacher_model, student_cfg, seed, pointed)
+    settings = validate_settings(entry.spec, student_cfg.settings, "student.settings")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_impl(entry.spec.impl)(teacher_model, student_cfg, seed, pointed, settings)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"student builder '{student_cfg.init}' ({entry.source}) returned "
+                         f"{type(model).__name__}, not a model")
+    return model
 
 
 # --- evaluation -----------------------------------------------------------------------------------------

@@ -25,9 +25,12 @@ from kdgrid.plan.canonical import config_hash
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
 from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
-from kdgrid.train.evaluate import count_parameters, evaluate, inference_speed, metric_rows, peak_memory_mb
+from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed, metric_rows
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
-from kdgrid.train.models import build_student, finetune_teacher, load_teacher
+from kdgrid.train.mappings import copied_layers, pointed_layers
+from kdgrid.train.models import build_registered_student, finetune_teacher, load_teacher
+from kdgrid.plugins import registry
+from kdgrid.plugins.terms import layer_loss_active, mapping_settings
 from kdgrid.train.objectives import DistillObjective
 from kdgrid.train.teacher_cache import cached_teacher_logits
 from kdgrid.train.versions import library_versions
@@ -72,6 +75,33 @@ def stage_plan(cfg: RunConfig) -> list[tuple[str, int]]:
     return [("joint", cfg.train.epochs)]
 
 
+def run_pointed_layers(cfg: RunConfig, n_teacher: int) -> list[int | None] | None:
+    """Where the run's mapping points (per student layer), or None when it has no layer loss at all."""
+    if not layer_loss_active(cfg.objective):
+        return None
+    m = cfg.objective.mapping
+    return pointed_layers(m.kind, n_teacher, cfg.student.layers, m.layers, mapping_settings(m))
+
+
+def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None) -> list[dict[str, Any]]:
+    """Which teacher layer each student layer copied and is mapped to, as metric rows (split 'layers').
+
+    ``copied.sM`` = teacher layer copied into student layer M (absent for init 'random');
+    ``mapped.sM`` = teacher layer it is trained towards (absent when unmapped; for a learnable
+    mapping the layer its 'fixed' start points to, with ``learnable`` = 1).
+    """
+    base = {"stage": "final", "split": "layers"}
+    rows: list[dict[str, Any]] = []
+    if registry().spec("students", cfg.student.init).copies_layers:
+        copied = copied_layers(n_teacher, cfg.student.layers, cfg.student.init_layers, pointed)
+        rows += [{**base, "name": f"copied.s{m}", "value": float(n)} for m, n in enumerate(copied, start=1)]
+    if pointed is not None:
+        rows += [{**base, "name": f"mapped.s{m}", "value": float(n)} for m, n in enumerate(pointed, start=1)
+                 if n is not None]
+        rows.append({**base, "name": "learnable", "value": float(cfg.objective.mapping.kind == "learnable")})
+    return rows
+
+
 def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
     """Stage-1 checkpoints depend only on stage-1 settings: cells differing in stage 2 share them."""
     c = cfg.model_dump(mode="json")
@@ -82,6 +112,13 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
         "train": {k: c["train"][k] for k in ("lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "precision")},
         "epochs": stage_plan(cfg)[0][1],
     }
+    # Plug-in terms train in stage 1 too (and their packages' versions matter); absent for built-in-only runs,
+    # so their checkpoints keep their keys.
+    for key in ("terms",):
+        if c["objective"].get(key):
+            stage1[key] = c["objective"][key]
+    if c.get("plugins"):
+        stage1["plugins"] = c["plugins"]
     return config_hash(stage1, 20)
 
 
@@ -91,12 +128,14 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
 
     ``on_epoch(stage, epoch, dev_metrics)`` is called after every dev evaluation (a search prunes there).
     """
-    with contextlib.ExitStack() as stage1_lock:  # released however the run ends
-        return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch)
+    device = pick_device(RunConfig.model_validate(config).train.device)
+    # Peak memory from here on, whatever earlier runs of this worker process used (PeakMemory's docstring).
+    with contextlib.ExitStack() as stage1_lock, PeakMemory(device) as memory:  # released however the run ends
+        return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch, memory)
 
 
 def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: Any,
-             stage1_lock: contextlib.ExitStack, on_epoch: Any = None) -> dict[str, Any]:
+             stage1_lock: contextlib.ExitStack, on_epoch: Any = None, memory: PeakMemory | None = None) -> dict[str, Any]:
     cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
@@ -126,8 +165,11 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
     pad_id = int(tokenizer.pad_token_id or 0)
     dev_loader = make_loader(dev_set, 128, pad_token_id=pad_id, shuffle=False, is_regression=spec.is_regression)
 
-    student = build_student(teacher, cfg.student, cfg.seed).to(device)
+    n_teacher = teacher.config.num_hidden_layers
+    pointed = run_pointed_layers(cfg, n_teacher)
+    student = build_registered_student(teacher, cfg.student, cfg.seed, pointed).to(device)
     t_cfg, s_cfg = teacher.config, student.config
+    rows += layer_rows(cfg, n_teacher, pointed)
 
     autocast = _autocast(device, cfg.train.precision)
     train_time = 0.0
@@ -157,12 +199,13 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
                 continue
         cached = None
         if cfg.train.teacher_cache and not objective.needs_hidden_states() and not objective.needs_qkv():
-            cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id)
+            cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id,
+                                           precision=cfg.train.precision, autocast=autocast)
         settings = StageSettings(
             stage=stage, epochs=epochs, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
             warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm, task=cfg.task,
             evaluate_each_epoch=stage != "intermediate" and cfg.train.eval_every_epoch,
-            evaluate_last_epoch=stage != "intermediate",
+            evaluate_last_epoch=stage != "intermediate", metrics=tuple(cfg.metrics),
         )
         loader = make_loader(train_set, cfg.train.batch_size, pad_token_id=pad_id, shuffle=True, seed=cfg.seed,
                              is_regression=spec.is_regression)
@@ -186,7 +229,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
             stage1_lock.close()
 
     # The loop already scored the final weights after their last epoch; scoring them again would only cost time.
-    final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device)
+    final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device, cfg.metrics)
     rows += metric_rows(final, stage="final", split="dev")
     rows += metric_rows({**teacher_rec.metrics, "majority_baseline": teacher_rec.majority,
                          "no_better_than_majority": float(teacher_rec.flagged)}, stage="final", split="teacher")
@@ -195,7 +238,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         "train_time_s": train_time, "train_examples": len(train_set),
         "train_ex_per_s": len(train_set) * sum(e for _, e in stage_plan(cfg)) / train_time if train_time else 0.0,
         **inference_speed(student, vocab_size=s_cfg.vocab_size, device=device),
-        "peak_memory_mb": peak_memory_mb(device),
+        **(memory.rows() if memory is not None else {}),
     }
     rows += metric_rows(efficiency, stage="final", split="efficiency")
     return {

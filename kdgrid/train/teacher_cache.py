@@ -8,8 +8,11 @@ example at length 128) and are always recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +23,12 @@ from kdgrid.train.data import Collator, TokenizedSet
 from kdgrid.train.evaluate import model_inputs
 
 
-def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet) -> Path:
-    # The tokenized split is identified by its size and a checksum of its token ids.
+def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet, precision: str = "fp32") -> Path:
+    # The tokenized split is identified by its size and a checksum of its token ids; the precision the
+    # teacher ran at is part of the name, so bf16 and fp32 tables never mix.
     digest = f"{len(data)}-{int(np.asarray(data.ids, dtype=np.int64).sum()) % 10**12}"
-    return cache_root / "teacher_logits" / f"{teacher_key}-{digest}.pt"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return cache_root / "teacher_logits" / f"{teacher_key}-{digest}{suffix}.pt"
 
 
 def _length_batches(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[np.ndarray]:
@@ -44,14 +49,18 @@ def _length_batches(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list
 def cached_teacher_logits(
     teacher: nn.Module, teacher_key: str, full: TokenizedSet, positions: np.ndarray,
     cache_root: Path, device: torch.device, pad_id: int, batch_size: int = 128, max_tokens: int | None = None,
+    precision: str = "fp32", autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """A [len(full), C] table of teacher logits, filled at least at ``positions`` (CPU tensor).
+
+    The teacher runs under ``autocast`` (the run's ``train.precision``), as it does uncached in the
+    training loop, so a run gets the same teacher logits with or without the cache (stored as fp32).
 
     Missing rows are computed longest first in batches of at most ``batch_size`` rows and ``max_tokens``
     token slots (default: 2048 on CPU, where compute grows with padded tokens and a batch of 32 rows is
     as fast per row as one of 128; 32768 on an accelerator, where fewer, bigger batches win).
     """
-    path = _cache_file(cache_root, teacher_key, full)
+    path = _cache_file(cache_root, teacher_key, full, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
@@ -71,7 +80,8 @@ def cached_teacher_logits(
             order: list[np.ndarray] = []
             for rows in _length_batches(subset.lengths, batch_size, budget):
                 batch = collate([subset[int(i)] for i in rows])
-                outs.append(teacher(**model_inputs(batch, device)).logits.float())
+                with autocast():
+                    outs.append(teacher(**model_inputs(batch, device)).logits.float())
                 order.append(rows)
             teacher.train(was_training)
             rows_all = torch.as_tensor(missing[np.concatenate(order)])
