@@ -140,7 +140,7 @@ def test_job_json_names_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("OUT_OF_MEMORY", False, "out of memory (Slurm OUT_OF_MEMORY)", True),
         ("NODE_FAIL", False, "the job died without a result (state NODE_FAIL)", True),
         ("PREEMPTED", False, "the job died without a result (state PREEMPTED)", True),
-        ("CANCELLED by 1234", False, "the job was cancelled (CANCELLED by 1234)", False),
+        ("CANCELLED by 1234", False, "interrupted: the job was cancelled (CANCELLED by 1234)", True),
         ("FAILED", True, "the job failed before the run started (state FAILED)", False),
     ],
 )

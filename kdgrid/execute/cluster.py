@@ -15,6 +15,7 @@ LocalExecutor) and ``debug`` runs it inside the coordinator: to try a setup, and
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -56,6 +57,11 @@ def make_executor(execute: Execute, workdir: Path, study_name: str) -> Any:
         "slurm_qos": s.qos, "slurm_constraint": s.constraint, "slurm_setup": s.setup or None,
         "slurm_additional_parameters": s.additional or None,
     }
+    if s.cluster == "slurm":
+        # The job must import the same kdgrid as this coordinator (a checkout on PYTHONPATH, not an older
+        # install), even where sbatch does not pass the environment on (--export=NONE).
+        params["slurm_setup"] = [f"export PYTHONPATH={shlex.quote(_kdgrid_root())}${{PYTHONPATH:+:$PYTHONPATH}}",
+                                 *s.setup]
     if s.cluster == "local":
         params["local_setup"] = s.setup or None
         params["gpus_per_node"] = 0 if s.gpus_per_run == 0 else s.gpus_per_run
@@ -64,6 +70,12 @@ def make_executor(execute: Execute, workdir: Path, study_name: str) -> Any:
     except (NameError, ValueError, AssertionError) as exc:
         raise KdgridError(f"execute.slurm: {str(exc).splitlines()[0]}") from None
     return ex
+
+
+def _kdgrid_root() -> str:
+    import kdgrid
+
+    return str(Path(kdgrid.__file__).resolve().parents[1])
 
 
 def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -127,8 +139,8 @@ def _state_failure(state: str, detail: str, limit_min: int, setup_error: bool = 
         return f"the job failed before the run started (state {state}){tail}", False
     if s.startswith("TIMEOUT"):
         return f"timed out (Slurm time limit {limit_min} min); not retried", False
-    if s.startswith("CANCELLED"):
-        return f"the job was cancelled ({state})", False
+    if s.startswith("CANCELLED"):  # scancel, or a node taken away: the run itself did nothing wrong
+        return f"interrupted: the job was cancelled ({state})", True
     if s.startswith("OUT_OF_MEMORY"):
         return "out of memory (Slurm OUT_OF_MEMORY)", True
     return f"the job died without a result (state {state}){tail}", True
