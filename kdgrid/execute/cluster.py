@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import subprocess
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -78,26 +79,47 @@ def _kdgrid_root() -> str:
     return str(Path(kdgrid.__file__).resolve().parents[1])
 
 
-def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The entries of ``{run_id: job.json}`` whose job may still be queued or running.
+def slurm_queue() -> dict[str, str] | None:
+    """{job id: state} of this user's jobs that slurmctld still holds, one per array task (``12_3``); None
+    when squeue cannot be asked (then every job counts as alive: better to wait for a run than run it twice).
 
-    Slurm jobs are asked about in one ``sacct`` call; when it fails they count as alive
-    (better to wait for a run than to run it twice).
+    squeue, not sacct, says whether a job is still alive: an array task cancelled while still pending
+    is never split off its array, so sacct never reports it and submitit's watcher says UNKNOWN for good.
+    Finished jobs stay listed (with their final state) for MinJobAge seconds.
     """
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+
+
+def slurm_final_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """{job id: sacct state} of jobs that left the queue (one sacct call); missing ids were never accounted."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if not arrays:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+
+
+def is_live(state: str | None) -> bool:
+    return state is not None and state.split()[0].upper() in LIVE_STATES
+
+
+def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries of ``{run_id: job.json}`` whose job may still be queued or running."""
     live: dict[str, dict[str, Any]] = {}
     slurm = {rid: info for rid, info in infos.items() if info.get("executor") == "slurm"}
     if slurm:
-        try:
-            import submitit
-
-            watcher = submitit.SlurmJob.watcher
-            for info in slurm.values():
-                watcher.register_job(str(info["job_id"]))
-            watcher.update()
-            states = {rid: watcher.get_state(str(info["job_id"]), mode="cache") for rid, info in slurm.items()}
-        except Exception:
-            states = {rid: "UNKNOWN" for rid in slurm}
-        live.update({rid: slurm[rid] for rid, st in states.items() if str(st).split()[0].upper() in LIVE_STATES})
+        queue = slurm_queue()
+        live.update({rid: info for rid, info in slurm.items() if queue is None or is_live(queue.get(str(info["job_id"])))})
     live.update({rid: info for rid, info in infos.items() if info.get("executor") == "local" and job_alive(info)})
     return live
 
@@ -194,8 +216,9 @@ class ClusterRunner:
                 return False
             self._submit()
             self._sleep(stop)
+            queue = slurm_queue() if self.cluster == "slurm" and self.inflight else None
             for cj in list(self.inflight.values()):
-                record = self._poll(cj)
+                record = self._poll(cj, queue)
                 if record is not None:
                     del self.inflight[cj.run.run_id]
                     self._settle(cj, record)
@@ -244,11 +267,23 @@ class ClusterRunner:
             self.reporter.run_start(self.submitted, run)
             self.submitted += 1
 
-    def _poll(self, cj: _ClusterJob) -> dict[str, Any] | None:
+    def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> dict[str, Any] | None:
         rpath = result_path(self.workdir, cj.run.run_id)
         res = read_result(rpath)
         if res is not None and res.get("attempt", cj.attempt) == cj.attempt:
             return res
+        if self.cluster == "slurm" and cj.info.get("executor") == "slurm":
+            job_id = str(cj.info["job_id"])
+            if queue is None or is_live(queue.get(job_id)):
+                return None  # queued, running, requeued (same attempt: its result is the one we wait for)
+            res = read_result(rpath)  # it may have finished between the two looks
+            if res is not None:
+                return res
+            state = queue.get(job_id) or slurm_final_states([job_id]).get(job_id) or "UNKNOWN"
+            detail, setup_error = _job_detail(cj.handle) if cj.handle is not None else ("", False)
+            if state == "UNKNOWN":
+                detail = detail or "it left the queue without an accounting record (cancelled while pending?)"
+            return self._failure(cj, *_state_failure(state, detail, self.limit_min, setup_error))
         if cj.handle is None:
             if job_alive(cj.info):
                 return None

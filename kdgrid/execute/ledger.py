@@ -119,6 +119,9 @@ class Ledger:
             store.set_status(run.run_id, "interrupted", why)
 
     def retry(self, run: PlannedRun, record: dict[str, Any], next_attempt: int) -> None:
+        """An attempt failed in a way that can pass: the run is 'interrupted' (with why) until it runs again."""
+        with writable_store(self.db_path) as store:
+            store.set_status(run.run_id, "interrupted", str(record.get("error")))
         self.outcome.retried += 1
         hook = getattr(self.reporter, "run_retry", None)
         if hook is not None:
