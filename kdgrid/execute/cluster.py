@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kdgrid.errors import KdgridError
-from kdgrid.execute.job import cluster_task, failed_record, now
+from kdgrid.execute.job import cluster_task, now
 from kdgrid.execute.ledger import Ledger
-from kdgrid.execute.rundir import job_path, read_result, remove, result_path, run_dir, write_json_atomic
+from kdgrid.execute.rundir import job_path, read_result, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.study.schema import Execute
 
@@ -234,14 +234,8 @@ class ClusterRunner:
         batch: list[tuple[PlannedRun, int]] = []
         while self.queue and len(batch) < cap:
             run, attempt = self.queue.popleft()
-            rpath = result_path(self.workdir, run.run_id)
-            existing = read_result(rpath)
-            if existing is not None and existing["status"] == "done":
-                self.ledger.finish(run, existing)
-                continue
-            if existing is not None:
-                remove(rpath)
-            batch.append((run, attempt))
+            if self.ledger.claim(run):
+                batch.append((run, attempt))
         if not batch:
             return
         specs = [{"run_id": r.run_id, "task": r.task, "seed": r.seed, "config": r.config, "attempt": a,
@@ -302,19 +296,8 @@ class ClusterRunner:
         return self._failure(cj, *_state_failure(str(cj.handle.state), detail, self.limit_min, setup_error))
 
     def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> dict[str, Any]:
-        record = failed_record(cj.run.run_id, cj.run.task, cj.run.seed, cj.run.config,
-                               f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
-        record["attempt"] = cj.attempt
-        try:
-            write_json_atomic(result_path(self.workdir, cj.run.run_id), record)
-        except Exception:
-            record["unsaved"] = True
-        return record
+        return self.ledger.failure(cj.run, cj.attempt, f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
 
     def _settle(self, cj: _ClusterJob, record: dict[str, Any]) -> None:
-        if record["status"] != "done" and record.get("retryable") and cj.attempt <= self.execute.retries:
-            self.ledger.retry(cj.run, record, cj.attempt + 1)
+        if self.ledger.settle(cj.run, record, cj.attempt):
             self.queue.appendleft((cj.run, cj.attempt + 1))
-            return
-        self.ledger.finish(cj.run, record)
-        remove(job_path(self.workdir, cj.run.run_id))
