@@ -162,11 +162,11 @@ FAKES = REPO / "tests" / "pool_fakes.py"
 ON_CLUSTER = "gpus_per_run=0,poll_s=0.5"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster() -> None:
     from slurm_local import unavailable
 
-    why = unavailable()
+    why = unavailable()  # once per module: a cluster that does not answer takes seconds to say so
     if why is not None:
         pytest.skip(why)
 
