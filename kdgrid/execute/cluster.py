@@ -247,18 +247,23 @@ class ClusterRunner:
             self.queue.extendleft(reversed(batch))
             raise KdgridError(f"submitting to {self.cluster} failed: {str(exc).strip().splitlines()[-1]}") from None
         folder = str(self.workdir / "submitit" / "%j")
+        # Every job.json first (file writes, milliseconds), the store after: a coordinator killed right after
+        # sbatch leaves each run named with its job, and the next one re-attaches instead of submitting again.
+        jobs = []
         for (run, attempt), handle in zip(batch, handles):
             rdir = run_dir(self.workdir, run.run_id)
             info = {"executor": self.cluster, "job_id": str(handle.job_id), "folder": folder, "attempt": attempt,
                     "submitted": now()}
-            self.ledger.mark_running(run, rdir)
             try:
                 rdir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(job_path(self.workdir, run.run_id), info)
             except Exception:
                 pass  # the job reports an unwritable run directory itself
-            self.inflight[run.run_id] = _ClusterJob(run, attempt, handle, info)
-            self.reporter.run_start(self.submitted, run)
+            jobs.append(_ClusterJob(run, attempt, handle, info))
+        for cj in jobs:
+            self.ledger.mark_running(cj.run, run_dir(self.workdir, cj.run.run_id))
+            self.inflight[cj.run.run_id] = cj
+            self.reporter.run_start(self.submitted, cj.run)
             self.submitted += 1
 
     def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> dict[str, Any] | None:

@@ -75,7 +75,8 @@ def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any
                     n += 1
         cluster_jobs = {}
         for run_id, status in statuses.items():
-            info = read_job(job_path(workdir, run_id)) if status == "running" else None
+            # not only 'running': a coordinator killed between sbatch and its store write left the run 'pending'
+            info = read_job(job_path(workdir, run_id)) if status in ("running", "pending", "interrupted") else None
             if info is not None and info["executor"] in ("slurm", "local"):  # cluster jobs outlive their coordinator
                 cluster_jobs[run_id] = info
         if cluster_jobs:
