@@ -39,6 +39,10 @@ class StoreError(KdgridError):
     """The DuckDB file is not a kdgrid store, is locked, or cannot be written."""
 
 
+class StoreBusy(StoreError):
+    """Another process holds the DuckDB file's lock (and kept it longer than this opening would wait)."""
+
+
 class RunFailed(KdgridError):
     """A single run failed in a way that must not stop the grid (NaN loss, ...)."""
 

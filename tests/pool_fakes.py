@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdgrid.errors import KdgridError, RunFailed  # noqa: E402  (workers import only this: they start fast)
 
 
-def fake_study(seeds: int = 3, temperatures: tuple[float, ...] = (1.0, 4.0)) -> Any:
+def fake_study(seeds: int = 3, temperatures: tuple[float, ...] = (1.0, 4.0), name: str = "fake") -> Any:
     from kdgrid.study.schema import Study
 
-    return Study.model_validate({"name": "fake", "tasks": ["cola"], "seeds": seeds,
+    return Study.model_validate({"name": name, "tasks": ["cola"], "seeds": seeds,
                                  "grid": {"objective.prediction.temperature": list(temperatures)}})
 
 
@@ -73,15 +73,21 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--retry-failed", action="store_true")
+    ap.add_argument("--name", default="fake", help="study name (a Slurm job is named kdgrid-NAME)")
+    ap.add_argument("--slurm", default=None, help="key=value,... Slurm settings: run as a job array instead")
     args = ap.parse_args()
-    study = fake_study(args.seeds)
+    study = fake_study(args.seeds, name=args.name)
+    execute = Execute(workers=args.workers, retries=args.retries, timeout_s=args.timeout)
+    if args.slurm is not None:
+        settings = dict(kv.split("=", 1) for kv in args.slurm.split(",") if kv)
+        execute = Execute(executor="slurm", retries=args.retries, timeout_s=args.timeout, slurm=settings)  # type: ignore[arg-type]
     try:
-        out = go(args.db, study, delay=args.delay, retry_failed=args.retry_failed,
-                 execute=Execute(workers=args.workers, retries=args.retries, timeout_s=args.timeout))
+        out = go(args.db, study, delay=args.delay, retry_failed=args.retry_failed, execute=execute)
     except KdgridError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"done={out.done} failed={out.failed} retried={out.retried} interrupted={out.interrupted}", flush=True)
+    print(f"done={out.done} failed={out.failed} retried={out.retried} interrupted={out.interrupted} "
+          f"recovered={out.recovered} already_done={out.already_done}", flush=True)
     sys.exit(130 if out.interrupted else 0)
 
 

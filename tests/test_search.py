@@ -480,3 +480,30 @@ search:
     assert data_out["search"] == "tiny" and data_out["counts"]["complete"] == 2
     assert data_out["confirmation"]["seeds"] == [1, 2] and len(data_out["confirmation"]["paired_tests"]) == 1
     assert (tmp_path / "reports" / "tiny.search" / "search.md").is_file()
+
+
+def test_an_out_of_memory_trial_run_is_retried_like_any_run_and_never_reused_as_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's run goes through the grid's attempt code: out of memory is retryable, within execute.retries."""
+    search = SEARCH.replace("trials: 4", "trials: 1").replace("seeds_per_trial: 2", "seeds_per_trial: 1")
+    write_study(tmp_path, search, extra="execute: {retries: 0}\n")
+    db = tmp_path / "k.duckdb"
+    settings = {"objective.intermediate.alpha": 0.2, "objective.prediction.temperature": 2.0}
+    j = job(tmp_path)
+    open_search(j.db_path, j.study, n_trials=j.target).enqueue_trial(settings)
+    monkeypatch.setenv("KDGRID_FAULT", "oom")  # every attempt runs out of memory
+    out = run_search(j, runner=fake_runner)
+    assert out.failed == 1 and "out of memory" in out.errors[0][1]
+    (run_id, status), = rows(db, "SELECT run_id, status FROM runs")
+    assert status == "failed"
+    from kdgrid.execute.rundir import result_path, workdir_for
+
+    assert json.loads(result_path(workdir_for(db), run_id).read_text())["retryable"] is True
+    # the same settings in a later trial, with a retry and memory enough for its second attempt: computed again
+    write_study(tmp_path, search.replace("trials: 1", "trials: 2"), extra="execute: {retries: 1}\n")
+    j = job(tmp_path)
+    open_search(j.db_path, j.study, n_trials=j.target).enqueue_trial(settings)
+    monkeypatch.setenv("KDGRID_FAULT", "oom@1")
+    out = run_search(j, runner=fake_runner)
+    assert out.complete == 1 and out.failed == 0
+    assert rows(db, "SELECT status, attempt FROM runs") == [("done", 3)]  # attempts 1 (first trial), 2 and 3

@@ -15,6 +15,8 @@ LocalExecutor) and ``debug`` runs it inside the coordinator: to try a setup, and
 from __future__ import annotations
 
 import math
+import shlex
+import subprocess
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -23,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kdgrid.errors import KdgridError
-from kdgrid.execute.job import cluster_task, failed_record, now
+from kdgrid.execute.job import cluster_task, now
 from kdgrid.execute.ledger import Ledger
-from kdgrid.execute.rundir import job_path, read_result, remove, result_path, run_dir, write_json_atomic
+from kdgrid.execute.rundir import job_path, read_result, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.study.schema import Execute
 
@@ -56,6 +58,11 @@ def make_executor(execute: Execute, workdir: Path, study_name: str) -> Any:
         "slurm_qos": s.qos, "slurm_constraint": s.constraint, "slurm_setup": s.setup or None,
         "slurm_additional_parameters": s.additional or None,
     }
+    if s.cluster == "slurm":
+        # The job must import the same kdgrid as this coordinator (a checkout on PYTHONPATH, not an older
+        # install), even where sbatch does not pass the environment on (--export=NONE).
+        params["slurm_setup"] = [f"export PYTHONPATH={shlex.quote(_kdgrid_root())}${{PYTHONPATH:+:$PYTHONPATH}}",
+                                 *s.setup]
     if s.cluster == "local":
         params["local_setup"] = s.setup or None
         params["gpus_per_node"] = 0 if s.gpus_per_run == 0 else s.gpus_per_run
@@ -66,26 +73,53 @@ def make_executor(execute: Execute, workdir: Path, study_name: str) -> Any:
     return ex
 
 
-def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The entries of ``{run_id: job.json}`` whose job may still be queued or running.
+def _kdgrid_root() -> str:
+    import kdgrid
 
-    Slurm jobs are asked about in one ``sacct`` call; when it fails they count as alive
-    (better to wait for a run than to run it twice).
+    return str(Path(kdgrid.__file__).resolve().parents[1])
+
+
+def slurm_queue() -> dict[str, str] | None:
+    """{job id: state} of this user's jobs that slurmctld still holds, one per array task (``12_3``); None
+    when squeue cannot be asked (then every job counts as alive: better to wait for a run than run it twice).
+
+    squeue, not sacct, says whether a job is still alive: an array task cancelled while still pending
+    is never split off its array, so sacct never reports it and submitit's watcher says UNKNOWN for good.
+    Finished jobs stay listed (with their final state) for MinJobAge seconds.
     """
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+
+
+def slurm_final_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """{job id: sacct state} of jobs that left the queue (one sacct call); missing ids were never accounted."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if not arrays:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+
+
+def is_live(state: str | None) -> bool:
+    return state is not None and state.split()[0].upper() in LIVE_STATES
+
+
+def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries of ``{run_id: job.json}`` whose job may still be queued or running."""
     live: dict[str, dict[str, Any]] = {}
     slurm = {rid: info for rid, info in infos.items() if info.get("executor") == "slurm"}
     if slurm:
-        try:
-            import submitit
-
-            watcher = submitit.SlurmJob.watcher
-            for info in slurm.values():
-                watcher.register_job(str(info["job_id"]))
-            watcher.update()
-            states = {rid: watcher.get_state(str(info["job_id"]), mode="cache") for rid, info in slurm.items()}
-        except Exception:
-            states = {rid: "UNKNOWN" for rid in slurm}
-        live.update({rid: slurm[rid] for rid, st in states.items() if str(st).split()[0].upper() in LIVE_STATES})
+        queue = slurm_queue()
+        live.update({rid: info for rid, info in slurm.items() if queue is None or is_live(queue.get(str(info["job_id"])))})
     live.update({rid: info for rid, info in infos.items() if info.get("executor") == "local" and job_alive(info)})
     return live
 
@@ -127,8 +161,8 @@ def _state_failure(state: str, detail: str, limit_min: int, setup_error: bool = 
         return f"the job failed before the run started (state {state}){tail}", False
     if s.startswith("TIMEOUT"):
         return f"timed out (Slurm time limit {limit_min} min); not retried", False
-    if s.startswith("CANCELLED"):
-        return f"the job was cancelled ({state})", False
+    if s.startswith("CANCELLED"):  # scancel, or a node taken away: the run itself did nothing wrong
+        return f"interrupted: the job was cancelled ({state})", True
     if s.startswith("OUT_OF_MEMORY"):
         return "out of memory (Slurm OUT_OF_MEMORY)", True
     return f"the job died without a result (state {state}){tail}", True
@@ -182,8 +216,9 @@ class ClusterRunner:
                 return False
             self._submit()
             self._sleep(stop)
+            queue = slurm_queue() if self.cluster == "slurm" and self.inflight else None
             for cj in list(self.inflight.values()):
-                record = self._poll(cj)
+                record = self._poll(cj, queue)
                 if record is not None:
                     del self.inflight[cj.run.run_id]
                     self._settle(cj, record)
@@ -199,14 +234,8 @@ class ClusterRunner:
         batch: list[tuple[PlannedRun, int]] = []
         while self.queue and len(batch) < cap:
             run, attempt = self.queue.popleft()
-            rpath = result_path(self.workdir, run.run_id)
-            existing = read_result(rpath)
-            if existing is not None and existing["status"] == "done":
-                self.ledger.finish(run, existing)
-                continue
-            if existing is not None:
-                remove(rpath)
-            batch.append((run, attempt))
+            if self.ledger.claim(run):
+                batch.append((run, attempt))
         if not batch:
             return
         specs = [{"run_id": r.run_id, "task": r.task, "seed": r.seed, "config": r.config, "attempt": a,
@@ -218,25 +247,42 @@ class ClusterRunner:
             self.queue.extendleft(reversed(batch))
             raise KdgridError(f"submitting to {self.cluster} failed: {str(exc).strip().splitlines()[-1]}") from None
         folder = str(self.workdir / "submitit" / "%j")
+        # Every job.json first (file writes, milliseconds), the store after: a coordinator killed right after
+        # sbatch leaves each run named with its job, and the next one re-attaches instead of submitting again.
+        jobs = []
         for (run, attempt), handle in zip(batch, handles):
             rdir = run_dir(self.workdir, run.run_id)
             info = {"executor": self.cluster, "job_id": str(handle.job_id), "folder": folder, "attempt": attempt,
                     "submitted": now()}
-            self.ledger.mark_running(run, rdir)
             try:
                 rdir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(job_path(self.workdir, run.run_id), info)
             except Exception:
                 pass  # the job reports an unwritable run directory itself
-            self.inflight[run.run_id] = _ClusterJob(run, attempt, handle, info)
-            self.reporter.run_start(self.submitted, run)
+            jobs.append(_ClusterJob(run, attempt, handle, info))
+        for cj in jobs:
+            self.ledger.mark_running(cj.run, run_dir(self.workdir, cj.run.run_id))
+            self.inflight[cj.run.run_id] = cj
+            self.reporter.run_start(self.submitted, cj.run)
             self.submitted += 1
 
-    def _poll(self, cj: _ClusterJob) -> dict[str, Any] | None:
+    def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> dict[str, Any] | None:
         rpath = result_path(self.workdir, cj.run.run_id)
         res = read_result(rpath)
         if res is not None and res.get("attempt", cj.attempt) == cj.attempt:
             return res
+        if self.cluster == "slurm" and cj.info.get("executor") == "slurm":
+            job_id = str(cj.info["job_id"])
+            if queue is None or is_live(queue.get(job_id)):
+                return None  # queued, running, requeued (same attempt: its result is the one we wait for)
+            res = read_result(rpath)  # it may have finished between the two looks
+            if res is not None:
+                return res
+            state = queue.get(job_id) or slurm_final_states([job_id]).get(job_id) or "UNKNOWN"
+            detail, setup_error = _job_detail(cj.handle) if cj.handle is not None else ("", False)
+            if state == "UNKNOWN":
+                detail = detail or "it left the queue without an accounting record (cancelled while pending?)"
+            return self._failure(cj, *_state_failure(state, detail, self.limit_min, setup_error))
         if cj.handle is None:
             if job_alive(cj.info):
                 return None
@@ -255,19 +301,8 @@ class ClusterRunner:
         return self._failure(cj, *_state_failure(str(cj.handle.state), detail, self.limit_min, setup_error))
 
     def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> dict[str, Any]:
-        record = failed_record(cj.run.run_id, cj.run.task, cj.run.seed, cj.run.config,
-                               f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
-        record["attempt"] = cj.attempt
-        try:
-            write_json_atomic(result_path(self.workdir, cj.run.run_id), record)
-        except Exception:
-            record["unsaved"] = True
-        return record
+        return self.ledger.failure(cj.run, cj.attempt, f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
 
     def _settle(self, cj: _ClusterJob, record: dict[str, Any]) -> None:
-        if record["status"] != "done" and record.get("retryable") and cj.attempt <= self.execute.retries:
-            self.ledger.retry(cj.run, record, cj.attempt + 1)
+        if self.ledger.settle(cj.run, record, cj.attempt):
             self.queue.appendleft((cj.run, cj.attempt + 1))
-            return
-        self.ledger.finish(cj.run, record)
-        remove(job_path(self.workdir, cj.run.run_id))

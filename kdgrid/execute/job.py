@@ -62,8 +62,13 @@ def classify(exc: BaseException) -> tuple[str, bool]:
 def execute_job(
     runner: Runner, *, run_id: str, task: str | None, seed: int | None, config: dict[str, Any],
     run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None,
+    runner_kwargs: dict[str, Any] | None = None, passthrough: tuple[type[BaseException], ...] = (),
 ) -> dict[str, Any]:
-    """Run one attempt and write its ``result.json``; return the record written (or that could not be)."""
+    """Run one attempt and write its ``result.json``; return the record written (or that could not be).
+
+    ``runner_kwargs`` go to the runner as well (the search's ``on_epoch`` hook); exceptions of a
+    ``passthrough`` type are the caller's (a pruned trial), raised with no result written.
+    """
     started = now()
     t0 = time.perf_counter()
     result_file = run_dir / "result.json"
@@ -75,9 +80,11 @@ def execute_job(
             raise RunFailed(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
         faults.inject_before_run(kind)
         with faults.loop_fault(kind):
-            result = runner(config, run_dir, workdir=workdir, on_progress=on_progress)
+            result = runner(config, run_dir, workdir=workdir, on_progress=on_progress, **(runner_kwargs or {}))
         result.update(started=started, finished=now(), duration_s=time.perf_counter() - t0)
     except KeyboardInterrupt:
+        raise
+    except passthrough:
         raise
     except Exception as exc:  # one run's error, whatever it is, must not stop the grid
         reason, retryable = classify(exc)

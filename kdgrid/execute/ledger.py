@@ -9,41 +9,38 @@ directories and the next ``kdgrid run`` ingests them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import duckdb
 
 from kdgrid.errors import StoreError
+from kdgrid.execute.job import failed_record
+from kdgrid.execute.rundir import job_path, read_result, remove, result_path, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.store.db import Store, open_store
 
 
-class Reporter(Protocol):
-    """What the coordinator tells a progress display (the CLI's is rich-based).
+class Reporter:
+    """What the coordinator tells a progress display (the CLI's is rich-based); every hook is a no-op here,
+    so a display overrides only what it shows.
 
-    With worker processes several runs are in flight at once: ``run_progress`` then gets the
-    run's id as ``run_id``. Reporters may also define ``run_retry(run, result, attempt)``.
+    With worker processes several runs are in flight at once: ``run_progress`` then names the run
+    (``run_id``); in-process runs leave it None.
     """
 
-    def grid_start(self, total: int, todo: int) -> None: ...
-    def run_start(self, index: int, run: PlannedRun) -> None: ...
-    def run_progress(self, stage: str, epoch: int, step: int, total_steps: int) -> None: ...
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
-    def grid_end(self) -> None: ...
-
-
-class NullReporter:
     def grid_start(self, total: int, todo: int) -> None: ...
     def run_start(self, index: int, run: PlannedRun) -> None: ...
     def run_progress(self, stage: str, epoch: int, step: int, total_steps: int, run_id: str | None = None) -> None: ...
     def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
     def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None: ...
     def grid_end(self) -> None: ...
+
+
+NullReporter = Reporter
 
 
 @dataclass
@@ -68,35 +65,61 @@ STORE_BUSY_WAIT_S = 60.0
 @contextmanager
 def writable_store(db_path: Path, wait_s: float = STORE_BUSY_WAIT_S) -> Iterator[Store]:
     """open_store for a write, waiting while a reader (``kdgrid status``) holds the file."""
-    deadline = time.monotonic() + wait_s
-    delay = 0.05
-    while True:
-        entered = False
+    with open_store(db_path, wait_s=wait_s) as store:
         try:
-            with open_store(db_path) as store:
-                entered = True
-                try:
-                    yield store
-                except duckdb.Error as exc:
-                    raise StoreError(
-                        f"{db_path}: cannot write the store ({str(exc).splitlines()[0]}); finished results stay "
-                        f"in their run directories and the next 'kdgrid run' stores them"
-                    ) from None
-            return
-        except StoreError as exc:
-            if entered or "in use" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(1.0, delay * 2)
+            yield store
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"{db_path}: cannot write the store ({str(exc).splitlines()[0]}); finished results stay "
+                f"in their run directories and the next 'kdgrid run' stores them"
+            ) from None
 
 
 class Ledger:
-    """Store writes for runs, plus the outcome tally and the reporter calls that go with them."""
+    """The one owner of each run's attempts, retry decisions and final outcome, for every backend.
 
-    def __init__(self, db_path: Path, outcome: GridOutcome, reporter: Any) -> None:
+    The backends (in-process, worker pool, Slurm array) only start attempts and report how they ended:
+    before an attempt they ask :meth:`claim` (a finished result is ingested, never redone), after it they hand
+    the record to :meth:`settle` (retried or final). It also writes the store and keeps the grid's tally.
+    """
+
+    def __init__(self, db_path: Path, outcome: GridOutcome, reporter: Reporter, workdir: Path, retries: int = 0) -> None:
         self.db_path = db_path
         self.outcome = outcome
         self.reporter = reporter
+        self.workdir = workdir
+        self.retries = retries
+
+    def claim(self, run: PlannedRun) -> bool:
+        """Whether an attempt of ``run`` should start: False when its result.json already says done (then it is
+        stored now); a failed earlier attempt's result.json is removed, as the new attempt replaces it."""
+        rpath = result_path(self.workdir, run.run_id)
+        existing = read_result(rpath)
+        if existing is not None and existing["status"] == "done":
+            self.finish(run, existing)  # finished earlier but never ingested: ingest, never redo
+            return False
+        if existing is not None:
+            remove(rpath)
+        return True
+
+    def settle(self, run: PlannedRun, record: dict[str, Any], attempt: int, *, may_retry: bool = True) -> bool:
+        """An attempt ended with ``record``: True when the run must run again (attempt + 1), else it is final."""
+        if record["status"] != "done" and record.get("retryable") and attempt <= self.retries and may_retry:
+            self.retry(run, record, attempt + 1)
+            return True
+        self.finish(run, record)
+        remove(job_path(self.workdir, run.run_id))
+        return False
+
+    def failure(self, run: PlannedRun, attempt: int, why: str, *, retryable: bool) -> dict[str, Any]:
+        """The record of an attempt that died without writing its own (a killed worker or job), saved as its result.json."""
+        record = failed_record(run.run_id, run.task, run.seed, run.config, why, retryable=retryable)
+        record["attempt"] = attempt
+        try:
+            write_json_atomic(result_path(self.workdir, run.run_id), record)
+        except Exception:
+            record["unsaved"] = True
+        return record
 
     def mark_running(self, run: PlannedRun, rdir: Path) -> None:
         with writable_store(self.db_path) as store:
@@ -119,7 +142,8 @@ class Ledger:
             store.set_status(run.run_id, "interrupted", why)
 
     def retry(self, run: PlannedRun, record: dict[str, Any], next_attempt: int) -> None:
+        """An attempt failed in a way that can pass: the run is 'interrupted' (with why) until it runs again."""
+        with writable_store(self.db_path) as store:
+            store.set_status(run.run_id, "interrupted", str(record.get("error")))
         self.outcome.retried += 1
-        hook = getattr(self.reporter, "run_retry", None)
-        if hook is not None:
-            hook(run, record, next_attempt)
+        self.reporter.run_retry(run, record, next_attempt)

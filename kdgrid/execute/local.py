@@ -25,19 +25,15 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from kdgrid.errors import StoreError
-from kdgrid.execute.job import Runner, execute_job, failed_record, pack_runner
+from kdgrid.execute.job import Runner, execute_job, pack_runner
 from kdgrid.execute.ledger import GridOutcome, Ledger, NullReporter, Reporter, writable_store
-from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, remove, result_path, run_dir, workdir_for
+from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, run_dir, workdir_for
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.study.schema import Execute
 
-__all__ = ["GridOutcome", "NullReporter", "Reporter", "Runner", "coordinator_lock", "failed_result", "recover", "run_grid"]
+__all__ = ["GridOutcome", "NullReporter", "Reporter", "Runner", "coordinator_lock", "recover", "run_grid"]
 
 IN_PROCESS = Execute(workers=0, retries=0)
-
-
-def failed_result(run: PlannedRun, error: str, *, status: str = "failed", started: str | None = None) -> dict[str, Any]:
-    return failed_record(run.run_id, run.task, run.seed, run.config, error, status=status, started=started)
 
 
 def _default_runner() -> Runner:
@@ -79,7 +75,8 @@ def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any
                     n += 1
         cluster_jobs = {}
         for run_id, status in statuses.items():
-            info = read_job(job_path(workdir, run_id)) if status == "running" else None
+            # not only 'running': a coordinator killed between sbatch and its store write left the run 'pending'
+            info = read_job(job_path(workdir, run_id)) if status in ("running", "pending", "interrupted") else None
             if info is not None and info["executor"] in ("slurm", "local"):  # cluster jobs outlive their coordinator
                 cluster_jobs[run_id] = info
         if cluster_jobs:
@@ -136,7 +133,7 @@ def run_grid(
         outcome.already_done = sum(1 for r in unique if statuses.get(r.run_id) == "done")
         if max_runs is not None:
             todo = todo[:max_runs]
-        ledger = Ledger(db_path, outcome, reporter)
+        ledger = Ledger(db_path, outcome, reporter, workdir, retries=ex.retries)
         if ex.executor == "slurm":
             reporter.grid_start(len(unique), len(todo) + len(reattach))
             _run_cluster(cluster_executor, workdir, teachers_first(todo), reattach, ex, runner, ledger, reporter, outcome)
@@ -146,7 +143,7 @@ def run_grid(
             if not todo:
                 pass
             elif ex.workers == 0:
-                _run_in_process(workdir, todo, runner or _default_runner(), ex.retries, ledger, reporter, outcome)
+                _run_in_process(workdir, todo, runner or _default_runner(), ledger, reporter, outcome)
             else:
                 _run_pool(db_path, workdir, todo, ex, runner, ledger, reporter, outcome)
         reporter.grid_end()
@@ -186,7 +183,7 @@ def _run_pool(db_path: Path, workdir: Path, todo: list[PlannedRun], ex: Execute,
 
     slots: list[str | None] = list(ex.gpus) if ex.gpus else [None] * ex.workers
     pool = Pool(db_path=db_path, workdir=workdir, ledger=ledger, reporter=reporter, runner_ref=pack_runner(runner),
-                slots=slots, threads=threads_per_worker(len(slots)), timeout_s=ex.timeout_s, retries=ex.retries)
+                slots=slots, threads=threads_per_worker(len(slots)), timeout_s=ex.timeout_s)
     if not pool.run(teachers_first(todo) if len(slots) > 1 else todo):
         outcome.interrupted = True
 
@@ -225,22 +222,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, retries: int, ledger: Ledger,
-                    reporter: Any, outcome: GridOutcome) -> None:
+def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, ledger: Ledger, reporter: Any,
+                    outcome: GridOutcome) -> None:
     with _sigterm_as_interrupt():
         for i, run in enumerate(todo):
             reporter.run_start(i, run)
             attempt = 1
-            while True:
+            while ledger.claim(run):
                 rdir = run_dir(workdir, run.run_id)
-                rpath = result_path(workdir, run.run_id)
-                existing = read_result(rpath)
-                if existing is not None and existing["status"] == "done":
-                    # Finished earlier but never ingested: ingest, never redo.
-                    ledger.finish(run, existing)
-                    break
-                if existing is not None:
-                    remove(rpath)
                 ledger.mark_running(run, rdir)
                 try:
                     result = execute_job(runner, run_id=run.run_id, task=run.task, seed=run.seed, config=run.config,
@@ -250,9 +239,6 @@ def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, retri
                     ledger.interrupted(run)
                     outcome.interrupted = True
                     return
-                if result["status"] != "done" and result.get("retryable") and attempt <= retries:
-                    attempt += 1
-                    ledger.retry(run, result, attempt)
-                    continue
-                ledger.finish(run, result)
-                break
+                if not ledger.settle(run, result, attempt):
+                    break
+                attempt += 1

@@ -20,7 +20,6 @@ After any failed attempt the worker is replaced, so no state leaks from a failed
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import selectors
@@ -123,7 +122,7 @@ def _last_line(path: Path | None) -> str:
 
 class Pool:
     def __init__(self, *, db_path: Path, workdir: Path, ledger: Ledger, reporter: Any, runner_ref: dict[str, Any] | None,
-                 slots: Sequence[str | None], threads: int, timeout_s: float | None, retries: int) -> None:
+                 slots: Sequence[str | None], threads: int, timeout_s: float | None) -> None:
         self.db_path = db_path
         self.workdir = workdir
         self.ledger = ledger
@@ -132,16 +131,10 @@ class Pool:
         self.slots = [_Slot(i, gpu) for i, gpu in enumerate(slots)]
         self.threads = threads
         self.timeout_s = timeout_s
-        self.retries = retries
         self.queue: deque[tuple[PlannedRun, int]] = deque()
         self.sel = selectors.DefaultSelector()
         self.dispatched = 0
         self.stop = StopFlag()
-        try:
-            params = inspect.signature(reporter.run_progress).parameters
-            self._progress_takes_run_id = "run_id" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-        except (TypeError, ValueError):
-            self._progress_takes_run_id = False
 
     # -- public ------------------------------------------------------------------------------
     def run(self, todo: Sequence[PlannedRun]) -> bool:
@@ -171,14 +164,9 @@ class Pool:
                 self._start(slot, run, attempt)
 
     def _start(self, slot: _Slot, run: PlannedRun, attempt: int) -> None:
-        rdir = run_dir(self.workdir, run.run_id)
-        existing = read_result(result_path(self.workdir, run.run_id))
-        if existing is not None and existing["status"] == "done":
-            # Finished earlier but never ingested: ingest, never redo.
-            self.ledger.finish(run, existing)
+        if not self.ledger.claim(run):
             return
-        if existing is not None:  # a failure of an earlier attempt: this attempt replaces it
-            remove(result_path(self.workdir, run.run_id))
+        rdir = run_dir(self.workdir, run.run_id)
         if not slot.alive:
             self._spawn(slot)
         assert slot.proc is not None
@@ -263,10 +251,7 @@ class Pool:
         if ev == "start":
             job.started = time.monotonic()
         elif ev == "progress":
-            if self._progress_takes_run_id:
-                self.reporter.run_progress(msg["stage"], msg["epoch"], msg["step"], msg["total"], run_id=job.run.run_id)
-            else:  # a reporter written for one run at a time
-                self.reporter.run_progress(msg["stage"], msg["epoch"], msg["step"], msg["total"])
+            self.reporter.run_progress(msg["stage"], msg["epoch"], msg["step"], msg["total"], run_id=job.run.run_id)
         elif ev == "end":
             slot.job = None
             record = msg.get("record") or read_result(result_path(self.workdir, job.run.run_id))
@@ -320,22 +305,12 @@ class Pool:
         self._settle(job, self._failure(job, why, retryable=True))
 
     def _failure(self, job: _Job, why: str, *, retryable: bool) -> dict[str, Any]:
-        record = failed_record(job.run.run_id, job.run.task, job.run.seed, job.run.config, why, retryable=retryable)
-        record["attempt"] = job.attempt
-        try:
-            write_json_atomic(result_path(self.workdir, job.run.run_id), record)
-        except Exception:
-            record["unsaved"] = True
-        return record
+        return self.ledger.failure(job.run, job.attempt, why, retryable=retryable)
 
     def _settle(self, job: _Job, record: dict[str, Any]) -> None:
-        """A final record goes to the store; a failure that can pass goes back to the queue."""
-        if record["status"] != "done" and record.get("retryable") and job.attempt <= self.retries and not self.stop.requested:
-            self.ledger.retry(job.run, record, job.attempt + 1)
+        """The ledger decides: a final record is stored, a failure that can pass comes back to the queue."""
+        if self.ledger.settle(job.run, record, job.attempt, may_retry=not self.stop.requested):
             self.queue.appendleft((job.run, job.attempt + 1))
-            return
-        self.ledger.finish(job.run, record)
-        remove(job_path(self.workdir, job.run.run_id))
 
     # -- stopping ----------------------------------------------------------------------------
     def _interrupt_in_flight(self) -> None:

@@ -197,7 +197,7 @@ def _evaluate(job: SearchJob, trial: optuna.Trial, runs: list[PlannedRun], runne
 
         reporter.run_start(i, len(runs), run)
         result, reused = execute_run(batch, workdir, run, runner, on_progress=reporter.run_progress,
-                                     on_epoch=on_epoch if live else None)
+                                     on_epoch=on_epoch if live else None, retries=job.study.execute.retries)
         if result["status"] != "done":
             raise _TrialFailed(f"run {run.run_id} ({run.task}, seed {run.seed}) failed: {result.get('error')}")
         if reused or not heard:

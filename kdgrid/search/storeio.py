@@ -10,19 +10,15 @@ never lost between training and ingestion: the next process that needs the run i
 from __future__ import annotations
 
 import inspect
-import random
-import time
-import traceback
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from filelock import FileLock
 
-from kdgrid.errors import KdgridError, StoreError
-from kdgrid.execute.local import failed_result
-from kdgrid.execute.rundir import read_result, result_path, run_dir, write_json_atomic
+from kdgrid.execute.job import execute_job
+from kdgrid.execute.rundir import read_result, result_path, run_dir
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.store.db import Store, open_store
 
@@ -30,27 +26,10 @@ T = TypeVar("T")
 STORE_WAIT_S = 120.0  # a write takes milliseconds; two minutes of contention means something is stuck
 
 
-def _busy(exc: StoreError) -> bool:
-    # open_store reports DuckDB's file lock as 'in use by another kdgrid process'.
-    return "in use by another" in str(exc)
-
-
 @contextmanager
 def store_turn(db_path: Path, *, read_only: bool = False, wait_s: float = STORE_WAIT_S) -> Iterator[Store]:
-    """Open the store for one short piece of work, waiting (with jitter) while another process has it."""
-    deadline = time.monotonic() + wait_s
-    delay = 0.02
-    while True:
-        stack = ExitStack()
-        try:
-            store = stack.enter_context(open_store(db_path, read_only=read_only))
-            break
-        except StoreError as exc:
-            if not _busy(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 1.0)
-    with stack:
+    """Open the store for one short piece of work, waiting while another process has it."""
+    with open_store(db_path, read_only=read_only, wait_s=wait_s) as store:
         yield store
 
 
@@ -101,15 +80,18 @@ class StoreBatch:
 
 
 def execute_run(batch: StoreBatch, workdir: Path, run: PlannedRun, runner: Callable[..., dict[str, Any]], *,
-                on_progress: ProgressFn | None = None, on_epoch: EpochHook | None = None) -> tuple[dict[str, Any], bool]:
+                on_progress: ProgressFn | None = None, on_epoch: EpochHook | None = None,
+                retries: int = 0) -> tuple[dict[str, Any], bool]:
     """Run (or reuse) one run; return (result, reused). Its ingestion is left in ``batch`` (flushed by the caller).
 
     A run already finished (done, or failed for good) by any earlier grid, trial or process is
     reused, not redone. A file lock per run makes a second process that needs the same run wait
-    for the first and reuse its result. The result is in ``result.json`` before the store hears of
-    it, so a kill before the batch is flushed loses nothing: whoever needs the run next ingests it.
-    ``Pruned`` and ``KeyboardInterrupt`` leave the run 'interrupted' (no result.json), so a later
-    grid or trial runs it again.
+    for the first and reuse its result. Each attempt is the grid's (:func:`kdgrid.execute.job.execute_job`:
+    the same failure reasons, traceback in ``error.log``, ``retryable`` flag), and a failure that can pass
+    (out of memory) is retried up to ``retries`` times, then stored as retryable, so a later grid or trial
+    runs it again instead of reusing it. The result is in ``result.json`` before the store hears of it, so a
+    kill before the batch is flushed loses nothing. ``Pruned`` and ``KeyboardInterrupt`` leave the run
+    'interrupted' (no result.json), so a later grid or trial runs it again.
     """
     rdir = run_dir(workdir, run.run_id)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -121,43 +103,22 @@ def execute_run(batch: StoreBatch, workdir: Path, run: PlannedRun, runner: Calla
                                      or (existing["status"] == "failed" and not existing.get("retryable"))):
             batch.add(lambda s: s.ingest_result(existing))
             return existing, True
-        batch.add(lambda s: s.mark_running(run.run_id, str(rdir)))
-        batch.flush()  # with the previous run's ingestion: one opening per run
-        started = _now()
-        t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {"workdir": workdir, "on_progress": on_progress}
-        if on_epoch is not None:
-            kwargs["on_epoch"] = on_epoch
-        try:
-            result = runner(run.config, rdir, **kwargs)
-            result.update(started=started, finished=_now(), duration_s=time.perf_counter() - t0)
-        except (Pruned, KeyboardInterrupt) as exc:
-            why = "pruned by the search" if isinstance(exc, Pruned) else "interrupted by user"
-            batch.add(lambda s: s.set_status(run.run_id, "interrupted", why))
-            raise
-        except KdgridError as exc:
-            result = failed_result(run, str(exc), started=started)
-        except Exception as exc:  # a bug or a library error in one run must not stop the search
-            result = failed_result(run, f"{type(exc).__name__}: {exc}", started=started)
-            _write_traceback(rdir)
-        result.setdefault("duration_s", time.perf_counter() - t0)
-        try:
-            write_json_atomic(rpath, result)
-        except KdgridError as exc:
-            result = failed_result(run, str(exc), started=started)
+        attempt = 1
+        while True:
+            batch.add(lambda s: s.mark_running(run.run_id, str(rdir)))
+            batch.flush()  # with the previous run's ingestion: one opening per run
+            try:
+                result = execute_job(runner, run_id=run.run_id, task=run.task, seed=run.seed, config=run.config,
+                                     run_dir=rdir, workdir=workdir, attempt=attempt, on_progress=on_progress,
+                                     runner_kwargs={"on_epoch": on_epoch} if on_epoch is not None else None,
+                                     passthrough=(Pruned,))
+            except (Pruned, KeyboardInterrupt) as exc:
+                why = "pruned by the search" if isinstance(exc, Pruned) else "interrupted by user"
+                batch.add(lambda s: s.set_status(run.run_id, "interrupted", why))
+                raise
+            if result["status"] == "done" or not result.get("retryable") or attempt > retries:
+                break
+            attempt += 1
         final = result
         batch.add(lambda s: s.ingest_result(final))
         return result, False
-
-
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
-
-
-def _write_traceback(rdir: Path) -> None:
-    try:
-        (rdir / "error.log").write_text(traceback.format_exc())
-    except OSError:
-        pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from kdgrid.errors import StoreError
+from kdgrid.errors import StoreBusy, StoreError
 
 SCHEMA_VERSION = "1"
 
@@ -298,22 +299,34 @@ def _is_kdgrid(con: duckdb.DuckDBPyConnection) -> bool:
 READER_WAIT_S = 15.0
 
 
-def _connect(p: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + (READER_WAIT_S if read_only else 0.0)
-    delay = 0.05
+def _connect(p: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, waiting up to ``wait_s`` (backoff with jitter) while another process holds the file.
+
+    The one place that recognises DuckDB's lock error; callers see :class:`StoreBusy`.
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
     while True:
         try:
             return duckdb.connect(str(p), read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            msg = str(exc).splitlines()[0]
+            if "lock" not in msg.lower():
                 raise
-        time.sleep(delay)
+            if time.monotonic() > deadline:
+                raise StoreBusy(f"{p}: the store is in use by another kdgrid process ({msg})") from None
+        time.sleep(delay * (1 + random.random()))  # jitter: processes that collided do not collide again
         delay = min(2 * delay, 0.5)
 
 
 @contextmanager
-def open_store(path: str | Path | None = None, *, read_only: bool = False, create: bool = True) -> Iterator[Store]:
-    """Open (and create, unless ``read_only``) a kdgrid store; one clear StoreError otherwise."""
+def open_store(path: str | Path | None = None, *, read_only: bool = False, create: bool = True,
+               wait_s: float | None = None) -> Iterator[Store]:
+    """Open (and create, unless ``read_only``) a kdgrid store; one clear StoreError otherwise.
+
+    While another process holds the file it waits up to ``wait_s`` seconds (default: READER_WAIT_S for a
+    reader, none for a writer), then raises :class:`StoreBusy`.
+    """
     p = Path(path) if path is not None else default_db_path()
     if read_only and not p.exists():
         raise StoreError(f"{p}: no kdgrid store here (run 'kdgrid run STUDY' first, or pass --db PATH)")
@@ -322,12 +335,9 @@ def open_store(path: str | Path | None = None, *, read_only: bool = False, creat
     if p.exists() and p.is_dir():
         raise StoreError(f"{p}: is a directory, not a DuckDB file")
     try:
-        con = _connect(p, read_only)
+        con = _connect(p, read_only, (READER_WAIT_S if read_only else 0.0) if wait_s is None else wait_s)
     except duckdb.IOException as exc:
-        msg = str(exc).splitlines()[0]
-        if "lock" in msg.lower():
-            raise StoreError(f"{p}: the store is in use by another kdgrid process ({msg})") from None
-        raise StoreError(f"{p}: not a DuckDB database or unreadable ({msg})") from None
+        raise StoreError(f"{p}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})") from None
     except duckdb.Error as exc:
         raise StoreError(f"{p}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})") from None
     try:
