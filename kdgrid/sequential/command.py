@@ -1,0 +1,45 @@
+"""What ``kdgrid plan``, ``run``, ``status`` and ``report`` add for a sequential study (rich output)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kdgrid.sequential.plan import SequentialPlan
+from kdgrid.sequential.state import ComparisonState, states_frame
+
+
+def plan_summary(plan: SequentialPlan, console: Console) -> None:
+    first, most = plan.first_look_runs(), plan.max_runs()
+    console.print(f"sequential: {len(plan.comparisons)} comparison(s); looks at {', '.join(map(str, plan.looks))} "
+                  f"seeds per cell (seeds {', '.join(map(str, plan.seeds))} in that order)", highlight=False)
+    console.print(f"first look: {len(first)} runs ({len({r.run_id for r in first})} unique); "
+                  f"at most {len(most)} runs ({len({r.run_id for r in most})} unique) if no comparison stops early",
+                  highlight=False)
+    for line in plan.design_lines():
+        console.print(f"  {line}", highlight=False)
+
+
+def states_table(states: list[ComparisonState], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("task", "condition", "baseline", "state", "seeds", "looks", "reason"):
+        table.add_column(col)
+    for st in states:
+        c, r = st.comparison, st.result
+        state = r.verdict if r.verdict != "undecided" else f"running ({st.seeds_needed} seeds next)"
+        table.add_row(c.task, c.condition, c.baseline, state, str(r.n), f"{len(r.looks)}/{len(c.design.looks)}", r.reason)
+    return table
+
+
+def write_section(plan: SequentialPlan, states: list[ComparisonState], out_dir: Path) -> Path:
+    """sequential.md and sequential.csv beside the report; returns the Markdown path."""
+    from kdgrid.report.sequential import sequential_markdown, sequential_section
+
+    frame = states_frame(states)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_dir / "sequential.csv", index=False)
+    md = out_dir / "sequential.md"
+    md.write_text(sequential_markdown(sequential_section(frame, plan.design_lines())) + "\n", encoding="utf-8")
+    return md
