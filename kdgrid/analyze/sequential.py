@@ -45,6 +45,7 @@ __all__ = [
     "OperatingCharacteristics",
     "SequentialResult",
     "boundaries",
+    "calibrated_alpha",
     "detectable",
     "operating_characteristics",
     "sequential_test",
@@ -143,6 +144,48 @@ def boundaries(info: tuple[float, ...], alpha: float, kind: str, sides: int = 2)
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- small samples
+CALIBRATION_REPS = 40000
+CALIBRATION_SEED = 20261202
+
+
+@lru_cache(maxsize=256)
+def calibrated_alpha(looks: tuple[int, ...], alpha: float, kind: str) -> float:
+    """The largest α' ≤ α whose two-sided boundaries, applied to paired t tests at these looks through
+    their nominal levels, reject a true null of normal differences with probability ≤ α.
+
+    The nominal-level conversion is exact look by look (each t has its exact marginal), but the t
+    statistics of successive looks are less correlated than the z statistics the boundaries assume
+    (each look re-estimates the sd from 2-11 df), so without this the whole procedure rejects a true
+    null about 10% too often (0.054-0.057 for α = 0.05, bench/sequential.py). The rate is simulated
+    with common random numbers (CALIBRATION_REPS studies, fixed seed: the same α' on every call, so a
+    decision recomputed after a restart is the same) and α' found by bisection.
+    """
+    ns = np.asarray(looks)
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    d = rng.standard_normal((CALIBRATION_REPS, int(ns[-1])))
+    s1 = np.cumsum(d, axis=1)[:, ns - 1]
+    s2 = np.cumsum(d * d, axis=1)[:, ns - 1]
+    mean = s1 / ns
+    se = np.sqrt((s2 - ns * mean**2) / (ns - 1) / ns)
+    p = 2 * special.stdtr(ns - 1, -np.abs(mean / se))
+    info = tuple(float(n) / float(ns[-1]) for n in ns)
+
+    def rate(a: float) -> float:
+        nominal = 2 * special.ndtr(-np.asarray(boundaries(info, a, kind, 2)))
+        return float(np.mean((p <= nominal).any(axis=1)))
+
+    if rate(alpha) <= alpha:
+        return alpha
+    lo, hi = alpha / 2, alpha
+    while rate(lo) > alpha:
+        lo /= 2
+    for _ in range(30):  # bisection on the log scale: α' to about 0.1% relative
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if rate(mid) <= alpha else (lo, mid)
+    return lo
+
+
 # --------------------------------------------------------------------------- the design
 @dataclass(frozen=True)
 class Design:
@@ -161,6 +204,11 @@ class Design:
     @property
     def n_max(self) -> int:
         return self.looks[-1]
+
+    @property
+    def alpha_different(self) -> float:
+        """α of the spending function for 'different', calibrated for t statistics (:func:`calibrated_alpha`)."""
+        return calibrated_alpha(self.looks, self.alpha, self.spending)
 
     def planned_boundaries(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(two-sided 'different' boundaries, one-sided TOST boundaries) at the planned looks."""
@@ -246,7 +294,7 @@ def sequential_test(diffs: Sequence[Sequence[float]], design: Design, margin: fl
     last_planned = len(design.looks) - 1
     for i, (k, a) in enumerate(used):
         infos = tuple(1.0 if kk == last_planned else min(len(aa) / design.n_max, 1.0) for kk, aa in used[: i + 1])
-        c = boundaries(infos, design.alpha, design.spending, 2)[-1]
+        c = boundaries(infos, design.alpha_different, design.spending, 2)[-1]
         e = boundaries(infos, design.alpha, design.spending, 1)[-1]
         p_bound = float(2 * special.ndtr(-c))
         p_eq_bound = float(special.ndtr(-e))

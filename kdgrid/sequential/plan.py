@@ -70,7 +70,8 @@ class SequentialPlan:
             seen.add(key)
             dz = detectable(c.design, s.power)
             eq = detectable(c.design, s.power, equivalence=True)
-            lines.append(f"α = {c.design.alpha:.4g} per comparison ({c.task}): power {s.power:g} to call |d_z| ≥ {dz:.2f} "
+            lines.append(f"α = {c.design.alpha:.4g} per comparison ({c.task}; spent as α' = {c.design.alpha_different:.4g} "
+                         f"on the t tests for 'different', calibrated for estimated sd): power {s.power:g} to call |d_z| ≥ {dz:.2f} "
                          f"different, and to call a zero difference equivalent when the margin is ≥ {eq:.2f} sd of the "
                          "paired differences (σ known; with 2-11 df somewhat less, docs/sequential.md)")
         return lines
