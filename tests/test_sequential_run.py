@@ -131,3 +131,19 @@ def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_
     refused = kdgrid("run", str(study), "--retry-failed", cwd=tmp_path, check=False)
     assert refused.returncode == 1 and "--retry-failed: not allowed for a sequential study" in refused.stderr
     json.loads(kdgrid("schema", cwd=tmp_path).stdout)["$defs"]["Sequential"]  # documented in the schema
+
+
+def test_ablation_seq_cpu_is_ablation_cpu_in_looks() -> None:
+    from kdgrid.plan import plan_study
+
+    studies = Path(__file__).parent.parent / "studies"
+    seq = load_study(studies / "ablation-seq-cpu.yaml").study
+    fixed = load_study(studies / "ablation-cpu.yaml").study
+    plan = plan_sequential(seq, plan_study(seq))
+    assert plan.looks == (3, 6, 9, 12, 15)
+    # 24 cells per task; each is compared with the baseline cell of its data size: 22 comparisons per task
+    assert len(plan.comparisons) == 44 and {c.design.alpha for c in plan.comparisons} == {0.05 / 22}
+    # the runs of seeds 0-4 are ablation-cpu's runs: a store holding that study reuses them
+    five = {r.run_id for r in plan.runs.values() if r.seed < 5}
+    assert five == {r.run_id for r in plan_study(fixed)}
+    assert len(plan.first_look_runs()) == 2 * 24 * 3
