@@ -225,19 +225,23 @@ def status(db: DbOption = None) -> None:
         rows = store.study_status()
         errors = store.last_errors()
         waiting, on_cluster = waiting_results(store, workdir_for(_db(db)))
-        from kdgrid.sequential import study_states
+        texts = dict(store.con.execute("SELECT name, text FROM studies").fetchall())
+        sequential: list[tuple[str, Any]] = []
+        if any("sequential" in (t or "") for t in texts.values()):  # scipy only for sequential studies
+            from kdgrid.sequential import study_states
 
-        sequential = [(r["study"], study_states(store, r["study"])) for r in rows]
+            sequential = [(r["study"], study_states(store, r["study"])) for r in rows
+                          if "sequential" in (texts.get(r["study"]) or "")]
     table = Table(title=f"kdgrid store {_db(db)}")
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
     for r in rows:
         table.add_row(*(str(r[c]) for c in ("study", "runs", "done", "failed", "running", "pending")))
     console.print(table)
-    from kdgrid.sequential.command import states_table
-
     for name, found in sequential:
         if found is not None:
+            from kdgrid.sequential.command import states_table
+
             console.print(states_table(found[1], f"study {name}: sequential comparisons"))
     for run_id, study_name, error in errors:
         console.print(f"[red]failed[/red] {study_name}/{run_id}: {error}")
@@ -351,7 +355,7 @@ def report(
         typer.echo(texts[fmt])
     if mixed:
         _mixed_section(src.table, chosen_metric, chosen_factors, base, out_dir)
-    if from_file is None:
+    if from_file is None and (settings.get("sequential") or None) is not None:
         _sequential_section(_db(db), src.title, out_dir, fmt)
     err_console.print(f"report files written to {out_dir}/")
 

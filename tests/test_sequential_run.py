@@ -128,6 +128,8 @@ def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_
     kdgrid("report", "--format", "json", "--no-plots", cwd=tmp_path)
     section = (tmp_path / "reports" / "tiny" / "sequential.md").read_text()
     assert "Sequential design" in section and "equivalent" in section and "z boundary" in section
+    assert "## Sequential design" in (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert (tmp_path / "reports" / "tiny" / "sequential_looks.csv").is_file()
     refused = kdgrid("run", str(study), "--retry-failed", cwd=tmp_path, check=False)
     assert refused.returncode == 1 and "--retry-failed: not allowed for a sequential study" in refused.stderr
     json.loads(kdgrid("schema", cwd=tmp_path).stdout)["$defs"]["Sequential"]  # documented in the schema

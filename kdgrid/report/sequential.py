@@ -17,7 +17,17 @@ _VERDICT_TEXT = {"different": "different", "equivalent": "equivalent", "inconclu
                  "undecided": "running"}
 
 
-def sequential_section(states: pd.DataFrame, design: Sequence[str]) -> Section:
+def _looks_table(looks: pd.DataFrame) -> DisplayTable:
+    rows = [{"task": r.task, "condition": r.condition, "look": str(r.look), "n": str(r.n), "info": fmt_g(r.info, 3),
+             "mean diff": fmt_g(r.mean_diff), "t": fmt_g(r.t, 3), "p": fmt_p(r.p), "p boundary": fmt_g(r.p_bound, 3),
+             "TOST p": fmt_p(r.p_equiv), "TOST boundary": fmt_g(r.p_equiv_bound, 3),
+             "decision": _VERDICT_TEXT.get(r.decision, r.decision).replace("running", "go on")}
+            for r in looks.itertuples(index=False)]
+    return DisplayTable("sequential_looks", "Every look taken: pairs, information fraction, statistics and the "
+                        "boundaries it was held to", pd.DataFrame(rows), left=("task", "condition", "decision"))
+
+
+def sequential_section(states: pd.DataFrame, design: Sequence[str], looks: pd.DataFrame | None = None) -> Section:
     """One row per comparison; the notes state the design (spending, looks, α split, detectable effects)."""
     if states.empty:
         return Section("sequential", "Sequential design", notes=tuple(design), empty_note="no comparison")
@@ -36,7 +46,8 @@ def sequential_section(states: pd.DataFrame, design: Sequence[str]) -> Section:
                          "the look's boundaries as nominal levels for the paired t test (p) and TOST",
                          frame, left=("task", "condition", "baseline", "verdict", "reason"),
                          emphasis=tuple(v in ("different", "equivalent") for v in states["verdict"]))
-    return Section("sequential", "Sequential design", tables=(table,), notes=tuple(design))
+    tables = (table,) if looks is None or looks.empty else (table, _looks_table(looks))
+    return Section("sequential", "Sequential design", tables=tables, notes=tuple(design))
 
 
 def sequential_markdown(section: Section) -> str:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kdgrid.sequential.plan import SequentialPlan
-from kdgrid.sequential.state import ComparisonState, states_frame
+from kdgrid.sequential.state import ComparisonState, looks_frame, states_frame
 
 
 def plan_summary(plan: SequentialPlan, console: Console) -> None:
@@ -34,12 +34,20 @@ def states_table(states: list[ComparisonState], title: str) -> Table:
 
 
 def write_section(plan: SequentialPlan, states: list[ComparisonState], out_dir: Path) -> Path:
-    """sequential.md and sequential.csv beside the report; returns the Markdown path."""
+    """sequential.md, sequential.csv and sequential_looks.csv beside the report, and the section at the end
+    of report.md when it is there; returns the path of sequential.md."""
     from kdgrid.report.sequential import sequential_markdown, sequential_section
 
-    frame = states_frame(states)
+    frame, looks = states_frame(states), looks_frame(states)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_dir / "sequential.csv", index=False)
+    looks.to_csv(out_dir / "sequential_looks.csv", index=False)
+    text = sequential_markdown(sequential_section(frame, plan.design_lines(), looks))
     md = out_dir / "sequential.md"
-    md.write_text(sequential_markdown(sequential_section(frame, plan.design_lines())) + "\n", encoding="utf-8")
+    md.write_text(text + "\n", encoding="utf-8")
+    report = out_dir / "report.md"
+    if report.is_file():  # just rewritten by this 'kdgrid report': the decisions belong in it
+        tmp = report.with_name(".report.md.tmp")
+        tmp.write_text(report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + text + "\n", encoding="utf-8")
+        tmp.replace(report)
     return md

@@ -160,3 +160,17 @@ def states_frame(states: list[ComparisonState]) -> pd.DataFrame:
             "reason": r.reason,
         })
     return pd.DataFrame(rows, columns=STATE_COLUMNS)
+
+
+LOOK_COLUMNS = ["task", "condition", "look", "n", "info", "mean_diff", "sd_diff", "t", "p", "p_bound", "z_bound",
+                "p_equiv", "p_equiv_bound", "ci_low", "ci_high", "decision"]
+
+
+def looks_frame(states: list[ComparisonState]) -> pd.DataFrame:
+    """One row per comparison and look taken: the look's statistics, boundaries and decision."""
+    rows = [{"task": st.comparison.task, "condition": st.comparison.condition, "look": r.look, "n": r.n,
+             "info": r.info, "mean_diff": r.mean_diff, "sd_diff": r.sd_diff, "t": r.t, "p": r.p,
+             "p_bound": r.p_bound, "z_bound": r.z_bound, "p_equiv": r.p_equiv, "p_equiv_bound": r.p_equiv_bound,
+             "ci_low": r.ci_low, "ci_high": r.ci_high, "decision": r.decision}
+            for st in states for r in st.result.looks]
+    return pd.DataFrame(rows, columns=LOOK_COLUMNS)
