@@ -101,7 +101,14 @@ class _State:
         """P(lo < S at information t < hi, still running), S_t − S_prev ~ N(drift·Δt, Δt)."""
         sd = math.sqrt(t - self.t)
         mu = self.x + drift * (t - self.t)
-        return float(self.mass @ (stats.norm.cdf((hi - mu) / sd) - stats.norm.cdf((lo - mu) / sd)))
+        # Tails from their own side: early O'Brien-Fleming increments are 1e-12 and 1 - cdf would lose them.
+        if lo == -math.inf:
+            p = special.ndtr((hi - mu) / sd)
+        elif hi == math.inf:
+            p = special.ndtr((mu - lo) / sd)
+        else:
+            p = special.ndtr((hi - mu) / sd) - special.ndtr((lo - mu) / sd)
+        return float(self.mass @ p)
 
     def advance(self, intervals: Sequence[tuple[float, float]], t: float, drift: float) -> _State:
         x, w = _nodes(intervals)
