@@ -22,14 +22,21 @@ def plan_summary(plan: SequentialPlan, console: Console) -> None:
         console.print(f"  {line}", highlight=False)
 
 
+def short_cell(cell: str) -> str:
+    """'objective.mapping.kind=learnable, data.fraction=0.5' -> 'kind=learnable, fraction=0.5' (for terminals)."""
+    return ", ".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1] if "=" in part else part
+                     for part in cell.split(", "))
+
+
 def states_table(states: list[ComparisonState], title: str) -> Table:
     table = Table(title=title)
     for col in ("task", "condition", "baseline", "state", "seeds", "looks", "reason"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for st in states:
         c, r = st.comparison, st.result
         state = r.verdict if r.verdict != "undecided" else f"running ({st.seeds_needed} seeds next)"
-        table.add_row(c.task, c.condition, c.baseline, state, str(r.n), f"{len(r.looks)}/{len(c.design.looks)}", r.reason)
+        table.add_row(c.task, short_cell(c.condition), short_cell(c.baseline), state, str(r.n),
+                      f"{len(r.looks)}/{len(c.design.looks)}", r.reason)
     return table
 
 
