@@ -113,6 +113,15 @@ def test_bad_sequential_settings_are_one_clear_error(tmp_path: Path) -> None:
         plan_sequential(bad.study, expand(bad.study))
 
 
+def test_comparisons_choose_the_conditions(tmp_path: Path) -> None:
+    loaded = _loaded(tmp_path, STUDY.replace("margin: {mcc: 0.05}", "margin: {mcc: 0.05}, comparisons: [{temperature: 4.0}]"))
+    plan = plan_sequential(loaded.study, expand(loaded.study))
+    assert [(c.condition, c.baseline) for c in plan.comparisons] == [
+        ("objective.prediction.temperature=4.0", "objective.prediction.temperature=1.0")]
+    assert plan.comparisons[0].design.alpha == 0.05  # one comparison in the family: no split
+    assert {r.cell for r in plan.first_look_runs()} == {c for c in (plan.comparisons[0].condition, plan.comparisons[0].baseline)}
+
+
 def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_cola_dir(tmp_path / "glue", n_train=48, n_dev=16)
     study = tiny_study(tmp_path, tiny_model_dir, data, seeds=6,
@@ -133,6 +142,11 @@ def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_
     refused = kdgrid("run", str(study), "--retry-failed", cwd=tmp_path, check=False)
     assert refused.returncode == 1 and "--retry-failed: not allowed for a sequential study" in refused.stderr
     json.loads(kdgrid("schema", cwd=tmp_path).stdout)["$defs"]["Sequential"]  # documented in the schema
+    bad = tiny_study(tmp_path, tiny_model_dir, data, seeds=6,
+                     extra="analysis:\n  sequential: {first: 2, max_seeds: 8}\n")
+    out = kdgrid("validate", str(bad), cwd=tmp_path, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith("analysis.sequential.max_seeds: 8 but the study lists 6 seeds (allowed: 2 to 6; raise 'seeds')")
 
 
 def test_ablation_seq_cpu_is_ablation_cpu_in_looks() -> None:
