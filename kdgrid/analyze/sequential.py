@@ -327,7 +327,12 @@ def sequential_test(diffs: Sequence[Sequence[float]], design: Design, margin: fl
             return SequentialResult(decision, tuple(results), _reason(decision, results[-1], margin))
     if k_done == len(design.looks):
         return SequentialResult("inconclusive", tuple(results), "too few complete pairs at the last look")
-    return SequentialResult("undecided", tuple(results), f"waiting for look {k_done + 1} ({design.looks[k_done]} seeds)")
+    last = ""
+    if results:
+        r = results[-1]
+        eq = "" if margin is None else f", TOST p = {r.p_equiv:.3g} > {r.p_equiv_bound:.3g}"
+        last = f"look {r.look} (n = {r.n}): p = {r.p:.3g} > {r.p_bound:.3g}{eq}; "
+    return SequentialResult("undecided", tuple(results), f"{last}waiting for look {k_done + 1} ({design.looks[k_done]} seeds)")
 
 
 def _reason(decision: str, r: LookResult, margin: float | None) -> str:
