@@ -63,6 +63,10 @@ def _load_and_plan(path: Path, plan_limit: int | None = None) -> tuple[Any, list
         line = loaded.line_of(exc.loc) if exc.loc else None
         where = f"{path}:{line}" if line else str(path)
         raise StudyError(f"{where}: {exc}") from None
+    if loaded.study.analysis.sequential is not None:
+        from kdgrid.sequential import check_sequential
+
+        check_sequential(loaded.study, runs, str(path))  # bad comparisons, margins or seed counts: invalid file
     return loaded, runs
 
 
@@ -132,6 +136,12 @@ def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Optio
     from kdgrid.store.db import open_store
 
     loaded, runs = _load_and_plan(study, plan_limit)
+    seq_plan = None
+    if loaded.study.analysis.sequential is not None:  # the table shows the first look; the summary the maximum
+        from kdgrid.sequential import plan_sequential
+
+        seq_plan = plan_sequential(loaded.study, runs, path=str(study))
+        runs = seq_plan.first_look_runs()
     path = _db(db)
     statuses: dict[str, str] = {}
     if path.exists():
@@ -153,6 +163,10 @@ def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Optio
         f"{s['runs']} runs, {s['unique_runs']} unique, {s['cells']} cells, {s['tasks']} task(s), "
         f"{s['seeds']} seed(s): {done} done, {s['unique_runs'] - done} to run"
     )
+    if seq_plan is not None:
+        from kdgrid.sequential.command import plan_summary
+
+        plan_summary(seq_plan, console)
 
 
 @app.command()
@@ -178,6 +192,9 @@ def run(
     execute = resolve_execute(loaded.study.execute, executor=executor, workers=workers, gpus=gpus, timeout_s=timeout,
                               retries=retries, slurm=slurm)
     _check_data(runs)
+    if loaded.study.analysis.sequential is not None:
+        _run_sequential(study, loaded, runs, _db(db), execute, retry_failed=retry_failed, max_runs=max_runs)
+        return
     outcome = run_grid(
         _db(db),
         study_name=loaded.study.name, study_path=str(study), study_text=loaded.text, study_sha=loaded.sha256,
@@ -204,6 +221,31 @@ def run(
         raise typer.Exit(2)
 
 
+def _run_sequential(path: Path, loaded: Any, runs: list[Any], db: Path, execute: Any, *, retry_failed: bool,
+                    max_runs: int | None) -> None:
+    """Looks until every comparison is decided (docs/sequential.md)."""
+    from kdgrid.execute.progress import RichReporter
+    from kdgrid.sequential import plan_sequential
+    from kdgrid.sequential.command import states_table
+    from kdgrid.sequential.driver import run_sequential
+
+    if retry_failed:  # a rerun could change a finished look's data, and so a decision already taken
+        raise KdgridError(f"{path}: --retry-failed: not allowed for a sequential study (failed runs drop their "
+                          "seed's pair from the look; see docs/sequential.md)")
+    plan = plan_sequential(loaded.study, runs, path=str(path))
+    out = run_sequential(db, loaded, plan, execute=execute, reporter=RichReporter(err_console), max_runs=max_runs)
+    console.print(states_table(out.states, f"study {loaded.study.name}: sequential comparisons"))
+    console.print(f"study {loaded.study.name}: {out.done} run(s) done now in {out.passes} pass(es), {out.failed} failed",
+                  highlight=False)
+    for run_id, error in out.errors[:5]:
+        err_console.print(f"  failed {run_id}: {error}")
+    if out.interrupted:
+        err_console.print("interrupted: run 'kdgrid run' again to continue (decisions are recomputed from the store)")
+        raise typer.Exit(130)
+    if out.failed:
+        raise typer.Exit(2)
+
+
 @app.command()
 def status(db: DbOption = None) -> None:
     """Studies in the store with their done / failed / pending counts and the last errors."""
@@ -216,12 +258,24 @@ def status(db: DbOption = None) -> None:
         waiting, on_cluster = waiting_results(store, workdir_for(_db(db)))
         not_done = [r[0] for r in store.con.execute("SELECT run_id FROM runs WHERE status <> 'done'").fetchall()]
         damaged = damaged_results(workdir_for(_db(db)), not_done)
+        texts = dict(store.con.execute("SELECT name, text FROM studies").fetchall())
+        sequential: list[tuple[str, Any]] = []
+        if any("sequential" in (t or "") for t in texts.values()):  # scipy only for sequential studies
+            from kdgrid.sequential import study_states
+
+            sequential = [(r["study"], study_states(store, r["study"])) for r in rows
+                          if "sequential" in (texts.get(r["study"]) or "")]
     table = Table(title=f"kdgrid store {_db(db)}")
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
     for r in rows:
         table.add_row(*(str(r[c]) for c in ("study", "runs", "done", "failed", "running", "pending")))
     console.print(table)
+    for name, found in sequential:
+        if found is not None:
+            from kdgrid.sequential.command import states_table
+
+            console.print(states_table(found[1], f"study {name}: sequential comparisons"))
     for run_id, study_name, error in errors:
         console.print(f"[red]failed[/red] {study_name}/{run_id}: {error}")
     if waiting:
@@ -343,7 +397,26 @@ def report(
         typer.echo(texts[fmt])
     if mixed:
         _mixed_section(src.table, chosen_metric, chosen_factors, base, out_dir)
+    if from_file is None and (settings.get("sequential") or None) is not None:
+        _sequential_section(_db(db), src.title, out_dir, fmt)
     err_console.print(f"report files written to {out_dir}/")
+
+
+def _sequential_section(db: Path, name: str, out_dir: Path, fmt: str) -> None:
+    """A sequential study's decisions: printed with the terminal report, and sequential.md/.csv beside it."""
+    from kdgrid.sequential import study_states
+    from kdgrid.sequential.command import states_table, write_section
+    from kdgrid.store.db import open_store
+
+    with open_store(db, read_only=True) as store:
+        found = study_states(store, name)
+    if found is None:
+        return
+    write_section(*found, out_dir)
+    if fmt == "table":
+        console.print(states_table(found[1], f"study {name}: sequential comparisons"))
+        for line in found[0].design_lines():
+            console.print(f"  {line}", highlight=False)
 
 
 def _search_report(db: Path, name: str, *, fmt: str, out: Path | None, plots: bool) -> None:

@@ -361,6 +361,27 @@ class Filter(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class Sequential(Strict):
+    """Run seeds in looks until each comparison is decided (``kdgrid run``; docs/sequential.md).
+
+    Looks after ``first``, ``first + step``, ... seeds per cell, up to ``max_seeds`` (default: the
+    study's ``seeds``, which are taken in order). Each comparison stops at the first look where it is
+    *different* (α-spending boundary on the paired t test) or *equivalent* (repeated TOST within
+    ``margin[metric]``); at the last look it is *inconclusive*.
+    """
+
+    first: Annotated[int, Field(ge=2)] = 3
+    step: PosInt = 3
+    max_seeds: Annotated[int, Field(ge=2)] | None = None
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8  # shown as the effects the design detects with it
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+    margin: dict[str, PosFloat] = {}  # metric -> equivalence margin in the metric's units; none: no equivalence
+    # Condition cells to compare with their baseline (partial factor levels; default: every cell).
+    comparisons: list[dict[str, Any]] | None = None
+    correction: Literal["bonferroni", "none"] = "bonferroni"  # α split over each task's comparisons
+
+
 class Analysis(Strict):
     baseline: dict[str, Any] | None = None
     metric: str = "auto"
@@ -371,6 +392,7 @@ class Analysis(Strict):
     # Equivalence margin (TOST) in the metric's own units: one number for every metric, or metric -> margin.
     # 0.01 is one point on the ×100 scale of a GLUE score (docs/report.md, "Verdicts").
     equivalence_margin: PosFloat | dict[str, PosFloat] = 0.01
+    sequential: Sequential | None = None
 
 
 SEARCH_SAMPLERS = ("tpe", "random", "grid", "cmaes")
