@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +109,10 @@ def choose_layout(cells: pd.DataFrame, rows: Sequence[str] | None = None, cols: 
         return Layout(tuple(rest), (TASK, *c))
     if TASK not in placed:
         c.insert(0, TASK)
-    if rows is None or not rows:
-        r += rest
+    if rows and not cols:
+        c += rest  # only rows chosen: everything else spreads across the columns
     else:
-        c += rest  # rows given, cols not (or partly): everything else spreads across the columns
+        r += rest
     return Layout(tuple(r), tuple(c))
 
 
@@ -413,3 +413,20 @@ def level_labels(cells: pd.DataFrame | None) -> tuple[dict[str, str], str]:
     if len(set(labels.values())) < len(labels):
         return {str(c): str(c) for c in first["cell"]}, ""
     return labels, " · ".join(short[f] for f in varying)
+
+
+def level_namer(cells: pd.DataFrame | None) -> tuple[Callable[[str], str], str]:
+    """(cell name -> its varying levels alone, "kl · learnable · 0.5"; the key naming those
+    factors, "attention · kind · alpha"), for cells the table shows collapsed too."""
+    labels, key = level_labels(cells)
+    if cells is None or not key:
+        return (lambda name: labels.get(name, name)), key
+    varying = [f for f in factor_columns(cells) if cells.drop_duplicates("cell")[f].astype(str).nunique() > 1]
+
+    def name_of(name: str) -> str:
+        if name in labels:
+            return labels[name]
+        found = cell_levels(cells, name)
+        return name if found is None else " · ".join(found[f] for f in varying)
+
+    return name_of, key

@@ -290,7 +290,9 @@ def _brief_sections(sections: Sequence[Section]) -> list[Section]:
             if "Task" in frame:  # the blanked repeats refer to rows that may be gone
                 frame["Task"] = [t.frame["Task"].iloc[: i + 1].replace("", pd.NA).ffill().iloc[-1] for i in keep]
             emph = tuple(t.emphasis[i] for i in keep) if t.emphasis else ()
-            table = DisplayTable(t.key, t.caption, frame, t.left, emph, t.optional)
+            # The caption's first sentence (what Δ and the baseline are); the rest is in the full report.
+            caption = t.caption.split(". ", 1)[0] + "."
+            table = DisplayTable(t.key, caption, frame, t.left, emph, t.optional)
             out.append(Section(s.key, "Decisive comparisons", tables=(table,) if keep else (),
                                empty_note=None if keep else "No comparison was decided."))
     return out
@@ -301,6 +303,9 @@ def _rich_code(c: CodeBlock) -> list[RenderableType]:
     return [Text(c.caption, style="dim"), Text(c.text, overflow="fold"), Text("")]
 
 
+LABEL_FOLD = 16
+
+
 def _min_widths(t: DisplayTable) -> list[int]:
     """Narrowest width of each column: numbers whole (never wrapped or cut), labels down
     to their longest word (they may wrap at spaces: "attention=mse," / "kind=uniform")."""
@@ -308,7 +313,8 @@ def _min_widths(t: DisplayTable) -> list[int]:
     for c in t.frame.columns:
         values = [str(c), *(str(v) for v in t.frame[c])]
         if c in t.left:
-            out.append(max([len(w) for v in values for w in v.split()] or [1]))
+            # Labels wrap at spaces; a longer word (an interaction term) folds at LABEL_FOLD characters.
+            out.append(min(LABEL_FOLD, max([len(w) for v in values for w in v.split()] or [1])))
         else:
             out.append(max(len(v) for v in values))
     return out
@@ -389,14 +395,17 @@ class _FitTable:
 ABBREV_LEN = 6  # labels longer than this are abbreviated on a narrow terminal
 
 
-def _abbrev(word: str, taken: set[str]) -> str:
-    """``max_train_examples`` -> ``mte``, ``learnable`` -> ``learn``; unique within ``taken``."""
+def _abbrev(word: str, taken: set[str], *, header: bool) -> str:
+    """``max_train_examples`` -> ``mte`` (a header), ``learnable`` -> ``learn``, ``uniform`` -> ``unif``;
+    unique within ``taken``; ``word`` itself when no short, unique form exists."""
     parts = [p for p in re.split(r"[_\s.]+", word) if p]
-    cands = ["".join(p[0] for p in parts)] if len(parts) > 1 else []
+    cands = ["".join(p[0] for p in parts)] if header and len(parts) > 1 else []
     # A prefix that ends on a consonant before a vowel reads as a word: "unif", "learn", "att".
     vowels = set("aeiouAEIOU")
-    cands += [word[:k] for k in range(3, len(word)) if word[k - 1] not in vowels and word[k] in vowels]
-    cands += [word[:k] for k in range(ABBREV_LEN - 1, len(word))]
+    cands += [word[:k] for k in range(3, ABBREV_LEN + 1) if k < len(word) and word[k - 1].isalpha()
+              and word[k - 1] not in vowels and word[k] in vowels]
+    if header:
+        cands += [word[:k] for k in range(ABBREV_LEN - 1, len(word))]
     for c in cands:
         if c and c not in taken:
             return c
@@ -411,9 +420,9 @@ def abbreviate(t: DisplayTable) -> tuple[DisplayTable, dict[str, str]]:
     taken: set[str] = {str(c) for c in t.frame.columns}
     label_cols = [c for c in t.frame.columns if c in t.left and c != "Task"]
     for c in label_cols:
-        for v in [c, *dict.fromkeys(str(x) for x in t.frame[c])]:
+        for i, v in enumerate([c, *dict.fromkeys(str(x) for x in t.frame[c])]):
             if len(v) > ABBREV_LEN and " " not in v and v != MISSING and v not in long_to_short:
-                a = _abbrev(v, taken)
+                a = _abbrev(v, taken, header=i == 0)
                 if a != v:
                     long_to_short[v] = a
                     key[a] = v

@@ -588,14 +588,16 @@ def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *
     """Over the tasks of one metric, task as a fixed effect; None when no metric has two tasks."""
     if strat is None:
         return None
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     cols = ["Metric", "Condition", "Tasks", "n", "Δ (mean over tasks)", "95% CI (unadj.)", "Simult. CI", "df", "p",
             "p_adj", "Task × effect p", "Verdict"]
     rows, emph = [], []
     for r in strat.itertuples(index=False):
         sc = metric_scale(r.metric, scale100=scale100)
         rows.append({
-            "Metric": str(r.metric), "Condition": labels.get(str(r.condition), str(r.condition)), "Tasks": str(r.tasks),
+            "Metric": str(r.metric), "Condition": name_of(str(r.condition)), "Tasks": str(r.tasks),
             "n": fmt_count(r.n), "Δ (mean over tasks)": fmt_metric(r.estimate, scale=sc, decimals=2),
             "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=sc, decimals=2),
             "Simult. CI": fmt_ci(r.sci_low, r.sci_high, scale=sc, decimals=2), "df": fmt_count(r.df),
@@ -614,7 +616,7 @@ def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *
         "Raw differences of different metrics are never pooled."
     )
     return Section("stratified", "Over tasks, within a metric",
-                   tables=(DisplayTable("stratified", caption, frame, left=("Metric", "Condition", "Tasks"),
+                   tables=(DisplayTable("stratified", _with_key(caption, level_key), frame, left=("Metric", "Condition", "Tasks"),
                                         emphasis=tuple(emph)),))
 
 
@@ -623,15 +625,17 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
     """Friedman test and Nemenyi post-hoc over (task, seed) blocks; None without them."""
     if ranks is None or not summary:
         return None
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     best = float(ranks["mean_rank"].min())
     cd = _num(summary.get("cd"))
     rows = []
     for r in ranks.itertuples(index=False):
         rows.append({
-            "Condition": labels.get(str(r.cell), str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
+            "Condition": name_of(str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
             "within CD of best": "yes" if cd is not None and float(r.mean_rank) - best <= cd else "",
-            "Same runs as": "; ".join(labels.get(c, c) for c in str(r.same_as).split("; ") if c),
+            "Same runs as": "; ".join(name_of(c) for c in str(r.same_as).split("; ") if c),
         })
     frame = _frame(rows, ["Condition", "Mean rank", "within CD of best", "Same runs as"])
     n_sig = int((nemenyi["p"] < alpha).sum()) if nemenyi is not None else 0
@@ -645,7 +649,12 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
         "conditions differ somewhere, not that the ranking generalises to other tasks."
     )
     return Section("ranks", "Across tasks: ranks (Friedman, Nemenyi)",
-                   tables=(DisplayTable("ranks", caption, frame, left=("Condition", "Same runs as")),))
+                   tables=(DisplayTable("ranks", _with_key(caption, level_key), frame, left=("Condition", "Same runs as")),))
+
+
+def _with_key(caption: str, key: str) -> str:
+    """Name, once, the factors whose levels a Condition label lists."""
+    return f"Condition = {key}. {caption}" if key else caption
 
 
 def _note(x: Any) -> str:
@@ -723,7 +732,9 @@ def sensitivity_section(
     title = "Sensitivity (tasks ranked within their metric)"
     if sens is None:
         return Section("sensitivity", title, empty_note="No sensitivity analysis: no teacher scores were given.")
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     has_size = "train_size" in sens.columns and sens["train_size"].notna().any()
     cols = ["Condition", "Rank", "Task"] + (["Train size"] if has_size else []) + [
         "Teacher", "Floor", "Student", "Gap [95% CI]", "Retention [95% CI]", "n"]
@@ -733,7 +744,7 @@ def sensitivity_section(
     for r in ordered.itertuples(index=False):
         s = metric_scale(r.metric, scale100=scale100)
         rows.append({
-            "Condition": labels.get(str(r.cell), str(r.cell)), "Rank": f"{fmt_count(r.rank)} ({r.metric})",
+            "Condition": name_of(str(r.cell)), "Rank": f"{fmt_count(r.rank)} ({r.metric})",
             "Task": str(r.task), "Train size": fmt_count(getattr(r, "train_size", None)),
             "Teacher": fmt_metric(r.teacher, scale=s), "Floor": fmt_metric(r.floor, scale=s),
             "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
@@ -755,7 +766,7 @@ def sensitivity_section(
         shown = [f"{k} = {_fmt_summary(k, v)}" for k, v in summary.items() if _present(v) and v != ""]
         if shown:
             notes.append("Retention vs training-set size: " + ", ".join(shown))
-    table = DisplayTable("sensitivity", caption, frame, left=("Condition", "Task"))
+    table = DisplayTable("sensitivity", _with_key(caption, level_key), frame, left=("Condition", "Task"))
     return Section("sensitivity", title, tables=(table,), notes=tuple(notes))
 
 
@@ -770,16 +781,23 @@ def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
     title = "Power (prospective)"
     if power is None:
         return Section("power", title, empty_note="No power analysis: it needs paired tests.")
-    cols = ["Task", "Condition", "n", "dz", "dz 95% CI", "α used", "Target dz", "Seeds for target"]
+    from kdgrid.report.pivot import condition_level_columns
+
+    # Each factor's level alone in its own column, as in the paired tests.
+    level_cols = condition_level_columns(power, cells) if cells is not None else {}
+    cond_cols = list(level_cols) or ["Condition"]
+    cols = ["Task", *cond_cols, "n", "dz", "dz 95% CI", "α used", "Target dz", "Seeds for target"]
     labels = condition_labels(cells)
     rows = []
-    for r in power.itertuples(index=False):
-        rows.append({
+    for i, r in enumerate(power.itertuples(index=False)):
+        row = {
             "Task": str(r.task), "Condition": labels.get(str(r.condition), str(r.condition)), "n": fmt_count(r.n),
             "dz": fmt_num(r.dz, 2), "dz 95% CI": fmt_ci(r.dz_ci_low, r.dz_ci_high),
             "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
             "Seeds for target": _fmt_seeds(r.n_for_target),
-        })
+        }
+        row.update({c: levels[i] for c, levels in level_cols.items()})
+        rows.append(row)
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
     caption = (
@@ -787,7 +805,8 @@ def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
         "power at a target d_z chosen in advance, at the α the correction uses (α/m for a family of m). No power is "
         "computed from the observed effect (post-hoc power restates p)."
     )
-    tables = [DisplayTable("power", caption, frame, left=("Task", "Condition"))]
+    tables = [DisplayTable("power", caption, frame, left=("Task", *cond_cols),
+                              optional=("n", "α used", "Target dz"))]
     if plan is not None:
         prow = [{"Family": str(r.family), "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
                  "Seeds for 80% power": _fmt_seeds(r.n_needed)} for r in plan.itertuples(index=False)]
@@ -901,13 +920,15 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
     None (no section) when the table has no efficiency columns, e.g. a ``--from`` table."""
     if eff is None:
         return None
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     measures = [m for m in _EFFICIENCY_SHOWN if m in set(eff["measure"])]
     order = list(dict.fromkeys(eff["cell"].astype(str)))
     rows = []
     for cell in order:
         sub = eff[eff["cell"].astype(str) == cell].set_index("measure")
-        row = {"Condition": labels.get(cell, cell), "Runs": fmt_count(sub["n"].max())}
+        row = {"Condition": name_of(cell), "Runs": fmt_count(sub["n"].max())}
         for m in measures:
             header, show = _EFFICIENCY_SHOWN[m]
             if m not in sub.index:
@@ -923,7 +944,7 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
         "pass of a batch of 32 × 64 tokens on the run's device, median of repeats; Train: examples per second "
         "of the whole distillation, teacher included. Times from runs that shared a machine compare best as ratios."
     )
-    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", caption, frame, left=("Condition",)),))
+    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", _with_key(caption, level_key), frame, left=("Condition",)),))
 
 
 def summary_section(question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *,
