@@ -944,7 +944,9 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
         "pass of a batch of 32 × 64 tokens on the run's device, median of repeats; Train: examples per second "
         "of the whole distillation, teacher included. Times from runs that shared a machine compare best as ratios."
     )
-    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", _with_key(caption, level_key), frame, left=("Condition",)),))
+    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", _with_key(caption, level_key), frame, left=("Condition",),
+                                                         optional=("Peak memory (MB)", "Throughput (ex/s)",
+                                                                   "Params (M)", "Runs")),))
 
 
 def summary_section(question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *,
