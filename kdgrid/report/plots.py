@@ -31,7 +31,7 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
 from kdgrid.errors import KdgridError
-from kdgrid.report.pivot import cell_levels, level_labels, short_names
+from kdgrid.report.pivot import cell_levels, level_labels, level_namer, short_names
 from kdgrid.report.tables import (
     factor_columns,
     mapping_weight_grids,
@@ -365,21 +365,23 @@ def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: p
               *, alpha: float = 0.05) -> Figure:
     """Critical-difference diagram (Demšar 2006) drawn by ``scikit_posthocs.critical_difference_diagram``:
     conditions joined by a bar are not distinguishable by the Nemenyi test at ``alpha``."""
+    import matplotlib as mpl
     import scikit_posthocs as sp
 
-    labels, key = level_labels(cells)
-    names = [labels.get(str(c), str(c)) for c in ranks["cell"]]
+    name_of, key = level_namer(cells)
+    names = [name_of(str(c)) for c in ranks["cell"]]
     rank = pd.Series(ranks["mean_rank"].to_numpy(dtype=float), index=names)
     sig = pd.DataFrame(1.0, index=names, columns=names)
     for r in nemenyi.itertuples(index=False):
-        a, b = labels.get(str(r.cell_a), str(r.cell_a)), labels.get(str(r.cell_b), str(r.cell_b))
+        a, b = name_of(str(r.cell_a)), name_of(str(r.cell_b))
         sig.loc[a, b] = sig.loc[b, a] = float(r.p)
-    fig = _figure(8.0, 0.28 * len(names) + 1.6)
-    ax = fig.add_subplot()
-    sp.critical_difference_diagram(rank, sig, ax=ax, alpha=alpha, label_props={"fontsize": "x-small"})
+    with mpl.rc_context(_SMALL):  # two paper columns wide: the labels need both sides
+        fig = _figure(2 * COLUMN_WIDTH_IN, 0.16 * len(names) + 1.2)
+        ax = fig.add_subplot()
+        sp.critical_difference_diagram(rank, sig, ax=ax, alpha=alpha, label_props={"fontsize": 6.0})
     ax.set_title(f"Mean ranks over (task, seed) blocks; bars: no Nemenyi difference at α = {alpha:g} "
                  f"(Friedman p = {float(summary.get('p', float('nan'))):.3g})"
-                 + (f"\nlabels: {key}" if key else ""), fontsize="small")
+                 + (f"\nlabels: {key}" if key else ""), fontsize=7.0)
     return fig
 
 
@@ -395,7 +397,7 @@ def sensitivity_figure(
     Tasks are sorted by their mean over conditions, most affected on top, so the ranking
     the section reports reads straight off the plot.
     """
-    labels, _ = level_labels(cells)
+    labels, key = level_labels(cells)
     scales = {metric_scale(m, scale100=scale100) for m in sens["metric"]}
     df = sens.assign(
         _cond=[labels.get(str(c), str(c)) for c in sens["cell"]],
@@ -408,22 +410,30 @@ def sensitivity_figure(
     grid = grid.loc[grid.mean(axis=1).sort_values(ascending=ascending).index]
     data = grid.to_numpy(dtype=float)
 
-    fig = _figure(max(4.5, 1.1 * data.shape[1] + 2.5), max(2.5, 0.5 * data.shape[0] + 1.8))
-    ax = fig.add_subplot()
-    cmap = "RdYlGn" if value == "retention" else "RdYlGn_r"
-    im = ax.imshow(data, cmap=cmap, aspect="auto")
-    _annotate(ax, im, data, "{:.2f}" if value == "retention" else "{:.1f}")
-    ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right", fontsize="small")
-    ax.set_yticks(range(data.shape[0]), [str(t) for t in grid.index])
+    import matplotlib as mpl
+
     what = "retention (student − floor)/(teacher − floor)" if value == "retention" else "gap (teacher − student)" + (
         " ×100" if scales == {100.0} else "")
-    fig.colorbar(im, ax=ax, label=what)
-    ax.set_title(f"Per-task sensitivity: {what}")
+    with mpl.rc_context(_SMALL):  # one paper column up to 8 conditions, else two
+        width = COLUMN_WIDTH_IN if data.shape[1] <= 8 else 2 * COLUMN_WIDTH_IN
+        fig = _figure(width, 0.28 * data.shape[0] + 1.6)
+        ax = fig.add_subplot()
+        cmap = "RdYlGn" if value == "retention" else "RdYlGn_r"
+        im = ax.imshow(data, cmap=cmap, aspect="auto")
+        _annotate(ax, im, data, "{:.2f}" if value == "retention" else "{:.1f}", fontsize=5.5)
+        ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right")
+        ax.set_yticks(range(data.shape[0]), [str(t) for t in grid.index])
+        if key:
+            ax.set_xlabel(key)
+        fig.colorbar(im, ax=ax, label="retention" if value == "retention" else "gap", shrink=0.9)
+        ax.set_title(f"Per-task sensitivity: {what}", fontsize=7.0)
     return fig
 
 
-def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str) -> None:
-    """Write each heatmap value in its cell, white on dark colours and black on light ones."""
+def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str, *, fontsize: Any = "small",
+              lead_zero: bool = True) -> None:
+    """Write each heatmap value in its cell, white on dark colours and black on light ones
+    (``lead_zero=False``: ".14" for weights in [0, 1], which fit narrow cells)."""
     if data.size == 0 or data.shape[0] > 16 or data.shape[1] > 16:
         return  # too crowded to read; the colour bar carries the values
     for (i, j), v in np.ndenumerate(data):
@@ -431,7 +441,10 @@ def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str) -> None:
             continue
         r, g, b, _ = im.cmap(im.norm(v))
         luminance = 0.299 * r + 0.587 * g + 0.114 * b
-        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize="small",
+        text = fmt.format(v)
+        if not lead_zero and text.startswith("0."):
+            text = text[1:]
+        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                 color="white" if luminance < 0.5 else "black")
 
 
@@ -441,30 +454,38 @@ def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str) -> None:
 def mapping_figure(weights: pd.DataFrame, task: str, cells: pd.DataFrame | None = None) -> Figure:
     """Learned layer-mapping weights for every cell of one task, one heatmap per cell (titled by
     its levels alone, the factors named in the figure title)."""
+    import matplotlib as mpl
+
     labels, key = level_labels(cells)
     grids = mapping_weight_grids(weights, task)
     k = len(grids)
-    ncols = min(3, k)
+    ncols = min(2, k) if k <= 4 else min(4, k)  # one paper column up to 4 cells, else two
     nrows = math.ceil(k / ncols)
     shape = next(iter(grids.values())).shape
-    fig = _figure(ncols * max(3.2, 0.45 * shape[1] + 1.8), nrows * max(2.6, 0.45 * shape[0] + 1.4), constrained=True)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    width = COLUMN_WIDTH_IN if ncols <= 2 else 2 * COLUMN_WIDTH_IN
     bounded = bool(((weights["weight"] >= 0) & (weights["weight"] <= 1)).all())
     im = None
-    for ax, (cell, grid) in zip(axes.flat, grids.items()):
-        data = grid.to_numpy(dtype=float)
-        im = ax.imshow(data, cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None, aspect="auto")
-        _annotate(ax, im, data, "{:.2f}")
-        ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], fontsize="small")
-        ax.set_yticks(range(data.shape[0]), [str(i) for i in grid.index], fontsize="small")
-        ax.set_xlabel("teacher layer")
-        ax.set_ylabel("student layer")
-        ax.set_title(labels.get(cell, cell), fontsize="small")
-    for ax in list(axes.flat)[k:]:
-        ax.set_axis_off()
-    if im is not None:
-        fig.colorbar(im, ax=axes, label="weight", shrink=0.8)
-    fig.suptitle(f"{task}: learned mapping weights (last epoch, mean over seeds)" + (f"\npanels: {key}" if key else ""))
+    with mpl.rc_context(_SMALL):
+        fig = _figure(width, nrows * (0.22 * shape[0] + 0.9) + 0.5, constrained=True)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+        for ax, (cell, grid) in zip(axes.flat, grids.items()):
+            data = grid.to_numpy(dtype=float)
+            im = ax.imshow(data, cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None, aspect="auto")
+            if data.shape[1] <= 8:
+                _annotate(ax, im, data, "{:.2f}", fontsize=5.5, lead_zero=not bounded)
+            ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns])
+            ax.set_yticks(range(data.shape[0]), [str(i) for i in grid.index])
+            ax.set_title(labels.get(cell, cell))
+        for ax in axes[-1]:
+            ax.set_xlabel("teacher layer")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("student layer")
+        for ax in list(axes.flat)[k:]:
+            ax.set_axis_off()
+        if im is not None:
+            fig.colorbar(im, ax=axes, label="weight", shrink=0.8)
+        fig.suptitle(f"{task}: learned mapping weights (last epoch, mean over seeds)" + (f"\npanels: {key}" if key else ""),
+                     fontsize=7.5)
     return fig
 
 
