@@ -334,10 +334,17 @@ def _report_all(db: Path | None, root: Path, *, plots: bool, render_studies: boo
             names = store.study_names()
         if not names:
             raise KdgridError(f"{_db(db)}: the store has no studies yet (run 'kdgrid run STUDY' first)")
+        failed = []
         for name in names:
-            report(study=name, db=db, out=root / name, plots=plots, fmt="table", brief=True)
+            try:
+                report(study=name, db=db, out=root / name, plots=plots, fmt="table", brief=True)
+            except KdgridError as e:  # one study that cannot be analysed does not cost the others their reports
+                err_console.print(f"study {name}: {e}")
+                failed.append(name)
     path = write_index(root)
     err_console.print(f"index written to {path}")
+    if render_studies and failed:
+        raise KdgridError(f"--all: no report for {', '.join(failed)} (see the lines above); the others are written")
 
 
 def _search_report(db: Path, name: str, *, fmt: str, out: Path | None, plots: bool) -> None:
