@@ -14,7 +14,6 @@ factor forms the rows.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -232,13 +231,15 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
                                                                decimals=decimals)
             rows.append(row)
         frame = pd.DataFrame(rows, columns=label_cols + headers, dtype=object)
-        for c in label_cols[:-1]:  # blank a level repeated on consecutive rows: blocks read as groups
-            prev = None
-            shown = []
-            for v, first_col in zip(frame[c], frame[label_cols[0]]):
-                shown.append("" if v == prev and first_col not in ("teacher", "floor") else v)
-                prev = v
-            frame[c] = shown
+        # Blank a level that repeats the row above under the same outer levels: blocks read as groups.
+        raw = frame[label_cols].astype(str).values.tolist()
+        for i in range(len(raw) - 1, 0, -1):
+            if raw[i][0] in ("teacher", "floor"):
+                continue
+            for j in range(len(label_cols) - 1):
+                if raw[i][: j + 1] != raw[i - 1][: j + 1]:
+                    break
+                frame.iat[i, j] = ""
         ns = sorted({int(n) for n in sub["n"] if _num(n) is not None}) if "n" in sub else []
         n_text = (f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}") if ns else "n unknown"
         row_names = " × ".join(label_cols) if row_f else "—"
@@ -338,10 +339,20 @@ def findings(paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale10
             what = ("better" if (_num(r.mean_diff) or 0) > 0 else "worse") + " than the baseline"
         else:
             what = "undecided"
-        text = f"{r.task}{' · ' + where if where else ''}: {diff} is {what} (Δ {delta}, CI {ci}; {r.metric})"
+        unit = f"{r.metric}{' ×100' if s == 100.0 else ''}"
+        text = (f"{r.task}{' · ' + where if where else ''}: {diff} is {what} "
+                f"(Δ {delta} {unit}, simultaneous CI {ci})")
         out.append(Finding(str(r.task), diff, where, verdict, text))
     size = {id(f): abs(_num(r.mean_diff) or 0.0) for f, r in zip(out, paired.itertuples(index=False))}
-    return sorted(out, key=lambda f: (f.verdict not in ("different", "equivalent"), -size[id(f)]))
+    # Comparisons of cells that share their runs (a collapsed factor) give the very same numbers:
+    # say it once, in the shortest words.
+    same: dict[tuple[str, ...], Finding] = {}
+    for f, r in zip(out, paired.itertuples(index=False)):
+        key = (f.task, str(r.metric), *(repr(_num(x)) for x in (r.mean_diff, r.sci_low, r.sci_high, r.p)))
+        if key not in same or len(f.text) < len(same[key].text):
+            same[key] = f
+    kept = list(same.values())
+    return sorted(kept, key=lambda f: (f.verdict not in ("different", "equivalent"), -size[id(f)]))
 
 
 def headline(paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale100: bool = True) -> str:
@@ -376,10 +387,6 @@ def summary_lines(question: str, paired: pd.DataFrame | None, cells: pd.DataFram
         und.append("No paired comparisons: no baseline, or no seeds to pair by.")
     return question or "(the study states no question: add 'description:' to the study file)", shown, und
 
-
-def _isfinite(x: Any) -> bool:
-    v = _num(x)
-    return v is not None and math.isfinite(v)
 
 
 def condition_level_columns(paired: pd.DataFrame, cells: pd.DataFrame | None) -> dict[str, list[str]]:

@@ -39,7 +39,6 @@ from kdgrid.report.tables import (
     metric_scale,
     metric_scales,
     section_frame,
-    short_name,
     slug,
 )
 
