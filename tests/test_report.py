@@ -375,7 +375,8 @@ def test_latex_is_booktabs_and_escaped(reports: dict[str, tuple[Path, str]]) -> 
     assert "$\\pm$" in text and "$p_{\\mathrm{adj}}$" in text and "partial $\\eta^2$" in text
     assert "objective.intermediate.attention" not in text.split("\\section*{Cells}")[1].split("\\end{table}")[0]
     body = text.split("\\begin{document}")[1]
-    assert "±" not in body and "η" not in body and "\\_" in body  # every special escaped
+    assert "±" not in body and "η" not in body and "ᵇ" not in body and "\\_" in body  # every special escaped
+    assert "$^{b}$" in body  # the baseline mark of the pivot table
 
 
 def test_html_is_self_contained_with_embedded_plots(reports: dict[str, tuple[Path, str]]) -> None:

@@ -521,6 +521,8 @@ _LATEX_MAP = {
     "•": r"\textbullet{}", "α": r"$\alpha$", "β": r"$\beta$",
     # the paired, stratified and rank sections' symbols
     "š": r"\v{s}", "μ": r"$\mu$", "τ": r"$\tau$", "ε": r"$\varepsilon$", "χ": r"$\chi$", "√": r"$\surd$", "ᵂ": r"$^{W}$",
+    # the pivot tables' marks
+    "ᵇ": r"$^{b}$", "≈": r"$\approx$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_LATEX_MAP, key=len, reverse=True)))
 _LATEX_HEADERS = {"dz": "$d_z$", "p_adj": r"$p_{\mathrm{adj}}$", "p": "$p$", "t": "$t$", "F": "$F$",
