@@ -34,7 +34,7 @@ def write_index(root: Path) -> Path:
     for name, question, head in index_entries(root):
         link = f"{name}/report.html" if (Path(root) / name / "report.html").is_file() else f"{name}/report.json"
         rows.append(f'<tr><td class="l"><a href="{esc(link)}">{esc(name)}</a></td>'
-                    f'<td class="l">{esc(question)}</td><td class="l wrap">{esc(head)}</td></tr>')
+                    f'<td class="l wrap">{esc(question or "–")}</td><td class="l wrap">{esc(head)}</td></tr>')
     body = ("<table><caption>Each study's report with its headline: the paired comparisons decided "
             "(different or equivalent) and the largest of them.</caption><thead><tr><th class=\"l\">Study</th>"
             "<th class=\"l\">Question</th><th class=\"l\">Headline result</th></tr></thead><tbody>"

@@ -748,7 +748,7 @@ def analysis_json(
 
     paired = section_frame(analysis, "paired_tests")
     cells = section_frame(analysis, "cells")
-    question, decisive, undecided = summary_lines(question, paired, cells)
+    _, decisive, undecided = summary_lines(question, paired, cells)
     notes = []
     if paired is not None and "note" in paired.columns:
         for r in paired.itertuples(index=False):
