@@ -342,6 +342,12 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw plots (PNG+SVG) and embed them in the HTML.")] = True,
     search_name: Annotated[Optional[str], typer.Option("--search", help="Report a search (best settings, history, importances, confirmation).")] = None,
+    rows: Annotated[Optional[str], typer.Option("--rows", help="Factors forming the rows of the pivot tables, comma-separated (default: the study's analysis.table.rows).")] = None,
+    cols: Annotated[Optional[str], typer.Option("--cols", help="Factors (and 'task') forming the columns of the pivot tables (default: analysis.table.cols).")] = None,
+    brief: Annotated[bool, typer.Option("--brief", help="Print only the summary and the decisive comparisons.")] = False,
+    question: Annotated[Optional[str], typer.Option("--question", help="The question the study asks (default: the study's description).")] = None,
+    all_studies: Annotated[bool, typer.Option("--all", help="Report every study in the store under --out (default reports/) and write its index.html.")] = False,
+    index_only: Annotated[bool, typer.Option("--index", help="Only (re)write index.html under --out (default reports/) from the reports there.")] = False,
 ) -> None:
     """Statistics for a study: cells (mean ± sd), paired tests, ANOVA, sensitivity, power; files under reports/."""
     if fmt not in REPORT_FORMATS:
@@ -350,6 +356,9 @@ def report(
         raise KdgridError(f"--anova-type: {anova_type} is not allowed (allowed: 2, 3)")
     if correction is not None and correction not in ("holm", "fdr_bh", "bonferroni", "none"):
         raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: holm, fdr_bh, bonferroni, none)")
+    if index_only or all_studies:
+        _report_all(db, out or Path("reports"), plots=plots, render_studies=all_studies)
+        return
     if from_file is None:
         from kdgrid.search.report import pick_search
 
@@ -381,18 +390,24 @@ def report(
 
         analysis.mapping_weights = as_analysis_cells(src.mapping, src.table, chosen_factors or [])
     analysis.warnings = [*src.warnings, *analysis.warnings]
+    layout = settings.get("table") or {}
+    chosen_rows = [f.strip() for f in rows.split(",") if f.strip()] if rows else list(layout.get("rows") or [])
+    chosen_cols = [f.strip() for f in cols.split(",") if f.strip()] if cols else list(layout.get("cols") or [])
+    asked = question if question is not None else src.question
     meta = {**src.meta, "metric": chosen_metric, "baseline": base or "first level of each factor",
             "correction": corr, "equivalence margin": settings.get("equivalence_margin", 0.01),
             "anova type": anova_type, "kdgrid": __version__}
     out_dir = out or Path("reports") / src.title
     files = [f for f in ("md", "csv", "html", "json", "latex") if f != fmt]
     texts = render_many(analysis, fmts=[fmt, *files], out_dir=out_dir, title=f"kdgrid report: {src.title}",
-                        meta=meta, plots=plots, reproducibility=src.reproducibility)
+                        meta=meta, plots=plots, reproducibility=src.reproducibility, rows=chosen_rows,
+                        cols=chosen_cols, question=asked)
     if fmt == "table":
         from kdgrid.report.render import rich_report
 
         console.print(rich_report(analysis, title=f"kdgrid report: {src.title}", meta=meta,
-                                  reproducibility=src.reproducibility))
+                                  reproducibility=src.reproducibility, rows=chosen_rows, cols=chosen_cols,
+                                  question=asked, brief=brief))
     else:
         typer.echo(texts[fmt])
     if mixed:
@@ -417,6 +432,30 @@ def _sequential_section(db: Path, name: str, out_dir: Path, fmt: str) -> None:
         console.print(states_table(found[1], f"study {name}: sequential comparisons"))
         for line in found[0].design_lines():
             console.print(f"  {line}", highlight=False)
+
+
+def _report_all(db: Path | None, root: Path, *, plots: bool, render_studies: bool) -> None:
+    """``--all``: every study of the store reported under ``root/<study>/``; then ``root/index.html``."""
+    from kdgrid.report.index import write_index
+
+    if render_studies:
+        from kdgrid.store.db import open_store
+
+        with open_store(_db(db), read_only=True) as store:
+            names = store.study_names()
+        if not names:
+            raise KdgridError(f"{_db(db)}: the store has no studies yet (run 'kdgrid run STUDY' first)")
+        failed = []
+        for name in names:
+            try:
+                report(study=name, db=db, out=root / name, plots=plots, fmt="table", brief=True)
+            except KdgridError as e:  # one study that cannot be analysed does not cost the others their reports
+                err_console.print(f"study {name}: {e}")
+                failed.append(name)
+    path = write_index(root)
+    err_console.print(f"index written to {path}")
+    if render_studies and failed:
+        raise KdgridError(f"--all: no report for {', '.join(failed)} (see the lines above); the others are written")
 
 
 def _search_report(db: Path, name: str, *, fmt: str, out: Path | None, plots: bool) -> None:

@@ -73,7 +73,7 @@ def test_analysis_carries_efficiency_and_every_format_shows_it(tmp_path: Path) -
     md = texts["md"]
     assert "## Efficiency" in md
     # Params in millions, latency with its ratio to the 3L baseline.
-    row = next(line for line in md.splitlines() if line.startswith("| student=2L") and "(M)" not in line
+    row = next(line for line in md.splitlines() if line.startswith("| 2L |") and "(M)" not in line
                and "×" in line)
     assert "20.00 (0.67×)" in row and "10.1 (0.50×)" in row
     assert "Efficiency" in texts["table"]

@@ -260,7 +260,7 @@ def test_every_format_writes_its_files(report_dir: Path) -> None:
         "cells.csv", "paired_tests.csv", "anova.csv", "sensitivity.csv", "power.csv", "diagnostics.csv",
         "mapping_weights.csv", "mapping_convergence.csv", "warnings.txt", "plots",
     ])
-    stems = ["forest", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention"]
+    stems = ["forest_cola", "forest_sst2", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention"]
     plots = sorted((report_dir / "plots").iterdir())
     assert [p.name for p in plots] == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
     assert_images(plots)
@@ -296,9 +296,14 @@ def test_table_never_crops_columns(analysis: FakeAnalysis) -> None:
     assert max(len(line) for line in wide.splitlines()) <= 120
     assert "Verdict" in wide
     narrow = render(analysis, fmt="table", out_dir=None, title="t", meta={}, plots=False, width=70)
-    # Too narrow for the paired table: rows become wrapped "column: value" lines, nothing is cut.
-    assert narrow.count("Wilcoxon") >= len(analysis.paired_tests)
-    assert "p_adj: 0.012" in narrow and "95% CI (unadj.): [-2.24, 4.85]" in narrow  # pairs never split
+    # Too narrow for the whole paired table: labels abbreviated (with a key), optional columns left
+    # out and named, never cropped; the files keep every column.
+    assert max(len(line) for line in narrow.splitlines()) <= 70
+    assert "Left out at this width: Wilcoxon p" in narrow
+    assert "0.012" in narrow and "Verdict" in narrow
+    tiny = render(analysis, fmt="table", out_dir=None, title="t", meta={}, plots=False, width=40)
+    # Narrower still: rows become wrapped "column: value" lines, pairs never split.
+    assert "p_adj: 0.012" in tiny and "95% CI (unadj.):" in tiny
 
 
 def test_json_is_valid_with_exact_keys(reports: dict[str, tuple[Path, str]], analysis: FakeAnalysis) -> None:
@@ -350,13 +355,17 @@ def md_tables(text: str) -> list[list[list[str]]]:
 def test_markdown_cells_table_shape_and_plots(reports: dict[str, tuple[Path, str]], analysis: FakeAnalysis) -> None:
     d, text = reports["md"]
     first = md_tables(text)[0]
-    assert first[0] == ["Condition", "cola (mcc)", "sst2 (accuracy)", "Avg"]  # columns = tasks + Avg
-    assert len(first) - 1 == analysis.cells["cell"].nunique()  # rows = conditions
-    assert first[1][0] == "attention=mse, kind=uniform (baseline)"
-    assert "![cola (mcc): cell means with 95% CI](plots/interaction_cola.png)" in text
+    # Pivot: factors' levels alone as row labels, tasks as columns, the teacher row last.
+    assert first[0] == ["attention", "kind", "cola", "sst2"]
+    assert len(first) - 1 == analysis.cells["cell"].nunique() + 2  # conditions + teacher + floor
+    assert first[1][:2] == ["mse", "uniform"] and first[1][2].endswith("ᵇ")  # baseline first, marked
+    assert first[-2][0] == "teacher" and first[-1][0] == "floor"
+    assert not any("=" in c for row in first for c in row)  # never name=value chains
+    assert "attention = mse, kind = uniform" in text  # the baseline named once, in the caption
+    assert "![cola (mcc): cell means with 95% CI, a panel per level" in text
     for link in [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]:
         assert (d / link).stat().st_size > 0
-    assert "**attention=kl, kind=learnable**" in text  # a significant row is marked
+    assert "**kl**" in text  # a significant paired row is marked
 
 
 def test_latex_is_booktabs_and_escaped(reports: dict[str, tuple[Path, str]]) -> None:
@@ -366,16 +375,17 @@ def test_latex_is_booktabs_and_escaped(reports: dict[str, tuple[Path, str]]) -> 
     assert "$\\pm$" in text and "$p_{\\mathrm{adj}}$" in text and "partial $\\eta^2$" in text
     assert "objective.intermediate.attention" not in text.split("\\section*{Cells}")[1].split("\\end{table}")[0]
     body = text.split("\\begin{document}")[1]
-    assert "±" not in body and "η" not in body and "\\_" in body  # every special escaped
+    assert "±" not in body and "η" not in body and "ᵇ" not in body and "\\_" in body  # every special escaped
+    assert "$^{b}$" in body  # the baseline mark of the pivot table
 
 
 def test_html_is_self_contained_with_embedded_plots(reports: dict[str, tuple[Path, str]]) -> None:
     d, text = reports["html"]
-    assert text.count('src="data:image/png;base64,') == 5  # 2 interaction, forest, sensitivity, mapping
-    assert text.count("<img") == 5
+    assert text.count('src="data:image/png;base64,') == 6  # 2 interaction, 2 forest, sensitivity, mapping
+    assert text.count("<img") == 6
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert '<tr class="sig">' in text and "<table" in text
-    assert (d / "plots" / "forest.svg").stat().st_size > 0
+    assert (d / "plots" / "forest_cola.svg").stat().st_size > 0
 
 
 def test_html_without_out_dir_still_embeds_plots(analysis: FakeAnalysis) -> None:
@@ -452,7 +462,7 @@ def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) 
     for fmt in ("md", "html", "latex", "table"):
         text = texts[fmt].replace("\\", "")
         assert "merged factor attention" in text and "Seed is a block" in text, fmt
-        assert "stand for several cells that share the same runs" in text, fmt
+        assert "kl|mse" in text, fmt  # the collapsed row, shown once
     assert "alpha=0 vs rest" in texts["md"]
     assert read_section_csv(tmp_path / "cells.csv")["stands_for"][0] == ["attention=kl, alpha=0",
                                                                          "attention=mse, alpha=0"]
@@ -475,7 +485,7 @@ def assert_images(paths: list[Path]) -> None:
 def test_make_plots_writes_png_and_svg(tmp_path: Path, analysis: FakeAnalysis) -> None:
     forest_only = only(paired_tests=analysis.paired_tests)
     paths = make_plots(forest_only, tmp_path)
-    assert paths == [tmp_path / "plots" / "forest.png", tmp_path / "plots" / "forest.svg"]
+    assert paths == [tmp_path / "plots" / f"forest_{t}.{e}" for t in ("cola", "sst2") for e in ("png", "svg")]
     assert_images(paths)
 
 
@@ -572,7 +582,7 @@ def test_odd_inputs_do_not_crash(tmp_path: Path, analysis: FakeAnalysis) -> None
     from kdgrid.report import build_figures
 
     figs = build_figures(odd)
-    assert [p.name for p in figs] == ["interaction_cola", "forest"]  # all-NaN retention: no heatmap
+    assert [p.name for p in figs] == ["interaction_cola", "forest_cola"]  # all-NaN retention: no heatmap
     assert_images(make_plots(only(cells=cells), tmp_path, formats=("png",)))
 
 

@@ -232,3 +232,17 @@ def test_store_without_data_column_says_not_recorded(tmp_path: Path, monkeypatch
                            "not_recorded": [{"task": "cola", "runs": 4}, {"task": "stsb", "runs": 2}]}
     with duckdb.connect(str(db), read_only=True) as con:  # a report never migrates the store
         assert "data" not in [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
+
+
+def test_report_all_writes_every_study_and_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, _ = build_store(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["report", "--all", "--db", str(db), "--no-plots", "--out", "rep"])
+    # Study h's only run has no sst2 accuracy: it gets no report, g still does, and the exit says so.
+    assert res.exit_code != 0 and "no report for h" in str(res.exception)
+    assert "study h: metric column 'accuracy'" in res.output
+    assert (tmp_path / "rep" / "g" / "report.html").is_file() and not (tmp_path / "rep" / "h").exists()
+    assert json.loads((tmp_path / "rep" / "g" / "report.json").read_text(encoding="utf-8"))["summary"]["headline"]
+    page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
+    assert 'href="g/report.html"' in page and "h/report" not in page
+    assert "1 undecided of 1 comparisons" in page  # g's headline

@@ -76,3 +76,43 @@ def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     coloured = sum(1 for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 100)  # only the plots are saturated
     assert dark > 0.002 * len(pixels), "page looks blank"
     assert coloured > 500, "no saturated pixels: the embedded plots did not render"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = sorted((ROOT / "reports").glob("*/report.html"))
+
+
+def top_pixels(shot: Path) -> list[tuple[int, int, int]]:
+    with Image.open(shot) as im:
+        return list(im.convert("RGB").getdata())
+
+
+@pytest.mark.parametrize("page", COMMITTED, ids=[p.parent.name for p in COMMITTED])
+def test_committed_report_top_renders_without_errors(tmp_path: Path, page: Path) -> None:
+    """The top of each committed report (what a reader sees first) lays out and is not blank."""
+    shot = tmp_path / "top.png"
+    proc = screenshot(page.as_uri(), shot, tmp_path / "profile", "1200,900")
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    assert not page_errors(proc.stderr), "\n".join(page_errors(proc.stderr))
+    pixels = top_pixels(shot)
+    dark = sum(1 for r, g, b in pixels if min(r, g, b) < 128)
+    assert dark > 0.005 * len(pixels), f"{page}: the top of the page looks blank"
+
+
+def test_summary_box_opens_the_page(tmp_path: Path) -> None:
+    """The summary box (its thick dark left border, #2c3e50: a vertical stripe, unlike the headings'
+    horizontal rules) is in the first screenful."""
+    render(make_analysis(), fmt="html", out_dir=tmp_path, title="Ablation", meta=META, plots=False)
+    shot = tmp_path / "top.png"
+    proc = screenshot((tmp_path / "report.html").as_uri(), shot, tmp_path / "profile", "1200,400")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(shot) as im:
+        rgb = im.convert("RGB")
+        w, h = rgb.size
+
+        def is_border(x: int, y: int) -> bool:
+            r, g, b = rgb.getpixel((x, y))
+            return abs(r - 0x2C) < 8 and abs(g - 0x3E) < 8 and abs(b - 0x50) < 8
+
+        stripe = max(sum(is_border(x, y) for y in range(h)) for x in range(min(w, 80)))
+    assert stripe > 60, "no summary box at the top of the page"

@@ -31,15 +31,14 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
 from kdgrid.errors import KdgridError
+from kdgrid.report.pivot import cell_levels, level_labels, level_namer, short_names
 from kdgrid.report.tables import (
-    condition_labels,
     factor_columns,
     mapping_weight_grids,
     interval_label,
     metric_scale,
     metric_scales,
     section_frame,
-    short_name,
     slug,
 )
 
@@ -117,65 +116,117 @@ def _f(x: Any) -> float:
 
 # --------------------------------------------------------------------------- interaction
 
+COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper: every report figure is drawn at this width or 2×
+MAX_LINES = 5  # lines per panel of an interaction plot
+MAX_LEGEND_ENTRIES = 8  # no legend of a report figure has more (tests hold every figure to it)
+_SMALL = {"font.size": 7.0, "axes.titlesize": 7.0, "axes.labelsize": 7.0, "xtick.labelsize": 6.5,
+          "ytick.labelsize": 6.5, "legend.fontsize": 6.5}
+
+
+def _matches(level: str, wanted: str) -> bool:
+    """A collapsed level ("kl|mse": runs shared by both) belongs to each of its parts."""
+    return level == wanted or wanted in level.split("|")
+
+
+def interaction_layout(cells: pd.DataFrame) -> tuple[str | None, str | None, list[str]]:
+    """(x factor, line factor, panel factors): x has the most levels (numbers preferred), lines
+    the fewest (at most :data:`MAX_LINES`), every other factor gets a panel per level."""
+    factors = [f for f in factor_columns(cells) if cells[f].astype(str).nunique() > 1]
+    if not factors:
+        return None, None, []
+
+    def n_levels(f: str) -> int:
+        return len({p for v in cells[f] for p in _level(v).split("|")})
+
+    def numeric(f: str) -> bool:
+        try:
+            [float(p) for v in cells[f] for p in _level(v).split("|")]
+            return True
+        except ValueError:
+            return False
+
+    x = max(factors, key=lambda f: (numeric(f), n_levels(f)))
+    rest = [f for f in factors if f != x]
+    lines = [f for f in sorted(rest, key=n_levels) if n_levels(f) <= MAX_LINES][:1]
+    line = lines[0] if lines else None
+    return x, line, [f for f in rest if f != line]
+
+
+def _parts(values: Iterable[Any]) -> list[str]:
+    return _ordered_levels(p for v in values for p in _level(v).split("|"))
+
 
 def interaction_figure(
-    cells: pd.DataFrame, task: str, metric: str, *, scale: float = 1.0, teacher: float | None = None
+    cells: pd.DataFrame, task: str, metric: str, *, scale: float = 1.0, teacher: float | None = None,
+    floor: float | None = None,
 ) -> Figure:
-    """Interaction plot for one task: x = levels of the first factor, one line per level of
-    the second (or per combination of the remaining factors), mean with its 95% CI.
+    """Interaction plot for one task as small multiples: x = the factor with the most levels,
+    one line per level of the factor with the fewest, one panel per combination of the other
+    factors' levels; shared axes, mean with its 95% CI, the teacher (dashed) and the floor
+    (dotted, majority class) as reference lines. Drawn at one paper column's width."""
+    import matplotlib as mpl
 
-    Lines are dodged sideways a little so overlapping error bars stay readable. With no
-    factor columns the cells themselves are the x axis. ``teacher`` (same units as the
-    cells) adds a dashed reference line.
-    """
     sub = cells[(cells["task"].astype(str) == task) & (cells["metric"].astype(str) == metric)]
-    factors = factor_columns(cells)
-    labels = condition_labels(cells)
-    if factors:
-        x_name, rest = factors[0], factors[1:]
-        x_levels = _ordered_levels(sub[x_name])
-        x_of = [_level(v) for v in sub[x_name]]
-    else:
-        x_name, rest = "condition", []
-        x_levels = [labels[c] for c in dict.fromkeys(sub["cell"].astype(str))]
-        x_of = [labels[str(c)] for c in sub["cell"]]
-    line_keys = [tuple(_level(r[f]) for f in rest) for _, r in sub.iterrows()]
-    lines = list(dict.fromkeys(line_keys))
-    if len(rest) == 1:
-        order = _ordered_levels(k[0] for k in lines)
-        lines = sorted(lines, key=lambda k: order.index(k[0]))
-
-    fig = _figure(max(4.0, 1.2 * len(x_levels) + 2.5), 3.6)
-    ax = fig.add_subplot()
-    width = 0.25 if len(lines) > 1 else 0.0
-    for i, key in enumerate(lines):
-        offset = (i - (len(lines) - 1) / 2) * width / max(1, len(lines) - 1)
-        pts = sorted(
-            (x_levels.index(x), _f(r["mean"]) * scale, _f(r["ci_low"]) * scale, _f(r["ci_high"]) * scale)
-            for x, k, (_, r) in zip(x_of, line_keys, sub.iterrows())
-            if k == key
-        )
-        xs = np.array([p[0] for p in pts], dtype=float) + offset
-        ys = np.array([p[1] for p in pts])
-        lo = np.array([p[2] for p in pts])
-        hi = np.array([p[3] for p in pts])
-        # NaN CI (one seed) -> no bar, rather than a bar of NaN length that hides the point.
-        yerr = np.vstack([np.nan_to_num(ys - lo), np.nan_to_num(hi - ys)])
-        if len(rest) > 1:
-            label: str | None = ", ".join(f"{short_name(f)}={v}" for f, v in zip(rest, key))
-        else:
-            label = key[0] if key else None
-        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, linewidth=1.5, label=label, color=f"C{i % 10}")
-    if teacher is not None and math.isfinite(teacher):
-        ax.axhline(teacher, color="0.35", linestyle="--", linewidth=1, label="teacher")
-    ax.set_xticks(range(len(x_levels)), x_levels, rotation=20 if max(map(len, x_levels)) > 12 else 0)
-    ax.set_xlabel(short_name(x_name))
-    ax.set_ylabel(f"{metric}{' (×100)' if scale == 100.0 else ''}")
-    ax.set_title(f"{task}: mean and 95% CI over seeds")
-    ax.grid(axis="y", alpha=0.3)
-    if len(lines) > 1 or teacher is not None:
-        ax.legend(title=short_name(rest[0]) if len(rest) == 1 else None, fontsize="small", frameon=False,
-                  loc="center left", bbox_to_anchor=(1.0, 0.5))
+    x_name, line_name, panel_f = interaction_layout(sub)
+    short = short_names(sub) if factor_columns(sub) else {}
+    panel_keys: list[tuple[str, ...]] = [()]
+    for f in panel_f:
+        panel_keys = [k + (lv,) for k in panel_keys for lv in _parts(sub[f])]
+    n = len(panel_keys)
+    ncols = 1 if n == 1 else 2 if n in (2, 4) else 3
+    nrows = math.ceil(n / ncols)
+    width = COLUMN_WIDTH_IN if ncols <= 2 else 2 * COLUMN_WIDTH_IN
+    with mpl.rc_context(_SMALL):
+        fig = _figure(width, 0.9 + 1.5 * nrows, constrained=True)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+        x_levels = _parts(sub[x_name]) if x_name else ["all"]
+        line_levels = _parts(sub[line_name]) if line_name else [""]
+        handles: dict[str, Any] = {}
+        for ax, pk in zip(axes.flat, panel_keys):
+            in_panel = sub
+            for f, lv in zip(panel_f, pk):
+                in_panel = in_panel[[_matches(_level(v), lv) for v in in_panel[f]]]
+            for j, ll in enumerate(line_levels):
+                pts = []
+                for xi, xl in enumerate(x_levels):
+                    hit = in_panel
+                    if x_name:
+                        hit = hit[[_matches(_level(v), xl) for v in hit[x_name]]]
+                    if line_name:
+                        hit = hit[[_matches(_level(v), ll) for v in hit[line_name]]]
+                    if len(hit):
+                        r = hit.iloc[0]
+                        pts.append((xi, _f(r["mean"]) * scale, _f(r["ci_low"]) * scale, _f(r["ci_high"]) * scale))
+                if not pts:
+                    continue
+                off = (j - (len(line_levels) - 1) / 2) * 0.06
+                xs = np.array([p[0] for p in pts], dtype=float) + off
+                ys = np.array([p[1] for p in pts])
+                yerr = np.vstack([np.nan_to_num(ys - np.array([p[2] for p in pts])),
+                                  np.nan_to_num(np.array([p[3] for p in pts]) - ys)])
+                h = ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=3, capsize=2, linewidth=1.1,
+                                elinewidth=0.8, color=f"C{j % 10}")
+                handles.setdefault(f"{short[line_name]} {ll}" if line_name else "mean", h)
+            if teacher is not None and math.isfinite(teacher):
+                handles["teacher"] = ax.axhline(teacher, color="0.3", linestyle="--", linewidth=0.8)
+            if floor is not None and math.isfinite(floor):
+                handles["majority class" if floor != 0 else "floor (0)"] = ax.axhline(
+                    floor, color="0.5", linestyle=":", linewidth=0.9)
+            if pk:
+                ax.set_title(" · ".join(pk))  # levels alone; the factors are named once, in the title
+            ax.grid(axis="y", alpha=0.3, linewidth=0.5)
+            ax.set_xticks(range(len(x_levels)), x_levels)
+        for ax in list(axes.flat)[n:]:
+            ax.set_axis_off()
+        for ax in axes[-1]:
+            ax.set_xlabel(short[x_name] if x_name else "")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(f"{metric}{' ×100' if scale == 100.0 else ''}")
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                       ncol=min(4, len(handles)), frameon=False)
+        panels = f"; panels: {' · '.join(short[f] for f in panel_f)}" if panel_f else ""
+        fig.suptitle(f"{task}: mean and 95% CI over seeds{panels}", fontsize=7.5)
     return fig
 
 
@@ -185,56 +236,127 @@ def interaction_figure(
 def forest_figure(
     paired: pd.DataFrame, cells: pd.DataFrame | None = None, *, alpha: float = 0.05, scale100: bool = True
 ) -> Figure:
-    """Forest plot of paired differences vs the baseline, one row per (task, condition).
+    """Forest plot of one task's paired differences vs the baseline, sorted by effect.
 
     Thick bar: the simultaneous interval of the comparison's family (consistent with p_adj);
-    thin bar: the unadjusted 95% interval. Colour: the verdict (different, equivalent within
-    ±margin, inconclusive). Without a correction both intervals are the unadjusted one.
+    thin bar: the unadjusted 95% interval; both named on the axis. Colour: the verdict
+    (different, equivalent within ±margin, inconclusive). Labels are levels alone, the factors
+    named once on the y axis.
     """
-    labels = condition_labels(cells)
+    import matplotlib as mpl
+
+    labels, key = level_labels(cells)
+    paired = paired.assign(_d=pd.to_numeric(paired["mean_diff"], errors="coerce")).sort_values("_d", kind="stable")
     n = len(paired)
-    fig = _figure(7.0, 0.32 * n + 1.6)
-    ax = fig.add_subplot()
-    ytick, ylab = [], []
-    prev_task = None
     colors = {"different": SIG_COLOR, "equivalent": EQUIV_COLOR}
     scales = set()
-    for i, r in enumerate(paired.itertuples(index=False)):
-        y = n - 1 - i
-        s = metric_scale(r.metric, scale100=scale100)
-        scales.add(s)
-        d, lo, hi = _f(r.mean_diff) * s, _f(r.ci_low) * s, _f(r.ci_high) * s
-        slo, shi = _f(r.sci_low) * s, _f(r.sci_high) * s
-        verdict = str(r.verdict)
-        color = colors.get(verdict, NONSIG_COLOR)
-        if math.isfinite(lo) and math.isfinite(hi):
-            ax.plot([lo, hi], [y, y], color=color, linewidth=0.9)
-        if math.isfinite(slo) and math.isfinite(shi):
-            ax.plot([slo, shi], [y, y], color=color, linewidth=2.6, alpha=0.55)
-        filled = verdict in colors
-        ax.plot([d], [y], marker="o", markersize=6, color=color, markerfacecolor=color if filled else "white")
-        if bool(getattr(r, "baseline_at_floor", False)):
-            ax.annotate("floor", (d, y), xytext=(6, 3), textcoords="offset points", fontsize="x-small", color="0.3")
-        if prev_task is not None and str(r.task) != prev_task:
-            ax.axhline(y + 0.5, color="0.85", linewidth=0.8)  # separate task groups
-        prev_task = str(r.task)
-        ytick.append(y)
-        ylab.append(f"{r.task} · {labels.get(str(r.condition), str(r.condition))}")
-    ax.axvline(0.0, color="black", linestyle="--", linewidth=0.9)
-    ax.set_yticks(ytick, ylab, fontsize="small")
-    ax.set_ylim(-0.7, n - 0.3)
-    ax.set_xlabel("difference vs baseline" + (" (×100)" if scales == {100.0} else ""))
-    families = list(dict.fromkeys(paired["family"].astype(str)))
-    m = re.search(r", (holm|fdr_bh|bonferroni|none)\)$", families[0]) if families else None
-    correction = m.group(1) if m else None
-    ax.set_title("Paired differences: thick = " + interval_label(correction) + ", thin = unadjusted 95% CI\n"
-                 "families corrected together: " + "; ".join(families), fontsize="x-small", wrap=True)
-    ax.grid(axis="x", alpha=0.3)
-    # Proxy artists: a legend that explains colour even when only one kind is present.
-    ax.plot([], [], marker="o", color=SIG_COLOR, label=f"different (p_adj < {alpha:g})")
-    ax.plot([], [], marker="o", color=EQUIV_COLOR, label="equivalent (TOST)")
-    ax.plot([], [], marker="o", color=NONSIG_COLOR, markerfacecolor="white", label="inconclusive")
-    ax.legend(fontsize="small", frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    with mpl.rc_context(_SMALL):
+        fig = _figure(COLUMN_WIDTH_IN, 0.14 * n + 1.1)
+        ax = fig.add_subplot()
+        ytick, ylab = [], []
+        for i, r in enumerate(paired.itertuples(index=False)):
+            y = i
+            s = metric_scale(r.metric, scale100=scale100)
+            scales.add(s)
+            d, lo, hi = _f(r.mean_diff) * s, _f(r.ci_low) * s, _f(r.ci_high) * s
+            slo, shi = _f(r.sci_low) * s, _f(r.sci_high) * s
+            verdict = str(r.verdict)
+            color = colors.get(verdict, NONSIG_COLOR)
+            if math.isfinite(lo) and math.isfinite(hi):
+                ax.plot([lo, hi], [y, y], color=color, linewidth=0.7)
+            if math.isfinite(slo) and math.isfinite(shi):
+                ax.plot([slo, shi], [y, y], color=color, linewidth=2.2, alpha=0.45)
+            filled = verdict in colors
+            ax.plot([d], [y], marker="o", markersize=3.5, color=color, markerfacecolor=color if filled else "white")
+            if bool(getattr(r, "baseline_at_floor", False)):
+                ax.annotate("floor", (d, y), xytext=(4, 2), textcoords="offset points", fontsize=5.5, color="0.3")
+            ytick.append(y)
+            ylab.append(labels.get(str(r.condition)) or _levels_of(cells, str(r.condition)))
+        ax.axvline(0.0, color="black", linestyle="--", linewidth=0.7)
+        ax.set_yticks(ytick, ylab)
+        ax.set_ylim(-0.7, n - 0.3)
+        if key:
+            ax.set_ylabel(key)
+        families = list(dict.fromkeys(paired["family"].astype(str)))
+        m = re.search(r", (holm|fdr_bh|bonferroni|none)\)$", families[0]) if families else None
+        correction = m.group(1) if m else None
+        metric = "/".join(dict.fromkeys(paired["metric"].astype(str)))
+        ax.set_xlabel(f"Δ {metric} vs baseline" + (" (×100)" if scales == {100.0} else "")
+                      + f"\nthick: {interval_label(correction)}; thin: unadjusted 95% CI")
+        ax.set_title(f"{paired['task'].iloc[0]}: paired differences, sorted" if n else "")
+        ax.grid(axis="x", alpha=0.3, linewidth=0.5)
+        # Proxy artists: a legend that explains colour even when only one kind is present.
+        ax.plot([], [], marker="o", linestyle="", color=SIG_COLOR, label=f"different (p_adj < {alpha:g})")
+        ax.plot([], [], marker="o", linestyle="", color=EQUIV_COLOR, label="equivalent (TOST)")
+        ax.plot([], [], marker="o", linestyle="", color=NONSIG_COLOR, markerfacecolor="white", label="inconclusive")
+        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, handletextpad=0.2,
+                  columnspacing=0.8)
+    return fig
+
+
+def _levels_of(cells: pd.DataFrame | None, name: str) -> str:
+    """A cell's varying levels alone, also for a cell the cells table shows collapsed."""
+    if cells is None:
+        return name
+    found = cell_levels(cells, name)
+    if found is None:
+        return name
+    varying = [f for f in factor_columns(cells) if cells[f].astype(str).nunique() > 1]
+    return " · ".join(found[f] for f in varying)
+
+
+def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Sequence[str] | None = None,
+                         cols: Sequence[str] | None = None, scale100: bool = True) -> Figure:
+    """Heat map of Δ vs baseline for grids with many cells: the pivot table's layout (row factors ×
+    task and column factors), colour = Δ on a scale centred on 0, '*' = different, '≈' = equivalent."""
+    import matplotlib as mpl
+
+    from kdgrid.report.pivot import choose_layout, ordered_levels
+
+    layout = choose_layout(cells, rows, cols)
+    short = short_names(cells)
+    recs = []
+    for r in paired.itertuples(index=False):
+        found = cell_levels(cells, str(r.condition))
+        if found is None:
+            continue
+        lv = dict(found)
+        lv["task"] = str(r.task)
+        mark = "*" if str(r.verdict) == "different" else "≈" if str(r.verdict) == "equivalent" else ""
+        recs.append({"row": " · ".join(lv[f] for f in layout.rows) or "all",
+                     "col": " ".join(lv[f] for f in layout.cols),
+                     "d": _f(r.mean_diff) * metric_scale(r.metric, scale100=scale100), "mark": mark})
+    df = pd.DataFrame(recs)
+    row_order = list(dict.fromkeys(df["row"]))
+    col_order = list(dict.fromkeys(df["col"]))
+    try:
+        row_order = sorted(row_order, key=lambda k: [ordered_levels(list(df["row"])).index(k)])
+    except ValueError:
+        pass
+    grid = df.pivot_table(index="row", columns="col", values="d", aggfunc="first").reindex(
+        index=row_order, columns=col_order)
+    marks = df.pivot_table(index="row", columns="col", values="mark", aggfunc="first").reindex(
+        index=row_order, columns=col_order)
+    data = grid.to_numpy(dtype=float)
+    lim = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
+    with mpl.rc_context(_SMALL):
+        fig = _figure(COLUMN_WIDTH_IN, 0.17 * len(row_order) + 1.3)
+        ax = fig.add_subplot()
+        im = ax.imshow(data, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for (i, j), v in np.ndenumerate(data):
+            if math.isfinite(v):
+                mk = marks.iat[i, j] if isinstance(marks.iat[i, j], str) else ""
+                rgba = im.cmap(im.norm(v))
+                dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
+                ax.text(j, i, f"{v:.1f}{mk}", ha="center", va="center", fontsize=5.5,
+                        color="white" if dark else "black")
+        ax.set_xticks(range(len(col_order)), col_order, rotation=30 if len(col_order) > 4 else 0,
+                      ha="right" if len(col_order) > 4 else "center")
+        ax.set_yticks(range(len(row_order)), row_order)
+        ax.set_ylabel(" · ".join(short[f] for f in layout.rows))
+        ax.set_xlabel(" × ".join("task" if f == "task" else short[f] for f in layout.cols))
+        fig.colorbar(im, ax=ax, label="Δ vs baseline" + (" ×100" if scale100 else ""), shrink=0.8)
+        ax.set_title("Δ vs baseline (* different, ≈ equivalent)")
     return fig
 
 
@@ -242,20 +364,23 @@ def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: p
               *, alpha: float = 0.05) -> Figure:
     """Critical-difference diagram (Demšar 2006) drawn by ``scikit_posthocs.critical_difference_diagram``:
     conditions joined by a bar are not distinguishable by the Nemenyi test at ``alpha``."""
+    import matplotlib as mpl
     import scikit_posthocs as sp
 
-    labels = condition_labels(cells)
-    names = [labels.get(str(c), str(c)) for c in ranks["cell"]]
+    name_of, key = level_namer(cells)
+    names = [name_of(str(c)) for c in ranks["cell"]]
     rank = pd.Series(ranks["mean_rank"].to_numpy(dtype=float), index=names)
     sig = pd.DataFrame(1.0, index=names, columns=names)
     for r in nemenyi.itertuples(index=False):
-        a, b = labels.get(str(r.cell_a), str(r.cell_a)), labels.get(str(r.cell_b), str(r.cell_b))
+        a, b = name_of(str(r.cell_a)), name_of(str(r.cell_b))
         sig.loc[a, b] = sig.loc[b, a] = float(r.p)
-    fig = _figure(8.0, 0.28 * len(names) + 1.6)
-    ax = fig.add_subplot()
-    sp.critical_difference_diagram(rank, sig, ax=ax, alpha=alpha, label_props={"fontsize": "x-small"})
+    with mpl.rc_context(_SMALL):  # two paper columns wide: the labels need both sides
+        fig = _figure(2 * COLUMN_WIDTH_IN, 0.16 * len(names) + 1.2)
+        ax = fig.add_subplot()
+        sp.critical_difference_diagram(rank, sig, ax=ax, alpha=alpha, label_props={"fontsize": 6.0})
     ax.set_title(f"Mean ranks over (task, seed) blocks; bars: no Nemenyi difference at α = {alpha:g} "
-                 f"(Friedman p = {float(summary.get('p', float('nan'))):.3g})", fontsize="small")
+                 f"(Friedman p = {float(summary.get('p', float('nan'))):.3g})"
+                 + (f"\nlabels: {key}" if key else ""), fontsize=7.0)
     return fig
 
 
@@ -271,7 +396,7 @@ def sensitivity_figure(
     Tasks are sorted by their mean over conditions, most affected on top, so the ranking
     the section reports reads straight off the plot.
     """
-    labels = condition_labels(cells)
+    labels, key = level_labels(cells)
     scales = {metric_scale(m, scale100=scale100) for m in sens["metric"]}
     df = sens.assign(
         _cond=[labels.get(str(c), str(c)) for c in sens["cell"]],
@@ -284,22 +409,30 @@ def sensitivity_figure(
     grid = grid.loc[grid.mean(axis=1).sort_values(ascending=ascending).index]
     data = grid.to_numpy(dtype=float)
 
-    fig = _figure(max(4.5, 1.1 * data.shape[1] + 2.5), max(2.5, 0.5 * data.shape[0] + 1.8))
-    ax = fig.add_subplot()
-    cmap = "RdYlGn" if value == "retention" else "RdYlGn_r"
-    im = ax.imshow(data, cmap=cmap, aspect="auto")
-    _annotate(ax, im, data, "{:.2f}" if value == "retention" else "{:.1f}")
-    ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right", fontsize="small")
-    ax.set_yticks(range(data.shape[0]), [str(t) for t in grid.index])
+    import matplotlib as mpl
+
     what = "retention (student − floor)/(teacher − floor)" if value == "retention" else "gap (teacher − student)" + (
         " ×100" if scales == {100.0} else "")
-    fig.colorbar(im, ax=ax, label=what)
-    ax.set_title(f"Per-task sensitivity: {what}")
+    with mpl.rc_context(_SMALL):  # one paper column up to 8 conditions, else two
+        width = COLUMN_WIDTH_IN if data.shape[1] <= 8 else 2 * COLUMN_WIDTH_IN
+        fig = _figure(width, 0.28 * data.shape[0] + 1.6)
+        ax = fig.add_subplot()
+        cmap = "RdYlGn" if value == "retention" else "RdYlGn_r"
+        im = ax.imshow(data, cmap=cmap, aspect="auto")
+        _annotate(ax, im, data, "{:.2f}" if value == "retention" else "{:.1f}", fontsize=5.5)
+        ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right")
+        ax.set_yticks(range(data.shape[0]), [str(t) for t in grid.index])
+        if key:
+            ax.set_xlabel(key)
+        fig.colorbar(im, ax=ax, label="retention" if value == "retention" else "gap", shrink=0.9)
+        ax.set_title(f"Per-task sensitivity: {what}", fontsize=7.0)
     return fig
 
 
-def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str) -> None:
-    """Write each heatmap value in its cell, white on dark colours and black on light ones."""
+def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str, *, fontsize: Any = "small",
+              lead_zero: bool = True) -> None:
+    """Write each heatmap value in its cell, white on dark colours and black on light ones
+    (``lead_zero=False``: ".14" for weights in [0, 1], which fit narrow cells)."""
     if data.size == 0 or data.shape[0] > 16 or data.shape[1] > 16:
         return  # too crowded to read; the colour bar carries the values
     for (i, j), v in np.ndenumerate(data):
@@ -307,7 +440,10 @@ def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str) -> None:
             continue
         r, g, b, _ = im.cmap(im.norm(v))
         luminance = 0.299 * r + 0.587 * g + 0.114 * b
-        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize="small",
+        text = fmt.format(v)
+        if not lead_zero and text.startswith("0."):
+            text = text[1:]
+        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                 color="white" if luminance < 0.5 else "black")
 
 
@@ -315,41 +451,55 @@ def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str) -> None:
 
 
 def mapping_figure(weights: pd.DataFrame, task: str, cells: pd.DataFrame | None = None) -> Figure:
-    """Learned layer-mapping weights for every cell of one task, one heatmap per cell."""
-    labels = condition_labels(cells)
+    """Learned layer-mapping weights for every cell of one task, one heatmap per cell (titled by
+    its levels alone, the factors named in the figure title)."""
+    import matplotlib as mpl
+
+    labels, key = level_labels(cells)
     grids = mapping_weight_grids(weights, task)
     k = len(grids)
-    ncols = min(3, k)
+    ncols = min(2, k) if k <= 4 else min(4, k)  # one paper column up to 4 cells, else two
     nrows = math.ceil(k / ncols)
     shape = next(iter(grids.values())).shape
-    fig = _figure(ncols * max(3.2, 0.45 * shape[1] + 1.8), nrows * max(2.6, 0.45 * shape[0] + 1.4), constrained=True)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    width = COLUMN_WIDTH_IN if ncols <= 2 else 2 * COLUMN_WIDTH_IN
     bounded = bool(((weights["weight"] >= 0) & (weights["weight"] <= 1)).all())
     im = None
-    for ax, (cell, grid) in zip(axes.flat, grids.items()):
-        data = grid.to_numpy(dtype=float)
-        im = ax.imshow(data, cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None, aspect="auto")
-        _annotate(ax, im, data, "{:.2f}")
-        ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns], fontsize="small")
-        ax.set_yticks(range(data.shape[0]), [str(i) for i in grid.index], fontsize="small")
-        ax.set_xlabel("teacher layer")
-        ax.set_ylabel("student layer")
-        ax.set_title(labels.get(cell, cell), fontsize="small")
-    for ax in list(axes.flat)[k:]:
-        ax.set_axis_off()
-    if im is not None:
-        fig.colorbar(im, ax=axes, label="weight", shrink=0.8)
-    fig.suptitle(f"{task}: learned mapping weights (last epoch, mean over seeds)")
+    with mpl.rc_context(_SMALL):
+        fig = _figure(width, nrows * (0.22 * shape[0] + 0.9) + 0.5, constrained=True)
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+        for ax, (cell, grid) in zip(axes.flat, grids.items()):
+            data = grid.to_numpy(dtype=float)
+            im = ax.imshow(data, cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None, aspect="auto")
+            if data.shape[1] <= 8:
+                _annotate(ax, im, data, "{:.2f}", fontsize=5.5, lead_zero=not bounded)
+            ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns])
+            ax.set_yticks(range(data.shape[0]), [str(i) for i in grid.index])
+            ax.set_title(labels.get(cell, cell))
+        for ax in axes[-1]:
+            ax.set_xlabel("teacher layer")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("student layer")
+        for ax in list(axes.flat)[k:]:
+            ax.set_axis_off()
+        if im is not None:
+            fig.colorbar(im, ax=axes, label="weight", shrink=0.8)
+        fig.suptitle(f"{task}: learned mapping weights (last epoch, mean over seeds)" + (f"\npanels: {key}" if key else ""),
+                     fontsize=7.5)
     return fig
 
 
 # --------------------------------------------------------------------------- all report plots
 
 
+HEATMAP_MIN_CONDITIONS = 8  # more compared conditions per task than this: add the Δ heat map
+
+
 def build_figures(
-    analysis: Any, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention"
+    analysis: Any, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention",
+    rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
 ) -> list[Plot]:
-    """Every plot the analysis supports, each tagged with the report section it belongs to."""
+    """Every plot the analysis supports, each tagged with the report section it belongs to.
+    ``rows``/``cols``: the pivot layout, which the Δ heat map follows."""
     plots: list[Plot] = []
     cells = section_frame(analysis, "cells")
     sens = section_frame(analysis, "sensitivity")
@@ -358,20 +508,30 @@ def build_figures(
         pairs = list(scales)
         tasks_with_many = {t for t, _ in pairs if sum(1 for u, _ in pairs if u == t) > 1}
         for task, metric in pairs:
-            teacher = None
+            teacher = floor = None
             if sens is not None:
-                tv = pd.to_numeric(sens.loc[sens["task"].astype(str) == task, "teacher"], errors="coerce").dropna()
+                here = sens[sens["task"].astype(str) == task]
+                tv = pd.to_numeric(here["teacher"], errors="coerce").dropna()
                 if tv.nunique() == 1:
                     teacher = float(tv.iloc[0]) * scales[(task, metric)]
+                fv = pd.to_numeric(here["floor"], errors="coerce").dropna() if "floor" in here else pd.Series([])
+                if fv.nunique() == 1:
+                    floor = float(fv.iloc[0]) * scales[(task, metric)]
             name = f"interaction_{slug(task)}" + (f"_{slug(metric)}" if task in tasks_with_many else "")
-            fig = interaction_figure(cells, task, metric, scale=scales[(task, metric)], teacher=teacher)
-            plots.append(Plot(name, "cells", f"{task} ({metric}): cell means with 95% CI", fig))
+            fig = interaction_figure(cells, task, metric, scale=scales[(task, metric)], teacher=teacher, floor=floor)
+            plots.append(Plot(name, "cells", f"{task} ({metric}): cell means with 95% CI, a panel per level of the "
+                              "other factors; dashed: teacher, dotted: majority class", fig))
     paired = section_frame(analysis, "paired_tests")
     if paired is not None:
-        plots.append(Plot("forest", "paired_tests",
-                          "Paired differences vs baseline: simultaneous (thick) and unadjusted 95% (thin) intervals, "
-                          "coloured by verdict",
-                          forest_figure(paired, cells, alpha=alpha, scale100=scale100)))
+        for task, g in paired.groupby(paired["task"].astype(str), sort=False):
+            plots.append(Plot(f"forest_{slug(task)}", "paired_tests",
+                              f"{task}: paired differences vs baseline sorted by effect; simultaneous (thick) and "
+                              "unadjusted 95% (thin) intervals, coloured by verdict",
+                              forest_figure(g, cells, alpha=alpha, scale100=scale100)))
+        per_task = paired.groupby(paired["task"].astype(str)).size()
+        if cells is not None and per_task.max() > HEATMAP_MIN_CONDITIONS:
+            plots.append(Plot("delta_heatmap", "paired_tests", "Δ vs baseline in the pivot table's layout",
+                              delta_heatmap_figure(paired, cells, rows=rows, cols=cols, scale100=scale100)))
     ranks = section_frame(analysis, "ranks")
     nemenyi = section_frame(analysis, "nemenyi")
     friedman = getattr(analysis, "friedman", None)

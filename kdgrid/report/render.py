@@ -51,6 +51,7 @@ from rich.text import Text
 from kdgrid.errors import KdgridError
 from kdgrid.report.reproducibility import reproducibility_json, reproducibility_section
 from kdgrid.report.tables import (
+    MISSING,
     PAIRED_COLUMNS,
     SECTION_COLUMNS,
     CodeBlock,
@@ -92,6 +93,9 @@ def render(
     plots: bool = True,
     width: int = 120,
     reproducibility: Reproducibility | None = None,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    question: str = "",
 ) -> str:
     """Render ``analysis`` in format ``fmt`` and return the text.
 
@@ -104,10 +108,13 @@ def render(
     ``table`` text (the CLI can print :func:`rich_report` instead, which adapts to the
     terminal). Empty sections get a one-line note instead of a table. ``reproducibility`` (read
     from the store) adds the Reproducibility section: in full in Markdown, HTML and JSON, short
-    (facts and commands) in the terminal table and LaTeX.
+    (facts and commands) in the terminal table and LaTeX. ``rows``/``cols`` lay out the pivot
+    tables (:func:`kdgrid.report.pivot.choose_layout`); ``question`` (the study's description)
+    opens the Summary.
     """
     return render_many(analysis, fmts=[fmt], out_dir=out_dir, title=title, meta=meta, scale100=scale100,
-                       alpha=alpha, plots=plots, width=width, reproducibility=reproducibility)[fmt]
+                       alpha=alpha, plots=plots, width=width, reproducibility=reproducibility, rows=rows,
+                       cols=cols, question=question)[fmt]
 
 
 def render_many(
@@ -122,9 +129,14 @@ def render_many(
     plots: bool = True,
     width: int = 120,
     reproducibility: Reproducibility | None = None,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    question: str = "",
+    brief: bool = False,
 ) -> dict[str, str]:
     """:func:`render` for several formats at once (``kdgrid report --format md,html``),
-    building and saving the plots only once: drawing figures is the slow part of a report."""
+    building and saving the plots only once: drawing figures is the slow part of a report.
+    ``brief`` shortens the ``table`` text to the summary and the decisive comparisons."""
     bad = [f for f in fmts if f not in FORMATS]
     if bad:
         raise KdgridError(f"unknown report format '{bad[0]}'; choose one of: {', '.join(FORMATS)}")
@@ -136,7 +148,7 @@ def render_many(
         # Imported here so the text formats without plots do not pay for matplotlib.
         from kdgrid.report.plots import build_figures, figure_png_base64, save_figure
 
-        for p in build_figures(analysis, scale100=scale100, alpha=alpha):
+        for p in build_figures(analysis, scale100=scale100, alpha=alpha, rows=rows, cols=cols):
             if out is not None:
                 png = save_figure(p.figure, out / "plots", p.name)[0]
                 linked.setdefault(p.section, []).append((p.caption, f"plots/{png.name}"))
@@ -148,7 +160,8 @@ def render_many(
 
     display = {"table", "md", "latex", "html"} & set(fmts)
     convergence = convergence_frame(analysis)  # shown in tables, JSON and CSV: computed once
-    sections = build_sections(analysis, scale100=scale100, alpha=alpha, convergence=convergence) if display else []
+    sections = (build_sections(analysis, scale100=scale100, alpha=alpha, convergence=convergence, rows=rows,
+                               cols=cols, question=question) if display else [])
     full = sections + _reproducibility_sections(reproducibility, full=True)
     short = sections + _reproducibility_sections(reproducibility, full=False)
     texts: dict[str, str] = {}
@@ -158,10 +171,10 @@ def render_many(
             continue
         if fmt == "json":
             obj = analysis_json(analysis, title=title, meta=meta, reproducibility=reproducibility,
-                                convergence=convergence)
+                                convergence=convergence, question=question)
             text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
         elif fmt == "table":
-            group = rich_report(analysis, title=title, meta=meta, sections=short)
+            group = rich_report(analysis, title=title, meta=meta, sections=short, brief=brief)
             text = _console_text(group, width)
         elif fmt == "md":
             text = _markdown(full, title, meta, linked)
@@ -215,21 +228,34 @@ def rich_report(
     alpha: float = 0.05,
     sections: Sequence[Section] | None = None,
     reproducibility: Reproducibility | None = None,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    question: str = "",
+    brief: bool = False,
 ) -> Group:
     """The report as rich renderables, for ``Console.print`` (colour, terminal width).
 
     Every cell is a ``Text``, never markup, so a factor level such as ``[1, 2]`` prints as is.
     ``reproducibility`` adds the short Reproducibility section when ``sections`` is not given.
+    ``brief`` keeps only the summary and the decisive rows (different or equivalent) of the
+    paired tests. A table wider than the terminal first abbreviates its labels (with a key),
+    then leaves out its optional columns, and only then prints one line per row.
     """
     if sections is None:
-        sections = [*build_sections(analysis, scale100=scale100, alpha=alpha),
+        sections = [*build_sections(analysis, scale100=scale100, alpha=alpha, rows=rows, cols=cols,
+                                    question=question),
                     *_reproducibility_sections(reproducibility, full=False)]
+    if brief:
+        sections = _brief_sections(sections)
     parts: list[RenderableType] = [Text(title, style="bold")]
-    for k, v in _meta_items(meta or {}):
+    for k, v in ([] if brief else _meta_items(meta or {})):
         parts.append(Text.assemble((f"{k}: ", "dim"), v))
     for s in sections:
         parts.append(Text(""))
         parts.append(Rule(Text(s.title, style="bold cyan"), align="left"))
+        if s.key == "summary":
+            parts += _rich_summary(s)
+            continue
         if s.empty_note:
             parts.append(Text(s.empty_note, style="dim"))
         for c in s.lead_code:
@@ -243,9 +269,41 @@ def rich_report(
     return Group(*parts)
 
 
+def _rich_summary(s: Section) -> list[RenderableType]:
+    # Question first, then what was decided, then what was not: the order a reader asks in.
+    out: list[RenderableType] = [Text(s.notes[0], style="bold")] if s.notes else []
+    out += [Text.assemble(("• ", "green"), b) for b in s.bullets]
+    out += [Text(n, style="italic") for n in s.notes[1:]]
+    return out
+
+
+def _brief_sections(sections: Sequence[Section]) -> list[Section]:
+    """The summary and the paired tests' decisive rows (verdict different or equivalent) only."""
+    out = []
+    for s in sections:
+        if s.key == "summary":
+            out.append(s)
+        elif s.key == "paired_tests" and s.tables:
+            t = s.tables[0]
+            keep = [i for i, v in enumerate(t.frame["Verdict"]) if str(v).startswith(("different", "equivalent"))]
+            frame = t.frame.iloc[keep].reset_index(drop=True)
+            if "Task" in frame:  # the blanked repeats refer to rows that may be gone
+                frame["Task"] = [t.frame["Task"].iloc[: i + 1].replace("", pd.NA).ffill().iloc[-1] for i in keep]
+            emph = tuple(t.emphasis[i] for i in keep) if t.emphasis else ()
+            # The caption's first sentence (what Δ and the baseline are); the rest is in the full report.
+            caption = t.caption.split(". ", 1)[0] + "."
+            table = DisplayTable(t.key, caption, frame, t.left, emph, t.optional)
+            out.append(Section(s.key, "Decisive comparisons", tables=(table,) if keep else (),
+                               empty_note=None if keep else "No comparison was decided."))
+    return out
+
+
 def _rich_code(c: CodeBlock) -> list[RenderableType]:
     # Folded, never cropped: a command cut at the terminal's edge would run, but on the wrong file.
     return [Text(c.caption, style="dim"), Text(c.text, overflow="fold"), Text("")]
+
+
+LABEL_FOLD = 16
 
 
 def _min_widths(t: DisplayTable) -> list[int]:
@@ -255,7 +313,8 @@ def _min_widths(t: DisplayTable) -> list[int]:
     for c in t.frame.columns:
         values = [str(c), *(str(v) for v in t.frame[c])]
         if c in t.left:
-            out.append(max([len(w) for v in values for w in v.split()] or [1]))
+            # Labels wrap at spaces; a longer word (an interaction term) folds at LABEL_FOLD characters.
+            out.append(min(LABEL_FOLD, max([len(w) for v in values for w in v.split()] or [1])))
         else:
             out.append(max(len(v) for v in values))
     return out
@@ -280,17 +339,39 @@ class _FitTable:
     """A table that never loses data on a narrow terminal.
 
     A rich ``Table`` wider than the console silently crops its right-most columns (the
-    p values!). When even the narrowest layout does not fit, each row is printed as
-    wrapped ``column: value`` items instead.
+    p values!). So a table too wide for the console is narrowed in steps: its long labels
+    are abbreviated (a key under the table spells them out), then its optional columns are
+    left out (named under the table; the files keep them), and when even that does not fit
+    each row is printed as wrapped ``column: value`` items.
     """
 
     def __init__(self, t: DisplayTable) -> None:
         self.t = t
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        # Each column costs its width plus 2 (one space of padding, one of column gap).
-        if sum(w + 2 for w in _min_widths(self.t)) <= options.max_width:
+        def fits(t: DisplayTable) -> bool:
+            # Each column costs its width plus 2 (one space of padding, one of column gap).
+            return sum(w + 2 for w in _min_widths(t)) <= options.max_width
+
+        if fits(self.t):
             yield _rich_table(self.t)
+            return
+        short, key = abbreviate(self.t)
+        dropped: list[str] = []
+        for c in self.t.optional:
+            if fits(short):
+                break
+            if c in short.frame.columns:
+                short = DisplayTable(short.key, short.caption, short.frame.drop(columns=[c]), short.left,
+                                     short.emphasis, short.optional)
+                dropped.append(c)
+        if fits(short):
+            yield _rich_table(short)
+            if key:
+                yield Text("Key: " + "; ".join(f"{a} = {b}" for a, b in key.items()), style="dim")
+            if dropped:
+                yield Text(f"Left out at this width: {', '.join(dropped)} (in report.md and the CSV files).",
+                           style="dim")
             return
         cols = [str(c) for c in self.t.frame.columns]
         for i, row in enumerate(self.t.frame.itertuples(index=False)):
@@ -309,6 +390,50 @@ class _FitTable:
                 line.append_text(item)
             yield line
         yield Text(self.t.caption, style="dim")
+
+
+ABBREV_LEN = 6  # labels longer than this are abbreviated on a narrow terminal
+
+
+def _abbrev(word: str, taken: set[str], *, header: bool) -> str:
+    """``max_train_examples`` -> ``mte`` (a header), ``learnable`` -> ``learn``, ``uniform`` -> ``unif``;
+    unique within ``taken``; ``word`` itself when no short, unique form exists."""
+    parts = [p for p in re.split(r"[_\s.]+", word) if p]
+    cands = ["".join(p[0] for p in parts)] if header and len(parts) > 1 else []
+    # A prefix that ends on a consonant before a vowel reads as a word: "unif", "learn", "att".
+    vowels = set("aeiouAEIOU")
+    cands += [word[:k] for k in range(3, ABBREV_LEN + 1) if k < len(word) and word[k - 1].isalpha()
+              and word[k - 1] not in vowels and word[k] in vowels]
+    if header:
+        cands += [word[:k] for k in range(ABBREV_LEN - 1, len(word))]
+    for c in cands:
+        if c and c not in taken:
+            return c
+    return word
+
+
+def abbreviate(t: DisplayTable) -> tuple[DisplayTable, dict[str, str]]:
+    """The table with label-column headers and levels longer than :data:`ABBREV_LEN` shortened,
+    and the key (short -> long). Numbers, task names and other headers stay as they are."""
+    key: dict[str, str] = {}
+    long_to_short: dict[str, str] = {}
+    taken: set[str] = {str(c) for c in t.frame.columns}
+    label_cols = [c for c in t.frame.columns if c in t.left and c != "Task"]
+    for c in label_cols:
+        for i, v in enumerate([c, *dict.fromkeys(str(x) for x in t.frame[c])]):
+            if len(v) > ABBREV_LEN and " " not in v and v != MISSING and v not in long_to_short:
+                a = _abbrev(v, taken, header=i == 0)
+                if a != v:
+                    long_to_short[v] = a
+                    key[a] = v
+                    taken.add(a)
+    frame = t.frame.copy()
+    for c in label_cols:
+        frame[c] = [long_to_short.get(str(v), v) for v in frame[c]]
+    frame = frame.rename(columns={c: long_to_short.get(str(c), c) for c in label_cols})
+    left = tuple(long_to_short.get(c, c) for c in t.left)
+    optional = tuple(long_to_short.get(c, c) for c in t.optional)
+    return DisplayTable(t.key, t.caption, frame, left, t.emphasis, optional), key
 
 
 def _console_text(renderable: RenderableType, width: int) -> str:
@@ -365,6 +490,11 @@ def _markdown(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
         out.append("")
     for s in sections:
         out += [f"## {s.title}", ""]
+        if s.key == "summary":
+            out += [f"**{_md_cell(s.notes[0])}**", ""] if s.notes else []
+            out += [f"- {_md_cell(b)}" for b in s.bullets] + ([""] if s.bullets else [])
+            out += [_md_cell(n) + "\n" for n in s.notes[1:]]
+            continue
         if s.empty_note:
             out += [f"_{_md_cell(s.empty_note)}_", ""]
         for c in s.lead_code:
@@ -391,6 +521,8 @@ _LATEX_MAP = {
     "•": r"\textbullet{}", "α": r"$\alpha$", "β": r"$\beta$",
     # the paired, stratified and rank sections' symbols
     "š": r"\v{s}", "μ": r"$\mu$", "τ": r"$\tau$", "ε": r"$\varepsilon$", "χ": r"$\chi$", "√": r"$\surd$", "ᵂ": r"$^{W}$",
+    # the pivot tables' marks
+    "ᵇ": r"$^{b}$", "≈": r"$\approx$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_LATEX_MAP, key=len, reverse=True)))
 _LATEX_HEADERS = {"dz": "$d_z$", "p_adj": r"$p_{\mathrm{adj}}$", "p": "$p$", "t": "$t$", "F": "$F$",
@@ -478,6 +610,9 @@ figcaption{font-size:.85em;color:#555}
 pre{background:#f6f8fa;padding:8px 12px;overflow-x:auto;font-size:.85em;margin:4px 0 16px}
 p.caption{color:#555;font-size:.92em;margin:12px 0 4px}details{margin:12px 0}
 details summary{cursor:pointer;color:#2c3e50;font-size:.92em}
+section.summary{border:1px solid #2c3e50;border-left:6px solid #2c3e50;background:#f4f7fa;padding:4px 18px 10px;
+margin:16px 0 8px}section.summary h2{border:0;margin:8px 0 4px;font-size:1.1em}
+p.question{font-size:1.05em;margin:6px 0}ul.decisive li{margin:2px 0}p.undecided{color:#555;margin:6px 0 0}
 """
 
 
@@ -514,12 +649,30 @@ def _css_width(b64: str) -> int:
     return round(int.from_bytes(header[16:20], "big") * 96 / PNG_DPI)
 
 
+def _html_summary(s: Section) -> str:
+    """The box a reader sees first: the question, what was decided, what was not."""
+    esc = html.escape
+    question = s.notes[0] if s.notes else ""
+    q_label, _, q_text = question.partition(": ")
+    parts = [f'<section id="summary" class="summary"><h2>{esc(s.title)}</h2>',
+             f'<p class="question"><b>{esc(q_label)}:</b> {esc(q_text)}</p>']
+    if s.bullets:
+        parts.append('<p class="decided"><b>Decided</b> (different or equivalent, adjusted for the family):</p>'
+                     '<ul class="decisive">' + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
+    parts += [f'<p class="undecided">{esc(n)}</p>' for n in s.notes[1:]]
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def _html(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
           images: Mapping[str, list[tuple[str, str]]]) -> str:
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{esc(title)}</title>",
            f"<style>{_CSS}</style>", "</head>", "<body>", "<main>", f"<h1>{esc(title)}</h1>"]
+    # The summary opens the page, before the settings: what was asked and what came out.
+    out += [_html_summary(s) for s in sections if s.key == "summary"]
+    sections = [s for s in sections if s.key != "summary"]
     if meta:
         out.append('<dl class="meta">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _meta_items(meta))
                    + "</dl>")
@@ -579,7 +732,7 @@ def _records(df: pd.DataFrame | None, keys: Sequence[str] | None = None) -> list
 
 def analysis_json(
     analysis: Any, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None,
-    reproducibility: Reproducibility | None = None, convergence: pd.DataFrame | None = None,
+    reproducibility: Reproducibility | None = None, convergence: pd.DataFrame | None = None, question: str = "",
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
@@ -591,7 +744,11 @@ def analysis_json(
     exactly :data:`JSON_ANOVA_KEYS`; the free-text ``note`` of a paired test is kept apart
     in ``paired_test_notes`` (task, condition, note) so the record schema stays fixed.
     """
+    from kdgrid.report.pivot import headline, summary_lines
+
     paired = section_frame(analysis, "paired_tests")
+    cells = section_frame(analysis, "cells")
+    _, decisive, undecided = summary_lines(question, paired, cells)
     notes = []
     if paired is not None and "note" in paired.columns:
         for r in paired.itertuples(index=False):
@@ -601,6 +758,9 @@ def analysis_json(
     return {
         "title": title,
         "meta": _jsonable(dict(meta or {})),
+        # What the HTML summary box shows, and the one line reports/index.html lists.
+        "summary": {"question": question, "headline": headline(paired, cells), "decisive": decisive,
+                    "undecided": undecided},
         # The factor each metric is shown with in the tables (values here stay raw): one per metric, never per task.
         "display_scale": {str(m): display_scale(str(m))
                           for m in dict.fromkeys(getattr(section_frame(analysis, "cells"), "metric", pd.Series([])))},

@@ -33,6 +33,7 @@ class ReportInput:
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     reproducibility: Reproducibility | None = None  # only a study in the store has provenance
+    question: str = ""  # the study file's description: what the study asks
 
 
 def from_store(db: Path, study: str | None) -> ReportInput:
@@ -70,8 +71,9 @@ def from_store(db: Path, study: str | None) -> ReportInput:
     flagged = long_scores[(long_scores["name"] == "no_better_than_majority") & (long_scores["value"] > 0)] if not long_scores.empty else long_scores
     warnings = [f"the teacher of task {t} scores no better than always predicting the majority class: "
                 "its students' numbers say little" for t in flagged.get("task", [])]
+    question = str(data.get("description") or "").strip() if isinstance(data, dict) else ""
     return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta, warnings,
-                       provenance)
+                       provenance, question)
 
 
 def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | None:

@@ -369,6 +369,9 @@ class DisplayTable:
     frame: pd.DataFrame  # strings only, RangeIndex; the first columns are the row labels
     left: tuple[str, ...] = ()  # label columns, aligned left; the rest are numbers, aligned right
     emphasis: tuple[bool, ...] = ()  # per row: a significant result, shown in bold / colour
+    # Columns a narrow terminal may leave out (in this order) before it falls back to one line per row;
+    # the full table is always in the files.
+    optional: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -456,36 +459,20 @@ def _shown_task(tasks: Sequence[str]) -> list[str]:
     return out
 
 
-def cells_section(cells: pd.DataFrame | None, *, baseline: str | None, scale100: bool, decimals: int = 1) -> Section:
+def cells_section(cells: pd.DataFrame | None, *, paired: pd.DataFrame | None = None,
+                  sens: pd.DataFrame | None = None, rows: Sequence[str] | None = None,
+                  cols: Sequence[str] | None = None, scale100: bool, alpha: float = 0.05,
+                  decimals: int = 1) -> Section:
+    """The paper-style pivot tables (:mod:`kdgrid.report.pivot`): factors in rows and columns,
+    levels alone as labels, verdict marks and the teacher row."""
+    # Imported here: pivot builds on this module's helpers (one direction at import time).
+    from kdgrid.report.pivot import choose_layout, pivot_tables
+
     if cells is None:
         return Section("cells", "Cells", empty_note="No cells: the analysis holds no results.")
-    tables = []
-    for label, sub in metric_groups(cells):
-        t = paper_table(sub, label, scale100=scale100, decimals=decimals, baseline=baseline)
-        frame = t.reset_index().rename(columns={"condition": "Condition"})
-        tables.append(DisplayTable(f"cells-{slug(label)}", t.attrs["caption"], frame, left=("Condition",)))
-    return Section("cells", "Cells", tables=tuple(tables), notes=_collapsed_notes(cells))
-
-
-def _collapsed_notes(cells: pd.DataFrame) -> tuple[str, ...]:
-    """Name the cells a collapsed row stands for (runs shared by cells that differ only in a
-    factor without effect there): such a row is shown once, its levels joined by '|'."""
-    if "stands_for" not in cells.columns:
-        return ()
-    labels = condition_labels(cells)
-    seen: dict[str, list[str]] = {}
-    for r in cells.itertuples(index=False):
-        members = list(r.stands_for) if isinstance(r.stands_for, (list, tuple)) else []
-        if len(members) > 1:
-            seen.setdefault(labels.get(str(r.cell), str(r.cell)), [str(m) for m in members])
-    if not seen:
-        return ()
-    shown = [f"{k} = {' and '.join(v)}" for k, v in list(seen.items())[:8]]
-    return (
-        f"{len(seen)} condition(s) stand for several cells that share the same runs (a factor without effect there; "
-        "'|' joins its levels); each is shown, and counted, once: " + "; ".join(shown)
-        + ("; ..." if len(seen) > 8 else "") + ".",
-    )
+    layout = choose_layout(cells, rows, cols)
+    tables = pivot_tables(cells, paired, sens, layout, scale100=scale100, alpha=alpha, decimals=decimals)
+    return Section("cells", "Cells", tables=tuple(tables))
 
 
 def verdict_text(verdict: Any, margin: Any, scale: float) -> str:
@@ -518,34 +505,45 @@ def paired_section(
     if paired is None:
         note = "No paired tests: no baseline, no seed column to pair by, or no cell to compare."
         return Section("paired_tests", title, empty_note=note)
+    from kdgrid.report.pivot import baseline_description, condition_level_columns
+
     labels = condition_labels(cells)
     baseline = _baseline_of(paired)
+    base_text, base_varies = baseline_description(paired, cells) if cells is not None else ("", [])
+    # Each factor's level alone in its own column; the baseline is named once, in the caption.
+    level_cols = condition_level_columns(paired, cells) if base_text else {}
     families = list(dict.fromkeys(paired["family"].astype(str)))
     correction = _correction_of(families)
     adjusted = correction not in (None, "none")
-    cols = ["Task", "Condition"] + ([] if baseline else ["Baseline"]) + [
+    cond_cols = list(level_cols) or ["Condition"]
+    cols = ["Task", *cond_cols] + ([] if baseline or base_text else ["Baseline"]) + [
         "n", "Δ", "95% CI (unadj.)", "Simult. CI" if adjusted else "CI", "p", "p_adj", "dz", "Wilcoxon p", "Verdict", "floor"]
     rows, emph, row_notes = [], [], []
-    for r in paired.itertuples(index=False):
+    for i, r in enumerate(paired.itertuples(index=False)):
         s = metric_scale(r.metric, scale100=scale100)
         p_adj = _num(r.p_adj)
         sig = p_adj is not None and p_adj < alpha
         condition = labels.get(str(r.condition), str(r.condition))
-        rows.append({
+        row = {
             "Task": str(r.task),
             "Condition": condition,
             "Baseline": labels.get(str(r.baseline), str(r.baseline)),
             "n": fmt_count(r.n),
-            "Δ": fmt_metric(r.mean_diff, scale=s, decimals=2),
-            "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=s, decimals=2),
-            "Simult. CI" if adjusted else "CI": fmt_ci(r.sci_low, r.sci_high, scale=s, decimals=2),
+            # One decimal on the ×100 scale, as the cells: five seeds do not resolve a hundredth of a point.
+            "Δ": fmt_metric(r.mean_diff, scale=s, decimals=1 if s == 100.0 else 3),
+            "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=s, decimals=1 if s == 100.0 else 3),
+            "Simult. CI" if adjusted else "CI": fmt_ci(r.sci_low, r.sci_high, scale=s,
+                                                        decimals=1 if s == 100.0 else 3),
             "p": fmt_p(r.p) + ("ᵂ" if str(r.test).startswith("exact Wilcoxon") else ""),
             "p_adj": fmt_p(r.p_adj),
             "dz": fmt_num(r.dz, 2),
             "Wilcoxon p": fmt_p(r.wilcoxon_p),
             "Verdict": verdict_text(r.verdict, r.margin, s),
             "floor": "at floor" if bool(r.baseline_at_floor) else "",
-        })
+        }
+        for c, levels in level_cols.items():
+            row[c] = levels[i]
+        rows.append(row)
         emph.append(sig)
         # Free-text notes go under the table, not in a column: one long note would
         # otherwise widen every row past a terminal's width.
@@ -554,7 +552,10 @@ def paired_section(
             row_notes.append(f"{r.task} · {condition}: {note}")
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
-    base_txt = f" vs baseline {labels.get(baseline, baseline)}" if baseline else ""
+    if base_text:
+        base_txt = f" vs the baseline ({base_text}" + (f", at each {', '.join(base_varies)})" if base_varies else ")")
+    else:
+        base_txt = f" vs baseline {labels.get(baseline, baseline)}" if baseline else ""
     scales = {metric_scale(m, scale100=scale100) for m in paired["metric"]}
     level = 1 - alpha
     caption = (
@@ -576,8 +577,9 @@ def paired_section(
             f"With {n} pairs the exact two-sided Wilcoxon p cannot go below {2.0 / 2 ** n:.4g}: "
             "a non-significant Wilcoxon p there says little."
         )
-    table = DisplayTable("paired-tests", caption, frame, left=("Task", "Condition", "Baseline"),
-                         emphasis=tuple(emph))
+    table = DisplayTable("paired-tests", caption, frame, left=("Task", *cond_cols, "Baseline"),
+                         emphasis=tuple(emph),
+                         optional=("Wilcoxon p", "95% CI (unadj.)", "dz", "p", "n", "floor"))
     return Section("paired_tests", title, tables=(table,), notes=tuple(notes))
 
 
@@ -586,14 +588,16 @@ def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *
     """Over the tasks of one metric, task as a fixed effect; None when no metric has two tasks."""
     if strat is None:
         return None
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     cols = ["Metric", "Condition", "Tasks", "n", "Δ (mean over tasks)", "95% CI (unadj.)", "Simult. CI", "df", "p",
             "p_adj", "Task × effect p", "Verdict"]
     rows, emph = [], []
     for r in strat.itertuples(index=False):
         sc = metric_scale(r.metric, scale100=scale100)
         rows.append({
-            "Metric": str(r.metric), "Condition": labels.get(str(r.condition), str(r.condition)), "Tasks": str(r.tasks),
+            "Metric": str(r.metric), "Condition": name_of(str(r.condition)), "Tasks": str(r.tasks),
             "n": fmt_count(r.n), "Δ (mean over tasks)": fmt_metric(r.estimate, scale=sc, decimals=2),
             "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=sc, decimals=2),
             "Simult. CI": fmt_ci(r.sci_low, r.sci_high, scale=sc, decimals=2), "df": fmt_count(r.df),
@@ -612,7 +616,7 @@ def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *
         "Raw differences of different metrics are never pooled."
     )
     return Section("stratified", "Over tasks, within a metric",
-                   tables=(DisplayTable("stratified", caption, frame, left=("Metric", "Condition", "Tasks"),
+                   tables=(DisplayTable("stratified", _with_key(caption, level_key), frame, left=("Metric", "Condition", "Tasks"),
                                         emphasis=tuple(emph)),))
 
 
@@ -621,15 +625,17 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
     """Friedman test and Nemenyi post-hoc over (task, seed) blocks; None without them."""
     if ranks is None or not summary:
         return None
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     best = float(ranks["mean_rank"].min())
     cd = _num(summary.get("cd"))
     rows = []
     for r in ranks.itertuples(index=False):
         rows.append({
-            "Condition": labels.get(str(r.cell), str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
+            "Condition": name_of(str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
             "within CD of best": "yes" if cd is not None and float(r.mean_rank) - best <= cd else "",
-            "Same runs as": "; ".join(labels.get(c, c) for c in str(r.same_as).split("; ") if c),
+            "Same runs as": "; ".join(name_of(c) for c in str(r.same_as).split("; ") if c),
         })
     frame = _frame(rows, ["Condition", "Mean rank", "within CD of best", "Same runs as"])
     n_sig = int((nemenyi["p"] < alpha).sum()) if nemenyi is not None else 0
@@ -643,7 +649,12 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
         "conditions differ somewhere, not that the ranking generalises to other tasks."
     )
     return Section("ranks", "Across tasks: ranks (Friedman, Nemenyi)",
-                   tables=(DisplayTable("ranks", caption, frame, left=("Condition", "Same runs as")),))
+                   tables=(DisplayTable("ranks", _with_key(caption, level_key), frame, left=("Condition", "Same runs as")),))
+
+
+def _with_key(caption: str, key: str) -> str:
+    """Name, once, the factors whose levels a Condition label lists."""
+    return f"Condition = {key}. {caption}" if key else caption
 
 
 def _note(x: Any) -> str:
@@ -721,7 +732,9 @@ def sensitivity_section(
     title = "Sensitivity (tasks ranked within their metric)"
     if sens is None:
         return Section("sensitivity", title, empty_note="No sensitivity analysis: no teacher scores were given.")
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     has_size = "train_size" in sens.columns and sens["train_size"].notna().any()
     cols = ["Condition", "Rank", "Task"] + (["Train size"] if has_size else []) + [
         "Teacher", "Floor", "Student", "Gap [95% CI]", "Retention [95% CI]", "n"]
@@ -731,7 +744,7 @@ def sensitivity_section(
     for r in ordered.itertuples(index=False):
         s = metric_scale(r.metric, scale100=scale100)
         rows.append({
-            "Condition": labels.get(str(r.cell), str(r.cell)), "Rank": f"{fmt_count(r.rank)} ({r.metric})",
+            "Condition": name_of(str(r.cell)), "Rank": f"{fmt_count(r.rank)} ({r.metric})",
             "Task": str(r.task), "Train size": fmt_count(getattr(r, "train_size", None)),
             "Teacher": fmt_metric(r.teacher, scale=s), "Floor": fmt_metric(r.floor, scale=s),
             "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
@@ -753,7 +766,7 @@ def sensitivity_section(
         shown = [f"{k} = {_fmt_summary(k, v)}" for k, v in summary.items() if _present(v) and v != ""]
         if shown:
             notes.append("Retention vs training-set size: " + ", ".join(shown))
-    table = DisplayTable("sensitivity", caption, frame, left=("Condition", "Task"))
+    table = DisplayTable("sensitivity", _with_key(caption, level_key), frame, left=("Condition", "Task"))
     return Section("sensitivity", title, tables=(table,), notes=tuple(notes))
 
 
@@ -768,16 +781,23 @@ def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
     title = "Power (prospective)"
     if power is None:
         return Section("power", title, empty_note="No power analysis: it needs paired tests.")
-    cols = ["Task", "Condition", "n", "dz", "dz 95% CI", "α used", "Target dz", "Seeds for target"]
+    from kdgrid.report.pivot import condition_level_columns
+
+    # Each factor's level alone in its own column, as in the paired tests.
+    level_cols = condition_level_columns(power, cells) if cells is not None else {}
+    cond_cols = list(level_cols) or ["Condition"]
+    cols = ["Task", *cond_cols, "n", "dz", "dz 95% CI", "α used", "Target dz", "Seeds for target"]
     labels = condition_labels(cells)
     rows = []
-    for r in power.itertuples(index=False):
-        rows.append({
+    for i, r in enumerate(power.itertuples(index=False)):
+        row = {
             "Task": str(r.task), "Condition": labels.get(str(r.condition), str(r.condition)), "n": fmt_count(r.n),
             "dz": fmt_num(r.dz, 2), "dz 95% CI": fmt_ci(r.dz_ci_low, r.dz_ci_high),
             "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
             "Seeds for target": _fmt_seeds(r.n_for_target),
-        })
+        }
+        row.update({c: levels[i] for c, levels in level_cols.items()})
+        rows.append(row)
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
     caption = (
@@ -785,7 +805,8 @@ def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
         "power at a target d_z chosen in advance, at the α the correction uses (α/m for a family of m). No power is "
         "computed from the observed effect (post-hoc power restates p)."
     )
-    tables = [DisplayTable("power", caption, frame, left=("Task", "Condition"))]
+    tables = [DisplayTable("power", caption, frame, left=("Task", *cond_cols),
+                              optional=("n", "α used", "Target dz"))]
     if plan is not None:
         prow = [{"Family": str(r.family), "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
                  "Seeds for 80% power": _fmt_seeds(r.n_needed)} for r in plan.itertuples(index=False)]
@@ -899,13 +920,15 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
     None (no section) when the table has no efficiency columns, e.g. a ``--from`` table."""
     if eff is None:
         return None
-    labels = condition_labels(cells)
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
     measures = [m for m in _EFFICIENCY_SHOWN if m in set(eff["measure"])]
     order = list(dict.fromkeys(eff["cell"].astype(str)))
     rows = []
     for cell in order:
         sub = eff[eff["cell"].astype(str) == cell].set_index("measure")
-        row = {"Condition": labels.get(cell, cell), "Runs": fmt_count(sub["n"].max())}
+        row = {"Condition": name_of(cell), "Runs": fmt_count(sub["n"].max())}
         for m in measures:
             header, show = _EFFICIENCY_SHOWN[m]
             if m not in sub.index:
@@ -921,7 +944,19 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
         "pass of a batch of 32 × 64 tokens on the run's device, median of repeats; Train: examples per second "
         "of the whole distillation, teacher included. Times from runs that shared a machine compare best as ratios."
     )
-    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", caption, frame, left=("Condition",)),))
+    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", _with_key(caption, level_key), frame, left=("Condition",),
+                                                         optional=("Peak memory (MB)", "Throughput (ex/s)",
+                                                                   "Params (M)", "Runs")),))
+
+
+def summary_section(question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *,
+                    scale100: bool = True) -> Section:
+    """The opening box: the study's question, the decisive comparisons, the undecided ones."""
+    from kdgrid.report.pivot import summary_lines
+
+    q, decisive, undecided = summary_lines(question, paired, cells, scale100=scale100)
+    notes = (f"Question: {q}",) + (() if decisive else ("Decided: none of the comparisons.",))
+    return Section("summary", "Summary", notes=notes + tuple(undecided), bullets=tuple(decisive))
 
 
 def warnings_section(warnings: Sequence[str] | None) -> Section:
@@ -932,15 +967,21 @@ def warnings_section(warnings: Sequence[str] | None) -> Section:
 
 
 def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05,
-                   convergence: pd.DataFrame | None = None) -> list[Section]:
+                   convergence: pd.DataFrame | None = None, rows: Sequence[str] | None = None,
+                   cols: Sequence[str] | None = None, question: str | None = None) -> list[Section]:
     """Every report section in order, from any object with the ``Analysis`` attributes.
 
     ``convergence``: :func:`convergence_frame` of the analysis when the caller has it already
-    (None: computed here when there are mapping weights)."""
+    (None: computed here when there are mapping weights). ``rows``/``cols``: the factors of the
+    pivot tables (:func:`kdgrid.report.pivot.choose_layout`). ``question`` (the study's
+    description) opens the Summary section; None leaves the summary out."""
     cells = section_frame(analysis, "cells")
     paired = section_frame(analysis, "paired_tests")
+    summary = summary_section(question, paired, cells, scale100=scale100) if question is not None else None
     sections = [
-        cells_section(cells, baseline=_baseline_of(paired), scale100=scale100),
+        *([summary] if summary is not None else []),
+        cells_section(cells, paired=paired, sens=section_frame(analysis, "sensitivity"), rows=rows, cols=cols,
+                      scale100=scale100, alpha=alpha),
         paired_section(paired, cells, alpha=alpha, scale100=scale100),
         stratified_section(section_frame(analysis, "stratified"), cells, alpha=alpha, scale100=scale100),
         ranks_section(section_frame(analysis, "ranks"), section_frame(analysis, "nemenyi"),

@@ -382,7 +382,17 @@ class Sequential(Strict):
     correction: Literal["bonferroni", "none"] = "bonferroni"  # α split over each task's comparisons
 
 
+class TableLayout(Strict):
+    """Which factors form the rows and which the columns of the report's pivot tables (names in full or
+    by their last component; "task" too). Unplaced factors join the rows when only cols are given and
+    the columns when rows are given; neither: the default layout (docs/report.md)."""
+
+    rows: list[str] = []
+    cols: list[str] = []
+
+
 class Analysis(Strict):
+    table: TableLayout = TableLayout()
     baseline: dict[str, Any] | None = None
     metric: str = "auto"
     factors: list[str] | None = None
