@@ -407,7 +407,7 @@ search:
      "s.yaml:9: search.seeds_per_trial: 3 but the study has only 2 seed(s) (raise 'seeds')"),
     ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  baseline: {objective.intermediate.alfa: 0.5}\n",
      "s.yaml:9: search.baseline: unknown setting 'objective.intermediate.alfa' (allowed under objective.intermediate: "
-     "alpha, attention, contrast_momentum, contrast_negatives, contrast_temperature, embedding, head_match, hidden, "
+     "alpha, att_mse_padding, attention, contrast_momentum, contrast_negatives, contrast_temperature, embedding, head_match, hidden, "
      "value, weight)"),
 ])
 def test_bad_search_block_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: str, message: str) -> None:

@@ -53,7 +53,7 @@ def count_parameters(model: nn.Module) -> int:
 @torch.inference_mode()
 def inference_speed(
     model: nn.Module, *, vocab_size: int, device: torch.device, batch_size: int = 32, seq_len: int = 64,
-    warmup: int = 3, min_repeats: int = 10, min_seconds: float = 0.3, max_repeats: int = 100,
+    warmup: int = 2, min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 100,
 ) -> dict[str, float]:
     """Latency of one batch and examples/s at a fixed batch and length, the same protocol for every shape.
 
