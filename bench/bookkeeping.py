@@ -46,7 +46,7 @@ def big_study(n_runs: int, tasks: tuple[str, ...] = ("sst2",)) -> Any:
 
     a, b, c = SIZES[n_runs] if len(tasks) == 1 else SIZES[n_runs // len(tasks)]
     return Study.model_validate({
-        "name": f"bench-{n_runs}", "tasks": list(tasks), "seeds": 10,
+        "name": f"bench-{n_runs}", "tasks": list(tasks), "seeds": 10, "plan_limit": 1_000_000,
         "teacher": {"model": "minilm-l6"},
         "student": {"layers": 2},
         "objective": {"prediction": {"beta": 1.0}, "intermediate": {"attention": "kl", "hidden": "seq", "alpha": 0.5}},

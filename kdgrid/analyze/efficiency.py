@@ -51,16 +51,19 @@ def efficiency_table(
             base, _ = resolve_baseline(prep, baseline)  # its warnings are the paired tests' to give
         else:
             base = {}
-        stats = prep.data.groupby("cell")["value"].agg(["size", "median", "min", "max"])
-        for _, first in prep.data.drop_duplicates("cell").sort_values("cell_rank").iterrows():
+        # Plain dicts, not .at/.iterrows per cell: 22 s for 1,000 cells x 5 measures through pandas.
+        stats = prep.data.groupby("cell")["value"].agg(["size", "median", "min", "max"]).to_dict("index")
+        firsts = prep.data.drop_duplicates("cell").sort_values("cell_rank")
+        for first in firsts[["cell", *prep.factors]].to_dict("records"):
             cell = str(first["cell"])
             target = {**{f: str(first[f]) for f in prep.factors}, **base}
             bcell = cell_label(target, prep.factors, prep.short)
-            med = float(stats.at[cell, "median"])
-            bmed = float(stats.at[bcell, "median"]) if bcell in stats.index else np.nan
+            st = stats[cell]
+            med = float(st["median"])
+            bmed = float(stats[bcell]["median"]) if bcell in stats else np.nan
             rows.append({
-                "cell": cell, "measure": measure, "n": int(stats.at[cell, "size"]), "median": med,
-                "min": float(stats.at[cell, "min"]), "max": float(stats.at[cell, "max"]), "baseline": bcell,
+                "cell": cell, "measure": measure, "n": int(st["size"]), "median": med,
+                "min": float(st["min"]), "max": float(st["max"]), "baseline": bcell,
                 "ratio": med / bmed if np.isfinite(bmed) and bmed != 0 else np.nan,
             })
     frame = pd.DataFrame(rows, columns=list(EFFICIENCY_COLUMNS))

@@ -193,10 +193,13 @@ def friedman_ranks(
         "cell": list(wide.columns), "mean_rank": mean_rank.to_numpy(dtype=float), "n_blocks": nb,
         "same_as": ["; ".join(same_as.get(c, [])) for c in wide.columns],
     }).sort_values("mean_rank", kind="mergesort").reset_index(drop=True)
-    pairs = [
-        {"cell_a": a, "cell_b": b, "rank_diff": float(mean_rank[a] - mean_rank[b]), "p": float(nem.loc[a, b])}
-        for i, a in enumerate(wide.columns) for b in list(wide.columns)[i + 1:]
-    ]
+    # Every pair a < b in column order, read from arrays: a .loc per pair took 250 s for the 499,500
+    # pairs of 1,000 cells.
+    names = list(wide.columns)
+    ia, ib = np.triu_indices(k, 1)
+    mr, pm = mean_rank.to_numpy(dtype=float), nem.to_numpy(dtype=float)
+    pairs = {"cell_a": [names[i] for i in ia], "cell_b": [names[j] for j in ib],
+             "rank_diff": (mr[ia] - mr[ib]).tolist(), "p": pm[ia, ib].tolist()}
     blocks = ", ".join(f"{t}: {int((wide.index.get_level_values('task') == t).sum())}" for t in
                        dict.fromkeys(wide.index.get_level_values("task")))
     summary: dict[str, object] = {

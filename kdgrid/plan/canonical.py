@@ -8,6 +8,7 @@ collapses cells instead of computing them twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -31,7 +32,21 @@ _NEUTRAL_MAPPING = Mapping().model_dump(mode="json")
 
 def canonical_config(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config with settings that have no effect reset to their defaults."""
-    out = cfg.model_dump(mode="json")
+    return canonicalize(cfg.model_dump(mode="json"))
+
+
+#: What :func:`canonicalize` reads: whole blocks, or dotted settings; it changes the objective block only.
+#: The plan caches each canonical objective by these values (kdgrid/plan/expand.py): keep this up to date.
+CANONICAL_READS = ("objective", "train.schedule")
+
+
+def canonicalize(out: dict[str, Any]) -> dict[str, Any]:
+    """:func:`canonical_config` of a dumped RunConfig (``model_dump(mode="json")``).
+
+    Only the objective block changes, and it is copied first: the plan shares the other blocks, dumped
+    once per distinct value, between the runs that have them.
+    """
+    out = {**out, "objective": {k: dict(v) if isinstance(v, dict) else v for k, v in out["objective"].items()}}
     obj = out["objective"]
     inter = obj["intermediate"]
     att_active = inter["alpha"] > 0 and inter["weight"] > 0
@@ -75,9 +90,34 @@ def identity_view(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(obj: Any, length: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    return hash_blob(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str), length)
 
 
 def run_id_of(config: dict[str, Any]) -> str:
     return config_hash(identity_view(config))
+
+
+def identity_text(parts: dict[str, str]) -> str:
+    """The text :func:`run_id_of` hashes, from each top-level key's JSON text (:func:`identity_part`):
+    ``json.dumps(view, sort_keys=True, separators=(",", ":"))`` written out one key at a time, so that
+    the plan can reuse the text of a block shared by many runs."""
+    return "{" + ",".join(f"{_key_json(k)}:{parts[k]}" for k in sorted(parts)) + "}"
+
+
+@functools.lru_cache(maxsize=64)
+def _key_json(key: str) -> str:
+    return json.dumps(key)
+
+
+def identity_part(key: str, value: Any) -> str:
+    """The JSON text of one top-level entry of a config in its identity view; ``value`` must be JSON data
+    (a dumped RunConfig's: str keys, lists, numbers, strings), where the round trip of :func:`identity_view`
+    changes nothing."""
+    drop = [k for block, k in _IDENTITY_EXCLUDED if block == key]
+    if drop and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in drop}
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def hash_blob(blob: str, length: int = 16) -> str:
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -6,14 +6,24 @@ Pure functions only; nothing here touches the store or torch.
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from kdgrid.errors import PlanError
-from kdgrid.plan.canonical import canonical_config, run_id_of
+from kdgrid.plan.canonical import (
+    CANONICAL_READS,
+    canonical_config,
+    canonicalize,
+    hash_blob,
+    identity_part,
+    identity_text,
+    run_id_of,
+)
 from kdgrid.plan.count import check_plan_size
 from kdgrid.study.schema import RunConfig, Study
 
@@ -156,6 +166,32 @@ def expand(study: Study, *, plan_limit: int | None = None) -> list[PlannedRun]:
                            ("variants", group, level, key))
     _check_filter_keys(study, template)
 
+    if all(path.split(".", 1)[0] in _BLOCKS for path in _touched_paths(study, template)):
+        runs = _expand_cached(study, template)
+    else:  # a grid or variant over a top-level field (task, seed): no block to cache by
+        runs = _expand_reference(study, template)
+    if not runs:
+        raise PlanError(f"study '{study.name}': the grid expands to no runs (check include/exclude)", loc=("exclude",))
+    return runs
+
+
+# The top-level blocks of a RunConfig, in its field order (the order of a dumped config's keys).
+_BLOCKS = ("teacher", "student", "data", "train", "objective")
+
+
+def _touched_paths(study: Study, template: dict[str, Any]) -> list[str]:
+    paths = list(study.grid)
+    for group, levels in study.variants.items():
+        paths += [_variant_path(group, key, template) for overrides in levels.values() for key in overrides]
+    return paths
+
+
+def _expand_reference(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
+    """The straightforward expansion: a deep copy, a validation and a hash per run.
+
+    :func:`_expand_cached` must give exactly these runs (tests/test_plan_fast.py); it is kept as the
+    reference and for studies whose grid sets a top-level field.
+    """
     base = study.base_config()
     grid_items = list(study.grid.items())
     variant_items = list(study.variants.items())
@@ -181,9 +217,147 @@ def expand(study: Study, *, plan_limit: int | None = None) -> list[PlannedRun]:
                     resolved = _validate(run_cfg, factors, task, seed)
                     canon = canonical_config(resolved)
                     runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))
-    if not runs:
-        raise PlanError(f"study '{study.name}': the grid expands to no runs (check include/exclude)", loc=("exclude",))
     return runs
+
+
+class _Blocks:
+    """Each distinct value of one top-level block, built, validated and dumped once.
+
+    A block's value is fixed by the levels of the factors that set paths inside it, so those levels
+    (as indices) are the cache key: 100,000 runs of 10,000 cells may have only a few hundred distinct
+    objective blocks and a few dozen train blocks.
+    """
+
+    def __init__(self, name: str, base: dict[str, Any]) -> None:
+        self.name = name
+        self.base = base
+        self.model = RunConfig.model_fields[name].annotation
+        self.raw: dict[tuple[int, ...], dict[str, Any]] = {}
+        self.valid: dict[tuple[int, ...], tuple[Any, dict[str, Any]] | None] = {}
+        self.texts: dict[tuple[int, ...], str] = {}
+
+    def build(self, key: tuple[int, ...], sets: list[tuple[str, Any]]) -> dict[str, Any]:
+        block = self.raw.get(key)
+        if block is None:
+            tree = {self.name: copy.deepcopy(self.base)}
+            for path, value in sets:
+                set_path(tree, path, value)
+            block = self.raw[key] = tree[self.name]
+        return block
+
+    def validated(self, key: tuple[int, ...]) -> tuple[Any, dict[str, Any]] | None:
+        """(model instance, its JSON dump), or None when the block alone is invalid."""
+        if key not in self.valid:
+            try:
+                inst = self.model.model_validate(self.raw[key])  # type: ignore[union-attr]
+            except ValidationError:
+                self.valid[key] = None
+            else:
+                self.valid[key] = (inst, inst.model_dump(mode="json"))
+        return self.valid[key]
+
+    def text(self, key: tuple[int, ...]) -> str:
+        """The dumped block's JSON text in a run's identity view (after :meth:`validated` succeeded)."""
+        if key not in self.texts:
+            self.texts[key] = identity_part(self.name, self.valid[key][1])  # type: ignore[index]
+        return self.texts[key]
+
+
+def _expand_cached(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
+    """:func:`_expand_reference`, with the work done once per distinct block and once per cell, not per run.
+
+    Per run only what differs between seeds is done: the filters, and the hash of the cell's identity
+    text with the seed put in. Seeds of one cell share the config's blocks (read-only, like every
+    PlannedRun's config). Anything that fails validation goes through the reference path's
+    ``_validate`` so the error is word for word the same.
+    """
+    gc_was_on = gc.isenabled()
+    # Nothing expanded here forms a cycle; the collector's passes over a growing list of 10^5 runs'
+    # dicts cost a third of the time at that size.
+    gc.disable()
+    try:
+        return _expand_cells(study, template)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
+def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
+    base = study.base_config()
+    blocks = {name: _Blocks(name, base[name]) for name in _BLOCKS}
+    canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
+    grid_items = list(study.grid.items())
+    variant_items = list(study.variants.items())
+    grid_block = [path.split(".", 1)[0] for path, _ in grid_items]
+    variant_blocks = [sorted({_variant_path(g, k, template).split(".", 1)[0] for lv in levels.values() for k in lv})
+                      for g, levels in variant_items]
+    filters = bool(study.include or study.exclude)
+    runs: list[PlannedRun] = []
+    for task in study.tasks:
+        for grid_idx in itertools.product(*(range(len(levels)) for _, levels in grid_items)):
+            for var_idx in itertools.product(*(range(len(levels)) for _, levels in variant_items)):
+                factors: dict[str, str] = {}
+                keys: dict[str, list[int]] = {name: [] for name in _BLOCKS}
+                sets: dict[str, list[tuple[str, Any]]] = {name: [] for name in _BLOCKS}
+                for (path, levels), i, blk in zip(grid_items, grid_idx, grid_block):
+                    keys[blk].append(i)
+                    sets[blk].append((path, levels[i]))
+                    factors[path] = _fmt(levels[i])
+                for (group, levels), i, touched in zip(variant_items, var_idx, variant_blocks):
+                    level_name = list(levels)[i]
+                    for blk in touched:
+                        keys[blk].append(-1 - i)  # variant indices apart from grid indices
+                    for key, value in levels[level_name].items():
+                        path = _variant_path(group, key, template)
+                        sets[path.split(".", 1)[0]].append((path, value))
+                    factors[group] = level_name
+                bkeys = {name: tuple(keys[name]) for name in _BLOCKS}
+                cfg = {name: blocks[name].build(bkeys[name], sets[name]) for name in _BLOCKS}
+                cell: tuple[str, str, dict[str, Any]] | None = None
+                for seed in study.seed_list:
+                    if filters:
+                        run_cfg = {**cfg, "task": task, "seed": seed}
+                        at = {**factors, "task": task, "seed": str(seed)}
+                        if study.include and not any(_matches(f, at, run_cfg) for f in study.include):
+                            continue
+                        if any(_matches(f, at, run_cfg) for f in study.exclude):
+                            continue
+                    if type(seed) is not int or seed < 0 or cell is None and (
+                            cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None:
+                        resolved = _validate({**cfg, "task": task, "seed": seed}, factors, task, seed)
+                        canon = canonical_config(resolved)
+                        runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))
+                        continue
+                    head, tail, canon = cell
+                    # json.dumps writes an int seed as str(seed): the text the reference path hashes.
+                    runs.append(PlannedRun(hash_blob(f"{head}{seed}{tail}"), task, seed, factors, {**canon, "seed": seed}))
+    return runs
+
+
+def _cell(task: str, seed: int, bkeys: dict[str, tuple[int, ...]], blocks: dict[str, _Blocks],
+          canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str]],
+          ) -> tuple[str, str, dict[str, Any]] | None:
+    """The cell's identity text before and after the seed, and its canonical config (seed: the first
+    seed's); None: validate this run the reference way (it fails there, with the reference's message)."""
+    valid = {name: blocks[name].validated(bkeys[name]) for name in _BLOCKS}
+    if any(v is None for v in valid.values()):
+        return None
+    dumps = {n: v[1] for n, v in valid.items()}  # type: ignore[index]
+    try:
+        # Validated block instances are taken as they are: what runs here is RunConfig's own cross-checks.
+        RunConfig.model_validate({"task": task, "seed": seed, **{n: v[0] for n, v in valid.items()}})  # type: ignore[index]
+    except ValidationError:
+        return None
+    ckey = tuple(bkeys[r] if r in bkeys else json.dumps(get_path(dumps, r)) for r in CANONICAL_READS)
+    if ckey not in canon_objectives:
+        full = canonicalize({"task": task, "seed": seed, **dumps})
+        obj = full["objective"]
+        canon_objectives[ckey] = (obj, identity_part("objective", obj))
+    obj, obj_text = canon_objectives[ckey]
+    canon = {"task": task, "seed": seed, **dumps, "objective": obj}
+    parts = {n: blocks[n].text(bkeys[n]) for n in _BLOCKS if n != "objective"}
+    head, tail = identity_text({**parts, "objective": obj_text, "task": json.dumps(task), "seed": "\x00"}).split("\x00")
+    return head, tail, canon
 
 
 def _validate(cfg: dict[str, Any], factors: dict[str, str], task: str, seed: int) -> RunConfig:

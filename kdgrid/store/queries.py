@@ -13,34 +13,61 @@ import pandas as pd
 from kdgrid.store.db import Store
 
 
+def _frame(store: Store, sql: str, params: list[Any]) -> pd.DataFrame:
+    """``store.query_df`` through Arrow: the same frame (the tests compare them), strings converted in
+    bulk instead of one Python object per cell (3x faster on the 360,000 mapping rows of 10,000 runs).
+    An empty result goes the usual way, whose column dtypes callers have seen so far."""
+    cur = store.con.cursor()  # its own result: the store's connection may hold an unfinished one
+    try:
+        table = cur.sql(sql, params=params).to_arrow_table()
+    finally:
+        cur.close()
+    return store.query_df(sql, params) if table.num_rows == 0 else table.to_pandas()
+
+
 def tidy_results(store: Store, study: str) -> pd.DataFrame:
     """One row per (cell, run) of a study: factor columns, task, seed, run_id, final dev metrics.
 
     Only runs with status 'done' appear; a run shared by two cells (collapsed factor) appears once per cell.
     """
-    members = store.query_df(
+    members = _frame(
+        store,
         """SELECT s.cell, s.run_id, r.task, r.seed FROM study_runs s JOIN runs r USING (run_id)
            WHERE s.study = ? AND r.status = 'done'""",
         [study],
     )
     if members.empty:
         return members
-    factors = store.query_df("SELECT cell, run_id, name, value FROM factors WHERE study = ?", [study])
+    factors = _frame(store, "SELECT cell, run_id, name, value FROM factors WHERE study = ?", [study])
     if not factors.empty:
         wide = factors.pivot_table(index=["cell", "run_id"], columns="name", values="value", aggfunc="first")
         order = list(dict.fromkeys(factors["name"]))
         wide = wide[order].reset_index()
         members = members.merge(wide, on=["cell", "run_id"], how="left")
-    metrics = store.query_df(
-        """SELECT m.run_id, m.name, m.value FROM metrics m
-           WHERE m.stage = 'final' AND m.split IN ('dev', 'efficiency')
-             AND m.run_id IN (SELECT run_id FROM study_runs WHERE study = ?)""",
-        [study],
-    )
-    if not metrics.empty:
-        mw = metrics.pivot_table(index="run_id", columns="name", values="value", aggfunc="last").reset_index()
+    mw = _final_metrics_wide(store, "m.run_id IN (SELECT run_id FROM study_runs WHERE study = ?)", [study])
+    if mw is not None:
         members = members.merge(mw, on="run_id", how="left")
     return members.sort_values(["task", "cell", "seed"]).reset_index(drop=True)
+
+
+def _final_metrics_wide(store: Store, where: str, params: list[Any]) -> pd.DataFrame | None:
+    """Final dev and efficiency metrics, one row per run and one column per name (sorted), None if none.
+
+    DuckDB pivots: 10,000 runs have 600,000 such rows, and moving them into pandas to pivot there took
+    seconds. A name recorded twice for a run keeps its last non-null value (insertion order, as
+    pandas' pivot_table(aggfunc="last") did on the scan order); a name null in every run is left out.
+    """
+    filt = f"stage = 'final' AND split IN ('dev', 'efficiency') AND {where.replace('m.run_id', 'run_id')}"
+    names = [r[0] for r in store.con.execute(
+        f"SELECT DISTINCT name FROM metrics WHERE {filt} AND value IS NOT NULL ORDER BY name", params).fetchall()]
+    if not names:
+        return None
+    wide = _frame(
+        store,
+        f"""PIVOT (SELECT run_id, name, value, rowid AS rid FROM metrics WHERE {filt} AND value IS NOT NULL)
+            ON name IN ({', '.join("'" + n.replace("'", "''") + "'" for n in names)})
+            USING arg_max(value, rid) GROUP BY run_id""", params)
+    return wide[["run_id", *sorted(names)]]
 
 
 def study_factor_names(store: Store, study: str) -> list[str]:
@@ -71,18 +98,19 @@ def run_curves(store: Store, run_id: str) -> Any:
 
 def mapping_weights(store: Store, study: str) -> pd.DataFrame:
     """Learned layer-mapping weights per epoch: task, cell, seed, epoch, student_layer, teacher_layer, weight."""
-    df = store.query_df(
-        """SELECT r.task, s.cell, r.seed, m.stage, m.epoch, m.name, m.value AS weight
+    # The layers are parsed by DuckDB: pandas' str.extract took 8 s on the 360,000 rows of 10,000 runs.
+    # A name that is not s<i>.t<j> fails the cast, as it failed pandas' astype(int).
+    return _frame(
+        store,
+        r"""SELECT r.task, s.cell, r.seed, m.stage, m.epoch,
+                  CAST(regexp_extract(m.name, 's(\d+)\.t(\d+)', 1) AS BIGINT) AS student_layer,
+                  CAST(regexp_extract(m.name, 's(\d+)\.t(\d+)', 2) AS BIGINT) AS teacher_layer,
+                  m.value AS weight
            FROM metrics m JOIN runs r USING (run_id) JOIN study_runs s USING (run_id)
            WHERE m.split = 'mapping' AND s.study = ? AND r.status = 'done'
            ORDER BY r.task, s.cell, r.seed, m.stage, m.epoch, m.name""",  # a run shared by two cells: same order every time
         [study],
     )
-    if df.empty:
-        return df
-    parts = df["name"].str.extract(r"s(\d+)\.t(\d+)").astype(int)
-    df["student_layer"], df["teacher_layer"] = parts[0], parts[1]
-    return df.drop(columns="name")[["task", "cell", "seed", "stage", "epoch", "student_layer", "teacher_layer", "weight"]]
 
 
 def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:
@@ -90,11 +118,8 @@ def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:
     if study is not None:
         return tidy_results(store, study)
     runs = store.query_df("SELECT run_id, task, seed, status FROM runs WHERE status = 'done'")
-    metrics = store.query_df("SELECT run_id, name, value FROM metrics WHERE stage = 'final' AND split IN ('dev', 'efficiency')")
-    if metrics.empty:
-        return runs
-    wide = metrics.pivot_table(index="run_id", columns="name", values="value", aggfunc="last").reset_index()
-    return runs.merge(wide, on="run_id", how="left")
+    wide = _final_metrics_wide(store, "TRUE", [])
+    return runs if wide is None else runs.merge(wide, on="run_id", how="left")
 
 
 # --------------------------------------------------------------------------- reproducibility

@@ -1,0 +1,102 @@
+"""The plan's cached expansion gives exactly the runs of the straightforward one (and the run ids of
+kdgrid before the cache existed), including its errors, word for word."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdgrid.errors import PlanError
+from kdgrid.plan import expand
+from kdgrid.plan.expand import _expand_cached, _expand_reference, _full_template
+from kdgrid.study.loader import load_study
+from kdgrid.study.schema import Study
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+# Run ids of committed studies, computed with the per-run expansion (deepcopy, RunConfig and hash per run)
+# at integration a88d5ec, before the cache: (runs, sha256 of the ids joined by newlines, first three ids).
+GOLDEN = {
+    "ablation-cpu.yaml": (240, "3fd733a29693e3ea", ["1c9fbbbbe1ce482c", "4e15e45a3247fb95", "7751077286109036"]),
+    "demo.yaml": (6, "ae0fb9dda9633ecd", ["e8bc5a26246365f0", "3e1f3b5368b31bf8", "56deb4316fb167bf"]),
+    "objectives-cpu.yaml": (225, "a4309d3ca9f5b4e0", ["d19afea96bdfc6ca", "24591b76e3ecc826", "22bd12a585fb9118"]),
+    "what_is_lost-cpu.yaml": (200, "f162902914444d47", ["3be29b747b06ebd8", "ce7d7d7ec590bf21", "88a0d33491f26d08"]),
+}
+
+
+def as_rows(runs: list[Any]) -> list[tuple[Any, ...]]:
+    # list(config.items()) keeps key order: a config written to the store reads the same.
+    return [(r.run_id, r.task, r.seed, list(r.factors.items()), r.config, list(r.config)) for r in runs]
+
+
+def both(study: Study) -> tuple[list[Any], list[Any]]:
+    template = _full_template()
+    return _expand_reference(study, template), _expand_cached(study, template)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_committed_studies_keep_their_run_ids(name: str) -> None:
+    runs = expand(load_study(STUDIES / name).study)
+    ids = [r.run_id for r in runs]
+    n, digest, first = GOLDEN[name]
+    assert (len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16], ids[:3]) == (n, digest, first)
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
+def test_cached_expansion_equals_reference_on_committed_studies(path: Path) -> None:
+    ref, fast = both(load_study(path).study)
+    assert as_rows(fast) == as_rows(ref)
+
+
+def study(**kw: Any) -> Study:
+    return Study.model_validate({"name": "s", "tasks": ["cola", "stsb"], "seeds": [0, 3, 7], **kw})
+
+
+CASES = {
+    # collapsed cells (alpha 0 and weight 0 make the attention choice irrelevant, beta 0 the temperature)
+    "collapse": dict(objective={"intermediate": {"attention": "mse", "hidden": "seq"}},
+                     grid={"objective.intermediate.attention": ["mse", "kl"], "objective.intermediate.alpha": [0.0, 0.5, 1.0],
+                           "objective.intermediate.weight": [0.0, 1.0], "objective.prediction.beta": [0.0, 1.0]}),
+    # variants touching two blocks and a group named after a block, filters on factors, settings, task, seed
+    "variants": dict(grid={"train.lr": [1e-5, 5e-5], "objective.prediction.beta": [0.0, 1.0]},
+                     variants={"student": {"2L": {"layers": 2}, "4AH": {"heads": 4, "init": "width_slice"}},
+                               "method": {"plain": {}, "att": {"objective.intermediate.attention": "kl", "train.lr": 2e-5}}},
+                     include=[{"task": "cola"}, {"seed": 3}],
+                     exclude=[{"student": "4AH", "train.lr": 1e-5}, {"objective.prediction.temperature": 1.0, "seed": 7}]),
+    # a dict level merged into its block, epochs given as one number then per stage
+    "blocks": dict(grid={"objective.mapping": [{"kind": "uniform"}, {"kind": "learnable", "lr": 0.1}],
+                         "train.epochs.prediction": [1, 2]}, train={"epochs": 3, "schedule": "two_stage"},
+                   objective={"intermediate": {"hidden": "seq"}}),
+    # a variant setting a top-level field (overridden by the run's own seed): the reference path runs
+    "top-level": dict(variants={"method": {"a": {"seed": 5, "train.lr": 1e-5}, "b": {"train.lr": 2e-5}}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cached_expansion_equals_reference(case: str) -> None:
+    ref = _expand_reference(study(**CASES[case]), _full_template())
+    assert ref and as_rows(expand(study(**CASES[case]))) == as_rows(ref)
+    if case != "top-level":  # expand() sends that one to the reference path
+        assert as_rows(_expand_cached(study(**CASES[case]), _full_template())) == as_rows(ref)
+
+
+
+INVALID = {
+    "block": dict(grid={"train.lr": [1e-5, -1.0]}),  # one level invalid on its own
+    "cross": dict(grid={"objective.mapping.kind": ["uniform", "explicit"], "objective.mapping.layers": [[2, 4, 6]]},
+                  student={"layers": 2}),  # valid blocks, RunConfig's cross-check fails
+    "schedule": dict(grid={"train.schedule": ["joint", "two_stage"]}),  # two_stage without a layer objective
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_cached_expansion_fails_with_the_reference_message(case: str) -> None:
+    template = _full_template()
+    with pytest.raises(PlanError) as ref:
+        _expand_reference(study(**INVALID[case]), template)
+    with pytest.raises(PlanError) as fast:
+        _expand_cached(study(**INVALID[case]), template)
+    assert str(fast.value) == str(ref.value) and fast.value.loc == ref.value.loc
