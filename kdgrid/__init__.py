@@ -1,3 +1,3 @@
 """kdgrid: declarative knowledge-distillation studies with the statistics built in."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

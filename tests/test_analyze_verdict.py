@@ -114,6 +114,14 @@ def test_a_comparison_of_the_same_runs_counts_once_in_its_family() -> None:
     np.testing.assert_allclose(unique["p_adj"], multipletests(unique["p"], method="holm")[1], rtol=1e-12)
 
 
+def test_collapsed_cells_give_one_power_row_and_one_warning_count_per_comparison() -> None:
+    a = analyze_table(collapsed_grid(), metric="mcc", factors=[ATT, ALPHA], baseline={ALPHA: 0.5, ATT: "mse"})
+    assert len(a.paired_tests) == 5  # both collapsed rows are shown (the second says it repeats the first)
+    assert len(a.power) == 4  # ... but planning counts hypotheses: 4 distinct comparisons
+    assert set(a.power["condition"]) == set(a.paired_tests["condition"]) - {"attention=mse, alpha=0"}
+    assert any(w.startswith("4 comparison(s) have 5 or fewer pairs") for w in a.warnings), a.warnings
+
+
 def test_collapsed_cells_count_once_in_the_friedman_ranks() -> None:
     a = analyze_table(collapsed_grid(), metric="mcc", factors=[ATT, ALPHA], baseline={ALPHA: 0.5, ATT: "mse"})
     assert a.friedman["k"] == 5  # 6 cells, two of them the same runs

@@ -172,7 +172,9 @@ def _analyze(
         sens, summary = pd.DataFrame(columns=SENSITIVITY_COLUMNS), {}
         if train_sizes is not None:
             warnings.append("train_sizes given without teacher_scores: no sensitivity analysis")
-    power = power_table(paired, target_dz=target_dz, alpha=alpha, correction=correction)
+    # One power row per hypothesis: a row repeating another's runs (collapsed cells) is not a second comparison.
+    own = full[full["_dup_of"].isna()][PAIRED_COLUMNS] if not full.empty else paired
+    power = power_table(own, target_dz=target_dz, alpha=alpha, correction=correction)
     plan = power_plan(paired, alpha=alpha, correction=correction)
     efficiency, w = efficiency_table(df, factors=prep.factors, baseline=baseline)
     warnings += w

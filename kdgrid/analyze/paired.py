@@ -446,12 +446,14 @@ def _paired(
         return empty, warnings
     out = pd.DataFrame(rows)
     _adjust_families(out, correction=correction, family=family, alpha=alpha)
+    repeated = out["_dup_of"].notna().to_numpy()
     out = out[PAIRED_COLUMNS + (["_dup_of", "_diffs"] if internal else [])]
     out["n"] = out["n"].astype("int64")
     out["df"] = out["df"].astype(float)
     out["baseline_at_floor"] = out["baseline_at_floor"].astype(bool)
 
-    at_floor = out[out["baseline_at_floor"]]
+    own = out[~repeated]  # a comparison repeated by collapsed cells is counted once in the warnings too
+    at_floor = own[own["baseline_at_floor"]]
     if not at_floor.empty:
         tasks_at = ", ".join(dict.fromkeys(f"{r.task} ({r.baseline})" for r in at_floor.itertuples()))
         warnings.append(
@@ -459,14 +461,14 @@ def _paired(
             f"(its {confidence:.0%} interval reaches the floor): {tasks_at}; differences between students at the "
             "floor are not evidence about the methods"
         )
-    few = out[(out["n"] >= 1) & (out["n"] <= 5)]
+    few = own[(own["n"] >= 1) & (own["n"] <= 5)]
     if not few.empty:
         examples = "; ".join(f"{r.task}: {r.condition} (n={r.n})" for r in few.head(3).itertuples())
         warnings.append(
             f"{len(few)} comparison(s) have 5 or fewer pairs, so their exact Wilcoxon signed-rank p cannot go below "
             f"2/2^n (0.0625 with 5 pairs) and never reaches 0.05: {examples}"
         )
-    tiny = out[out["n"] < 3]
+    tiny = own[own["n"] < 3]
     if not tiny.empty:
         examples = "; ".join(f"{r.task}: {r.condition} (n={r.n})" for r in tiny.head(3).itertuples())
         warnings.append(f"{len(tiny)} comparison(s) have fewer than 3 pairs: their tests are unreliable or undefined ({examples})")
