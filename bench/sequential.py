@@ -30,19 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdgrid.analyze.sequential import Design, detectable, operating_characteristics, sequential_test  # noqa: E402
-
-
-def simulate(design: Design, effect: float, margin: float | None, reps: int, seed: int) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    counts = {"different": 0, "equivalent": 0, "inconclusive": 0}
-    n = 0
-    for _ in range(reps):
-        d = rng.normal(effect, 1.0, design.n_max)
-        r = sequential_test([d[:k] for k in design.looks], design, margin)
-        counts[r.verdict] += 1
-        n += r.n
-    return {**{k: v / reps for k, v in counts.items()}, "n": n / reps}
+from kdgrid.analyze.sequential import Design, detectable, operating_characteristics, simulate  # noqa: E402
 
 
 def fixed_t_n(effect: float, alpha: float, power: float) -> int:

@@ -14,6 +14,7 @@ from kdgrid.analyze.sequential import (
     detectable,
     operating_characteristics,
     sequential_test,
+    simulate,
     spent_alpha,
 )
 
@@ -93,18 +94,6 @@ def test_equal_runs_are_equivalent_and_a_constant_shift_is_different() -> None:
 
 
 # --------------------------------------------------------------------------- simulation
-def _simulate(design: Design, effect: float, margin: float | None, reps: int, seed: int) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    counts = {"different": 0, "equivalent": 0, "inconclusive": 0}
-    n = 0
-    for _ in range(reps):
-        d = rng.normal(effect, 1.0, design.n_max)
-        r = sequential_test([d[:k] for k in design.looks], design, margin)
-        counts[r.verdict] += 1
-        n += r.n
-    return {**{k: v / reps for k, v in counts.items()}, "n": n / reps}
-
-
 REPS = 4000
 MC3 = 3 * math.sqrt(0.05 * 0.95 / REPS)  # three Monte Carlo standard errors at a rate of 0.05
 
@@ -113,9 +102,9 @@ MC3 = 3 * math.sqrt(0.05 * 0.95 / REPS)  # three Monte Carlo standard errors at 
 def test_simulation_type_one_error_and_false_equivalence_stay_at_alpha(spending: str) -> None:
     design = Design((3, 6, 9, 12), alpha=0.05, spending=spending)
     margin = detectable(design, 0.8, equivalence=True)
-    null = _simulate(design, 0.0, margin, REPS, seed=1)
+    null = simulate(design, 0.0, margin, REPS, seed=1)
     assert null["different"] <= 0.05 + MC3  # P(declare different | no difference) over the whole procedure
-    at_margin = _simulate(design, margin, margin, REPS, seed=2)
+    at_margin = simulate(design, margin, margin, REPS, seed=2)
     assert at_margin["equivalent"] <= 0.05 + MC3  # P(declare equivalent | difference exactly at the margin)
 
 
@@ -124,7 +113,7 @@ def test_simulation_equivalence_rate_and_expected_seeds() -> None:
     margin = detectable(design, 0.8, equivalence=True)  # the margin (in sd of the differences) sized for 80%
     intended = operating_characteristics(design, 0.0, margin)
     assert intended.p_equivalent == pytest.approx(0.8, abs=1e-6)
-    sim = _simulate(design, 0.0, margin, REPS, seed=3)
+    sim = simulate(design, 0.0, margin, REPS, seed=3)
     # Estimating sd(diff) with 2-11 df costs some of the known-sigma rate (0.71 here at 4000 reps,
     # docs/sequential.md); a rate far below would mean the t conversion is broken, above would be too good.
     mc = 3 * math.sqrt(0.8 * 0.2 / REPS)

@@ -51,6 +51,7 @@ __all__ = [
     "detectable",
     "operating_characteristics",
     "sequential_test",
+    "simulate",
     "spent_alpha",
 ]
 
@@ -386,6 +387,21 @@ def operating_characteristics(design: Design, effect: float, margin: float | Non
     stops[-1] += running  # reaching the last look ends the comparison whatever it shows
     exp_n = float(sum(n * s for n, s in zip(design.looks, stops)))
     return OperatingCharacteristics(p_diff, p_eq, max(running, 0.0), exp_n, tuple(stops))
+
+
+def simulate(design: Design, effect: float, margin: float | None, reps: int, seed: int) -> dict[str, float]:
+    """The whole small-n procedure (t statistics, calibrated α) on ``reps`` studies whose paired
+    differences are N(effect, 1): the share of each verdict and the mean seeds taken (``n``).
+    The Monte Carlo counterpart of :func:`operating_characteristics`, used by the tests and the bench."""
+    rng = np.random.default_rng(seed)
+    counts = {"different": 0, "equivalent": 0, "inconclusive": 0}
+    n = 0
+    for _ in range(reps):
+        d = rng.normal(effect, 1.0, design.n_max)
+        r = sequential_test([d[:k] for k in design.looks], design, margin)
+        counts[r.verdict] += 1
+        n += r.n
+    return {**{k: v / reps for k, v in counts.items()}, "n": n / reps}
 
 
 def detectable(design: Design, power: float, *, equivalence: bool = False) -> float:

@@ -16,11 +16,18 @@ from typing import Any
 from kdgrid.study.schema import Intermediate, Mapping, Prediction, RunConfig
 
 
-def named_layer_terms(cfg: RunConfig) -> bool:
-    """Whether ``objective.terms`` holds a layer term of non-zero weight (it uses the mapping)."""
-    from kdgrid.plugins.terms import named_terms
+def named_layer_terms(objective: dict[str, Any]) -> bool:
+    """Whether a dumped objective's ``terms`` hold a layer term of non-zero weight (it uses the mapping).
 
-    return any(t.weight > 0 and t.spec.stage == "intermediate" for t in named_terms(cfg.objective))
+    Read from the dump, not a RunConfig: the plan canonicalises dumped blocks it shares between runs."""
+    terms = objective.get("terms") or {}
+    if not terms:  # the built-ins only: no registry lookup
+        return False
+    from kdgrid.plugins import registry
+
+    return any(float(v.get("weight", 1.0)) > 0 and registry().spec("losses", name).stage == "intermediate"
+               for name, v in terms.items())
+
 
 # Where the data is read from, on which device, and how often the dev set is scored do not define the experiment.
 _IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"), ("train", "eval_every_epoch"),
@@ -64,7 +71,7 @@ def canonicalize(out: dict[str, Any]) -> dict[str, Any]:
         for key in ("contrast_temperature", "contrast_momentum", "contrast_negatives"):
             inter[key] = _NEUTRAL_INTERMEDIATE[key]
     layer_terms = inter["attention"] != "none" or inter["value"] != "none" or inter["hidden"] != "none"
-    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint" and not named_layer_terms(cfg):
+    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint" and not named_layer_terms(obj):
         # No layer loss at all: alpha, weight and the mapping cannot matter.
         out["objective"]["intermediate"] = dict(_NEUTRAL_INTERMEDIATE)
         out["objective"]["mapping"] = Mapping().model_dump(mode="json")

@@ -166,7 +166,9 @@ def expand(study: Study, *, plan_limit: int | None = None) -> list[PlannedRun]:
                            ("variants", group, level, key))
     _check_filter_keys(study, template)
 
-    if all(path.split(".", 1)[0] in _BLOCKS for path in _touched_paths(study, template)):
+    # The cached path shares the five blocks; top-level run fields (metrics, and the plug-ins recorded from
+    # them) are the reference path's.
+    if not study.metrics and all(path.split(".", 1)[0] in _BLOCKS for path in _touched_paths(study, template)):
         runs = _expand_cached(study, template)
     else:  # a grid or variant over a top-level field (task, seed): no block to cache by
         runs = _expand_reference(study, template)
@@ -345,8 +347,10 @@ def _cell(task: str, seed: int, bkeys: dict[str, tuple[int, ...]], blocks: dict[
     dumps = {n: v[1] for n, v in valid.items()}  # type: ignore[index]
     try:
         # Validated block instances are taken as they are: what runs here is RunConfig's own cross-checks.
-        RunConfig.model_validate({"task": task, "seed": seed, **{n: v[0] for n, v in valid.items()}})  # type: ignore[index]
+        whole = RunConfig.model_validate({"task": task, "seed": seed, **{n: v[0] for n, v in valid.items()}})  # type: ignore[index]
     except ValidationError:
+        return None
+    if whole.plugins or whole.metrics:  # top-level fields outside the shared blocks: the reference path keeps them
         return None
     ckey = tuple(bkeys[r] if r in bkeys else json.dumps(get_path(dumps, r)) for r in CANONICAL_READS)
     if ckey not in canon_objectives:
