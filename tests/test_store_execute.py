@@ -206,6 +206,7 @@ def test_teachers_first_starts_one_run_per_teacher_then_keeps_plan_order() -> No
     assert len({teacher_of(r) for r in teachers_first(runs)[:2]}) == 2
 
 
+@pytest.mark.slow
 def test_reader_waits_for_a_writer_instead_of_failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
