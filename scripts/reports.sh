@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+# The reports record the library versions they were made with; make those the pinned ones of constraints.txt
+# (only the packages that differ are installed, so this is a no-op once the venv matches).
+if ! differ=$(python scripts/constraints.py check constraints.txt); then
+  echo "installing the versions constraints.txt pins for: $differ" >&2
+  # shellcheck disable=SC2086  # one argument per package name
+  python -m pip install -q -c constraints.txt $differ
+  python scripts/constraints.py check constraints.txt >/dev/null
+fi
 if [ -z "${KDGRID_DATA_DIR:-}" ] && [ -d ../shared/data/glue ]; then
   export KDGRID_DATA_DIR=../shared/data/glue
 fi

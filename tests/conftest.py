@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny BERT classifier + tokenizer on disk, the real GLUE dir, the `slow` marker.
+"""Shared fixtures: a tiny BERT classifier + tokenizer on disk, the real GLUE dir (markers: pyproject.toml).
 
 Tests never touch the network: the Hugging Face offline switches are set here,
 before any test imports transformers or datasets (they read them at import).
@@ -30,10 +30,6 @@ _WORDS = [
 _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
 _SUFFIXES = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 TINY_VOCAB: list[str] = _SPECIALS + _WORDS + _CHARS + _SUFFIXES  # 106 entries
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: uses the real MiniLM teacher or full data (deselect with -m 'not slow')")
 
 
 def build_tiny_model_dir(path: Path, *, num_labels: int = 2, seed: int = 0) -> Path:

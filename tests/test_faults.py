@@ -146,6 +146,7 @@ def kill_a_worker_soon(db: Path) -> dict[str, str]:
     return victim
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_the_grid_completes(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     victim = kill_a_worker_soon(db)
@@ -157,6 +158,7 @@ def test_killed_worker_is_retried_and_the_grid_completes(tmp_path: Path) -> None
     assert_stored_once(db)
 
 
+@pytest.mark.slow
 def test_killed_worker_without_retries_fails_the_run_only(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     victim = kill_a_worker_soon(db)
@@ -167,6 +169,7 @@ def test_killed_worker_without_retries_fails_the_run_only(tmp_path: Path) -> Non
     rerun_completes(db)
 
 
+@pytest.mark.slow
 def test_coordinator_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     proc = coordinator(db, "--delay", "0.8")
@@ -196,6 +199,7 @@ def test_nan_fails_only_its_run_and_is_not_retried(tmp_path: Path, monkeypatch: 
     rerun_completes(db)
 
 
+@pytest.mark.slow
 def test_hang_past_the_timeout_fails_the_run_and_kills_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "k.duckdb"
     monkeypatch.setenv("KDGRID_FAULT", "hang:seed=0")
@@ -249,6 +253,7 @@ def test_full_disk_fails_the_run_with_the_reason(tmp_path: Path, monkeypatch: py
     rerun_completes(db)
 
 
+@pytest.mark.slow
 def test_second_coordinator_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     first = coordinator(db, "--delay", "0.5")
@@ -262,6 +267,7 @@ def test_second_coordinator_is_refused_while_the_first_runs(tmp_path: Path) -> N
     assert max(calls(db).values()) == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_interrupts_in_flight_runs_and_keeps_finished_ones(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     proc = coordinator(db, "--delay", "1.2")
@@ -292,6 +298,7 @@ def test_crashes_that_can_pass_are_retried_a_bad_run_is_not(tmp_path: Path, monk
     assert "RuntimeError: injected crash" in traceback_log
 
 
+@pytest.mark.slow
 def test_a_reader_holding_the_store_makes_writes_wait_not_fail(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     go(db, fake_study(), execute=Execute(workers=1), max_runs=1)

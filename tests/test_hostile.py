@@ -337,6 +337,7 @@ def damaged_copy(src: Path, dst: Path, how: str) -> Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "last byte cut", "corrupt block", "header only"])
 def test_status_and_report_on_a_damaged_store_say_so_in_one_line(big_store: Path, tmp_path: Path, how: str) -> None:
     db = damaged_copy(big_store, tmp_path / "d.duckdb", how)

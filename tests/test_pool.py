@@ -112,6 +112,7 @@ def metric_table(db: Path) -> tuple[dict[tuple[Any, ...], float], int]:
     return table, sum(1 for r in rows if r[5] == "stage1_reused")
 
 
+@pytest.mark.slow
 def test_same_runs_give_the_same_metrics_in_workers_and_in_process(
     tmp_path: Path, tiny_model_dir: Path, make_cola_dir: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

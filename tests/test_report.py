@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from kdgrid import analyze
 from kdgrid.errors import KdgridError
 from kdgrid.report import (
     FORMATS,
@@ -423,8 +424,7 @@ def test_missing_attributes_and_missing_contract_columns(tmp_path: Path, analysi
         render(broken, fmt="json", out_dir=None, title="t", meta={})
 
 
-def test_real_analysis_renders_if_available(tmp_path: Path) -> None:
-    analyze = pytest.importorskip("kdgrid.analyze", reason="kdgrid.analyze not available")
+def test_real_analysis_renders(tmp_path: Path) -> None:
     a = make_analysis()
     tidy = pd.DataFrame([
         {"task": r["task"], "seed": s, ATT: r[ATT], MAP: r[MAP], "mcc" if r["task"] == "cola" else "accuracy": v}
@@ -439,7 +439,6 @@ def test_real_analysis_renders_if_available(tmp_path: Path) -> None:
 
 
 def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) -> None:
-    analyze = pytest.importorskip("kdgrid.analyze", reason="kdgrid.analyze not available")
     alpha = "objective.intermediate.alpha"
     rng = np.random.default_rng(1)
     rows = []

@@ -58,6 +58,7 @@ def test_chromium_reports_page_errors(tmp_path: Path) -> None:
     assert any("boom" in e for e in errors) and any("Uncaught ReferenceError" in e for e in errors), proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_report_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     render(make_analysis(), fmt="html", out_dir=tmp_path, title="Ablation", meta=META, plots=True)
     page = tmp_path / "report.html"

@@ -129,6 +129,7 @@ def test_index_links_every_report_with_its_headline(ablation, tmp_path: Path) ->
     assert "broken" not in page
 
 
+@pytest.mark.slow
 def test_cli_brief_rows_cols_and_index(tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["report", "--from", str(PARQUET), "--factors", ",".join([ATT, SIZE, KIND, ALPHA]),

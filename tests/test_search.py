@@ -30,7 +30,9 @@ from kdgrid.study import load_study
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(TESTS), "KDGRID_SEARCH_RUNNER": "test_search:fake_runner"}
+       # the checkout under test first: an installed kdgrid from another tree would sign the search differently
+       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+       "KDGRID_SEARCH_RUNNER": "test_search:fake_runner"}
 
 CALLS: list[str] = []  # run ids the fake runner was called for (this process)
 
@@ -116,6 +118,7 @@ def _fresh_calls() -> None:
 
 
 # --------------------------------------------------------------------------- the search loop
+@pytest.mark.slow
 def test_tiny_search_end_to_end_with_report(tmp_path: Path) -> None:
     write_study(tmp_path, SEARCH)
     out = run_search(job(tmp_path), runner=fake_runner)
@@ -208,6 +211,7 @@ def test_trial_of_a_killed_process_is_queued_again(tmp_path: Path) -> None:
     assert marker.read_text() in CALLS and not trial0 & set(CALLS) and len(CALLS) == 2 + 2 + 2
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     for key in ("PYTHONPATH", "KDGRID_SEARCH_RUNNER"):
@@ -437,6 +441,7 @@ def test_shipped_search_study_validates() -> None:
 
 
 # --------------------------------------------------------------------------- a tiny real model, end to end
+@pytest.mark.slow
 def test_real_search_and_confirmation_on_a_tiny_bert(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                       make_cola_dir: Callable[..., Path]) -> None:
     data = make_cola_dir(tmp_path / "glue", n_train=32, n_dev=12)

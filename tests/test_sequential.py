@@ -42,6 +42,7 @@ def test_boundaries_match_scipy_multivariate_normal(info: tuple[float, ...], alp
     assert boundaries(info, alpha, kind, 2) == pytest.approx(ref, abs=2e-4)
 
 
+@pytest.mark.slow
 def test_boundaries_spend_alpha_in_the_joint_distribution() -> None:
     info = (0.25, 0.5, 0.75, 1.0)
     c2 = np.array(boundaries(info, 0.05, "obrien_fleming", 2))

@@ -92,6 +92,7 @@ def test_looks_until_each_comparison_is_decided(tmp_path: Path) -> None:
     assert list(frame["verdict"]) == [v[0] for v in got.values()]
 
 
+@pytest.mark.slow
 def test_an_interrupted_sequential_run_continues_to_the_same_decisions(tmp_path: Path) -> None:
     loaded = _loaded(tmp_path)
     (tmp_path / "a").mkdir()
@@ -122,6 +123,7 @@ def test_comparisons_choose_the_conditions(tmp_path: Path) -> None:
     assert {r.cell for r in plan.first_look_runs()} == {c for c in (plan.comparisons[0].condition, plan.comparisons[0].baseline)}
 
 
+@pytest.mark.slow
 def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_cola_dir(tmp_path / "glue", n_train=48, n_dev=16)
     study = tiny_study(tmp_path, tiny_model_dir, data, seeds=6,

@@ -36,6 +36,7 @@ def table(db: Path) -> dict[str, tuple]:
         con.close()
 
 
+@pytest.mark.slow
 def test_job_array_on_submitits_local_executor_with_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "k.duckdb"
     study = fake_study(seeds=3, temperatures=(1.0,))
