@@ -281,3 +281,13 @@ def test_teachers_needs_from_and_raw_units(tmp_path: Path) -> None:
                               "--out", str(tmp_path / "rep")])
     assert res.exit_code != 0 and "raw units" in str(res.exception)
     assert not (tmp_path / "rep").exists()
+
+
+def test_exported_results_table_is_titled_by_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "my-study"
+    folder.mkdir()
+    _two_method_table().to_csv(folder / "results.csv", index=False)
+    res = runner.invoke(app, ["report", "--from", str(folder / "results.csv"), "--format", "md", "--no-plots",
+                              "--factors", "method", "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("# kdgrid report: my-study")

@@ -115,7 +115,10 @@ def from_file(path: Path, metric: str | None = None, teachers: Path | None = Non
     if teachers is not None:
         teacher = read_teachers(teachers)
         meta["teachers"] = str(teachers)
-    return ReportInput(path.stem, table, None, teacher, meta=meta)
+    # A table called just "results" (reports/<study>/results.parquet, as scripts/reports.sh exports it) is
+    # titled by its folder, the study.
+    title = path.parent.name if path.stem == "results" and path.parent.name not in ("", ".") else path.stem
+    return ReportInput(title, table, None, teacher, meta=meta)
 
 
 def read_teachers(path: Path) -> pd.DataFrame:
