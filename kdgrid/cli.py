@@ -330,6 +330,7 @@ def report(
     study: Annotated[Optional[str], typer.Option("--study", help="Study name in the store (default: the only one).")] = None,
     db: DbOption = None,
     from_file: Annotated[Optional[Path], typer.Option("--from", help="Analyse a tidy CSV/Parquet table instead of the store.")] = None,
+    teachers: Annotated[Optional[Path], typer.Option("--teachers", help="With --from: CSV/Parquet of task, teacher[, floor] (raw units) for the sensitivity section and floor checks.")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric column, or 'auto' for each task's official metric.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")] = None,
     correction: Annotated[Optional[str], typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
@@ -356,6 +357,8 @@ def report(
         raise KdgridError(f"--anova-type: {anova_type} is not allowed (allowed: 2, 3)")
     if correction is not None and correction not in ("holm", "fdr_bh", "bonferroni", "none"):
         raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: holm, fdr_bh, bonferroni, none)")
+    if teachers is not None and from_file is None:
+        raise KdgridError("--teachers: only with --from (a report from the store takes the teachers it recorded)")
     if index_only or all_studies:
         _report_all(db, out or Path("reports"), plots=plots, render_studies=all_studies)
         return
@@ -372,7 +375,7 @@ def report(
     from kdgrid.report.source import from_store
     from kdgrid.tasks import TASKS
 
-    src = load_from_file(from_file, metric) if from_file is not None else from_store(_db(db), study)
+    src = load_from_file(from_file, metric, teachers) if from_file is not None else from_store(_db(db), study)
     settings = src.analysis_settings
     chosen_factors = [f.strip() for f in factors.split(",")] if factors else (settings.get("factors") or src.factors)
     chosen_metric = metric or settings.get("metric") or "auto"

@@ -246,3 +246,48 @@ def test_report_all_writes_every_study_and_the_index(tmp_path: Path, monkeypatch
     page = (tmp_path / "rep" / "index.html").read_text(encoding="utf-8")
     assert 'href="g/report.html"' in page and "h/report" not in page
     assert "1 undecided of 1 comparisons" in page  # g's headline
+
+
+def _two_method_table() -> pd.DataFrame:
+    # RTE accuracy, two methods, 5 seeds; the baseline sits on 0.53, so only a floor of 0.53 or more marks it.
+    base = [0.52, 0.53, 0.53, 0.54, 0.53]
+    rows = [{"task": "rte", "seed": s, "method": "a", "accuracy": v} for s, v in enumerate(base)]
+    rows += [{"task": "rte", "seed": s, "method": "b", "accuracy": v + 0.02 + 0.001 * s} for s, v in enumerate(base)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("floor", [0.2, 0.6])
+def test_teachers_file_gives_sensitivity_and_floors(tmp_path: Path, floor: float) -> None:
+    teachers = tmp_path / "teachers.csv"
+    teachers.write_text(f"# from an old report\ntask,teacher,floor\nrte,0.567,{floor}\n", encoding="utf-8")
+    rep = report_json(tmp_path, _two_method_table(), "--factors", "method", "--baseline", "method=a",
+                      "--teachers", str(teachers))
+    assert {r["task"] for r in rep["sensitivity"]} == {"rte"}
+    assert {r["teacher"] for r in rep["sensitivity"]} == {0.567}
+    (row,) = rep["paired_tests"]
+    assert row["floor"] == floor and row["baseline_at_floor"] is (floor == 0.6)
+    without = report_json(tmp_path, _two_method_table(), "--factors", "method", "--baseline", "method=a")
+    assert not without["sensitivity"] and without["paired_tests"][0]["floor"] is None
+
+
+def test_teachers_needs_from_and_raw_units(tmp_path: Path) -> None:
+    teachers = tmp_path / "teachers.csv"
+    teachers.write_text("task,teacher\nrte,56.7\n", encoding="utf-8")
+    res = runner.invoke(app, ["report", "--teachers", str(teachers)])
+    assert res.exit_code != 0 and "only with --from" in str(res.exception)
+    table = tmp_path / "t.csv"
+    _two_method_table().to_csv(table, index=False)
+    res = runner.invoke(app, ["report", "--from", str(table), "--teachers", str(teachers), "--no-plots",
+                              "--out", str(tmp_path / "rep")])
+    assert res.exit_code != 0 and "raw units" in str(res.exception)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_exported_results_table_is_titled_by_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "my-study"
+    folder.mkdir()
+    _two_method_table().to_csv(folder / "results.csv", index=False)
+    res = runner.invoke(app, ["report", "--from", str(folder / "results.csv"), "--format", "md", "--no-plots",
+                              "--factors", "method", "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("# kdgrid report: my-study")

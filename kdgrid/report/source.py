@@ -104,8 +104,51 @@ def _with_floors(teacher: pd.DataFrame | None, provenance: Reproducibility | Non
     return teacher.assign(floor=teacher["task"].map(lambda k: sum(floors[k]) / len(floors[k]) if k in floors else None))
 
 
-def from_file(path: Path, metric: str | None = None) -> ReportInput:
+def from_file(path: Path, metric: str | None = None, teachers: Path | None = None) -> ReportInput:
+    """A tidy table; ``teachers`` (CSV/Parquet: task, teacher[, floor]) stands in for the store's teacher
+    records, giving the sensitivity section and the majority-class floors a table alone cannot carry."""
     from kdgrid.analyze import load_table
 
     table = load_table(path, metric=None if metric in (None, "auto") else metric)
-    return ReportInput(path.stem, table, None, meta={"source": str(path)})
+    meta = {"source": str(path)}
+    teacher = None
+    if teachers is not None:
+        teacher = read_teachers(teachers)
+        meta["teachers"] = str(teachers)
+    # A table called just "results" (reports/<study>/results.parquet, as scripts/reports.sh exports it) is
+    # titled by its folder, the study.
+    title = path.parent.name if path.stem == "results" and path.parent.name not in ("", ".") else path.stem
+    return ReportInput(title, table, None, teacher, meta=meta)
+
+
+def read_teachers(path: Path) -> pd.DataFrame:
+    """The frame ``from_store`` builds (task, teacher[, floor]) read from a file, in the metric's raw units."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise KdgridError(f"--teachers: file not found: {path}")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path, comment="#")
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            raise KdgridError(f"--teachers: {path}: unknown extension {suffix or '(none)'!r} (allowed: .csv, .parquet)")
+    except KdgridError:
+        raise
+    except Exception as exc:  # pandas/pyarrow parser errors are many types
+        raise KdgridError(f"--teachers: cannot read {path}: {exc}") from None
+    missing = [c for c in ("task", "teacher") if c not in df.columns]
+    if missing:
+        raise KdgridError(f"--teachers: {path} has no column {', '.join(missing)} (needed: task, teacher; optional: floor)")
+    out = df[["task", "teacher", *(["floor"] if "floor" in df.columns else [])]].copy()
+    out["task"] = out["task"].astype(str)
+    for col in out.columns[1:]:
+        values = pd.to_numeric(out[col], errors="coerce")
+        bad = out.loc[values.isna() & out[col].notna(), col]
+        if not bad.empty:
+            raise KdgridError(f"--teachers: {path}, column {col}: {bad.iloc[0]!r} is not a number")
+        if (values.abs() > 1).any():
+            raise KdgridError(f"--teachers: {path}, column {col}: {values.abs().max():g} is outside [-1, 1] "
+                              "(give scores in the metric's raw units, e.g. 0.861 not 86.1)")
+        out[col] = values
+    return out
