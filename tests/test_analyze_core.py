@@ -160,7 +160,7 @@ def test_load_table_errors_are_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError, match="results table not found: .*nope.csv"):
         load_table(tmp_path / "nope.csv")
     (tmp_path / "r.xlsx").write_text("x")
-    with pytest.raises(AnalysisError, match="unknown table extension '.xlsx'.*use .csv or .parquet"):
+    with pytest.raises(AnalysisError, match=r"results table .*r.xlsx: unknown extension '.xlsx' \(allowed: .csv, .parquet\)"):
         load_table(tmp_path / "r.xlsx")
     pd.DataFrame({"task": ["cola"], "seed": [1], "bleu": [0.3]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(AnalysisError, match="no metric column in .*m.csv: expected one of accuracy, f1, mcc"):

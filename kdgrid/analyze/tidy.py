@@ -135,6 +135,20 @@ def cell_label(levels: Mapping[str, str], factors: Sequence[str], short: Mapping
 
 
 # --------------------------------------------------------------------------- loading
+def read_table(path: Path, what: str, *, comment: str | None = None) -> pd.DataFrame:
+    """A ``.csv`` or ``.parquet`` file as a DataFrame; a missing file, another extension or a parse
+    error is one :class:`AnalysisError` line naming ``what`` and the file."""
+    if not path.is_file():
+        raise AnalysisError(f"{what} not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise AnalysisError(f"{what} {path}: unknown extension {suffix or '(none)'!r} (allowed: .csv, .parquet)")
+    try:
+        return pd.read_csv(path, comment=comment) if suffix == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # parser errors of pandas/pyarrow are many types
+        raise AnalysisError(f"cannot read {what} {path}: {exc}") from None
+
+
 def load_table(path: str | Path, *, metric: MetricSpec | None = None) -> pd.DataFrame:
     """Read a tidy results table from ``.csv`` or ``.parquet``.
 
@@ -143,20 +157,7 @@ def load_table(path: str | Path, *, metric: MetricSpec | None = None) -> pd.Data
     any of :data:`KNOWN_METRICS` when ``metric`` is not given).
     """
     p = Path(path)
-    if not p.is_file():
-        raise AnalysisError(f"results table not found: {p}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(p)
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        else:
-            raise AnalysisError(f"unknown table extension {suffix or '(none)'!r} for {p}: use .csv or .parquet")
-    except AnalysisError:
-        raise
-    except Exception as exc:  # parser errors of pandas/pyarrow are many types
-        raise AnalysisError(f"cannot read {p}: {exc}") from None
+    df = read_table(p, "results table")
     wanted = _metric_columns(metric) if metric is not None and metric != "auto" else list(KNOWN_METRICS)
     present = [c for c in wanted if c in df.columns]
     if metric is not None and metric != "auto" and len(present) < len(wanted):

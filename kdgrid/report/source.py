@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from kdgrid.analyze.tidy import read_table
 from kdgrid.errors import KdgridError
 from kdgrid.store.db import open_store
 from kdgrid.store.queries import (
@@ -123,20 +124,7 @@ def from_file(path: Path, metric: str | None = None, teachers: Path | None = Non
 
 def read_teachers(path: Path) -> pd.DataFrame:
     """The frame ``from_store`` builds (task, teacher[, floor]) read from a file, in the metric's raw units."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise KdgridError(f"--teachers: file not found: {path}")
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(path, comment="#")
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        else:
-            raise KdgridError(f"--teachers: {path}: unknown extension {suffix or '(none)'!r} (allowed: .csv, .parquet)")
-    except KdgridError:
-        raise
-    except Exception as exc:  # pandas/pyarrow parser errors are many types
-        raise KdgridError(f"--teachers: cannot read {path}: {exc}") from None
+    df = read_table(path, "--teachers: file", comment="#")
     missing = [c for c in ("task", "teacher") if c not in df.columns]
     if missing:
         raise KdgridError(f"--teachers: {path} has no column {', '.join(missing)} (needed: task, teacher; optional: floor)")
