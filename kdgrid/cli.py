@@ -256,9 +256,8 @@ def status(db: DbOption = None) -> None:
         rows = store.study_status()
         errors = store.last_errors()
         waiting, on_cluster = waiting_results(store, workdir_for(_db(db)))
-        not_done = [r[0] for r in store.con.execute("SELECT run_id FROM runs WHERE status <> 'done'").fetchall()]
-        damaged = damaged_results(workdir_for(_db(db)), not_done)
-        texts = dict(store.con.execute("SELECT name, text FROM studies").fetchall())
+        damaged = damaged_results(workdir_for(_db(db)), list(store.unfinished_runs()))
+        texts = store.study_texts()
         sequential: list[tuple[str, Any]] = []
         if any("sequential" in (t or "") for t in texts.values()):  # scipy only for sequential studies
             from kdgrid.sequential import study_states

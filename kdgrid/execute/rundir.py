@@ -158,7 +158,7 @@ def waiting_results(store: Any, workdir: Path) -> tuple[list[str], list[str]]:
     """
     waiting: list[str] = []
     on_cluster: list[str] = []
-    for run_id, status in store.con.execute("SELECT run_id, status FROM runs WHERE status <> 'done'").fetchall():
+    for run_id, status in store.unfinished_runs().items():
         res = read_result(result_path(workdir, run_id))
         if recoverable(res) and res is not None and res["status"] != status:
             waiting.append(run_id)

@@ -57,7 +57,7 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         mapping = mapping_weights(store, study)
         provenance = study_reproducibility(store, study)
         teacher = _with_floors(teacher, provenance)
-        text = store.con.execute("SELECT text FROM studies WHERE name = ?", [study]).fetchone()[0]
+        text = store.study_text(study)
         counts = store.con.execute(
             """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
                FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""", [study]).fetchone()

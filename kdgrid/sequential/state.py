@@ -45,12 +45,7 @@ def read_outcomes(store: Store, run_ids: list[str]) -> dict[str, RunOutcome]:
     if not run_ids:
         return {}
     statuses = store.run_statuses(run_ids)
-    rows = store.con.execute(
-        """SELECT run_id, name, value FROM metrics
-           WHERE stage = 'final' AND split = 'dev' AND list_contains(?, run_id)""", [run_ids]).fetchall()
-    metrics: dict[str, dict[str, float]] = {}
-    for run_id, name, value in rows:
-        metrics.setdefault(run_id, {})[name] = float("nan") if value is None else float(value)
+    metrics = store.final_dev_metrics(run_ids)
     return {rid: RunOutcome(st, metrics.get(rid, {})) for rid, st in statuses.items()}
 
 
@@ -124,11 +119,11 @@ def study_states(store: Store, name: str) -> tuple[SequentialPlan, list[Comparis
     from kdgrid.study.loader import parse_yaml
     from kdgrid.study.schema import Study
 
-    row = store.con.execute("SELECT text FROM studies WHERE name = ?", [name]).fetchone()
-    if row is None:
+    text = store.study_text(name)
+    if text is None:
         return None
     try:
-        data, _ = parse_yaml(row[0], Path(f"<study {name}>"))
+        data, _ = parse_yaml(text, Path(f"<study {name}>"))
         study = Study.model_validate(data)
         if study.analysis.sequential is None:
             return None

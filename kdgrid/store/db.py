@@ -234,6 +234,31 @@ class Store:
         rows = self.con.execute("SELECT run_id, status FROM runs WHERE list_contains(?, run_id)", [ids]).fetchall()
         return dict(rows)
 
+    def unfinished_runs(self) -> dict[str, str]:
+        """Run id -> status of every run that is not done."""
+        return dict(self.con.execute("SELECT run_id, status FROM runs WHERE status <> 'done'").fetchall())
+
+    def final_dev_metrics(self, run_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        """Run id -> {metric: value} of the final dev scores of the given runs (NaN where stored NULL)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        rows = self.con.execute(
+            """SELECT run_id, name, value FROM metrics
+               WHERE stage = 'final' AND split = 'dev' AND list_contains(?, run_id)""", [ids]).fetchall()
+        out: dict[str, dict[str, float]] = {}
+        for run_id, name, value in rows:
+            out.setdefault(run_id, {})[name] = float("nan") if value is None else float(value)
+        return out
+
+    def study_texts(self) -> dict[str, str]:
+        """Study name -> the study file's text, as registered."""
+        return dict(self.con.execute("SELECT name, text FROM studies").fetchall())
+
+    def study_text(self, name: str) -> str | None:
+        row = self.con.execute("SELECT text FROM studies WHERE name = ?", [name]).fetchone()
+        return None if row is None else row[0]
+
     def study_names(self) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT name FROM studies ORDER BY name").fetchall()]
 

@@ -93,10 +93,7 @@ class Student(Strict):
 
     @model_validator(mode="after")
     def _builder_settings(self) -> Student:
-        from kdgrid.plugins import registry, validate_settings
-
-        s = validate_settings(registry().spec("students", self.init), self.settings, "settings")
-        self.__dict__["settings"] = s.model_dump(mode="json")
+        self.__dict__["settings"] = _plugin_settings("students", self.init, self.settings)
         return self
 
     @model_serializer(mode="wrap")
@@ -216,15 +213,14 @@ class Mapping(Strict):
 
     @model_validator(mode="after")
     def _mapping_settings(self) -> Mapping:
-        from kdgrid.plugins import registry, validate_settings
+        from kdgrid.plugins import registry
 
-        source = registry().get("mappings", self.kind).source
-        if source.builtin and self.settings:
-            raise ValueError(f"settings: mapping '{self.kind}' is built in and takes its settings from "
-                             "kind/layers/init/init_weight/lr/schedule, not 'settings'")
-        if not source.builtin:
-            s = validate_settings(registry().spec("mappings", self.kind), self.settings, "settings")
-            self.__dict__["settings"] = s.model_dump(mode="json")
+        if registry().get("mappings", self.kind).source.builtin:
+            if self.settings:
+                raise ValueError(f"settings: mapping '{self.kind}' is built in and takes its settings from "
+                                 "kind/layers/init/init_weight/lr/schedule, not 'settings'")
+        else:
+            self.__dict__["settings"] = _plugin_settings("mappings", self.kind, self.settings)
         return self
 
     @model_serializer(mode="wrap")
@@ -280,6 +276,13 @@ class Objective(Strict):
     @model_serializer(mode="wrap")
     def _drop_empty(self, handler: Any) -> Any:
         return _without_empty(handler(self), "terms")
+
+
+def _plugin_settings(kind: str, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """A registered plug-in's settings, validated by its settings model, as plain data."""
+    from kdgrid.plugins import registry, validate_settings
+
+    return validate_settings(registry().spec(kind, name), settings, "settings").model_dump(mode="json")
 
 
 def _registered(kind: Any, name: str, what: str) -> str:
