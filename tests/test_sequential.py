@@ -120,3 +120,20 @@ def test_simulation_equivalence_rate_and_expected_seeds() -> None:
     mc = 3 * math.sqrt(0.8 * 0.2 / REPS)
     assert intended.p_equivalent - 0.12 <= sim["equivalent"] <= intended.p_equivalent + mc
     assert sim["n"] < design.n_max  # stopping early saves seeds on average
+
+
+def test_look_statistics_match_scipy_and_statsmodels() -> None:
+    """The sequential code's own t and TOST p (scipy.special, for simulation speed) equal the library calls."""
+    from scipy import stats
+    from statsmodels.stats.weightstats import ttost_paired
+
+    from kdgrid.analyze.sequential import _look_stats
+
+    d = np.random.default_rng(5).normal(0.01, 0.02, 7)
+    mean, sd, t, p, p_eq, lo, hi = _look_stats(d, 0.03, 0.025)
+    ref = stats.ttest_1samp(d, 0.0)
+    assert t == pytest.approx(ref.statistic, rel=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-10)
+    # statsmodels ttost_paired(d, 0, -0.03, 0.03)[0]: the larger of the two one-sided p values
+    assert p_eq == pytest.approx(ttost_paired(d, np.zeros_like(d), -0.03, 0.03)[0], rel=1e-10)
+    # the (1 - 2·0.025) t interval: scipy.stats.t.interval(0.95, 6, mean, sd/sqrt(7))
+    assert (lo, hi) == pytest.approx(stats.t.interval(0.95, 6, loc=d.mean(), scale=stats.sem(d)), rel=1e-10)
