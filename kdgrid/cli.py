@@ -387,10 +387,13 @@ def report(
         train_sizes={name: spec.train_size for name, spec in TASKS.items()},
         margin=settings.get("equivalence_margin"),
     )
-    if src.mapping is not None:
+    if src.mapping is not None or src.layers is not None:
         from kdgrid.analyze.mapping import as_analysis_cells
 
-        analysis.mapping_weights = as_analysis_cells(src.mapping, src.table, chosen_factors or [])
+        if src.mapping is not None:
+            analysis.mapping_weights = as_analysis_cells(src.mapping, src.table, chosen_factors or [])
+        if src.layers is not None:
+            analysis.layers = as_analysis_cells(src.layers, src.table, chosen_factors or [])
     analysis.warnings = [*src.warnings, *analysis.warnings]
     layout = settings.get("table") or {}
     chosen_rows = [f.strip() for f in rows.split(",") if f.strip()] if rows else list(layout.get("rows") or [])

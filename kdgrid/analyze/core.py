@@ -50,6 +50,7 @@ class Analysis:
       n_for_target; ``power_plan``: family, family_size, alpha_used, target_dz, power, n_needed
     * ``warnings``: every caveat, in the order found, without repeats
     * ``mapping_weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (filled by callers that have them)
+    * ``layers``: cell, copied, mapped: the teacher layers each cell's students copied and learn from (filled by callers)
     * ``efficiency``: cell, measure, n, median, min, max, baseline, ratio (empty when the table has no
       params / latency_ms / throughput_ex_s / train_ex_per_s / peak_memory_mb columns)
     """
@@ -63,6 +64,7 @@ class Analysis:
     power: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
     mapping_weights: pd.DataFrame | None = None
+    layers: pd.DataFrame | None = None
     efficiency: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EFFICIENCY_COLUMNS)))
     design: list[str] = field(default_factory=list)
     stratified: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STRATIFIED_COLUMNS))

@@ -737,7 +737,7 @@ def analysis_json(
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
     ``anova_design`` (the sentences stating the ANOVA's model), ``diagnostics``, ``sensitivity_summary``, ``paired_test_notes``, ``power_plan``, ``stratified``,
-    ``friedman``, ``ranks``, ``nemenyi``, ``efficiency`` and
+    ``friedman``, ``ranks``, ``nemenyi``, ``efficiency``, ``layers`` and
     ``mapping_convergence``, computed here unless ``convergence`` is given). NaN becomes None (null).
 
     ``paired_tests`` records have exactly :data:`JSON_PAIRED_KEYS` and ``anova`` records
@@ -779,6 +779,7 @@ def analysis_json(
         "ranks": _records(section_frame(analysis, "ranks")),
         "nemenyi": _records(section_frame(analysis, "nemenyi")),
         "efficiency": _records(section_frame(analysis, "efficiency")),
+        "layers": _records(section_frame(analysis, "layers")),
         "mapping_convergence": _records(convergence if convergence is not None else convergence_frame(analysis)),
         "warnings": [str(w) for w in (getattr(analysis, "warnings", None) or [])],
         "reproducibility": None if reproducibility is None else _jsonable(reproducibility_json(reproducibility)),
@@ -800,7 +801,7 @@ def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
 
 
 def _csv(analysis: Any, out: Path | None, conv: pd.DataFrame | None) -> str:
-    optional = ("stratified", "ranks", "nemenyi", "power_plan", "mapping_weights", "efficiency")
+    optional = ("stratified", "ranks", "nemenyi", "power_plan", "mapping_weights", "efficiency", "layers")
     names = list(CSV_SECTIONS) + [name for name in optional if section_frame(analysis, name) is not None]
     chunks = []
     for name in names:

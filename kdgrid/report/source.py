@@ -13,6 +13,7 @@ from kdgrid.errors import KdgridError
 from kdgrid.store.db import open_store
 from kdgrid.store.queries import (
     Reproducibility,
+    layer_assignments,
     mapping_weights,
     study_factor_names,
     study_reproducibility,
@@ -30,6 +31,7 @@ class ReportInput:
     factors: list[str] | None
     teacher: pd.DataFrame | None = None
     mapping: pd.DataFrame | None = None
+    layers: pd.DataFrame | None = None  # cell, copied, mapped (only a study in the store has them)
     analysis_settings: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -55,6 +57,7 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         long_scores = teacher_scores(store, study)
         teacher = _teacher_frame(long_scores, table)
         mapping = mapping_weights(store, study)
+        layers = layer_assignments(store, study)
         provenance = study_reproducibility(store, study)
         teacher = _with_floors(teacher, provenance)
         text = store.study_text(study)
@@ -73,8 +76,8 @@ def from_store(db: Path, study: str | None) -> ReportInput:
     warnings = [f"the teacher of task {t} scores no better than always predicting the majority class: "
                 "its students' numbers say little" for t in flagged.get("task", [])]
     question = str(data.get("description") or "").strip() if isinstance(data, dict) else ""
-    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping, settings, meta, warnings,
-                       provenance, question)
+    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping,
+                       None if layers.empty else layers, settings, meta, warnings, provenance, question)
 
 
 def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | None:

@@ -55,6 +55,9 @@ MAPPING_COLUMNS: tuple[str, ...] = (
 )
 EFFICIENCY_COLUMNS: tuple[str, ...] = ("cell", "measure", "n", "median", "min", "max", "baseline", "ratio")
 #: Section name -> contract columns; used to validate inputs and to give empty CSVs a header.
+#: Which teacher layers each cell's students copied and learn from (``kdgrid.store.queries.layer_assignments``).
+LAYER_COLUMNS: tuple[str, ...] = ("cell", "copied", "mapped")
+
 SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "cells": CELL_COLUMNS,
     "paired_tests": PAIRED_COLUMNS,
@@ -68,6 +71,7 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "power_plan": PLAN_COLUMNS,
     "mapping_weights": MAPPING_COLUMNS,
     "efficiency": EFFICIENCY_COLUMNS,
+    "layers": LAYER_COLUMNS,
 }
 
 
@@ -949,6 +953,25 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
                                                                    "Params (M)", "Runs")),))
 
 
+def layers_section(layers: pd.DataFrame | None, cells: pd.DataFrame | None) -> Section | None:
+    """The teacher layers each condition's students were copied from and are trained towards; None
+    (no section) without them (a ``--from`` table, runs stored before kdgrid recorded them)."""
+    if layers is None or layers.empty:
+        return None
+    from kdgrid.report.pivot import level_namer
+
+    name_of, level_key = level_namer(cells)
+    # Two store cells that share runs (a collapsed setting) may have one name here: show it once.
+    rows = list({(name_of(str(r.cell)), str(r.copied), str(r.mapped)): None for r in layers.itertuples(index=False)})
+    rows = [{"Condition": c, "Copied": cp, "Mapped": mp} for c, cp, mp in rows]
+    caption = ("Teacher layers (1 = the first above the embeddings) copied into student layers 1, 2, ... and the teacher "
+               "layer each student layer is trained towards; a learnable mapping is shown by its start. Different "
+               "layers in the two columns mean the student learns towards layers it was not copied from.")
+    return Section("layers", "Layers copied and mapped",
+                   tables=(DisplayTable("layers", _with_key(caption, level_key), _frame(rows, ["Condition", "Copied", "Mapped"]),
+                                        left=("Condition", "Copied", "Mapped")),))
+
+
 def summary_section(question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *,
                     scale100: bool = True) -> Section:
     """The opening box: the study's question, the decisive comparisons, the undecided ones."""
@@ -992,6 +1015,7 @@ def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05,
                             cells, scale100=scale100),
         power_section(section_frame(analysis, "power"), cells, section_frame(analysis, "power_plan")),
         mapping_section(section_frame(analysis, "mapping_weights"), cells, convergence),
+        layers_section(section_frame(analysis, "layers"), cells),
         efficiency_section(section_frame(analysis, "efficiency"), cells),
         warnings_section(getattr(analysis, "warnings", None)),
     ]

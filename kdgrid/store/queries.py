@@ -113,6 +113,44 @@ def mapping_weights(store: Store, study: str) -> pd.DataFrame:
     )
 
 
+def layer_assignments(store: Store, study: str) -> pd.DataFrame:
+    """Which teacher layers each cell's students copied and are trained towards: cell, copied, mapped.
+
+    Layers read as ``1-2-3-4`` (student layer 1 first); ``mapped`` of a learnable mapping reads
+    ``learnable from 1-2-3-4`` (its start); ``-`` where nothing was copied (random init) or no layer loss
+    is trained. A cell whose runs differ (tasks of another depth) lists each variant once, joined by ``|``.
+    Empty (columns only) for runs stored before the ``layers`` rows existed.
+    """
+    rows = _frame(
+        store,
+        """SELECT s.cell, m.run_id, m.name, m.value
+           FROM metrics m JOIN runs r USING (run_id) JOIN study_runs s USING (run_id)
+           WHERE m.split = 'layers' AND s.study = ? AND r.status = 'done'""",
+        [study],
+    )
+    columns = ["cell", "copied", "mapped"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+
+    def chain(g: pd.DataFrame, prefix: str) -> str:
+        sel = g[g["name"].str.startswith(prefix)]
+        if sel.empty:
+            return "-"
+        order = sel["name"].str.slice(len(prefix)).astype(int)
+        return "-".join(str(int(v)) for v in sel.assign(k=order).sort_values("k")["value"])
+
+    per_run = []
+    for (cell, _), g in rows.groupby(["cell", "run_id"], sort=False):
+        mapped = chain(g, "mapped.s")
+        learnable = bool((g.loc[g["name"] == "learnable", "value"] > 0).any())
+        per_run.append({"cell": cell, "copied": chain(g, "copied.s"),
+                        "mapped": f"learnable from {mapped}" if learnable and mapped != "-" else mapped})
+    runs = pd.DataFrame(per_run)
+    return (runs.groupby("cell", sort=True)
+            .agg(lambda v: " | ".join(dict.fromkeys(v)))
+            .reset_index()[columns])
+
+
 def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:
     """Every done run with its final metrics (and, for one study, its factors): the table `kdgrid export` writes."""
     if study is not None:
