@@ -21,7 +21,11 @@ db=${KDGRID_DB:-reports.duckdb}
 studies=("$@")
 [ ${#studies[@]} -gt 0 ] || studies=(ablation-cpu objectives-cpu what_is_lost-cpu learnable_mapping-cpu learnable_steps-cpu)
 for s in "${studies[@]}"; do
+  start=$SECONDS
   kdgrid run "studies/$s.yaml" --db "$db" --workers "${KDGRID_WORKERS:-2}"
+  echo "$s: kdgrid run took $((SECONDS - start)) s wall"
+  # A new report replaces the whole folder: no file of an earlier layout (a section that no longer applies) stays.
+  rm -rf "reports/$s"
   kdgrid report --study "$s" --db "$db" --out "reports/$s" --format md >/dev/null
   kdgrid export --study "$s" --db "$db" --out "reports/$s/results.parquet"
   # Second baselines that reports/README.md cites.
@@ -31,3 +35,4 @@ for s in "${studies[@]}"; do
   esac
   echo "reports/$s/ written"
 done
+kdgrid report --index --out reports

@@ -13,7 +13,7 @@ Files written under ``out_dir`` (when given), per format:
 - csv:   ``cells.csv``, ``paired_tests.csv``, ``anova.csv``, ``sensitivity.csv``,
   ``power.csv``, ``diagnostics.csv`` (header only when empty), ``warnings.txt``,
   ``mapping_weights.csv`` and ``mapping_convergence.csv`` when the analysis has mapping weights and
-  ``efficiency.csv`` when it has efficiency measures
+  ``efficiency.csv`` when it has efficiency measures, ``layers.csv`` when the runs recorded their layers
 - latex: ``report.tex`` (a complete document; booktabs tables)
 - html:  ``report.html`` (self-contained: CSS inline, plots as base64 PNG)
 - json:  ``report.json``
