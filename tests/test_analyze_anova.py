@@ -137,6 +137,22 @@ def test_pooled_anova_has_task_as_a_factor() -> None:
     assert out[(out["task"] == "all") & (out["term"] == "task:seed")]["df"].item() == 6
 
 
+def test_pooled_anova_never_mixes_metrics() -> None:
+    """Tasks of different metrics are pooled only among tasks of their own metric (issue 19: no pooling
+    across metrics): SST-2 + RTE share accuracy and get 'all accuracy'; CoLA's MCC stays alone."""
+    acc_a, acc_b, mcc = unbalanced(1), unbalanced(2), unbalanced(3)
+    df = pd.concat([acc_a.rename(columns={"mcc": "accuracy"}).assign(task="sst2"),
+                    acc_b.rename(columns={"mcc": "accuracy"}).assign(task="rte"), mcc.assign(task="cola")])
+    out = anova_table(df, metric="auto", factors=[FA, FB], order=2)
+    labels = out["task"].unique().tolist()
+    assert sorted(labels[:3]) == ["cola", "rte", "sst2"] and labels[3:] == ["all accuracy"]
+    assert "task" in out.loc[out["task"] == "all accuracy", "term"].tolist()
+    alone = pd.concat([acc_a.rename(columns={"mcc": "accuracy"}).assign(task="sst2"), mcc.assign(task="cola")])
+    out = anova_table(alone, metric="auto", factors=[FA, FB], order=2)
+    assert sorted(out["task"].unique().tolist()) == ["cola", "sst2"]
+    assert any("no ANOVA pooled over tasks" in w and "accuracy, mcc" in w for w in out.attrs["warnings"])
+
+
 def test_no_residual_df_gives_nan_and_a_warning() -> None:
     df = unbalanced(drop=0.0)
     one = df[df["seed"] == 0]  # one run per cell

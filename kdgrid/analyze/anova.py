@@ -13,7 +13,9 @@ which the ANOVA splits into the fully crossed part plus a contrast for the share
 ``contr.sum``; patsy ``C(x, Sum)``). The seed block is on by default (``block_seed``): runs
 with one seed share their data subset, order and initialisation (a randomised complete block
 design). Pooled over tasks (``'all'``): task is a factor crossed with the others and the
-seed block is nested in task (``task:seed``; a seed means a different run in every task).
+seed block is nested in task (``task:seed``; a seed means a different run in every task). Only tasks
+of one metric are pooled: when tasks use several metrics, each metric with two or more tasks gets its
+own pooled fit (``'all accuracy'``), and none mixes MCC, F1, accuracy and Pearson points.
 
 **The sums of squares** come from statsmodels:
 
@@ -461,11 +463,21 @@ def _anova(
         blocked |= use
         slices.append((t, part, list(facs), (SEED,) if use else None))
     if pooled and len(prep.tasks) > 1:
-        use = block_seed and prep.has_seed and data.groupby("task")[SEED].nunique().max() > 1
-        slices.append((ALL_TASKS, data, ["task", *facs], ("task", SEED) if use else None))
-        metrics = sorted(set(prep.metric_of.values()))
-        if len(metrics) > 1:
-            warnings.append(f"ANOVA 'all' mixes metrics of different tasks ({', '.join(metrics)}) in one response")
+        # Pooled only within a metric: an F test on MCC and Pearson points in one response has no meaning.
+        by_metric: dict[str, list[str]] = {}
+        for t in prep.tasks:
+            by_metric.setdefault(str(prep.metric_of[t]), []).append(t)
+        single = len(by_metric) == 1
+        for metric, tasks in by_metric.items():
+            if len(tasks) < 2:
+                continue
+            part = data.loc[data["task"].isin(tasks)]
+            use = block_seed and prep.has_seed and part.groupby("task")[SEED].nunique().max() > 1
+            slices.append((ALL_TASKS if single else f"{ALL_TASKS} {metric}", part, ["task", *facs],
+                           ("task", SEED) if use else None))
+        if not single and all(len(ts) < 2 for ts in by_metric.values()):
+            warnings.append(f"no ANOVA pooled over tasks: each task has its own metric ({', '.join(sorted(by_metric))}), "
+                            "and points of different metrics are not pooled")
     for label, part, fs, block in slices:
         if not facs:
             warnings.append("no factor columns: no ANOVA")

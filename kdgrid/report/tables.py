@@ -195,6 +195,8 @@ def task_scales(cells: pd.DataFrame | None, *, scale100: bool = True) -> dict[st
         out[task] = min(out.get(task, 100.0), s)
     if out:
         out.setdefault("all", 100.0 if all(s == 100.0 for s in out.values()) else 1.0)
+        for (_, metric), s in per_metric.items():  # pooled within one metric: 'all accuracy'
+            out.setdefault(f"all {metric}", s)
     return out
 
 
