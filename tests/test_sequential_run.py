@@ -159,9 +159,11 @@ def test_ablation_seq_cpu_is_ablation_cpu_in_looks() -> None:
     fixed = load_study(studies / "ablation-cpu.yaml").study
     plan = plan_sequential(seq, plan_study(seq))
     assert plan.looks == (3, 6, 9, 12, 15)
-    # 24 cells per task; each is compared with the baseline cell of its data size: 22 comparisons per task
-    assert len(plan.comparisons) == 44 and {c.design.alpha for c in plan.comparisons} == {0.05 / 22}
+    # 12 cells on CoLA (800 examples only) and 24 on STS-B (100 / 200); each is compared with the baseline
+    # cell of its data size: 11 and 22 comparisons, alpha split within each task's family
+    assert len(plan.comparisons) == 33
+    assert {(c.task, c.design.alpha) for c in plan.comparisons} == {("cola", 0.05 / 11), ("stsb", 0.05 / 22)}
     # the runs of seeds 0-4 are ablation-cpu's runs: a store holding that study reuses them
     five = {r.run_id for r in plan.runs.values() if r.seed < 5}
     assert five == {r.run_id for r in plan_study(fixed)}
-    assert len(plan.first_look_runs()) == 2 * 24 * 3
+    assert len(plan.first_look_runs()) == (12 + 24) * 3
