@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate every committed report under reports/ with the current analysis from its committed
-# results.parquet (the stores are gone), with the teachers and majority-class floors the kdgrid 0.1 reports
-# recorded (reports/teachers.csv). Each report folder is cleared first (results.parquet and nested
+# results.parquet, for a checkout without the store (scripts/reports.sh writes them from the store), with the
+# teachers and majority-class floors the store recorded (reports/teachers.csv). Each report folder is cleared first (results.parquet and nested
 # second-baseline folders kept) so no file of the old layout stays behind; then reports/index.html.
 # The second baselines (vs-hid-seq/, vs-8AH/) have no plots, as scripts/reports.sh writes them.
-# Sections that need a store (reproducibility, mapping convergence, efficiency) are absent: see reports/README.md.
+# Sections that need a store (reproducibility, mapping convergence, layers copied and mapped) are then absent.
 # Usage: bash scripts/regen-reports.sh   (from anywhere; PYTHON=/path/to/python if kdgrid is not on python's path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,6 @@ kd objectives-cpu $r/objectives-cpu/vs-hid-seq --factors method --baseline metho
 kd what_is_lost-cpu $r/what_is_lost-cpu --factors student --baseline student=3L
 kd what_is_lost-cpu $r/what_is_lost-cpu/vs-8AH --factors student --baseline student=8AH --no-plots
 kd learnable_mapping-cpu $r/learnable_mapping-cpu --factors objective.mapping.init,student_from \
-   --baseline objective.mapping.init=uniform,student_from=layers-2-4-6
-kd learnable_steps-cpu $r/learnable_steps-cpu --factors train.epochs.intermediate,mapping --baseline mapping=uniform
+   --baseline objective.mapping.init=uniform,student_from=layers-1-2-3-4
 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$py" -m kdgrid report --index --out $r
 echo "regenerated under $r/"
