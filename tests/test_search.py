@@ -1,7 +1,7 @@
 """Optuna searches whose trials are kdgrid runs: fake runners for the bookkeeping, a tiny BERT end to end.
 
-The fake runner below is module-level, so the grid scheduler's pool workers unpickle it (the coordinator ships
-its ``sys.path``): the ``workers`` tests run the trials' runs in real worker processes.
+The fake runner (tests/search_fakes.py) is module-level, so the grid scheduler's pool workers unpickle it (the
+coordinator ships its ``sys.path``): the ``workers`` tests run the trials' runs in real worker processes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import duckdb
 import optuna
 import pytest
 
-from kdgrid.errors import KdgridError, RunFailed, StudyError
+from search_fakes import CALLS, fake_runner
+from kdgrid.errors import KdgridError, StudyError
 from kdgrid.search import check_search
 from kdgrid.search.command import search_main
 from kdgrid.search.journal import existing_search, open_search
@@ -33,46 +34,6 @@ TESTS = Path(__file__).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        # the checkout under test first: an installed kdgrid from another tree would sign the search differently
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-
-CALLS: list[str] = []  # run ids the fake runner was called for (this process)
-
-
-def fake_value(config: dict[str, Any]) -> float:
-    """The fake's final dev MCC: best at alpha = 0.3, a little better with each seed."""
-    return 0.5 - (config["objective"]["intermediate"]["alpha"] - 0.3) ** 2 + 0.01 * config["seed"]
-
-
-def fake_runner(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
-                on_epoch: Any = None) -> dict[str, Any]:
-    """Per-epoch dev MCC rising to ``fake_value``; alpha >= 0.8 fails like a NaN loss.
-
-    Every call is logged to ``<workdir>/calls.log`` (whatever process it runs in). KDGRID_FAKE_SLEEP slows
-    every run, KDGRID_FAKE_EPOCH_SLEEP every epoch after the first; KDGRID_FAKE_HANG_AT=N makes the N-th
-    call of this process write KDGRID_FAKE_MARKER and hang (to be killed).
-    """
-    CALLS.append(rdir.name)
-    with open(Path(workdir) / "calls.log", "a") as fh:
-        fh.write(f"{rdir.name} {os.getpid()}\n")
-    if os.environ.get("KDGRID_FAKE_HANG_AT") == str(len(CALLS)):
-        Path(os.environ["KDGRID_FAKE_MARKER"]).write_text(rdir.name)
-        time.sleep(600)
-    time.sleep(float(os.environ.get("KDGRID_FAKE_SLEEP", "0")))
-    if config["objective"]["intermediate"]["alpha"] >= 0.8:
-        raise RunFailed("loss became nan at stage joint, epoch 1, step 3")
-    final = fake_value(config)
-    epochs = config["train"]["epochs"]
-    rows: list[dict[str, Any]] = []
-    for epoch in range(1, epochs + 1):
-        value = final * epoch / epochs
-        rows.append({"stage": "joint", "epoch": epoch, "split": "dev", "name": "mcc", "value": value})
-        if epoch > 1:
-            time.sleep(float(os.environ.get("KDGRID_FAKE_EPOCH_SLEEP", "0")))
-        if on_epoch is not None:
-            on_epoch("joint", epoch, {"mcc": value})
-    rows.append({"stage": "final", "split": "dev", "name": "mcc", "value": final})
-    return {"run_id": rdir.name, "task": config["task"], "seed": config["seed"], "config": config,
-            "status": "done", "metrics": rows}
-
 
 def fake_runner_without_hook(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
                              on_epoch: Any = None) -> dict[str, Any]:
@@ -197,7 +158,7 @@ def test_resume_after_ctrl_c_adds_trials_without_repeating(tmp_path: Path) -> No
 
 
 def test_trial_of_a_killed_process_is_queued_again(tmp_path: Path) -> None:
-    study = write_study(tmp_path, SEARCH)
+    write_study(tmp_path, SEARCH)
     marker = tmp_path / "hanging"
     env = {**ENV, "KDGRID_FAKE_HANG_AT": "3", "KDGRID_FAKE_MARKER": str(marker)}
     # A search session (what 'kdgrid search' runs), killed -9 in trial 1's first run.
@@ -307,6 +268,48 @@ def test_pruning_without_the_epoch_hook_acts_between_runs(tmp_path: Path) -> Non
     db = tmp_path / "k.duckdb"
     assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [(0, "complete"), (1, "complete"), (2, "pruned")]
     assert len(CALLS) == 2 + 2 + 1  # the pruned trial's second seed never ran
+
+
+def test_pruning_stops_a_trials_runs_in_the_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs reach the pruner from pool workers while they train; a pruned trial's runs in flight are killed."""
+    monkeypatch.setenv("KDGRID_FAKE_EPOCH_SLEEP", "3")  # the pruned runs would need 6 s more to finish
+    write_study(tmp_path, SEARCH.replace("pruner: none", "pruner: median"))
+    j = job(tmp_path)
+    ostudy = open_search(j.db_path, j.study, n_trials=j.target)
+    for alpha in (0.3, 0.31, 0.7):
+        ostudy.enqueue_trial({"objective.intermediate.alpha": alpha, "objective.prediction.temperature": 2.0})
+    out = run_search(SearchJob(j.db_path, j.loaded, 3), runner=fake_runner, execute=Execute(workers=2))
+    assert (out.complete, out.pruned) == (2, 1)
+    db = tmp_path / "k.duckdb"
+    pruned = {r[0] for r in rows(db, "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
+                                     "WHERE name = 'trial' AND value = '2'")}
+    # both runs of trial 2 ran at once (two slots) and both were stopped, not left to finish
+    assert len(pruned) == 2 and set(calls(db)) >= pruned
+    for run_id in pruned:
+        assert rows(db, f"SELECT status, error FROM runs WHERE run_id = '{run_id}'") == [("interrupted", "pruned by the search")]
+        assert not (tmp_path / ".kdgrid" / "runs" / run_id / "result.json").exists()
+    reloaded = existing_search(db, "s")
+    assert reloaded is not None and reloaded.trials[2].state == optuna.trial.TrialState.PRUNED
+    assert max(reloaded.trials[2].intermediate_values) < 3 + 3  # stopped before either run's last epoch
+
+
+def test_trials_run_as_a_slurm_array_on_submitits_debug_executor(tmp_path: Path) -> None:
+    write_study(tmp_path, SEARCH.replace("trials: 4", "trials: 2"))
+    ex = Execute(executor="slurm", retries=1, slurm={"cluster": "debug", "array_parallelism": 2, "poll_s": 0.2})  # type: ignore[arg-type]
+    out = run_search(job(tmp_path), runner=fake_runner, execute=ex)
+    db = tmp_path / "k.duckdb"
+    assert (out.complete, out.failed) == (2, 0)
+    assert rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'done'") == [(4, 4)]
+    assert len(CALLS) == 4  # the debug executor runs each array task in this process, once
+
+
+def test_search_takes_runs_execution_options_with_their_checks(tmp_path: Path) -> None:
+    write_study(tmp_path, SEARCH)
+    proc = subprocess.run([sys.executable, "-m", "kdgrid", "search", "s.yaml", "--workers", "0", "--timeout", "5"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr.strip()) == (
+        1, "Error: --timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped")
+    assert not (tmp_path / "kdgrid.duckdb").exists()
 
 
 def test_failed_run_fails_its_trial_and_the_search_goes_on(tmp_path: Path) -> None:
