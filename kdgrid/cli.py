@@ -40,6 +40,20 @@ PlanLimitOption = Annotated[
                  help="Most runs the plan may have (default: the study's plan_limit, else 10000)."),
 ]
 
+# How runs execute: one definition for 'kdgrid run' and 'kdgrid search' (resolved by kdgrid.execute.settings).
+WorkersOption = Annotated[Optional[int], typer.Option(
+    help="Worker processes, one run each (0: in this process). Default: execute.workers, 1.", show_default=False)]
+GpusOption = Annotated[Optional[str], typer.Option(
+    help="GPUs for the workers, one slot each: 0,1 (0,0,1,1: two slots per GPU).", show_default=False)]
+TimeoutOption = Annotated[Optional[float], typer.Option(
+    "--timeout", help="Seconds a run may take; then it fails (not retried).", show_default=False)]
+RetriesOption = Annotated[Optional[int], typer.Option(
+    help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False)]
+ExecutorOption = Annotated[Optional[str], typer.Option(
+    help="local | slurm (a Slurm job array through submitit).", show_default=False)]
+SlurmOption = Annotated[Optional[str], typer.Option(
+    help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...", show_default=False)]
+
 
 def _db(db: Path | None) -> Path:
     from kdgrid.store.db import default_db_path
@@ -175,12 +189,12 @@ def run(
     db: DbOption = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also rerun runs that failed before.")] = False,
     max_runs: Annotated[Optional[int], typer.Option(help="Stop after this many runs (for smoke tests).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes, one run each (0: in this process). Default: execute.workers, 1.", show_default=False)] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="GPUs for the workers, one slot each: 0,1 (0,0,1,1: two slots per GPU).", show_default=False)] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds a run may take; then it fails (not retried).", show_default=False)] = None,
-    retries: Annotated[Optional[int], typer.Option(help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False)] = None,
-    executor: Annotated[Optional[str], typer.Option(help="local | slurm (a Slurm job array through submitit).", show_default=False)] = None,
-    slurm: Annotated[Optional[str], typer.Option(help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...", show_default=False)] = None,
+    workers: WorkersOption = None,
+    gpus: GpusOption = None,
+    timeout: TimeoutOption = None,
+    retries: RetriesOption = None,
+    executor: ExecutorOption = None,
+    slurm: SlurmOption = None,
     plan_limit: PlanLimitOption = None,
 ) -> None:
     """Run every run of a study that is not done yet (resumable; finished runs are never redone). docs/execution.md"""
@@ -292,18 +306,26 @@ def search(
     study: StudyArg,
     db: DbOption = None,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Trial processes sharing the search.")] = 1,
     confirm: Annotated[Optional[int], typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them.")] = None,
+    workers: WorkersOption = None,
+    gpus: GpusOption = None,
+    timeout: TimeoutOption = None,
+    retries: RetriesOption = None,
+    executor: ExecutorOption = None,
+    slurm: SlurmOption = None,
     plan_limit: PlanLimitOption = None,
 ) -> None:
     """Optuna search over the study's search block; every trial is a kdgrid run (resumable; see docs/search.md)."""
+    from kdgrid.execute.settings import resolve_execute
     from kdgrid.search.command import search_main
 
     loaded, runs = _load_and_plan(study, plan_limit)
     if loaded.study.search is None:
         raise KdgridError(f"{study}: no 'search:' block (see docs/search.md)")
+    execute = resolve_execute(loaded.study.execute, executor=executor, workers=workers, gpus=gpus, timeout_s=timeout,
+                              retries=retries, slurm=slurm)
     _check_data(runs)
-    code = search_main(_db(db), loaded, trials=trials, workers=workers, confirm=confirm,
+    code = search_main(_db(db), loaded, trials=trials, execute=execute, confirm=confirm,
                        console=console, err_console=err_console)
     if code:
         raise typer.Exit(code)

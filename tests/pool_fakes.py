@@ -32,7 +32,8 @@ class SleepyRunner:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None) -> dict[str, Any]:
+    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
+                 on_epoch: Any = None) -> dict[str, Any]:
         with open(Path(workdir) / "calls.log", "a") as fh:
             fh.write(f"{rdir.name} pid={os.getpid()} gpu={os.environ.get('CUDA_VISIBLE_DEVICES')} "
                      f"threads={os.environ.get('OMP_NUM_THREADS')}\n")

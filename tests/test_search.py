@@ -1,7 +1,7 @@
 """Optuna searches whose trials are kdgrid runs: fake runners for the bookkeeping, a tiny BERT end to end.
 
-The fake runner below is importable by worker subprocesses (``KDGRID_SEARCH_RUNNER=test_search:fake_runner``
-with this folder on PYTHONPATH), so the multi-process tests run the real worker code.
+The fake runner (tests/search_fakes.py) is module-level, so the grid scheduler's pool workers unpickle it (the
+coordinator ships its ``sys.path``): the ``workers`` tests run the trials' runs in real worker processes.
 """
 
 from __future__ import annotations
@@ -20,58 +20,31 @@ import duckdb
 import optuna
 import pytest
 
-from kdgrid.errors import KdgridError, RunFailed, StudyError
+from search_fakes import CALLS, fake_runner
+from kdgrid.errors import KdgridError, StudyError
 from kdgrid.search import check_search
 from kdgrid.search.command import search_main
 from kdgrid.search.journal import existing_search, open_search
 from kdgrid.search.loop import SearchJob, run_search
 from kdgrid.search.report import build_search_report, pick_search, write_search_report
 from kdgrid.study import load_study
+from kdgrid.study.schema import Execute
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        # the checkout under test first: an installed kdgrid from another tree would sign the search differently
-       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
-       "KDGRID_SEARCH_RUNNER": "test_search:fake_runner"}
+       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
 
-CALLS: list[str] = []  # run ids the fake runner was called for (this process)
-
-
-def fake_value(config: dict[str, Any]) -> float:
-    """The fake's final dev MCC: best at alpha = 0.3, a little better with each seed."""
-    return 0.5 - (config["objective"]["intermediate"]["alpha"] - 0.3) ** 2 + 0.01 * config["seed"]
-
-
-def fake_runner(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
-                on_epoch: Any = None) -> dict[str, Any]:
-    """Per-epoch dev MCC rising to ``fake_value``; alpha >= 0.8 fails like a NaN loss.
-
-    KDGRID_FAKE_SLEEP slows every run; KDGRID_FAKE_HANG_AT=N makes the N-th call of this process
-    write KDGRID_FAKE_MARKER and hang (to be killed).
-    """
-    CALLS.append(rdir.name)
-    if os.environ.get("KDGRID_FAKE_HANG_AT") == str(len(CALLS)):
-        Path(os.environ["KDGRID_FAKE_MARKER"]).write_text(rdir.name)
-        time.sleep(600)
-    time.sleep(float(os.environ.get("KDGRID_FAKE_SLEEP", "0")))
-    if config["objective"]["intermediate"]["alpha"] >= 0.8:
-        raise RunFailed("loss became nan at stage joint, epoch 1, step 3")
-    final = fake_value(config)
-    epochs = config["train"]["epochs"]
-    rows: list[dict[str, Any]] = []
-    for epoch in range(1, epochs + 1):
-        value = final * epoch / epochs
-        rows.append({"stage": "joint", "epoch": epoch, "split": "dev", "name": "mcc", "value": value})
-        if on_epoch is not None:
-            on_epoch("joint", epoch, {"mcc": value})
-    rows.append({"stage": "final", "split": "dev", "name": "mcc", "value": final})
-    return {"run_id": rdir.name, "task": config["task"], "seed": config["seed"], "config": config,
-            "status": "done", "metrics": rows}
-
-
-def fake_runner_without_hook(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None) -> dict[str, Any]:
-    """Today's real runner has no ``on_epoch``: pruning then acts between runs, from the stored epochs."""
+def fake_runner_without_hook(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
+                             on_epoch: Any = None) -> dict[str, Any]:
+    """Reports no epoch while it trains (as a Slurm job): pruning then acts between runs, from the stored epochs."""
     return fake_runner(config, rdir, workdir=workdir, on_progress=on_progress)
+
+
+def calls(db: Path) -> list[str]:
+    """Run ids the fake runner was called for, in any process, in order."""
+    log = db.parent / ".kdgrid" / "calls.log"
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.is_file() else []
 
 
 def write_study(root: Path, search: str, *, seeds: int = 4, extra: str = "", data: Path | None = None) -> Path:
@@ -185,12 +158,14 @@ def test_resume_after_ctrl_c_adds_trials_without_repeating(tmp_path: Path) -> No
 
 
 def test_trial_of_a_killed_process_is_queued_again(tmp_path: Path) -> None:
-    study = write_study(tmp_path, SEARCH)
+    write_study(tmp_path, SEARCH)
     marker = tmp_path / "hanging"
     env = {**ENV, "KDGRID_FAKE_HANG_AT": "3", "KDGRID_FAKE_MARKER": str(marker)}
-    # One search process (what 'kdgrid search' and each of its workers run), killed -9 in trial 1's first run.
-    proc = subprocess.Popen([sys.executable, "-m", "kdgrid.search.worker", str(study), "--db", str(tmp_path / "k.duckdb"),
-                             "--trials", "4"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A search session (what 'kdgrid search' runs), killed -9 in trial 1's first run.
+    code = ("import sys; from pathlib import Path; from test_search import fake_runner, job; "
+            "from kdgrid.search.loop import run_search; run_search(job(Path(sys.argv[1])), runner=fake_runner)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(1200):
             if marker.exists() or proc.poll() is not None:
@@ -209,49 +184,60 @@ def test_trial_of_a_killed_process_is_queued_again(tmp_path: Path) -> None:
     trial0 = {r[0] for r in rows(db, "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
                                      "WHERE name = 'trial' AND value = '0'")}
     assert marker.read_text() in CALLS and not trial0 & set(CALLS) and len(CALLS) == 2 + 2 + 2
+    assert rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'done'") == [(8, 8)]
 
 
-@pytest.mark.slow
-def test_two_worker_processes_share_one_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    for key in ("PYTHONPATH", "KDGRID_SEARCH_RUNNER"):
-        monkeypatch.setenv(key, ENV[key])  # the worker processes inherit these
-    monkeypatch.setenv("KDGRID_FAKE_SLEEP", "0.2")
+def test_two_workers_run_the_trials_and_store_every_trial_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_study(tmp_path, SEARCH)
     loaded = load_study(tmp_path / "s.yaml")
     db = tmp_path / "k.duckdb"
-    assert search_main(db, loaded, workers=2, runner=fake_runner) == 0
+    assert search_main(db, loaded, execute=Execute(workers=2), runner=fake_runner) == 0
     assert "search s: 4 trials (4 complete, 0 pruned, 0 failed)" in capsys.readouterr().out
-    assert [r[0] for r in rows(db, "SELECT number FROM trials ORDER BY number")] == list(range(4))
+    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [(n, "complete") for n in range(4)]
     ostudy = existing_search(db, "s")
     assert ostudy is not None and sorted(t.number for t in ostudy.trials) == list(range(4))
-    # both workers took trials (none ran in this process), and every run is stored once
-    assert CALLS == []
-    logs = sorted((tmp_path / "k.duckdb.optuna").glob("s.worker-*.log"))
-    started = [int(log.read_text().split(": ")[1].split(" ")[0]) for log in logs]
-    assert len(started) == 2 and sum(started) == 4 and min(started) >= 1
+    # the runs ran in the scheduler's two worker processes (none in this one), each once, and are stored once
+    assert CALLS == [] and len(calls(db)) == 8 == len(set(calls(db)))
+    pids = {line.split()[1] for line in (tmp_path / ".kdgrid" / "calls.log").read_text().splitlines()}
+    assert str(os.getpid()) not in pids and len(pids) >= 2
     assert rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'done'") == [(8, 8)]
+    assert rows(db, "SELECT count(*) FROM study_runs WHERE study = 's.search'") == [(8,)]  # every round's runs kept
+
+
+def test_a_killed_worker_is_retried_within_retries_and_its_trial_completes(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    write_study(tmp_path, SEARCH.replace("trials: 4", "trials: 2"))
+    monkeypatch.setenv("KDGRID_FAULT", "kill:seed=1@1")  # seed 1's first attempt dies, as under the OOM killer
+    out = run_search(job(tmp_path), runner=fake_runner, execute=Execute(workers=2, retries=1))
+    assert (out.complete, out.failed) == (2, 0)
+    db = tmp_path / "k.duckdb"
+    assert sorted(rows(db, "SELECT seed, status, attempt FROM runs")) == [(0, "done", 1), (0, "done", 1),
+                                                                        (1, "done", 2), (1, "done", 2)]
+    # without a retry the trial fails
+    j = job(tmp_path, target=3)
+    open_search(j.db_path, j.study, n_trials=3).enqueue_trial({"objective.intermediate.alpha": 0.2,
+                                                               "objective.prediction.temperature": 2.0})
+    out = run_search(j, runner=fake_runner, execute=Execute(workers=2, retries=0))
+    assert out.failed == 1 and "worker process killed by SIGKILL" in out.errors[0][1]
 
 
 def test_search_and_grid_runs_keep_off_each_others_store(tmp_path: Path) -> None:
     from filelock import FileLock
 
     from kdgrid.errors import StoreError
-    from kdgrid.execute.local import run_grid
+    from kdgrid.execute.local import coordinator, run_grid
     from kdgrid.plan import expand
-    from kdgrid.search.locks import SearchSession
 
     write_study(tmp_path, SEARCH)
     db = tmp_path / "k.duckdb"
     with FileLock(str(db) + ".lock"):  # what 'kdgrid run' holds for a whole grid
-        with pytest.raises(StoreError, match="a 'kdgrid run' is using this store"):
+        with pytest.raises(StoreError, match="another 'kdgrid run' is using this store"):
             run_search(job(tmp_path), runner=fake_runner)
     study = load_study(tmp_path / "s.yaml").study
-    with SearchSession(db), pytest.raises(StoreError, match="another 'kdgrid run' is using this store"):
+    with coordinator(db), pytest.raises(StoreError, match="another 'kdgrid run' is using this store"):
+        # what a search session holds while it searches
         run_grid(db, study_name="g", study_path="s.yaml", study_text="", study_sha="", planned=expand(study),
                  runner=fake_runner)
-    with SearchSession(db) as first, SearchSession(db) as second:  # two search processes share it
-        assert first.holds_coordinator and not second.holds_coordinator
 
 
 def test_pruned_trial_is_stored_as_pruned(tmp_path: Path) -> None:
@@ -282,6 +268,48 @@ def test_pruning_without_the_epoch_hook_acts_between_runs(tmp_path: Path) -> Non
     db = tmp_path / "k.duckdb"
     assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [(0, "complete"), (1, "complete"), (2, "pruned")]
     assert len(CALLS) == 2 + 2 + 1  # the pruned trial's second seed never ran
+
+
+def test_pruning_stops_a_trials_runs_in_the_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs reach the pruner from pool workers while they train; a pruned trial's runs in flight are killed."""
+    monkeypatch.setenv("KDGRID_FAKE_EPOCH_SLEEP", "3")  # the pruned runs would need 6 s more to finish
+    write_study(tmp_path, SEARCH.replace("pruner: none", "pruner: median"))
+    j = job(tmp_path)
+    ostudy = open_search(j.db_path, j.study, n_trials=j.target)
+    for alpha in (0.3, 0.31, 0.7):
+        ostudy.enqueue_trial({"objective.intermediate.alpha": alpha, "objective.prediction.temperature": 2.0})
+    out = run_search(SearchJob(j.db_path, j.loaded, 3), runner=fake_runner, execute=Execute(workers=2))
+    assert (out.complete, out.pruned) == (2, 1)
+    db = tmp_path / "k.duckdb"
+    pruned = {r[0] for r in rows(db, "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
+                                     "WHERE name = 'trial' AND value = '2'")}
+    # both runs of trial 2 were started at once (two slots) and both were stopped, not left to finish
+    assert len(pruned) == 2 and set(calls(db)) & pruned
+    for run_id in pruned:
+        assert rows(db, f"SELECT status, error FROM runs WHERE run_id = '{run_id}'") == [("interrupted", "pruned by the search")]
+        assert not (tmp_path / ".kdgrid" / "runs" / run_id / "result.json").exists()
+    reloaded = existing_search(db, "s")
+    assert reloaded is not None and reloaded.trials[2].state == optuna.trial.TrialState.PRUNED
+    assert max(reloaded.trials[2].intermediate_values) < 3 + 3  # stopped before either run's last epoch
+
+
+def test_trials_run_as_a_slurm_array_on_submitits_debug_executor(tmp_path: Path) -> None:
+    write_study(tmp_path, SEARCH.replace("trials: 4", "trials: 2"))
+    ex = Execute(executor="slurm", retries=1, slurm={"cluster": "debug", "array_parallelism": 2, "poll_s": 0.2})  # type: ignore[arg-type]
+    out = run_search(job(tmp_path), runner=fake_runner, execute=ex)
+    db = tmp_path / "k.duckdb"
+    assert (out.complete, out.failed) == (2, 0)
+    assert rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'done'") == [(4, 4)]
+    assert len(CALLS) == 4  # the debug executor runs each array task in this process, once
+
+
+def test_search_takes_runs_execution_options_with_their_checks(tmp_path: Path) -> None:
+    write_study(tmp_path, SEARCH)
+    proc = subprocess.run([sys.executable, "-m", "kdgrid", "search", "s.yaml", "--workers", "0", "--timeout", "5"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr.strip()) == (
+        1, "Error: --timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped")
+    assert not (tmp_path / "kdgrid.duckdb").exists()
 
 
 def test_failed_run_fails_its_trial_and_the_search_goes_on(tmp_path: Path) -> None:
@@ -489,15 +517,15 @@ search:
 
 def test_an_out_of_memory_trial_run_is_retried_like_any_run_and_never_reused_as_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A trial's run goes through the grid's attempt code: out of memory is retryable, within execute.retries."""
+    """A trial's run goes through the grid's scheduler: out of memory is retryable, within --retries."""
     search = SEARCH.replace("trials: 4", "trials: 1").replace("seeds_per_trial: 2", "seeds_per_trial: 1")
-    write_study(tmp_path, search, extra="execute: {retries: 0}\n")
+    write_study(tmp_path, search)
     db = tmp_path / "k.duckdb"
     settings = {"objective.intermediate.alpha": 0.2, "objective.prediction.temperature": 2.0}
     j = job(tmp_path)
     open_search(j.db_path, j.study, n_trials=j.target).enqueue_trial(settings)
     monkeypatch.setenv("KDGRID_FAULT", "oom")  # every attempt runs out of memory
-    out = run_search(j, runner=fake_runner)
+    out = run_search(j, runner=fake_runner, execute=Execute(workers=0, retries=0))
     assert out.failed == 1 and "out of memory" in out.errors[0][1]
     (run_id, status), = rows(db, "SELECT run_id, status FROM runs")
     assert status == "failed"
@@ -505,10 +533,10 @@ def test_an_out_of_memory_trial_run_is_retried_like_any_run_and_never_reused_as_
 
     assert json.loads(result_path(workdir_for(db), run_id).read_text())["retryable"] is True
     # the same settings in a later trial, with a retry and memory enough for its second attempt: computed again
-    write_study(tmp_path, search.replace("trials: 1", "trials: 2"), extra="execute: {retries: 1}\n")
+    write_study(tmp_path, search.replace("trials: 1", "trials: 2"))
     j = job(tmp_path)
     open_search(j.db_path, j.study, n_trials=j.target).enqueue_trial(settings)
     monkeypatch.setenv("KDGRID_FAULT", "oom@1")
-    out = run_search(j, runner=fake_runner)
+    out = run_search(j, runner=fake_runner, execute=Execute(workers=0, retries=1))
     assert out.complete == 1 and out.failed == 0
     assert rows(db, "SELECT status, attempt FROM runs") == [("done", 3)]  # attempts 1 (first trial), 2 and 3

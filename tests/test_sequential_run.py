@@ -42,7 +42,8 @@ class SeqRunner:
         self.calls = 0
         self.interrupt_after = interrupt_after
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None) -> dict[str, Any]:
+    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
+                 on_epoch: Any = None) -> dict[str, Any]:
         if self.interrupt_after is not None and self.calls == self.interrupt_after:
             raise KeyboardInterrupt
         self.calls += 1

@@ -372,3 +372,26 @@ def test_a_run_failing_inside_its_job_is_stored_failed_with_error_and_traceback(
             assert "Traceback (most recent call last)" in (Path(rdir) / "error.log").read_text()
         else:
             assert "loss became nan" in error
+
+
+@pytest.mark.slurm
+def test_a_search_runs_its_trials_as_array_tasks_on_the_cluster(cluster: None, tmp_path: Path) -> None:
+    """kdgrid search goes through the grid scheduler: its trials' runs are Slurm array tasks, each stored once."""
+    from search_fakes import fake_runner
+    from slurm_local import sacct
+    from test_search import SEARCH, job, rows, write_study
+
+    from kdgrid.execute.settings import resolve_execute
+    from kdgrid.search.loop import run_search
+
+    name = f"search{os.getpid()}"
+    path = write_study(tmp_path, SEARCH.replace("trials: 4", "trials: 3"))
+    path.write_text(path.read_text().replace("name: s\n", f"name: {name}\n"))
+    ex = resolve_execute(executor="slurm", retries=1, slurm=ON_CLUSTER)
+    out = run_search(job(tmp_path), runner=fake_runner, execute=ex)
+    assert (out.complete, out.failed, out.interrupted) == (3, 0, False), out.errors
+    db = tmp_path / "k.duckdb"
+    assert rows(db, "SELECT count(*), count(DISTINCT run_id), max(attempt) FROM runs WHERE status = 'done'") == [(6, 6, 1)]
+    # 3 trials x 2 seeds fill one round (16 slots): one array of 6 tasks
+    jobs = sacct(f"kdgrid-{name}.search")
+    assert len(jobs) == 6 and len({j.split("_")[0] for j, _ in jobs}) == 1, jobs

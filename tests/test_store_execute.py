@@ -33,7 +33,8 @@ class FakeRunner:
         self.fail = fail
         self.interrupt_after = interrupt_after
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any) -> dict[str, Any]:
+    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any,
+                 on_epoch: Any = None) -> dict[str, Any]:
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
             raise KeyboardInterrupt
         self.calls.append(config["task"] + str(config["seed"]))
@@ -257,7 +258,8 @@ def test_two_stores_in_one_folder_do_not_take_each_others_results(tmp_path: Path
 class MappingRunner(FakeRunner):
     """Also logs two epochs of a 1 x 2 mapping, so the mapping query has rows."""
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any) -> dict[str, Any]:
+    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any,
+                 on_epoch: Any = None) -> dict[str, Any]:
         res = super().__call__(config, rdir, workdir=workdir, on_progress=on_progress)
         res["metrics"] += [{"stage": "joint", "epoch": e, "split": "mapping", "name": f"s1.t{k}", "value": 0.5}
                            for e in (1, 0) for k in (2, 1)]

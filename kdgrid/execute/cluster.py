@@ -218,6 +218,8 @@ class ClusterRunner:
             self._sleep(stop)
             queue = slurm_queue() if self.cluster == "slurm" and self.inflight else None
             for cj in list(self.inflight.values()):
+                if self._stop_if_asked(cj):
+                    continue
                 record = self._poll(cj, queue)
                 if record is not None:
                     del self.inflight[cj.run.run_id]
@@ -299,6 +301,27 @@ class ClusterRunner:
             return res
         detail, setup_error = _job_detail(cj.handle)
         return self._failure(cj, *_state_failure(str(cj.handle.state), detail, self.limit_min, setup_error))
+
+    def _stop_if_asked(self, cj: _ClusterJob) -> bool:
+        """Cancel a job whose run the reporter wants stopped (a search pruned its trial); True when it did.
+
+        Jobs report no epochs while they run, so this acts on runs of a trial pruned by another run's result.
+        """
+        why = self.ledger.stop_reason(cj.run)
+        if why is None:
+            return False
+        res = read_result(result_path(self.workdir, cj.run.run_id))
+        del self.inflight[cj.run.run_id]
+        if res is not None and res["status"] == "done" and res.get("attempt", cj.attempt) == cj.attempt:
+            self._settle(cj, res)
+            return True
+        if cj.handle is not None:
+            try:
+                cj.handle.cancel(check=False)
+            except Exception:
+                pass  # gone already: nothing to cancel
+        self.ledger.stopped(cj.run, why)
+        return True
 
     def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> dict[str, Any]:
         return self.ledger.failure(cj.run, cj.attempt, f"{why} (job {cj.info.get('job_id')})", retryable=retryable)

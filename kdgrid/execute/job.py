@@ -2,7 +2,7 @@
 
 :func:`execute_job` injects test faults, calls the runner, turns an exception into a failed
 record with a reason and a ``retryable`` flag, and writes ``result.json`` atomically (done or
-failed). It never raises, except KeyboardInterrupt.
+failed). It never raises, except KeyboardInterrupt and :class:`RunStopped`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,20 @@ from kdgrid.errors import KdgridError, RunFailed
 from kdgrid.execute import faults
 from kdgrid.execute.rundir import write_json_atomic
 
-# runner(config, run_dir, workdir=..., on_progress=...) -> result dict (status 'done' with metrics) or raises.
+# runner(config, run_dir, *, workdir, on_progress, on_epoch) -> result dict (status 'done' with metrics) or raises.
+# on_progress(stage, epoch, step, total_steps) and on_epoch(stage, epoch, dev_metrics) may be None; a runner
+# that never calls on_epoch is still pruned, from its stored epochs once it finishes (kdgrid/search).
 Runner = Callable[..., dict[str, Any]]
+EpochFn = Callable[[str, int, dict[str, float]], None]
+
+
+class RunStopped(Exception):
+    """Raised by an ``on_epoch`` hook to stop a run the scheduler was asked to stop (a search pruned its
+    trial): the attempt ends with no result written, and the run is left 'interrupted' with ``why``."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 def now() -> str:
@@ -61,14 +73,9 @@ def classify(exc: BaseException) -> tuple[str, bool]:
 
 def execute_job(
     runner: Runner, *, run_id: str, task: str | None, seed: int | None, config: dict[str, Any],
-    run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None,
-    runner_kwargs: dict[str, Any] | None = None, passthrough: tuple[type[BaseException], ...] = (),
+    run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None, on_epoch: EpochFn | None = None,
 ) -> dict[str, Any]:
-    """Run one attempt and write its ``result.json``; return the record written (or that could not be).
-
-    ``runner_kwargs`` go to the runner as well (the search's ``on_epoch`` hook); exceptions of a
-    ``passthrough`` type are the caller's (a pruned trial), raised with no result written.
-    """
+    """Run one attempt and write its ``result.json``; return the record written (or that could not be)."""
     started = now()
     t0 = time.perf_counter()
     result_file = run_dir / "result.json"
@@ -80,11 +87,9 @@ def execute_job(
             raise RunFailed(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
         faults.inject_before_run(kind)
         with faults.loop_fault(kind):
-            result = runner(config, run_dir, workdir=workdir, on_progress=on_progress, **(runner_kwargs or {}))
+            result = runner(config, run_dir, workdir=workdir, on_progress=on_progress, on_epoch=on_epoch)
         result.update(started=started, finished=now(), duration_s=time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        raise
-    except passthrough:
+    except (KeyboardInterrupt, RunStopped):
         raise
     except Exception as exc:  # one run's error, whatever it is, must not stop the grid
         reason, retryable = classify(exc)

@@ -25,19 +25,27 @@ from kdgrid.store.db import Store, open_store
 
 
 class Reporter:
-    """What the coordinator tells a progress display (the CLI's is rich-based); every hook is a no-op here,
-    so a display overrides only what it shows.
+    """What the coordinator tells a progress display (the CLI's is rich-based) or a search; every hook is a
+    no-op here, so a subclass overrides only what it uses.
 
     With worker processes several runs are in flight at once: ``run_progress`` then names the run
-    (``run_id``); in-process runs leave it None.
+    (``run_id``); in-process runs leave it None. ``run_epoch`` brings a run's dev metrics after each epoch
+    while it runs (in process and from pool workers; Slurm jobs report only their result), and
+    ``stop_reason`` is how a listener stops runs: the backends ask it before starting a run and while one
+    runs, and stop it (left 'interrupted' with that reason) when it answers.
     """
 
     def grid_start(self, total: int, todo: int) -> None: ...
     def run_start(self, index: int, run: PlannedRun) -> None: ...
     def run_progress(self, stage: str, epoch: int, step: int, total_steps: int, run_id: str | None = None) -> None: ...
+    def run_epoch(self, run: PlannedRun, stage: str, epoch: int, metrics: dict[str, float]) -> None: ...
     def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
     def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None: ...
     def grid_end(self) -> None: ...
+
+    def stop_reason(self, run: PlannedRun) -> str | None:
+        """Why ``run`` should not start or go on (a search pruned its trial), or None to let it run."""
+        return None
 
 
 NullReporter = Reporter
@@ -57,6 +65,7 @@ class GridOutcome:
     retried: int = 0  # attempts that failed in a way that can pass and were run again
     elsewhere: int = 0  # runs left alone because a cluster job still holds them
     detached: int = 0  # cluster runs still queued or running when the coordinator stopped waiting
+    stopped: int = 0  # runs stopped or never started because the reporter asked (Reporter.stop_reason)
 
 
 STORE_BUSY_WAIT_S = 60.0
@@ -92,11 +101,15 @@ class Ledger:
 
     def claim(self, run: PlannedRun) -> bool:
         """Whether an attempt of ``run`` should start: False when its result.json already says done (then it is
-        stored now); a failed earlier attempt's result.json is removed, as the new attempt replaces it."""
+        stored now) or the reporter wants it stopped; a failed earlier attempt's result.json is removed, as the
+        new attempt replaces it."""
         rpath = result_path(self.workdir, run.run_id)
         existing = read_result(rpath)
         if existing is not None and existing["status"] == "done":
             self.finish(run, existing)  # finished earlier but never ingested: ingest, never redo
+            return False
+        if self.reporter.stop_reason(run) is not None:
+            self.outcome.stopped += 1  # never started: it stays as it was (pending), for a later grid or trial
             return False
         if existing is not None:
             remove(rpath)
@@ -140,6 +153,16 @@ class Ledger:
     def interrupted(self, run: PlannedRun, why: str = "interrupted by user") -> None:
         with writable_store(self.db_path) as store:
             store.set_status(run.run_id, "interrupted", why)
+
+    def stop_reason(self, run: PlannedRun) -> str | None:
+        return self.reporter.stop_reason(run)
+
+    def stopped(self, run: PlannedRun, why: str) -> None:
+        """An attempt stopped on the reporter's request: no result is kept, the run is 'interrupted' with ``why``
+        (a later grid or trial runs it again)."""
+        remove(job_path(self.workdir, run.run_id))
+        self.interrupted(run, why)
+        self.outcome.stopped += 1
 
     def retry(self, run: PlannedRun, record: dict[str, Any], next_attempt: int) -> None:
         """An attempt failed in a way that can pass: the run is 'interrupted' (with why) until it runs again."""

@@ -14,6 +14,7 @@ Only the coordinator writes the store, and it opens the store for each write onl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -25,13 +26,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from kdgrid.errors import StoreError
-from kdgrid.execute.job import Runner, execute_job, pack_runner
+from kdgrid.execute.job import Runner, RunStopped, execute_job, pack_runner
 from kdgrid.execute.ledger import GridOutcome, Ledger, NullReporter, Reporter, writable_store
-from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, run_dir, workdir_for
+from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, result_path, run_dir, workdir_for
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.study.schema import Execute
 
-__all__ = ["GridOutcome", "NullReporter", "Reporter", "Runner", "coordinator_lock", "recover", "run_grid"]
+__all__ = ["GridOutcome", "NullReporter", "Reporter", "Runner", "coordinator", "coordinator_lock", "recover", "run_grid"]
 
 IN_PROCESS = Execute(workers=0, retries=0)
 
@@ -100,12 +101,17 @@ def run_grid(
     retry_failed: bool = False,
     max_runs: int | None = None,
     execute: Execute | None = None,
+    add_members: bool = False,
+    locked: bool = False,
 ) -> GridOutcome:
     """Execute every planned run that is not done; resumable and idempotent.
 
     ``execute`` says how (workers, GPUs, timeout, retries, Slurm); None runs in this process,
     one run at a time, without retries. ``runner`` (tests, benchmarks) replaces ``run_one``;
     for worker processes and cluster jobs it must be picklable (a module-level class or function).
+    ``add_members`` adds the planned runs to the study instead of making them its members (a search adds a
+    batch of trials at a time); ``locked``: the caller holds :func:`coordinator` (a search, for its session).
+    A run stored as failed is skipped unless ``retry_failed``, or unless its failure could pass (``_may_pass``).
     """
     reporter = reporter or NullReporter()
     ex = execute or IN_PROCESS
@@ -117,18 +123,14 @@ def run_grid(
         from kdgrid.execute.cluster import make_executor
 
         cluster_executor = make_executor(ex, workdir, study_name)
-    lock = coordinator_lock(db_path)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise StoreError(f"{db_path}: another 'kdgrid run' is using this store (lock {lock.lock_file}); wait for it or use another --db") from None
-    try:
+    with contextlib.nullcontext() if locked else coordinator(db_path):
         outcome.recovered, live = _recover(db_path, workdir)
         with writable_store(db_path) as store:
-            store.register_study(study_name, study_path, study_text, study_sha, planned)
+            store.register_study(study_name, study_path, study_text, study_sha, planned, replace=not add_members)
             statuses = store.run_statuses(r.run_id for r in unique)
-        skip = {"done"} | (set() if retry_failed else {"failed"})
-        todo = [r for r in unique if statuses.get(r.run_id) not in skip and r.run_id not in live]
+        todo = [r for r in unique if r.run_id not in live and (
+            statuses.get(r.run_id) not in ("done", "failed")
+            or (statuses.get(r.run_id) == "failed" and (retry_failed or _may_pass(workdir, r.run_id))))]
         reattach = {r.run_id: (r, live[r.run_id]) for r in unique if r.run_id in live}
         outcome.already_done = sum(1 for r in unique if statuses.get(r.run_id) == "done")
         if max_runs is not None:
@@ -147,9 +149,28 @@ def run_grid(
             else:
                 _run_pool(db_path, workdir, todo, ex, runner, ledger, reporter, outcome)
         reporter.grid_end()
+    return outcome
+
+
+@contextmanager
+def coordinator(db_path: Path) -> Iterator[None]:
+    """Hold the store's coordinator lock (one 'kdgrid run' or 'kdgrid search' per store); refused when held."""
+    lock = coordinator_lock(db_path)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(f"{db_path}: another 'kdgrid run' is using this store (lock {lock.lock_file}); wait for it or use another --db") from None
+    try:
+        yield
     finally:
         lock.release()
-    return outcome
+
+
+def _may_pass(workdir: Path, run_id: str) -> bool:
+    """A stored failure that another attempt could fix (out of memory, a killed worker): not a final outcome,
+    so the next grid or trial that needs the run computes it again instead of reusing the failure."""
+    res = read_result(result_path(workdir, run_id))
+    return res is not None and res["status"] == "failed" and bool(res.get("retryable"))
 
 
 def teacher_of(run: PlannedRun) -> str:
@@ -231,10 +252,20 @@ def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, ledge
             while ledger.claim(run):
                 rdir = run_dir(workdir, run.run_id)
                 ledger.mark_running(run, rdir)
+
+                def on_epoch(stage: str, epoch: int, metrics: dict[str, float], _run: PlannedRun = run) -> None:
+                    reporter.run_epoch(_run, stage, epoch, metrics)
+                    why = ledger.stop_reason(_run)
+                    if why is not None:
+                        raise RunStopped(why)
+
                 try:
                     result = execute_job(runner, run_id=run.run_id, task=run.task, seed=run.seed, config=run.config,
                                          run_dir=rdir, workdir=workdir, attempt=attempt,
-                                         on_progress=reporter.run_progress)
+                                         on_progress=reporter.run_progress, on_epoch=on_epoch)
+                except RunStopped as stop:
+                    ledger.stopped(run, stop.why)
+                    break
                 except KeyboardInterrupt:
                     ledger.interrupted(run)
                     outcome.interrupted = True

@@ -13,7 +13,9 @@ What happens on each failure:
   crashed, exited) and is retried up to ``retries`` times; a result it wrote before dying counts;
 - the run exceeds ``timeout_s``: its worker's process group is killed; failed, not retried;
 - Ctrl-C or SIGTERM: workers are stopped, runs in flight are marked ``interrupted``, finished
-  results are kept; a second Ctrl-C stops at once.
+  results are kept; a second Ctrl-C stops at once;
+- the reporter asks to stop a run (``Reporter.stop_reason``: a search pruned its trial): its worker is
+  killed and the run is marked ``interrupted`` with that reason; queued runs it names never start.
 
 After any failed attempt the worker is replaced, so no state leaks from a failed run.
 """
@@ -252,6 +254,9 @@ class Pool:
             job.started = time.monotonic()
         elif ev == "progress":
             self.reporter.run_progress(msg["stage"], msg["epoch"], msg["step"], msg["total"], run_id=job.run.run_id)
+        elif ev == "epoch":
+            self.reporter.run_epoch(job.run, msg["stage"], int(msg["epoch"]), dict(msg.get("metrics") or {}))
+            self._stop_if_asked(slot)
         elif ev == "end":
             slot.job = None
             record = msg.get("record") or read_result(result_path(self.workdir, job.run.run_id))
@@ -274,6 +279,8 @@ class Pool:
                 if slot.job is not None:
                     self._died(slot, slot.job, code)
                 continue
+            if self._stop_if_asked(slot):
+                continue
             job = slot.job
             if job is None or self.timeout_s is None:
                 continue
@@ -286,6 +293,21 @@ class Pool:
                 self._kill(slot)
                 slot.job = None
                 self._settle(job, self._failure(job, "worker process did not start the run", retryable=True))
+
+    def _stop_if_asked(self, slot: _Slot) -> bool:
+        """Kill the slot's run when the reporter wants it stopped; True when it did."""
+        job = slot.job
+        why = None if job is None else self.ledger.stop_reason(job.run)
+        if job is None or why is None:
+            return False
+        self._kill(slot)
+        slot.job = None
+        written = read_result(result_path(self.workdir, job.run.run_id))
+        if written is not None and written["status"] == "done" and written.get("attempt", job.attempt) == job.attempt:
+            self._settle(job, written)  # it finished before the kill: a result is never thrown away
+        else:
+            self.ledger.stopped(job.run, why)
+        return True
 
     def _died(self, slot: _Slot, job: _Job, code: int | None) -> None:
         slot.job = None

@@ -12,8 +12,9 @@ from kdgrid.plan.expand import PlannedRun
 
 
 class RichReporter(Reporter):
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, label: str = "grid") -> None:
         self.console = console or Console(stderr=True)
+        self.label = label  # what the overall bar counts ('grid'; a search's round of trials)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -25,7 +26,7 @@ class RichReporter(Reporter):
 
     def grid_start(self, total: int, todo: int) -> None:
         self.progress.start()
-        self.grid = self.progress.add_task(f"grid ({total - todo} of {total} already done)", total=todo)
+        self.grid = self.progress.add_task(f"{self.label} ({total - todo} of {total} already done)", total=todo)
 
     def run_start(self, index: int, run: PlannedRun) -> None:
         self._drop(run.run_id)

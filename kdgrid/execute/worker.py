@@ -16,6 +16,7 @@ cannot corrupt the protocol)::
     {"ev": "ready", "pid": PID}
     {"ev": "start", "run_id": ...}
     {"ev": "progress", "run_id": ..., "stage": ..., "epoch": E, "step": S, "total": T}
+    {"ev": "epoch", "run_id": ..., "stage": ..., "epoch": E, "metrics": {name: value}}   (dev metrics, each epoch)
     {"ev": "end", "run_id": ..., "status": "done"|"failed", "error": ..., "retryable": B, "record": {...}|null}
 
 ``record`` is the whole result only when ``result.json`` could not be written. The worker dies
@@ -124,11 +125,16 @@ def main() -> None:
         def on_progress(stage: str, epoch: int, step: int, total: int, _rid: str = run_id) -> None:
             channel.progress(_rid, stage, epoch, step, total)
 
+        def on_epoch(stage: str, epoch: int, metrics: dict[str, float], _rid: str = run_id) -> None:
+            # The coordinator decides whether the run goes on (a search's pruner); it kills this worker if not.
+            channel.send({"ev": "epoch", "run_id": _rid, "stage": stage, "epoch": epoch,
+                          "metrics": {k: float(v) for k, v in metrics.items()}})
+
         try:
             result = execute_job(
                 runner, run_id=run_id, task=msg.get("task"), seed=msg.get("seed"), config=msg["config"],
                 run_dir=run_dir, workdir=Path(msg["workdir"]), attempt=int(msg.get("attempt", 1)),
-                on_progress=on_progress,
+                on_progress=on_progress, on_epoch=on_epoch,
             )
         finally:
             _redirect_output(None, own_stderr)

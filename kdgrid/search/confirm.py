@@ -19,15 +19,13 @@ from typing import Any
 import pandas as pd
 
 from kdgrid.errors import PlanError
-from kdgrid.execute.local import Reporter, run_grid
+from kdgrid.execute.local import Reporter, Runner, run_grid
 from kdgrid.search.journal import SearchError, best_trial, existing_search
-from kdgrid.search.locks import live_owners
-from kdgrid.search.loop import Runner, default_runner
 from kdgrid.search.space import search_tasks, trial_seeds
-from kdgrid.search.storeio import store_turn
 from kdgrid.search.trialplan import plan_runs
+from kdgrid.store.db import open_store
 from kdgrid.study.loader import LoadedStudy
-from kdgrid.study.schema import Study
+from kdgrid.study.schema import Execute, Study
 
 
 def confirm_study_name(name: str) -> str:
@@ -52,7 +50,7 @@ class Confirmation:
 
 
 def run_confirmation(db_path: Path, loaded: LoadedStudy, k: int, *, runner: Runner | None = None,
-                     reporter: Reporter | None = None) -> Confirmation:
+                     execute: Execute | None = None, reporter: Reporter | None = None) -> Confirmation:
     """Run the best trial's settings and the baseline on K fresh seeds (skipping runs already done)."""
     study = loaded.study
     assert study.search is not None
@@ -62,10 +60,6 @@ def run_confirmation(db_path: Path, loaded: LoadedStudy, k: int, *, runner: Runn
     best = None if ostudy is None else best_trial(ostudy)
     if best is None:
         raise SearchError(f"search '{study.name}': no complete trial yet, nothing to confirm")
-    others = live_owners(db_path)
-    if others:
-        raise SearchError(f"search '{study.name}': {len(others)} search process(es) still use {db_path}; "
-                          "confirm when they finish")
     seeds = confirm_seeds(study, k)
     tasks = search_tasks(study)
     baseline = dict(study.search.baseline or {})
@@ -76,7 +70,7 @@ def run_confirmation(db_path: Path, loaded: LoadedStudy, k: int, *, runner: Runn
         raise SearchError(f"search '{study.name}': cannot plan the confirmation: {exc}") from None
     outcome = run_grid(
         db_path, study_name=confirm_study_name(study.name), study_path=str(loaded.path), study_text=loaded.text,
-        study_sha=loaded.sha256, planned=planned, runner=runner or default_runner(), reporter=reporter,
+        study_sha=loaded.sha256, planned=planned, runner=runner, reporter=reporter, execute=execute,
     )
     if outcome.interrupted:
         raise KeyboardInterrupt
@@ -100,7 +94,7 @@ def confirmation_result(db_path: Path, name: str, metric: str) -> ConfirmationRe
     from kdgrid.store.queries import tidy_results
     from kdgrid.tasks import TASKS
 
-    with store_turn(db_path, read_only=True) as store:
+    with open_store(db_path, read_only=True) as store:
         if confirm_study_name(name) not in store.study_names():
             return None
         df = tidy_results(store, confirm_study_name(name))

@@ -22,17 +22,24 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from kdgrid.errors import KdgridError
-from kdgrid.search.locks import journal_path
 from kdgrid.search.space import fingerprint, grid_size, grid_space
 from kdgrid.study.schema import Search, Study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # kdgrid prints its own line per trial
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-OWNER = "kdgrid_owner"  # trial user attr: token of the process running it (see locks)
 ERROR = "kdgrid_error"  # trial user attr: why a trial failed
 RETRY_OF = "kdgrid_retry_of"  # user attr of a trial queued again after an interruption
 RUNS = "kdgrid_runs"  # trial user attr: the run ids of the trial, in order
+
+
+def search_dir(db_path: Path) -> Path:
+    """Optuna journals live beside the store: ``<db>.optuna/``."""
+    return Path(str(db_path.resolve()) + ".optuna")
+
+
+def journal_path(db_path: Path, name: str) -> Path:
+    return search_dir(db_path) / f"{name}.journal"
 
 
 class SearchError(KdgridError):

@@ -20,11 +20,19 @@ from pydantic import ValidationError
 from kdgrid.errors import KdgridError
 from kdgrid.search.confirm import ConfirmationResult, confirm_study_name, confirmation_result
 from kdgrid.search.loop import search_study_name
-from kdgrid.search.progress import short_params
-from kdgrid.search.storeio import store_turn
+from kdgrid.store.db import open_store
 from kdgrid.store.search_queries import search_names, study_text, trials_frame
 from kdgrid.study.loader import parse_yaml
 from kdgrid.study.schema import Search, Study
+
+
+def short_params(params: dict[str, Any]) -> str:
+    """``alpha=0.31, temperature=2.4``: the last part of each dotted path, floats to 4 significant digits."""
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in params.items())
+
 
 _PLOT_STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL",
                 "running": "RUNNING", "waiting": "WAITING"}
@@ -56,7 +64,7 @@ def pick_search(db: Path, *, search: str | None, study: str | None) -> str | Non
     """
     if search is None and not Path(db).exists():
         return None
-    with store_turn(db, read_only=True) as store:  # a running search may hold the file for a moment
+    with open_store(db, read_only=True) as store:  # a running search may hold the file for a moment
         names = search_names(store)
         studies = store.study_names()
     if search is not None:
@@ -74,7 +82,7 @@ def pick_search(db: Path, *, search: str | None, study: str | None) -> str | Non
 def build_search_report(db: Path, name: str, *, importances: bool = True) -> SearchReport:
     import optuna
 
-    with store_turn(db, read_only=True) as store:
+    with open_store(db, read_only=True) as store:
         trials = trials_frame(store, name)
         text = study_text(store, search_study_name(name))
     if trials.empty:

@@ -76,8 +76,10 @@ class Store:
             raise
         self.con.execute("COMMIT")
 
-    def register_study(self, name: str, path: str, text: str, sha256: str, members: Iterable[Any]) -> None:
-        """Record a study and its planned runs (``members``: PlannedRun-like objects)."""
+    def register_study(self, name: str, path: str, text: str, sha256: str, members: Iterable[Any], *,
+                       replace: bool = True) -> None:
+        """Record a study and its planned runs (``members``: PlannedRun-like objects); ``replace=False`` adds
+        them to the study's members (a search's batches of trials) instead of making them its only ones."""
         members = list(members)
         with self.transaction():
             self.con.execute(
@@ -86,9 +88,9 @@ class Store:
                    sha256 = excluded.sha256, updated = now()""",
                 [name, path, text, sha256],
             )
-            # The study's membership is whatever its current file plans.
-            self.con.execute("DELETE FROM study_runs WHERE study = ?", [name])
-            self.con.execute("DELETE FROM factors WHERE study = ?", [name])
+            if replace:  # a grid's membership is whatever its current file plans
+                self.con.execute("DELETE FROM study_runs WHERE study = ?", [name])
+                self.con.execute("DELETE FROM factors WHERE study = ?", [name])
             # Bulk inserts from Arrow tables: DuckDB's executemany costs ~20 ms a row here (100 s for 1,000 runs).
             pairs = list(dict.fromkeys((m.cell, m.run_id) for m in members))
             self._insert_arrow(

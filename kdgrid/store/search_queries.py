@@ -1,8 +1,8 @@
 """Store helpers for searches: the ``trials`` table and a search's run membership.
 
 A search registers its runs under the store study ``<name>.search`` (cell ``trial=N, <param>=<value>, ...``,
-factors ``trial`` and one per parameter) and its confirmation under ``<name>.confirm``; the
-``trials`` table mirrors the Optuna journal (one row per trial number).
+factors ``trial`` and one per parameter; ``kdgrid.execute.run_grid`` adds each batch of trials) and its
+confirmation under ``<name>.confirm``; the ``trials`` table mirrors the Optuna journal (one row per trial number).
 """
 
 from __future__ import annotations
@@ -18,30 +18,29 @@ from kdgrid.store.db import Store
 TRIAL_STATES = ("running", "complete", "pruned", "failed", "interrupted")
 
 
-def add_members(store: Store, study: str, path: str, text: str, sha256: str, members: Iterable[Any]) -> None:
-    """Add runs to a study without dropping its other members (``register_study`` replaces them).
+def run_states(store: Store, run_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+    """Run id -> (status, error) of the given runs."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    rows = store.con.execute("SELECT run_id, status, error FROM runs WHERE list_contains(?, run_id)", [ids]).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
 
-    Several search processes add trials concurrently; each adds only its own.
-    """
-    members = list(members)
-    if not members:
-        return
-    with store.transaction():
-        store.con.execute(
-            """INSERT INTO studies (name, path, text, sha256) VALUES (?, ?, ?, ?)
-               ON CONFLICT (name) DO UPDATE SET path = excluded.path, text = excluded.text,
-               sha256 = excluded.sha256, updated = now()""",
-            [study, path, text, sha256],
-        )
-        store.con.executemany("INSERT OR IGNORE INTO study_runs VALUES (?, ?, ?)", [[study, m.cell, m.run_id] for m in members])
-        factor_rows = [[study, m.cell, m.run_id, k, v] for m in members for k, v in m.factors.items()]
-        if factor_rows:  # DuckDB's executemany refuses an empty list
-            store.con.executemany("INSERT OR IGNORE INTO factors VALUES (?, ?, ?, ?, ?)", factor_rows)
-        store.con.executemany(
-            """INSERT INTO runs (run_id, task, seed, config, status) VALUES (?, ?, ?, ?, 'pending')
-               ON CONFLICT (run_id) DO NOTHING""",
-            [[m.run_id, m.task, m.seed, json.dumps(m.config, sort_keys=True)] for m in {m.run_id: m for m in members}.values()],
-        )
+
+def dev_epochs(store: Store, run_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Run id -> its dev metric rows per epoch (stage, epoch, split, name, value), in training order: the
+    rows a result.json holds, so a search replays a stored run to its pruner as it would a fresh one."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    rows = store.con.execute(
+        """SELECT run_id, stage, epoch, name, value FROM metrics
+           WHERE split = 'dev' AND epoch IS NOT NULL AND list_contains(?, run_id) ORDER BY run_id, epoch, step""",
+        [ids]).fetchall()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run_id, stage, epoch, name, value in rows:
+        out.setdefault(run_id, []).append({"stage": stage, "epoch": epoch, "split": "dev", "name": name, "value": value})
+    return out
 
 
 def upsert_trials(store: Store, search: str, rows: Iterable[Mapping[str, Any]]) -> None:
