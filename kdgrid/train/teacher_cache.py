@@ -2,8 +2,8 @@
 
 During distillation the teacher is in eval mode, so its logits for an example are the
 same every epoch and in every run that shares the teacher; only the rows a run has not
-seen before are computed. Attention maps are far too large to cache (about 4.7 MB per
-example at length 128) and are always recomputed.
+seen before are computed. What layer objectives read inside the teacher (Q/K, V, hidden states)
+is stored separately, per layer, by :mod:`kdgrid.train.activation_cache`.
 """
 
 from __future__ import annotations
