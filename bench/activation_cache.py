@@ -14,8 +14,9 @@ Each variant is one whole ``train_stage`` of ``--epochs`` epochs over ``--exampl
 of the student, taking turns (A B C, B C A, ...) after one uncounted warm-up round; a figure is examples/s
 (examples x epochs / wall time of the stage, its last-epoch evaluation on 8 dev rows included). The ratios are
 the medians of the per-round ratios, with their range. The caches are filled before the timed rounds (one
-fill per grid, reused by every epoch and run); the fill's time and disk size are printed, and from them the
-ratio of one run that fills its own rows (the worst case: a grid of one run).
+fill per grid, reused by every epoch and run; one teacher pass fills the activations and the logit table); the
+fill's time and disk size are printed, and from them the ratio of one run that fills its own rows (the worst case:
+a grid of one run).
 
     python bench/activation_cache.py                               # 1000 examples, 2 epochs, 3 rounds
     python bench/activation_cache.py --examples 64 --epochs 1 --rounds 1   # smoke size
@@ -84,16 +85,19 @@ def main() -> None:
     needs = activation_needs(objective)
     tmp = Path(tempfile.mkdtemp(prefix="kdgrid-bench-acts-"))
     try:
+        with C.Timer() as fill_acts:  # one teacher pass fills the activations and the logit table
+            acts = cached_teacher_activations(teacher, "bench", full, positions, needs, tmp, device, pad, budget=2**40)
         with C.Timer() as fill_logits:
             table = cached_teacher_logits(teacher, "bench", full, positions, tmp, device, pad)
-        with C.Timer() as fill_acts:
-            acts = cached_teacher_activations(teacher, "bench", full, positions, needs, tmp, device, pad, budget=2**40)
+        with C.Timer() as logits_alone:  # what the vanilla run's own fill costs
+            cached_teacher_logits(teacher, "bench", full, positions, tmp / "alone", device, pad)
         with C.Timer() as reopen:
             cached_teacher_activations(teacher, "bench", full, positions, needs, tmp, device, pad, budget=2**40)
         assert acts is not None
         size = disk_bytes(full.lengths[positions], needs, teacher_widths(teacher))
         print(f"   stored: {needs} for {len(positions)} rows ({int(full.lengths[positions].sum())} tokens): "
-              f"{size / 2**20:.1f} MiB; fill {fill_acts.seconds:.2f} s (+ logit table {fill_logits.seconds:.2f} s), "
+              f"{size / 2**20:.1f} MiB; fill {fill_acts.seconds:.2f} s with the logit table (then read in "
+              f"{1000 * fill_logits.seconds:.1f} ms; the logit table alone {logits_alone.seconds:.2f} s), "
               f"reopen when complete {1000 * reopen.seconds:.1f} ms", flush=True)
 
         n_ex = len(positions) * args.epochs
@@ -118,7 +122,7 @@ def main() -> None:
             r, lo, hi = C.paired_ratio(rates[num], rates[den])
             print(f"   RATIO {num} / {den}: {r:.2f} [{lo:.2f}-{hi:.2f}]")
         # One run that fills its own rows first: its stage time plus the fill, against recomputing.
-        own = (n_ex / med["layers-cached"] + fill_acts.seconds + fill_logits.seconds)
+        own = n_ex / med["layers-cached"] + fill_acts.seconds + fill_logits.seconds
         print(f"   RATIO one run filling its own rows / layers-recomputed (computed): "
               f"{(n_ex / med['layers-recomputed']) / own:.2f}")
     finally:

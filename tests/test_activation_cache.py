@@ -291,3 +291,15 @@ def test_minilm_l6_cached_losses_and_disk_size(glue_dir: Path, tmp_path: Path) -
         for name in want:
             torch.testing.assert_close(got[name], again[name], rtol=1e-4, atol=1e-6, msg=name)
             torch.testing.assert_close(got[name], want[name], rtol=1e-2, atol=1e-5, msg=name)
+
+
+def test_the_fill_also_fills_the_logit_table(teacher, full, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One teacher pass fills both: the logit table then holds the rows without running the teacher again."""
+    cached_teacher_activations(teacher, "k", full, np.arange(10), ActivationNeeds(hidden=(1,)), tmp_path, CPU, 0,
+                               budget=2**30)
+    reference = cached_teacher_logits(teacher, "k", full, np.arange(10), tmp_path / "alone", CPU, 0)
+    calls = []
+    monkeypatch.setattr(type(teacher), "forward", lambda *a, **k: calls.append(1))
+    table = cached_teacher_logits(teacher, "k", full, np.arange(10), tmp_path, CPU, 0)
+    assert not calls
+    torch.testing.assert_close(table[:10], reference[:10], rtol=1e-5, atol=1e-6)

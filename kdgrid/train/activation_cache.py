@@ -62,7 +62,7 @@ from kdgrid.errors import KdgridError
 from kdgrid.train.capture import capture_qkv, encoder_layers, split_heads
 from kdgrid.train.data import Collator, TokenizedSet
 from kdgrid.train.models import model_inputs
-from kdgrid.train.teacher_cache import _length_batches
+from kdgrid.train.teacher_cache import _length_batches, add_teacher_logits
 from kdgrid.train.terms import Captured
 
 log = logging.getLogger(__name__)
@@ -299,10 +299,13 @@ def cached_teacher_activations(
                             "of the %.1f MiB budget (%s) are used", new_bytes / 2**20, used / 2**20, budget / 2**20,
                             ENV_BUDGET_GB)
                 return None
-            if not _fill(teacher, full, files, missing, device, pad_id, autocast, batch_size, max_tokens):
+            filled = _fill(teacher, full, files, missing, device, pad_id, autocast, batch_size, max_tokens)
+            if filled is None:
                 log.warning("teacher activations: recomputed every step: values overflow %s (set %s=bf16 or fp32)",
                             dtype, ENV_DTYPE)
                 return None
+            # The same forward gave the logits: the logit table needs no pass of its own for these rows.
+            add_teacher_logits(teacher_key, full, filled[0], filled[1], cache_root, precision)
         log.info("teacher activations: read from %s (%d rows, %d new)", folder, len(positions),
                  max((len(m) for m in missing.values()), default=0))
         return ActivationCache(files, heads, n_layers)
@@ -310,8 +313,9 @@ def cached_teacher_activations(
 
 def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: dict[int, np.ndarray],
           device: torch.device, pad_id: int, autocast: Callable[[], contextlib.AbstractContextManager[Any]],
-          batch_size: int, max_tokens: int | None) -> bool:
-    """Append the missing rows of every file; False (indexes untouched) when a value overflows the dtype."""
+          batch_size: int, max_tokens: int | None) -> tuple[np.ndarray, Tensor] | None:
+    """Append the missing rows of every file; return the rows computed and their logits, or None (indexes
+    untouched) when a value overflows the dtype."""
     todo = np.unique(np.concatenate(list(missing.values())))
     need_rows = {id(f): set(missing[id(f)].tolist()) for f in files}
     qkv_layers = sorted({f.layer for f in files if f.kind in ("qk", "v")})
@@ -323,6 +327,8 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
     teacher.eval()  # no dropout: the stored values are what every epoch would compute
     handles: dict[int, Any] = {}
     new_index = {id(f): f.index.copy() for f in files}
+    logits: list[Tensor] = []
+    done: list[np.ndarray] = []
     try:
         for f in files:
             if len(missing[id(f)]):
@@ -338,6 +344,8 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
                     out = teacher(**inputs, output_hidden_states=want_hidden)
                 valid = inputs["attention_mask"].bool()
                 full_rows = todo[rows]
+                logits.append(out.logits.float().cpu())
+                done.append(full_rows)
                 for f in files:
                     keep = [r for r, p in enumerate(full_rows.tolist()) if p in need_rows[id(f)]]
                     if not keep:
@@ -349,7 +357,7 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
                         raise KdgridError(f"teacher activations: {x.size(0)} tokens for rows of {int(counts.sum())}")
                     stored = x.to(f.torch_dtype)
                     if not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(x).all()):
-                        return False
+                        return None
                     raw = stored.view(_RAW[f.torch_dtype]).cpu().numpy()
                     index = new_index[id(f)]
                     index[full_rows[keep]] = index[-1] + np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -368,4 +376,4 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
         if id(f) in handles:
             f.index = new_index[id(f)]
             f.save_index()
-    return True
+    return np.concatenate(done), torch.cat(logits)
