@@ -113,9 +113,10 @@ def activation_needs(objective: Any) -> ActivationNeeds:
 
 def teacher_widths(teacher: nn.Module) -> dict[str, int]:
     """Stored width per kind: 2·D_att, D_att, D, D."""
-    self_attn = encoder_layers(teacher)[0].attention.self
-    d_att = int(self_attn.query.out_features)
-    d = int(teacher.config.hidden_size)
+    block: Any = encoder_layers(teacher)[0]
+    config: Any = teacher.config
+    d_att = int(block.attention.self.query.out_features)
+    d = int(config.hidden_size)
     return {"qk": 2 * d_att, "v": d_att, "hidden": d, "cls": d}
 
 
@@ -284,8 +285,10 @@ def cached_teacher_activations(
     folder = cache_dir(cache_root, teacher_key, full, precision)
     folder.mkdir(parents=True, exist_ok=True)
     widths = teacher_widths(teacher)
-    heads = int(encoder_layers(teacher)[0].attention.self.num_attention_heads)
-    n_layers = int(teacher.config.num_hidden_layers)
+    block: Any = encoder_layers(teacher)[0]
+    config: Any = teacher.config
+    heads = int(block.attention.self.num_attention_heads)
+    n_layers = int(config.num_hidden_layers)
     positions = np.unique(np.asarray(positions, dtype=np.int64))
     with FileLock(str(folder) + ".lock"):
         files = [_File(folder, kind, layer, dtype, widths[kind], len(full)) for kind, layer in needs.files()]
@@ -326,6 +329,7 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
     was_training = teacher.training
     teacher.eval()  # no dropout: the stored values are what every epoch would compute
     handles: dict[int, Any] = {}
+    files_open = contextlib.ExitStack()
     new_index = {id(f): f.index.copy() for f in files}
     logits: list[Tensor] = []
     done: list[np.ndarray] = []
@@ -335,7 +339,7 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
                 end = int(f.index[-1]) * f.row_bytes
                 with open(f.data, "ab") as fh:  # a crashed filler may have left bytes past the index's end
                     fh.truncate(end)
-                handles[id(f)] = open(f.data, "ab")
+                handles[id(f)] = files_open.enter_context(open(f.data, "ab"))
         with capture_qkv(teacher, qkv_layers) as qkv:
             for rows in _length_batches(subset.lengths, batch_size, budget):
                 batch = collate([subset[int(i)] for i in rows])
@@ -369,8 +373,7 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
                 handles[id(f)].flush()
                 os.fsync(handles[id(f)].fileno())
     finally:
-        for h in handles.values():
-            h.close()
+        files_open.close()
         teacher.train(was_training)
     for f in files:  # data first, then the index that names it: a reader never sees a row before its bytes
         if id(f) in handles:

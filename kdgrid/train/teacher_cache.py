@@ -63,7 +63,8 @@ def cached_teacher_logits(
     path = _cache_file(cache_root, teacher_key, full, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        table, have = _load(path, len(full), teacher.config.num_labels)
+        config: Any = teacher.config
+        table, have = _load(path, len(full), int(config.num_labels))
         missing = np.asarray(positions)[~have[torch.as_tensor(positions)].numpy()]
         if len(missing):
             subset = full.subset(missing)
