@@ -169,11 +169,12 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 def kdgrid_stage(teacher: Any, student: Any, spec: dict[str, Any], batches: list[dict[str, Any]],
                  dev: list[dict[str, Any]], seed: int, source: Any = None, cached_logits: Any = None,
                  epochs: int = 1, steps_per_epoch: int | None = None, device: Any = "cpu",
-                 autocast: Any = None) -> list[dict[str, Any]]:
+                 autocast: Any = None, activations: Any = None) -> list[dict[str, Any]]:
     """One joint stage of ``kdgrid.train.loop.train_stage`` (DistillObjective, TeacherOutputs) on CPU.
 
     ``source(epoch)`` yields the batches (default: ``batches`` every epoch); ``cached_logits``: the teacher
-    logit table (batches then need ``example_ids``)."""
+    logit table (batches then need ``example_ids``); ``activations``: the stored teacher activations
+    (kdgrid.train.activation_cache), used with ``cached_logits``."""
     import torch
 
     from kdgrid.study.schema import Objective
@@ -194,7 +195,7 @@ def kdgrid_stage(teacher: Any, student: Any, spec: dict[str, Any], batches: list
     objective.to(device)
     torch.manual_seed(seed)
     extra = {"autocast": autocast} if autocast is not None else {}
-    rows, _ = train_stage(student, objective, TeacherOutputs(teacher, objective, device, cached_logits),
+    rows, _ = train_stage(student, objective, TeacherOutputs(teacher, objective, device, cached_logits, activations),
                           source or (lambda epoch: batches), steps_per_epoch or len(batches), dev, settings, device,
                           **extra)
     return rows

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdgrid.errors import RunFailed
+from kdgrid.train.activation_cache import ActivationCache
 from kdgrid.train.capture import QKV, capture_qkv
 from kdgrid.train.evaluate import evaluate, model_inputs
 from kdgrid.train.objectives import Captured, DistillObjective
@@ -99,19 +100,25 @@ def _linear_warmup(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) 
 
 
 class TeacherOutputs:
-    """Where the teacher's outputs for a batch come from: a precomputed logit table, or a forward pass.
+    """Where the teacher's outputs for a batch come from: precomputed tables, or a forward pass.
 
+    ``cached_logits``: the logit table (kdgrid.train.teacher_cache); ``activations``: the stored layer
+    activations (kdgrid.train.activation_cache). The teacher is not run when the logits are cached and the
+    objective reads no layer, or reads only layers the activation cache holds.
     Inside ``with teacher_outputs.capturing():`` the Q/K/V hooks stay registered for the whole block
     (train_stage: one epoch) instead of being added and removed around every forward.
     """
 
     def __init__(self, teacher: nn.Module, objective: DistillObjective, device: torch.device,
-                 cached_logits: torch.Tensor | None) -> None:
+                 cached_logits: torch.Tensor | None, activations: ActivationCache | None = None) -> None:
         self.teacher = teacher
         self.objective = objective
         self.device = device
-        # The table moves to the device once, not one slice per step.
-        self.cached_logits = cached_logits.to(device) if cached_logits is not None else None
+        reads_layers = objective.needs_hidden_states() or objective.needs_qkv()
+        self.activations = activations if cached_logits is not None else None
+        # The table moves to the device once, not one slice per step; a table without the layers is not used.
+        use_table = cached_logits is not None and (not reads_layers or self.activations is not None)
+        self.cached_logits = cached_logits.to(device) if use_table and cached_logits is not None else None
         self.layers = sorted(objective.teacher_layers_needed()) if objective.needs_qkv() else []
         self._qkv: dict[int, QKV] | None = None
 
@@ -130,7 +137,10 @@ class TeacherOutputs:
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> Captured:
         if self.cached_logits is not None:
-            logits = self.cached_logits[batch["example_ids"].to(self.device, non_blocking=True)]
+            ids = batch["example_ids"]
+            logits = self.cached_logits[ids.to(self.device, non_blocking=True)]
+            if self.activations is not None:
+                return self.activations.captured(ids, batch["attention_mask"], inputs["attention_mask"], logits)
             return Captured(logits=logits, hidden_states=None, qkv={}, attention_mask=inputs["attention_mask"])
         with contextlib.nullcontext(self._qkv) if self._qkv is not None else capture_qkv(self.teacher, self.layers) as qkv:
             out = self.teacher(**inputs, output_hidden_states=self.objective.needs_hidden_states())

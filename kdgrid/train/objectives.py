@@ -227,6 +227,12 @@ class DistillObjective(nn.Module):
     def needs_qkv(self) -> bool:
         return bool(self.needs & {"qk", "values"})
 
+    def reads_teacher_padding(self) -> bool:
+        """Whether a term reads teacher layer outputs at padded positions (then they cannot come from the
+        activation cache, which stores real tokens only)."""
+        return any(type(t).reads_teacher_padding(u.settings) for t, u in zip(self.terms, self.uses)
+                   if hasattr(type(t), "reads_teacher_padding"))
+
     def mapping_weights(self) -> Tensor | None:
         """[S, T] learnable mapping weights (rows sum to 1), detached; None for fixed maps."""
         return None if self.learnable is None else self.learnable.weights().detach()

@@ -24,6 +24,7 @@ from kdgrid.errors import RunFailed
 from kdgrid.plan.canonical import config_hash
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
+from kdgrid.train.activation_cache import activation_needs, cached_teacher_activations
 from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
 from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed, metric_rows
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
@@ -198,7 +199,17 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
                 rows.append({"stage": stage, "split": "cache", "name": "stage1_reused", "value": 1.0})
                 continue
         cached = None
-        if cfg.train.teacher_cache and not objective.needs_hidden_states() and not objective.needs_qkv():
+        activations = None
+        needs = activation_needs(objective)
+        if cfg.train.teacher_cache and needs:
+            # Layer objectives read stored activations when they fit the disk budget; the choice is a metric row.
+            if not objective.reads_teacher_padding():
+                activations = cached_teacher_activations(
+                    teacher, teacher_rec.key, full_train, positions, needs, cache_root, device, pad_id,
+                    precision=cfg.train.precision, autocast=autocast)
+            rows.append({"stage": stage, "split": "cache", "name": "teacher_activations",
+                         "value": float(activations is not None)})
+        if cfg.train.teacher_cache and (not needs or activations is not None):
             cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id,
                                            precision=cfg.train.precision, autocast=autocast)
         settings = StageSettings(
@@ -218,7 +229,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
                 yield batch
 
         stage_rows, seconds = train_stage(
-            student, objective, TeacherOutputs(teacher, objective, device, cached), batches, len(loader),
+            student, objective, TeacherOutputs(teacher, objective, device, cached, activations), batches, len(loader),
             dev_loader, settings, device, on_progress, autocast, on_epoch=on_epoch,
         )
         rows += stage_rows

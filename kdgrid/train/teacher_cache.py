@@ -2,8 +2,8 @@
 
 During distillation the teacher is in eval mode, so its logits for an example are the
 same every epoch and in every run that shares the teacher; only the rows a run has not
-seen before are computed. Attention maps are far too large to cache (about 4.7 MB per
-example at length 128) and are always recomputed.
+seen before are computed. What layer objectives read inside the teacher (Q/K, V, hidden states)
+is stored separately, per layer, by :mod:`kdgrid.train.activation_cache`.
 """
 
 from __future__ import annotations
@@ -63,12 +63,8 @@ def cached_teacher_logits(
     path = _cache_file(cache_root, teacher_key, full, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            table, have = torch.load(path, weights_only=True).values()
-        else:
-            n_out = teacher.config.num_labels
-            table = torch.zeros(len(full), n_out)
-            have = torch.zeros(len(full), dtype=torch.bool)
+        config: Any = teacher.config
+        table, have = _load(path, len(full), int(config.num_labels))
         missing = np.asarray(positions)[~have[torch.as_tensor(positions)].numpy()]
         if len(missing):
             subset = full.subset(missing)
@@ -87,7 +83,35 @@ def cached_teacher_logits(
             rows_all = torch.as_tensor(missing[np.concatenate(order)])
             table[rows_all] = torch.cat(outs).cpu()
             have[rows_all] = True
-            tmp = path.with_suffix(".tmp")
-            torch.save({"table": table, "have": have}, tmp)
-            os.replace(tmp, path)
+            _save(path, table, have)
     return table
+
+
+def add_teacher_logits(teacher_key: str, full: TokenizedSet, rows: np.ndarray, logits: torch.Tensor,
+                       cache_root: Path, precision: str = "fp32") -> None:
+    """Put logits the caller computed anyway (kdgrid.train.activation_cache's fill runs the same teacher
+    under the same autocast) into the table, for the rows it does not hold yet: the table is then filled
+    without a second teacher pass."""
+    path = _cache_file(cache_root, teacher_key, full, precision)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        table, have = _load(path, len(full), logits.size(-1))
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        new = ~have[idx]
+        if bool(new.any()):
+            table[idx[new]] = logits[new].float().cpu()
+            have[idx[new]] = True
+            _save(path, table, have)
+
+
+def _load(path: Path, n_rows: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if path.is_file():
+        table, have = torch.load(path, weights_only=True).values()
+        return table, have
+    return torch.zeros(n_rows, n_out), torch.zeros(n_rows, dtype=torch.bool)
+
+
+def _save(path: Path, table: torch.Tensor, have: torch.Tensor) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"table": table, "have": have}, tmp)
+    os.replace(tmp, path)

@@ -133,6 +133,12 @@ class LossTerm(nn.Module):
         """Whether the objective must build the shared W_h for this term (override to decide by settings)."""
         return cls.uses_projection
 
+    @classmethod
+    def reads_teacher_padding(cls, settings: Any) -> bool:
+        """Whether the term reads the teacher's layer outputs at padded positions (the activation cache
+        stores real tokens only, so such a run recomputes the teacher; override when it does)."""
+        return False
+
     def forward(self, x: TermInputs) -> Tensor:  # pragma: no cover - every term overrides it
         raise NotImplementedError
 
@@ -158,6 +164,11 @@ class SoftLoss(LossTerm):
 
 
 class AttentionMse(LossTerm):
+    @classmethod
+    def reads_teacher_padding(cls, settings: Any) -> bool:
+        # TinyBERT's original mean keeps padded query rows, whose scores against real keys are not 0.
+        return bool(settings.padding == "tinybert")
+
     def forward(self, x: TermInputs) -> Tensor:
         cache: dict[int, Tensor] = {}
         total = x.mask.new_zeros((), dtype=torch.float32)
