@@ -967,8 +967,10 @@ def layers_section(layers: pd.DataFrame | None, cells: pd.DataFrame | None) -> S
     rows = list({(name_of(str(r.cell)), str(r.copied), str(r.mapped)): None for r in layers.itertuples(index=False)})
     rows = [{"Condition": c, "Copied": cp, "Mapped": mp} for c, cp, mp in rows]
     caption = ("Teacher layers (1 = the first above the embeddings) copied into student layers 1, 2, ... and the teacher "
-               "layer each student layer is trained towards; a learnable mapping is shown by its start. Different "
-               "layers in the two columns mean the student learns towards layers it was not copied from.")
+               "layer each student layer is trained towards; a learnable mapping (\"learnable over\") by the fixed "
+               "map its layers name, where a fixed start peaks: its weights may move to any teacher layer (see the "
+               "mapping section). Different layers in the two columns mean the student learns towards layers it was "
+               "not copied from.")
     return Section("layers", "Layers copied and mapped",
                    tables=(DisplayTable("layers", _with_key(caption, level_key), _frame(rows, ["Condition", "Copied", "Mapped"]),
                                         left=("Condition", "Copied", "Mapped")),))

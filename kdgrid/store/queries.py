@@ -117,8 +117,9 @@ def layer_assignments(store: Store, study: str) -> pd.DataFrame:
     """Which teacher layers each cell's students copied and are trained towards: cell, copied, mapped.
 
     Layers read as ``1-2-3-4`` (student layer 1 first); ``mapped`` of a learnable mapping reads
-    ``learnable from 1-2-3-4`` (its start); ``-`` where nothing was copied (random init) or no layer loss
-    is trained. A cell whose runs differ (tasks of another depth) lists each variant once, joined by ``|``.
+    ``learnable over 1-2-3-4``: the fixed map its ``layers`` name, where a ``fixed`` start peaks and which the
+    student copies (a ``uniform`` start spreads over every teacher layer). ``-`` where nothing was copied (random
+    init) or no layer loss is trained. A cell whose runs differ (tasks of another depth) lists each variant once, joined by ``|``.
     Empty (columns only) for runs stored before the ``layers`` rows existed.
     """
     rows = _frame(
@@ -144,7 +145,7 @@ def layer_assignments(store: Store, study: str) -> pd.DataFrame:
         mapped = chain(g, "mapped.s")
         learnable = bool((g.loc[g["name"] == "learnable", "value"] > 0).any())
         per_run.append({"cell": cell, "copied": chain(g, "copied.s"),
-                        "mapped": f"learnable from {mapped}" if learnable and mapped != "-" else mapped})
+                        "mapped": f"learnable over {mapped}" if learnable and mapped != "-" else mapped})
     runs = pd.DataFrame(per_run)
     return (runs.groupby("cell", sort=True)
             .agg(lambda v: " | ".join(dict.fromkeys(v)))
