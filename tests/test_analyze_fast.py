@@ -79,3 +79,20 @@ def test_store_queries_read_through_arrow_equal_query_df(tmp_path: Path) -> None
         assert _frame(store, sql, [10**6]).empty
         assert _final_metrics_wide(store, "run_id IN (SELECT run_id FROM study_runs WHERE study = ?)", ["none"]) is None
         assert mapping_weights(store, "none").empty
+
+
+def test_nemenyi_p_equals_scikit_posthocs() -> None:
+    """kdgrid.analyze.pooled.nemenyi_p (one integral per distinct rank difference) against the call it replaced."""
+    import scikit_posthocs as sp
+
+    from kdgrid.analyze.pooled import nemenyi_p
+
+    rng = np.random.default_rng(11)
+    for blocks, k, levels in ((7, 30, 5), (10, 12, 1000), (3, 4, 2), (25, 60, 8)):
+        values = rng.integers(0, levels, size=(blocks, k)).astype(float)  # few levels: many ties, mid-ranks
+        ranks = stats.rankdata(-values, axis=1, method="average")  # rank 1 = best, as friedman_ranks
+        ia, ib = np.triu_indices(k, 1)
+        want = sp.posthoc_nemenyi_friedman(values).to_numpy()[ia, ib]
+        got = nemenyi_p(ranks, ia, ib)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        assert len(np.unique(got)) < len(got) or k < 5  # pairs do share integrals
