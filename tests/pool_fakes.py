@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdgrid.errors import KdgridError, RunFailed  # noqa: E402  (workers import only this: they start fast)
+from kdgrid.errors import KdgridError, RunFailed
 
 
 def fake_study(seeds: int = 3, temperatures: tuple[float, ...] = (1.0, 4.0), name: str = "fake") -> Any:

@@ -23,8 +23,8 @@ from typing import Any
 
 import duckdb
 import pytest
-
 from pool_fakes import fake_study, go
+
 from kdgrid.execute.rundir import workdir_for
 from kdgrid.plan import expand
 from kdgrid.study.schema import Execute

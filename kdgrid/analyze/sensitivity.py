@@ -201,4 +201,4 @@ def sensitivity_summary(sens: pd.DataFrame) -> dict[str, object]:
     note = "normalised retention (student − floor)/(teacher − floor), averaged over cells per task"
     if len(per_task) < 3:
         note = f"only {len(per_task)} task(s) with a gap and a training-set size: no correlation"
-    return {"spearman_rho": rho, "spearman_p": p, "n_tasks": int(len(per_task)), "method": method, "note": note}
+    return {"spearman_rho": rho, "spearman_p": p, "n_tasks": len(per_task), "method": method, "note": note}

@@ -144,10 +144,11 @@ def boundaries(info: tuple[float, ...], alpha: float, kind: str, sides: int = 2)
         if inc <= 1e-15:  # nothing to spend: a boundary no statistic reaches
             c = math.inf
         elif sides == 2:
-            c = _solve(lambda c: state.prob_between(-math.inf, -c * st, t, 0.0)
+            c = _solve(lambda c, state=state, st=st, t=t, inc=inc: state.prob_between(-math.inf, -c * st, t, 0.0)
                        + state.prob_between(c * st, math.inf, t, 0.0) - inc)
         else:
-            c = _solve(lambda c: state.prob_between(c * st, math.inf, t, 0.0) - inc, -10.0, 40.0)
+            c = _solve(lambda c, state=state, st=st, t=t, inc=inc: state.prob_between(c * st, math.inf, t, 0.0) - inc,
+                       -10.0, 40.0)
         out.append(c)
         upper = c * st if math.isfinite(c) else _TAIL * st
         state = state.advance([(-upper, upper)] if sides == 2 else [(-_TAIL * st, upper)], t, 0.0)

@@ -31,10 +31,10 @@ import pandas as pd
 from kdgrid.errors import KdgridError
 
 __all__ = [
-    "AnalysisError",
-    "Collapse",
     "KNOWN_METRICS",
     "RESERVED_COLUMNS",
+    "AnalysisError",
+    "Collapse",
     "MetricSpec",
     "Prepared",
     "cell_label",
@@ -295,7 +295,7 @@ def _resolve_metric(df: pd.DataFrame, tasks: list[str], metric: MetricSpec) -> d
             )
         metric_of = {t: TASKS[t].official_metric for t in tasks}
     elif isinstance(metric, str):
-        metric_of = {t: metric for t in tasks}
+        metric_of = dict.fromkeys(tasks, metric)
     elif isinstance(metric, Mapping):
         missing = [t for t in tasks if t not in metric]
         if missing:

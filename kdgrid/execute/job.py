@@ -28,7 +28,7 @@ Runner = Callable[..., dict[str, Any]]
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
 def failed_record(run_id: str, task: str | None, seed: int | None, config: Any, error: str, *,

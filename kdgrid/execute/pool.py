@@ -195,7 +195,7 @@ class Pool:
         slot.log = logs / f"worker-{slot.index}.log"
         try:
             logs.mkdir(parents=True, exist_ok=True)
-            log_fh: Any = open(slot.log, "ab")
+            log_fh: Any = open(slot.log, "ab")  # noqa: SIM115 (the worker's stderr for its whole life)
         except OSError:
             slot.log, log_fh = None, subprocess.DEVNULL
         try:

@@ -324,8 +324,8 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                             continue
                         if any(_matches(f, at, run_cfg) for f in study.exclude):
                             continue
-                    if type(seed) is not int or seed < 0 or cell is None and (
-                            cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None:
+                    if type(seed) is not int or seed < 0 or (cell is None and (
+                            cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None):
                         resolved = _validate({**cfg, "task": task, "seed": seed}, factors, task, seed)
                         canon = canonical_config(resolved)
                         runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))

@@ -221,7 +221,7 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
         for name, ref in (("teacher", teacher), ("floor", floor)):
             if not ref:
                 continue
-            row = {c: "" for c in label_cols}
+            row = dict.fromkeys(label_cols, "")
             row[label_cols[0]] = name
             for ck, h in zip(col_keys, headers):
                 task = ck[col_f.index(TASK)] if TASK in col_f else None

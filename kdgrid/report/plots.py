@@ -34,8 +34,8 @@ from kdgrid.errors import KdgridError
 from kdgrid.report.pivot import cell_levels, level_labels, level_namer, short_names
 from kdgrid.report.tables import (
     factor_columns,
-    mapping_weight_grids,
     interval_label,
+    mapping_weight_grids,
     metric_scale,
     metric_scales,
     section_frame,

@@ -242,7 +242,7 @@ def short_name(name: str) -> str:
 
 
 def _short_names(names: Sequence[str]) -> dict[str, str]:
-    depth = {n: 1 for n in names}
+    depth = dict.fromkeys(names, 1)
     while True:
         cur = {n: ".".join(n.split(".")[-depth[n]:]) for n in names}
         clashes = [n for n in names if list(cur.values()).count(cur[n]) > 1]

@@ -114,7 +114,7 @@ def execute_run(batch: StoreBatch, workdir: Path, run: PlannedRun, runner: Calla
                                      passthrough=(Pruned,))
             except (Pruned, KeyboardInterrupt) as exc:
                 why = "pruned by the search" if isinstance(exc, Pruned) else "interrupted by user"
-                batch.add(lambda s: s.set_status(run.run_id, "interrupted", why))
+                batch.add(lambda s: s.set_status(run.run_id, "interrupted", why))  # noqa: B023 (flushed before the loop moves on)
                 raise
             if result["status"] == "done" or not result.get("retryable") or attempt > retries:
                 break

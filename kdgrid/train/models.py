@@ -554,7 +554,7 @@ def finetune_teacher(task: str, teacher_cfg: Teacher, data_cfg_dir: str | None, 
             record = TeacherRecord(
                 key=key, task=spec.name, model=teacher_cfg.model, resolved_model=resolved, path=str(final),
                 finetune=payload["finetune"], max_seq_length=max_seq_length, data=payload["data"],
-                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **fields,
+                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fields,
             )
             (tmp / "teacher.json").write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
             os.rename(tmp, final)

@@ -22,6 +22,8 @@ from filelock import FileLock
 
 from kdgrid.errors import RunFailed
 from kdgrid.plan.canonical import config_hash
+from kdgrid.plugins import registry
+from kdgrid.plugins.terms import layer_loss_active, mapping_settings
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
 from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
@@ -29,8 +31,6 @@ from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, infere
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
 from kdgrid.train.mappings import copied_layers, pointed_layers
 from kdgrid.train.models import build_registered_student, finetune_teacher, load_teacher
-from kdgrid.plugins import registry
-from kdgrid.plugins.terms import layer_loss_active, mapping_settings
 from kdgrid.train.objectives import DistillObjective
 from kdgrid.train.teacher_cache import cached_teacher_logits
 from kdgrid.train.versions import library_versions
@@ -214,7 +214,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         def batches(epoch: int, _loader: Iterable[dict[str, torch.Tensor]] = loader) -> Iterable[dict[str, torch.Tensor]]:
             _loader.batch_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             for batch in _loader:
-                batch["example_ids"] = full_positions[batch["indices"]]
+                batch["example_ids"] = full_positions[batch["indices"]]  # noqa: B023 (consumed within this stage)
                 yield batch
 
         stage_rows, seconds = train_stage(
