@@ -305,11 +305,11 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                     keys[blk].append(i)
                     sets[blk].append((path, levels[i]))
                     factors[path] = _fmt(levels[i])
-                for (group, levels), i, touched in zip(variant_items, var_idx, variant_blocks):
-                    level_name = list(levels)[i]
+                for (group, named), i, touched in zip(variant_items, var_idx, variant_blocks):
+                    level_name = list(named)[i]
                     for blk in touched:
                         keys[blk].append(-1 - i)  # variant indices apart from grid indices
-                    for key, value in levels[level_name].items():
+                    for key, value in named[level_name].items():
                         path = _variant_path(group, key, template)
                         sets[path.split(".", 1)[0]].append((path, value))
                     factors[group] = level_name

@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from filelock import FileLock
 from torch import nn
 
 from kdgrid.train.data import Collator, TokenizedSet
-from kdgrid.train.evaluate import model_inputs
+from kdgrid.train.models import model_inputs
 
 
 def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet, precision: str = "fp32") -> Path:
@@ -66,7 +66,7 @@ def cached_teacher_logits(
         if path.is_file():
             table, have = torch.load(path, weights_only=True).values()
         else:
-            n_out = teacher.config.num_labels
+            n_out = int(cast(Any, teacher).config.num_labels)  # an HF classifier: nn.Module leaves .config untyped
             table = torch.zeros(len(full), n_out)
             have = torch.zeros(len(full), dtype=torch.bool)
         missing = np.asarray(positions)[~have[torch.as_tensor(positions)].numpy()]
@@ -90,4 +90,5 @@ def cached_teacher_logits(
             tmp = path.with_suffix(".tmp")
             torch.save({"table": table, "have": have}, tmp)
             os.replace(tmp, path)
-    return table
+    logits: torch.Tensor = table
+    return logits
