@@ -22,17 +22,18 @@ from typing import Any
 from kdgrid.errors import KdgridError, RunFailed
 from kdgrid.execute import faults
 from kdgrid.execute.rundir import write_json_atomic
+from kdgrid.records import ResultStatus, RunResult
 
-# runner(config, run_dir, workdir=..., on_progress=...) -> result dict (status 'done' with metrics) or raises.
-Runner = Callable[..., dict[str, Any]]
+# runner(config, run_dir, workdir=..., on_progress=...) -> result (status 'done' with metrics) or raises.
+Runner = Callable[..., RunResult]
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
-def failed_record(run_id: str, task: str | None, seed: int | None, config: Any, error: str, *,
-                  status: str = "failed", started: str | None = None, retryable: bool = False) -> dict[str, Any]:
+def failed_record(run_id: str, task: str | None, seed: int | None, config: dict[str, Any] | None, error: str, *,
+                  status: ResultStatus = "failed", started: str | None = None, retryable: bool = False) -> RunResult:
     return {
         "run_id": run_id, "task": task, "seed": seed, "config": config, "status": status, "error": error,
         "retryable": retryable, "started": started, "finished": now(), "host": socket.gethostname(), "metrics": [],
@@ -63,7 +64,7 @@ def execute_job(
     runner: Runner, *, run_id: str, task: str | None, seed: int | None, config: dict[str, Any],
     run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None,
     runner_kwargs: dict[str, Any] | None = None, passthrough: tuple[type[BaseException], ...] = (),
-) -> dict[str, Any]:
+) -> RunResult:
     """Run one attempt and write its ``result.json``; return the record written (or that could not be).
 
     ``runner_kwargs`` go to the runner as well (the search's ``on_epoch`` hook); exceptions of a
@@ -119,9 +120,9 @@ def cluster_task(runner_ref: dict[str, Any] | None, spec: dict[str, Any]) -> str
     return str(result["status"])
 
 
-def _unsaved(result: dict[str, Any], why: str) -> dict[str, Any]:
+def _unsaved(result: RunResult, why: str) -> RunResult:
     """The record for the store when result.json cannot be written (full disk, read-only run directory)."""
-    out = dict(result)
+    out = result.copy()
     if result["status"] == "done":
         out.update(status="failed", error=f"{why} (the run finished but its result could not be saved)",
                    metrics=[], retryable=False)

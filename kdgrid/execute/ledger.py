@@ -21,6 +21,7 @@ from kdgrid.errors import StoreError
 from kdgrid.execute.job import failed_record
 from kdgrid.execute.rundir import job_path, read_result, remove, result_path, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.store.db import Store, open_store
 
 
@@ -35,8 +36,8 @@ class Reporter:
     def grid_start(self, total: int, todo: int) -> None: ...
     def run_start(self, index: int, run: PlannedRun) -> None: ...
     def run_progress(self, stage: str, epoch: int, step: int, total_steps: int, run_id: str | None = None) -> None: ...
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
-    def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None: ...
+    def run_end(self, run: PlannedRun, result: RunResult) -> None: ...
+    def run_retry(self, run: PlannedRun, result: RunResult, attempt: int) -> None: ...
     def grid_end(self) -> None: ...
 
 
@@ -102,7 +103,7 @@ class Ledger:
             remove(rpath)
         return True
 
-    def settle(self, run: PlannedRun, record: dict[str, Any], attempt: int, *, may_retry: bool = True) -> bool:
+    def settle(self, run: PlannedRun, record: RunResult, attempt: int, *, may_retry: bool = True) -> bool:
         """An attempt ended with ``record``: True when the run must run again (attempt + 1), else it is final."""
         if record["status"] != "done" and record.get("retryable") and attempt <= self.retries and may_retry:
             self.retry(run, record, attempt + 1)
@@ -125,7 +126,7 @@ class Ledger:
         with writable_store(self.db_path) as store:
             store.mark_running(run.run_id, str(rdir))
 
-    def finish(self, run: PlannedRun, record: dict[str, Any]) -> None:
+    def finish(self, run: PlannedRun, record: RunResult) -> None:
         """Store a run's final record (done or failed) and count it."""
         with writable_store(self.db_path) as store:
             store.ingest_result(record)
@@ -141,7 +142,7 @@ class Ledger:
         with writable_store(self.db_path) as store:
             store.set_status(run.run_id, "interrupted", why)
 
-    def retry(self, run: PlannedRun, record: dict[str, Any], next_attempt: int) -> None:
+    def retry(self, run: PlannedRun, record: RunResult, next_attempt: int) -> None:
         """An attempt failed in a way that can pass: the run is 'interrupted' (with why) until it runs again."""
         with writable_store(self.db_path) as store:
             store.set_status(run.run_id, "interrupted", str(record.get("error")))

@@ -39,6 +39,7 @@ from kdgrid.execute.job import failed_record, now
 from kdgrid.execute.ledger import Ledger
 from kdgrid.execute.rundir import job_path, read_result, remove, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 
 BOOT_LIMIT_S = 300.0  # a worker that has not started its run by then (with a timeout set) is stuck
 
@@ -307,7 +308,7 @@ class Pool:
     def _failure(self, job: _Job, why: str, *, retryable: bool) -> dict[str, Any]:
         return self.ledger.failure(job.run, job.attempt, why, retryable=retryable)
 
-    def _settle(self, job: _Job, record: dict[str, Any]) -> None:
+    def _settle(self, job: _Job, record: RunResult) -> None:
         """The ledger decides: a final record is stored, a failure that can pass comes back to the queue."""
         if self.ledger.settle(job.run, record, job.attempt, may_retry=not self.stop.requested):
             self.queue.appendleft((job.run, job.attempt + 1))

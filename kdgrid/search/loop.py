@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from kdgrid.errors import PlanError, StoreError
 from kdgrid.execute.rundir import workdir_for
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.search.journal import (
     ERROR,
     OWNER,
@@ -49,7 +50,7 @@ from kdgrid.study.schema import Search, Study
 
 FINAL_STAGES = ("joint", "prediction")  # stages whose dev metric describes the model being tuned
 ORPHAN_AFTER_S = 60.0  # a RUNNING trial without an owner this old was asked by a process that died
-Runner = Callable[..., dict[str, Any]]
+Runner = Callable[..., RunResult]
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from filelock import FileLock
 from kdgrid.execute.job import execute_job
 from kdgrid.execute.rundir import read_result, result_path, run_dir
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.store.db import Store, open_store
 
 T = TypeVar("T")
@@ -79,9 +80,9 @@ class StoreBatch:
         with_store(self.db_path, apply)
 
 
-def execute_run(batch: StoreBatch, workdir: Path, run: PlannedRun, runner: Callable[..., dict[str, Any]], *,
+def execute_run(batch: StoreBatch, workdir: Path, run: PlannedRun, runner: Callable[..., RunResult], *,
                 on_progress: ProgressFn | None = None, on_epoch: EpochHook | None = None,
-                retries: int = 0) -> tuple[dict[str, Any], bool]:
+                retries: int = 0) -> tuple[RunResult, bool]:
     """Run (or reuse) one run; return (result, reused). Its ingestion is left in ``batch`` (flushed by the caller).
 
     A run already finished (done, or failed for good) by any earlier grid, trial or process is
