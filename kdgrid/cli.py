@@ -354,8 +354,10 @@ def report(
         raise KdgridError(f"--format: '{fmt}' is not allowed (allowed: {', '.join(REPORT_FORMATS)})")
     if anova_type not in (2, 3):
         raise KdgridError(f"--anova-type: {anova_type} is not allowed (allowed: 2, 3)")
-    if correction is not None and correction not in ("holm", "fdr_bh", "bonferroni", "none"):
-        raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: holm, fdr_bh, bonferroni, none)")
+    from kdgrid.analyze.paired import CORRECTIONS
+
+    if correction is not None and correction not in CORRECTIONS:
+        raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: {', '.join(CORRECTIONS)})")
     if teachers is not None and from_file is None:
         raise KdgridError("--teachers: only with --from (a report from the store takes the teachers it recorded)")
     if index_only or all_studies:

@@ -44,8 +44,8 @@ def metric_rows(values: dict[str, float], stage: MetricStage, split: MetricSplit
     return [metric_row(stage, split, k, v, epoch=epoch, step=step) for k, v in values.items()]
 
 
-class TeacherRecord(TypedDict):
-    """A fine-tuned teacher as the store's ``teachers`` table holds it (one per cache key)."""
+class TeacherRow(TypedDict):
+    """A fine-tuned teacher as a run result carries it and the store's ``teachers`` table holds it (train.models.TeacherRecord has more)."""
 
     key: str
     task: str
@@ -82,5 +82,5 @@ class RunResult(TypedDict, total=False):
     git_sha: str | None
     metrics: list[MetricRow]
     data: dict[str, str]  # per split ("train", "dev"): the data fingerprint (train.data.data_fingerprint)
-    teacher: TeacherRecord
+    teacher: TeacherRow
     unsaved: bool

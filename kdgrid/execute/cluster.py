@@ -267,7 +267,7 @@ class ClusterRunner:
             self.reporter.run_start(self.submitted, cj.run)
             self.submitted += 1
 
-    def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> dict[str, Any] | None:
+    def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> RunResult | None:
         rpath = result_path(self.workdir, cj.run.run_id)
         res = read_result(rpath)
         if res is not None and res.get("attempt", cj.attempt) == cj.attempt:
@@ -301,7 +301,7 @@ class ClusterRunner:
         detail, setup_error = _job_detail(cj.handle)
         return self._failure(cj, *_state_failure(str(cj.handle.state), detail, self.limit_min, setup_error))
 
-    def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> dict[str, Any]:
+    def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> RunResult:
         return self.ledger.failure(cj.run, cj.attempt, f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
 
     def _settle(self, cj: _ClusterJob, record: RunResult) -> None:

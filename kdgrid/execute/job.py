@@ -82,7 +82,8 @@ def execute_job(
         faults.inject_before_run(kind)
         with faults.loop_fault(kind):
             result = runner(config, run_dir, workdir=workdir, on_progress=on_progress, **(runner_kwargs or {}))
-        result.update(started=started, finished=now(), duration_s=time.perf_counter() - t0)
+        result["started"], result["finished"] = started, now()
+        result["duration_s"] = time.perf_counter() - t0
     except KeyboardInterrupt:
         raise
     except passthrough:
@@ -124,8 +125,8 @@ def _unsaved(result: RunResult, why: str) -> RunResult:
     """The record for the store when result.json cannot be written (full disk, read-only run directory)."""
     out = result.copy()
     if result["status"] == "done":
-        out.update(status="failed", error=f"{why} (the run finished but its result could not be saved)",
-                   metrics=[], retryable=False)
+        out["status"], out["metrics"], out["retryable"] = "failed", [], False
+        out["error"] = f"{why} (the run finished but its result could not be saved)"
     else:
         out["error"] = f"{result.get('error')}; also {why}"
     out["unsaved"] = True

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
@@ -112,7 +111,7 @@ class Ledger:
         remove(job_path(self.workdir, run.run_id))
         return False
 
-    def failure(self, run: PlannedRun, attempt: int, why: str, *, retryable: bool) -> dict[str, Any]:
+    def failure(self, run: PlannedRun, attempt: int, why: str, *, retryable: bool) -> RunResult:
         """The record of an attempt that died without writing its own (a killed worker or job), saved as its result.json."""
         record = failed_record(run.run_id, run.task, run.seed, run.config, why, retryable=retryable)
         record["attempt"] = attempt

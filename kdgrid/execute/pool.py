@@ -305,7 +305,7 @@ class Pool:
             why += f"; its log: {run_log if _last_line(run_log) else slot.log}"
         self._settle(job, self._failure(job, why, retryable=True))
 
-    def _failure(self, job: _Job, why: str, *, retryable: bool) -> dict[str, Any]:
+    def _failure(self, job: _Job, why: str, *, retryable: bool) -> RunResult:
         return self.ledger.failure(job.run, job.attempt, why, retryable=retryable)
 
     def _settle(self, job: _Job, record: RunResult) -> None:

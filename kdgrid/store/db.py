@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from kdgrid.errors import StoreBusy, StoreError
-from kdgrid.records import RunResult, TeacherRecord
+from kdgrid.records import RunResult, TeacherRow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -214,7 +214,7 @@ class Store:
             for t in teachers:
                 self.upsert_teacher(t)
 
-    def upsert_teacher(self, t: TeacherRecord) -> None:
+    def upsert_teacher(self, t: TeacherRow) -> None:
         values = [t["key"], t["task"], t["model"], t.get("seed"), t.get("path"), json.dumps(t.get("metrics", {})),
                   _num(t.get("majority")), bool(t.get("flagged", False))]
         # Every run's result carries its teacher: write a teacher once per session unless it changed

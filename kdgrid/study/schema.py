@@ -404,7 +404,7 @@ class Analysis(Strict):
     baseline: dict[str, Any] | None = None
     metric: str = "auto"
     factors: list[str] | None = None
-    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
+    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"  # = analyze.paired.CORRECTIONS (tests/test_contracts.py)
     # Seed (within task) as a block in the ANOVA: the same seed means the same subset, order and init.
     block_seed: bool = True
     # Equivalence margin (TOST) in the metric's own units: one number for every metric, or metric -> margin.
