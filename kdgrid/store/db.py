@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import duckdb
 
@@ -24,6 +24,17 @@ from kdgrid.records import RunResult, TeacherRow
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+class StudyCounts(TypedDict):
+    """A study's distinct runs by status (``kdgrid status``); pending counts interrupted runs too."""
+
+    study: str
+    runs: int
+    done: int
+    failed: int
+    running: int
+    pending: int
 
 SCHEMA_VERSION = "1"
 
@@ -277,7 +288,7 @@ class Store:
                FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""", [study]).fetchone()
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
-    def study_status(self) -> list[dict[str, Any]]:
+    def study_status(self) -> list[StudyCounts]:
         rows = self.con.execute(
             """SELECT s.study, count(DISTINCT r.run_id) AS runs,
                       count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done') AS done,
@@ -286,8 +297,8 @@ class Store:
                       count(DISTINCT r.run_id) FILTER (WHERE r.status IN ('pending', 'interrupted')) AS pending
                FROM study_runs s JOIN runs r USING (run_id) GROUP BY s.study ORDER BY s.study"""
         ).fetchall()
-        cols = ["study", "runs", "done", "failed", "running", "pending"]
-        return [dict(zip(cols, r)) for r in rows]
+        return [StudyCounts(study=str(r[0]), runs=int(r[1]), done=int(r[2]), failed=int(r[3]), running=int(r[4]),
+                            pending=int(r[5])) for r in rows]
 
     def last_errors(self, study: str | None = None, limit: int = 5) -> list[tuple[str, str, str]]:
         sql = """SELECT DISTINCT r.run_id, s.study, r.error, r.finished FROM runs r JOIN study_runs s USING (run_id)
