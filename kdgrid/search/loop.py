@@ -205,7 +205,7 @@ def _evaluate(job: SearchJob, trial: optuna.Trial, runs: list[PlannedRun], runne
             # The pruner still sees every epoch: replayed from the stored rows, in training order.
             for row in result.get("metrics", []):
                 if row.get("split") == "dev" and row.get("stage") in FINAL_STAGES and row.get("name") == metric:
-                    report(int(row["epoch"]), float(row["value"]))
+                    report(int(row.get("epoch") or 0), float(row["value"]))  # dev rows of a stage carry their epoch
         final = [r["value"] for r in result.get("metrics", [])
                  if r.get("stage") == "final" and r.get("split") == "dev" and r.get("name") == metric]
         if not final or final[-1] is None or not math.isfinite(float(final[-1])):
