@@ -29,7 +29,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
-from matplotlib.typing import RcKeyType
 
 from kdgrid.errors import KdgridError
 from kdgrid.report.pivot import cell_levels, level_labels, level_namer, short_names
@@ -44,6 +43,8 @@ from kdgrid.report.tables import (
 )
 
 if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
     from kdgrid.analyze.core import Analysis
 
 FORMATS: tuple[str, ...] = ("png", "svg")
