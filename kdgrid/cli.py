@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,28 +30,28 @@ console = Console()
 err_console = Console(stderr=True)
 
 DbOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--db", help="DuckDB store (default: $KDGRID_DB or ./kdgrid.duckdb).", show_default=False),
 ]
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
 PlanLimitOption = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--plan-limit", min=1, show_default=False,
                  help="Most runs the plan may have (default: the study's plan_limit, else 10000)."),
 ]
 
 # How runs execute: one definition for 'kdgrid run' and 'kdgrid search' (resolved by kdgrid.execute.settings).
-WorkersOption = Annotated[Optional[int], typer.Option(
+WorkersOption = Annotated[int | None, typer.Option(
     help="Worker processes, one run each (0: in this process). Default: execute.workers, 1.", show_default=False)]
-GpusOption = Annotated[Optional[str], typer.Option(
+GpusOption = Annotated[str | None, typer.Option(
     help="GPUs for the workers, one slot each: 0,1 (0,0,1,1: two slots per GPU).", show_default=False)]
-TimeoutOption = Annotated[Optional[float], typer.Option(
+TimeoutOption = Annotated[float | None, typer.Option(
     "--timeout", help="Seconds a run may take; then it fails (not retried).", show_default=False)]
-RetriesOption = Annotated[Optional[int], typer.Option(
+RetriesOption = Annotated[int | None, typer.Option(
     help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False)]
-ExecutorOption = Annotated[Optional[str], typer.Option(
+ExecutorOption = Annotated[str | None, typer.Option(
     help="local | slurm (a Slurm job array through submitit).", show_default=False)]
-SlurmOption = Annotated[Optional[str], typer.Option(
+SlurmOption = Annotated[str | None, typer.Option(
     help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...", show_default=False)]
 
 
@@ -188,7 +188,7 @@ def run(
     study: StudyArg,
     db: DbOption = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also rerun runs that failed before.")] = False,
-    max_runs: Annotated[Optional[int], typer.Option(help="Stop after this many runs (for smoke tests).")] = None,
+    max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs (for smoke tests).")] = None,
     workers: WorkersOption = None,
     gpus: GpusOption = None,
     timeout: TimeoutOption = None,
@@ -305,8 +305,8 @@ def status(db: DbOption = None) -> None:
 def search(
     study: StudyArg,
     db: DbOption = None,
-    trials: Annotated[Optional[int], typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")] = None,
-    confirm: Annotated[Optional[int], typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")] = None,
+    confirm: Annotated[int | None, typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them.")] = None,
     workers: WorkersOption = None,
     gpus: GpusOption = None,
     timeout: TimeoutOption = None,
@@ -348,26 +348,26 @@ REPORT_FORMATS = ("table", "md", "csv", "latex", "html", "json")
 
 @app.command()
 def report(
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name in the store (default: the only one).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name in the store (default: the only one).")] = None,
     db: DbOption = None,
-    from_file: Annotated[Optional[Path], typer.Option("--from", help="Analyse a tidy CSV/Parquet table instead of the store.")] = None,
-    teachers: Annotated[Optional[Path], typer.Option("--teachers", help="With --from: CSV/Parquet of task, teacher[, floor] (raw units) for the sensitivity section and floor checks.")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Metric column, or 'auto' for each task's official metric.")] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")] = None,
-    correction: Annotated[Optional[str], typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from", help="Analyse a tidy CSV/Parquet table instead of the store.")] = None,
+    teachers: Annotated[Path | None, typer.Option("--teachers", help="With --from: CSV/Parquet of task, teacher[, floor] (raw units) for the sensitivity section and floor checks.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Metric column, or 'auto' for each task's official metric.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")] = None,
+    correction: Annotated[str | None, typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
     anova_type: Annotated[int, typer.Option("--anova-type", help="2 or 3 (type III uses sum-to-zero contrasts).")] = 2,
-    anova_order: Annotated[Optional[int], typer.Option("--anova-order", help="Highest interaction order in the ANOVA (default: all).")] = None,
-    block_seed: Annotated[Optional[bool], typer.Option("--block-seed/--no-block-seed", help="Seed (within task) as a block in the ANOVA (default: the study's analysis.block_seed, else on).")] = None,
+    anova_order: Annotated[int | None, typer.Option("--anova-order", help="Highest interaction order in the ANOVA (default: all).")] = None,
+    block_seed: Annotated[bool | None, typer.Option("--block-seed/--no-block-seed", help="Seed (within task) as a block in the ANOVA (default: the study's analysis.block_seed, else on).")] = None,
     mixed: Annotated[bool, typer.Option("--mixed", help="Also fit a mixed model: task fixed, random intercept for seed within task.")] = False,
-    factors: Annotated[Optional[str], typer.Option(help="Comma-separated factors to analyse (default: the grid's).")] = None,
+    factors: Annotated[str | None, typer.Option(help="Comma-separated factors to analyse (default: the grid's).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")] = "table",
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw plots (PNG+SVG) and embed them in the HTML.")] = True,
-    search_name: Annotated[Optional[str], typer.Option("--search", help="Report a search (best settings, history, importances, confirmation).")] = None,
-    rows: Annotated[Optional[str], typer.Option("--rows", help="Factors forming the rows of the pivot tables, comma-separated (default: the study's analysis.table.rows).")] = None,
-    cols: Annotated[Optional[str], typer.Option("--cols", help="Factors (and 'task') forming the columns of the pivot tables (default: analysis.table.cols).")] = None,
+    search_name: Annotated[str | None, typer.Option("--search", help="Report a search (best settings, history, importances, confirmation).")] = None,
+    rows: Annotated[str | None, typer.Option("--rows", help="Factors forming the rows of the pivot tables, comma-separated (default: the study's analysis.table.rows).")] = None,
+    cols: Annotated[str | None, typer.Option("--cols", help="Factors (and 'task') forming the columns of the pivot tables (default: analysis.table.cols).")] = None,
     brief: Annotated[bool, typer.Option("--brief", help="Print only the summary and the decisive comparisons.")] = False,
-    question: Annotated[Optional[str], typer.Option("--question", help="The question the study asks (default: the study's description).")] = None,
+    question: Annotated[str | None, typer.Option("--question", help="The question the study asks (default: the study's description).")] = None,
     all_studies: Annotated[bool, typer.Option("--all", help="Report every study in the store under --out (default reports/) and write its index.html.")] = False,
     index_only: Annotated[bool, typer.Option("--index", help="Only (re)write index.html under --out (default reports/) from the reports there.")] = False,
 ) -> None:
@@ -376,8 +376,10 @@ def report(
         raise KdgridError(f"--format: '{fmt}' is not allowed (allowed: {', '.join(REPORT_FORMATS)})")
     if anova_type not in (2, 3):
         raise KdgridError(f"--anova-type: {anova_type} is not allowed (allowed: 2, 3)")
-    if correction is not None and correction not in ("holm", "fdr_bh", "bonferroni", "none"):
-        raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: holm, fdr_bh, bonferroni, none)")
+    from kdgrid.analyze.paired import CORRECTIONS
+
+    if correction is not None and correction not in CORRECTIONS:
+        raise KdgridError(f"--correction: '{correction}' is not allowed (allowed: {', '.join(CORRECTIONS)})")
     if teachers is not None and from_file is None:
         raise KdgridError("--teachers: only with --from (a report from the store takes the teachers it recorded)")
     if index_only or all_studies:
@@ -526,10 +528,10 @@ def _mixed_section(table: Any, metric: str, factors: list[str] | None, baseline:
 
 @app.command()
 def export(
-    study: Annotated[Optional[str], typer.Option("--study", help="One study (with its factor columns); default: all runs.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="One study (with its factor columns); default: all runs.")] = None,
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet | csv.")] = "parquet",
-    out: Annotated[Optional[Path], typer.Option(help="Output file (default: <study or runs>.<format>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: <study or runs>.<format>).")] = None,
 ) -> None:
     """Write the tidy results (one row per run, final metrics as columns) for pandas or R."""
     if fmt not in ("parquet", "csv"):

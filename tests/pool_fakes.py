@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdgrid.errors import KdgridError, RunFailed  # noqa: E402  (workers import only this: they start fast)
+from kdgrid.errors import KdgridError, RunFailed
 
 
 def fake_study(seeds: int = 3, temperatures: tuple[float, ...] = (1.0, 4.0), name: str = "fake") -> Any:
@@ -40,7 +40,7 @@ class SleepyRunner:
         steps = 4
         for step in range(1, steps + 1):
             time.sleep(self.delay / steps)
-            if os.environ.get("KDGRID_FAULT") == "nan" and step == 2:  # as kdgrid/train/loop.py does
+            if os.environ.get("KDGRID_FAULT") == "nan" and step == 2:  # as a real run hit by nan fails (kdgrid/execute/faults.py)
                 raise RunFailed(f"loss became nan at stage joint, epoch 1, step {step}")
             if on_progress is not None:
                 on_progress("joint", 1, step, steps)

@@ -157,13 +157,13 @@ def test_load_table_reads_csv_and_parquet(tmp_path: Path) -> None:
 
 
 def test_load_table_errors_are_one_clear_line(tmp_path: Path) -> None:
-    with pytest.raises(AnalysisError, match="results table not found: .*nope.csv"):
+    with pytest.raises(AnalysisError, match=r"results table not found: .*nope.csv"):
         load_table(tmp_path / "nope.csv")
     (tmp_path / "r.xlsx").write_text("x")
     with pytest.raises(AnalysisError, match=r"results table .*r.xlsx: unknown extension '.xlsx' \(allowed: .csv, .parquet\)"):
         load_table(tmp_path / "r.xlsx")
     pd.DataFrame({"task": ["cola"], "seed": [1], "bleu": [0.3]}).to_csv(tmp_path / "m.csv", index=False)
-    with pytest.raises(AnalysisError, match="no metric column in .*m.csv: expected one of accuracy, f1, mcc"):
+    with pytest.raises(AnalysisError, match=r"no metric column in .*m.csv: expected one of accuracy, f1, mcc"):
         load_table(tmp_path / "m.csv")
     assert len(load_table(tmp_path / "m.csv", metric="bleu")) == 1
     with pytest.raises(AnalysisError, match="no metric column rouge"):

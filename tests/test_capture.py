@@ -64,9 +64,8 @@ def test_sdpa_capture_equals_eager_attentions(models: tuple[BertModel, BertModel
 def test_captured_qkv_are_the_projections_of_the_layer_input(models, batch) -> None:
     sdpa, _ = models
     ids, mask = batch
-    with torch.no_grad():
-        with capture_qkv(sdpa, [3]) as qkv:
-            out = sdpa(ids, attention_mask=mask, output_hidden_states=True)
+    with torch.no_grad(), capture_qkv(sdpa, [3]) as qkv:
+        out = sdpa(ids, attention_mask=mask, output_hidden_states=True)
     x = out.hidden_states[2]  # input of layer 3
     self_attn = sdpa.encoder.layer[2].attention.self
     for got, lin in zip(qkv[3], (self_attn.query, self_attn.key, self_attn.value), strict=True):
@@ -90,9 +89,8 @@ def test_hooks_removed_after_exit_and_on_error(models, batch) -> None:
     with capture_qkv(sdpa, [1, 4]):
         assert n_hooks() == 6
     assert n_hooks() == 0
-    with pytest.raises(RuntimeError):
-        with capture_qkv(sdpa, [2]):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), capture_qkv(sdpa, [2]):
+        raise RuntimeError("boom")
     assert n_hooks() == 0
 
 
@@ -109,11 +107,9 @@ def test_capture_keeps_gradients_and_works_with_task_heads() -> None:
 
 def test_capture_errors(models) -> None:
     sdpa, _ = models
-    with pytest.raises(ModelError, match=r"1\.\.4"):
-        with capture_qkv(sdpa, [0, 5]):
-            pass
-    with pytest.raises(ModelError):
-        with capture_qkv(nn.Linear(2, 2), [1]):
-            pass
+    with pytest.raises(ModelError, match=r"1\.\.4"), capture_qkv(sdpa, [0, 5]):
+        pass
+    with pytest.raises(ModelError), capture_qkv(nn.Linear(2, 2), [1]):
+        pass
     with pytest.raises(ModelError):
         additive_mask(torch.ones(2, 3, 4))

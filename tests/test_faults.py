@@ -23,8 +23,8 @@ from typing import Any
 
 import duckdb
 import pytest
-
 from pool_fakes import fake_study, go
+
 from kdgrid.execute.rundir import workdir_for
 from kdgrid.plan import expand
 from kdgrid.study.schema import Execute
@@ -310,3 +310,24 @@ def test_a_reader_holding_the_store_makes_writes_wait_not_fail(tmp_path: Path) -
     reader.wait()
     assert out.done == N_RUNS - 1
     assert_stored_once(db)
+
+
+def test_the_nan_fault_poisons_the_objective_of_its_run_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training loop holds no test hook: execute/faults.py wraps the objective around one run."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdgrid.execute import faults
+    from kdgrid.train.objectives import DistillObjective
+
+    monkeypatch.setattr(DistillObjective, "forward", lambda self, *a, **k: {"loss": torch.tensor(1.0)})
+    training, scoring = SimpleNamespace(training=True), SimpleNamespace(training=False)
+    with faults.loop_fault("nan"):
+        losses = [DistillObjective.forward(training)["loss"].item() for _ in range(3)]
+        assert DistillObjective.forward(scoring)["loss"].item() == 1.0  # evaluation is left alone
+    assert losses[0] == 1.0 and all(math.isnan(x) for x in losses[1:])
+    assert DistillObjective.forward(training)["loss"].item() == 1.0  # restored after the run
+    with faults.loop_fault(None):
+        assert DistillObjective.forward(training)["loss"].item() == 1.0

@@ -16,15 +16,22 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_store_execute import FakeRunner, counts, go, grid_study
 
 from kdgrid.errors import PlanError, RunFailed, StoreError, StudyError
-from kdgrid.execute.rundir import check_result, damaged_results, read_result, result_path, workdir_for, write_json_atomic
+from kdgrid.execute.rundir import (
+    check_result,
+    damaged_results,
+    read_result,
+    result_path,
+    workdir_for,
+    write_json_atomic,
+)
 from kdgrid.plan import expand, plan_size
 from kdgrid.store import open_store
 from kdgrid.study import load_study
 from kdgrid.study.loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, parse_yaml
 from kdgrid.study.schema import Study
-from test_store_execute import FakeRunner, counts, go, grid_study
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 HEAD = "name: hostile\ntasks: [cola]\n"
@@ -359,9 +366,8 @@ def test_damaged_blocks_found_by_a_query_are_a_store_error(big_store: Path, tmp_
 
 
 def test_a_query_mistake_is_not_called_damage(big_store: Path) -> None:
-    with pytest.raises(duckdb.CatalogException):
-        with open_store(big_store, read_only=True) as s:
-            s.con.execute("SELECT * FROM no_such_table")
+    with pytest.raises(duckdb.CatalogException), open_store(big_store, read_only=True) as s:
+        s.con.execute("SELECT * FROM no_such_table")
 
 
 def test_a_store_from_a_newer_kdgrid_is_refused_untouched(tmp_path: Path) -> None:
@@ -370,9 +376,8 @@ def test_a_store_from_a_newer_kdgrid_is_refused_untouched(tmp_path: Path) -> Non
         s.con.execute("UPDATE kdgrid_meta SET value = '2' WHERE key = 'schema_version'")
     before = db.read_bytes()
     for read_only in (True, False):
-        with pytest.raises(StoreError) as info:
-            with open_store(db, read_only=read_only):
-                pass
+        with pytest.raises(StoreError) as info, open_store(db, read_only=read_only):
+            pass
         assert str(info.value) == (f"{db}: written by a newer kdgrid (store schema version 2; this kdgrid reads up "
                                    "to 1); upgrade kdgrid, or choose another --db")
     assert db.read_bytes() == before
@@ -590,8 +595,9 @@ def test_the_report_says_when_remote_code_was_trusted() -> None:
 
 
 def test_the_reproducibility_facts_name_trusted_remote_code(tmp_path: Path) -> None:
-    from kdgrid.report.reproducibility import _facts
     from test_report import make_provenance
+
+    from kdgrid.report.reproducibility import _facts
 
     plain = make_provenance(tmp_path)
     assert "Remote code" not in list(_facts(plain, tmp_path).frame["Item"])

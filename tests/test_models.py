@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from kdgrid.errors import ModelError
+from kdgrid.model_names import resolve_model_path, teacher_shape
 from kdgrid.study.schema import FineTune, Student, Teacher
 from kdgrid.train import models as models_mod
 from kdgrid.train.models import (
@@ -26,7 +27,6 @@ from kdgrid.train.models import (
     load_teacher,
     student_layer_choice,
 )
-from kdgrid.model_names import resolve_model_path, teacher_shape
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_load_classifier_regression_and_errors(tiny_model_dir: Path) -> None:
     assert reg.config.num_labels == 1 and reg.config.problem_type == "regression"
     three = load_classifier(str(tiny_model_dir), 3, label_list=("entailment", "neutral", "contradiction"))
     assert three.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
-    with pytest.raises(ModelError, match="^cannot load model org/not-there-offline: "):
+    with pytest.raises(ModelError, match=r"^cannot load model org/not-there-offline: "):
         load_classifier("org/not-there-offline", 2)
 
 

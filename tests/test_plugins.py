@@ -99,7 +99,6 @@ CASES: dict[str, tuple[dict[str, Any], str, str, dict[str, float]]] = {
 @pytest.fixture(scope="module")
 def tiny_outputs() -> dict[str, Any]:
     import torch
-
     from test_objectives import bert, run
 
     teacher = bert(4, 4, 32, seed=0).eval()
@@ -186,7 +185,7 @@ def test_duplicate_names_are_refused_naming_both_sources() -> None:
 
 
 def test_broken_or_mismatched_entry_points_say_which() -> None:
-    with pytest.raises(PluginError, match="cannot be loaded.*no_such_module"):
+    with pytest.raises(PluginError, match=r"cannot be loaded.*no_such_module"):
         build_registry([_ep("x", "no_such_module:X")])
     with pytest.raises(PluginError, match="differs from the spec's 'cosine_hidden'"):
         build_registry([_ep("cosine", "kdgrid_example_plugin.specs:COSINE_HIDDEN")])
@@ -256,7 +255,7 @@ def test_plugin_provenance_is_part_of_the_run_id(monkeypatch: pytest.MonkeyPatch
                         type(entry)(entry.spec, Source(EXAMPLE, v + ".post1", entry.source.entry_point)))
     bumped = expand(Study.model_validate(study))[0]
     assert bumped.run_id != run.run_id
-    with pytest.raises(ValueError, match="planned with plug-ins .* plan the study again"):
+    with pytest.raises(ValueError, match=r"planned with plug-ins .* plan the study again"):
         RunConfig.model_validate(run.config)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import duckdb
 import pytest
-
 from pool_fakes import fake_study, go
+
 from kdgrid.errors import KdgridError
 from kdgrid.execute.rundir import workdir_for
 from kdgrid.execute.settings import resolve_execute, threads_per_worker

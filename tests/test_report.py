@@ -533,7 +533,7 @@ def test_search_plots(tmp_path: Path) -> None:
     paths = search_plots(optuna_like, None, out_dir=tmp_path / "o", formats=("svg",))
     assert sorted(p.name for p in paths) == ["search_history.svg", "search_slices.svg"]
     assert_images(paths)
-    with pytest.raises(KdgridError, match="^no search parameter\\(s\\) beta; allowed: alpha, temperature, attention$"):
+    with pytest.raises(KdgridError, match=r"^no search parameter\(s\) beta; allowed: alpha, temperature, attention$"):
         search_plots(history, {}, params, out_dir=tmp_path, params=["beta"])
     assert search_plots(history.iloc[0:0], {}, params.iloc[0:0], out_dir=tmp_path / "none") == []
 

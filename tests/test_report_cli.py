@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pytest
+from test_analyze_reference import moore_df, sleep_df, tooth_df
 from typer.testing import CliRunner
 
 from kdgrid.cli import app
@@ -20,7 +21,6 @@ from kdgrid.plan import expand
 from kdgrid.store import open_store
 from kdgrid.store.queries import study_reproducibility
 from kdgrid.study.schema import Study
-from test_analyze_reference import moore_df, sleep_df, tooth_df
 
 runner = CliRunner()
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_report import META, make_analysis  # the same hand-built Analysis as the format tests
 
 from kdgrid.report import render
-from test_report import META, make_analysis  # the same hand-built Analysis as the format tests
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

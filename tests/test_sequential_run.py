@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import write_cola_dir
+from test_cli_e2e import kdgrid, tiny_study
+
 from kdgrid.errors import StudyError
 from kdgrid.plan import expand
 from kdgrid.sequential import plan_sequential, states_frame, study_states
 from kdgrid.sequential.driver import run_sequential
 from kdgrid.store import open_store
 from kdgrid.study import load_study
-from test_cli_e2e import kdgrid, tiny_study
 
 STUDY = """
 name: seq

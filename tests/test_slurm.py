@@ -15,8 +15,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from pool_fakes import fake_study, go
+
 from kdgrid.errors import KdgridError
 from kdgrid.execute.rundir import job_path, result_path, workdir_for, write_json_atomic
 from kdgrid.plan import expand

@@ -134,9 +134,8 @@ def test_foreign_duckdb_file_is_refused_untouched(tmp_path: Path) -> None:
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE sales (x INTEGER)")
     con.close()
-    with pytest.raises(StoreError, match="not a kdgrid store"):
-        with open_store(db):
-            pass
+    with pytest.raises(StoreError, match="not a kdgrid store"), open_store(db):
+        pass
     con = duckdb.connect(str(db), read_only=True)
     assert [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()] == ["sales"]
     con.close()
@@ -145,9 +144,8 @@ def test_foreign_duckdb_file_is_refused_untouched(tmp_path: Path) -> None:
 def test_not_a_database_file(tmp_path: Path) -> None:
     db = tmp_path / "notes.duckdb"
     db.write_text("hello, not a database\n" * 100)
-    with pytest.raises(StoreError, match="not a DuckDB database"):
-        with open_store(db):
-            pass
+    with pytest.raises(StoreError, match="not a DuckDB database"), open_store(db):
+        pass
     assert db.read_text().startswith("hello")
 
 

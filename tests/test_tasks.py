@@ -36,6 +36,12 @@ def test_catalogue_facts() -> None:
     assert get_task("sst2").glue_dir == "SST-2" and get_task("stsb").glue_dir == "STS-B"
 
 
+def test_the_study_schema_names_exactly_the_catalogue_tasks() -> None:
+    from kdgrid.study.schema import TASKS as STUDY_TASKS
+
+    assert list(STUDY_TASKS) == list(TASKS)
+
+
 def test_get_task_unknown_lists_allowed() -> None:
     with pytest.raises(DataError) as err:
         get_task("squad")

@@ -45,6 +45,7 @@ import itertools
 import warnings as pywarnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -230,8 +231,8 @@ def _fit_one(
     if typ == 3:
         # Empty cells alias interaction columns; type III has no meaning then, so lower the order.
         def factor_rank_ok(ts: Sequence[Term]) -> bool:
-            x = np.asarray(design(ts))
-            return int(np.linalg.matrix_rank(x)) == x.shape[1]
+            x: np.ndarray = np.asarray(design(ts))
+            return int(np.linalg.matrix_rank(x)) == int(x.shape[1])
 
         while not factor_rank_ok(terms) and eff_order > 1:
             eff_order -= 1
@@ -293,7 +294,7 @@ def _fit_one(
     if df_res_i <= 0:
         warnings.append(f"ANOVA {label}: no residual degrees of freedom (one run per cell?): F and p undefined; lower the order")
     for r in rows:
-        ss_t, df_t = float(r["sum_sq"]), int(r["df"])  # type: ignore[arg-type]
+        ss_t, df_t = float(cast(float, r["sum_sq"])), int(cast(int, r["df"]))
         f_val = (ss_t / df_t) / ms_res if df_res_i > 0 and ms_res > 0 else np.nan
         r["F"] = f_val
         r["p"] = float(stats.f.sf(f_val, df_t, df_res_i)) if np.isfinite(f_val) else np.nan

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -231,7 +231,7 @@ def paired_ttest(
         raise AnalysisError(f"paired samples must be 1-D and equally long, got {x.shape} and {y.shape}")
     ok = np.isfinite(x) & np.isfinite(y)
     row = _paired_stats(x[ok], y[ok], confidence)
-    notes = list(row.pop("notes"))  # type: ignore[arg-type]
+    notes = list(cast("list[str]", row.pop("notes")))
     if (~ok).any():
         notes.insert(0, f"dropped {int((~ok).sum())} pair(s) with a missing value")
     row["note"] = "; ".join(notes)
@@ -258,7 +258,9 @@ def run_keys(prep: Prepared, df: pd.DataFrame | None = None) -> dict[tuple[str, 
     both collapse to MCC 0 are different runs).
     """
     cells = prep.data[["task", "cell"]].drop_duplicates()
-    own = {(str(t), str(c)): (("cell", str(t), str(c)),) for t, c in zip(cells["task"], cells["cell"])}
+    own: dict[tuple[str, str], tuple[object, ...]] = {
+        (str(t), str(c)): (("cell", str(t), str(c)),) for t, c in zip(cells["task"], cells["cell"])
+    }
     if "run_id" in prep.data.columns:
         src = prep.data[["task", "cell", "run_id"]]
     elif df is not None and "run_id" in df.columns and all(f in df.columns for f in prep.factors):
@@ -271,9 +273,9 @@ def run_keys(prep: Prepared, df: pd.DataFrame | None = None) -> dict[tuple[str, 
         src = pd.DataFrame({"task": task.to_numpy(), "cell": label, "run_id": df["run_id"].to_numpy()}).dropna()
     else:
         return own
-    for (task, cell), grp in src.groupby(["task", "cell"], sort=False):
-        if (str(task), str(cell)) in own:
-            own[(str(task), str(cell))] = tuple(sorted(map(str, grp["run_id"].unique())))
+    for (t_key, c_key), grp in src.groupby(["task", "cell"], sort=False):
+        if (str(t_key), str(c_key)) in own:
+            own[(str(t_key), str(c_key))] = tuple(sorted(map(str, grp["run_id"].unique())))
     return own
 
 
@@ -293,7 +295,7 @@ def resolve_baseline(prep: Prepared, baseline: Mapping[str, object] | None) -> t
         first = {f: prep.levels[f][0] for f in prep.factors}
         if not first:
             return first, warnings
-        row = prep.data.loc[prep.data["cell_rank"].idxmin()]
+        row = prep.data.iloc[int(np.argmin(prep.data["cell_rank"].to_numpy()))]
         base = {f: str(row[f]) for f in prep.factors}
         shown = ", ".join(f"{prep.short[f]}={v}" for f, v in base.items())
         if base == first:
@@ -366,10 +368,12 @@ def _paired(
     dup = data.groupby(["task", "cell", "seed"]).size()
     dup = dup[dup > 1]
     if not dup.empty:
-        shown = "; ".join(f"{t} / {c} / seed {s}: {k} runs" for (t, c, s), k in list(dup.items())[:5])
+        shown = "; ".join(f"{t} / {c} / seed {s}: {k} runs"
+                          for t, c, s, k in dup.reset_index().head(5).itertuples(index=False, name=None))
         warnings.append(f"{len(dup)} (task, cell, seed) with more than one run were averaged before pairing ({shown})")
-    per_seed: dict[str, dict[str, dict[object, float]]] = {}
-    for (task, cell, seed), v in data.groupby(["task", "cell", "seed"], sort=True)["value"].mean().items():
+    per_seed: dict[str, dict[str, dict[Any, float]]] = {}  # seed keys: ints from the store, any sortable value from a table
+    means = data.groupby(["task", "cell", "seed"], sort=True)["value"].mean().reset_index()
+    for task, cell, seed, v in means.itertuples(index=False, name=None):
         per_seed.setdefault(task, {}).setdefault(cell, {})[seed] = float(v)
     keys = dict(keys) if keys is not None else run_keys(prep)
 
@@ -414,7 +418,7 @@ def _paired(
             cv = np.array([c[k] for k in common], dtype=float)
             bv = np.array([b[k] for k in common], dtype=float)
             stats_row = _paired_stats(cv, bv, confidence)
-            notes += list(stats_row.pop("notes"))  # type: ignore[arg-type]
+            notes += cast("list[str]", stats_row.pop("notes"))
             m = margin_of(margin, metric)
             floor, at_floor = _floor_check(bv, (floors or {}).get(task), confidence)
             if at_floor:
@@ -453,11 +457,11 @@ def _paired(
     out["baseline_at_floor"] = out["baseline_at_floor"].astype(bool)
 
     own = out[~repeated]  # a comparison repeated by collapsed cells is counted once in the warnings too
-    at_floor = own[own["baseline_at_floor"]]
-    if not at_floor.empty:
-        tasks_at = ", ".join(dict.fromkeys(f"{r.task} ({r.baseline})" for r in at_floor.itertuples()))
+    floor_rows = own[own["baseline_at_floor"]]
+    if not floor_rows.empty:
+        tasks_at = ", ".join(dict.fromkeys(f"{r.task} ({r.baseline})" for r in floor_rows.itertuples()))
         warnings.append(
-            f"{len(at_floor)} comparison(s) have a baseline student no better than the majority class or chance "
+            f"{len(floor_rows)} comparison(s) have a baseline student no better than the majority class or chance "
             f"(its {confidence:.0%} interval reaches the floor): {tasks_at}; differences between students at the "
             "floor are not evidence about the methods"
         )

@@ -170,7 +170,9 @@ def friedman_ranks(
     ``nemenyi``: cell_a, cell_b, rank_diff, p (Nemenyi, family-wise over all pairs);
     ``summary``: statistic, p, k, n_blocks, cd, alpha, method, note.
     """
-    empty = (pd.DataFrame(columns=RANK_COLUMNS), pd.DataFrame(columns=NEMENYI_COLUMNS), {})
+    empty: tuple[pd.DataFrame, pd.DataFrame, dict[str, object]] = (
+        pd.DataFrame(columns=RANK_COLUMNS), pd.DataFrame(columns=NEMENYI_COLUMNS), {}
+    )
     if not prep.has_seed or not prep.factors:
         return (*empty, [])
     data = prep.data

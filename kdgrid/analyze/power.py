@@ -125,7 +125,9 @@ def dz_interval(dz: float, n: int, *, confidence: float = 0.95) -> tuple[float, 
     tail = (1 - confidence) / 2
 
     def solve(target: float) -> float:
-        f = lambda d: float(stats.nct.cdf(t_obs, nu, d)) - target  # noqa: E731
+        def f(d: float) -> float:
+            return float(stats.nct.cdf(t_obs, nu, d)) - target
+
         # The cdf falls in δ; widen the bracket step by step (scipy's nct gives NaN far in the tails).
         lo, hi = t_obs - 1.0, t_obs + 1.0
         while f(lo) < 0:
@@ -173,14 +175,14 @@ def power_table(
         raise AnalysisError(f"paired frame lacks column(s) {', '.join(missing)}")
     rows = []
     cache: dict[float, int | None] = {}
-    for r in paired.itertuples(index=False):
-        dz = float(r.dz) if r.dz is not None else np.nan
-        m = int(getattr(r, "family_size", 1) or 1)
+    for r in paired.to_dict("records"):
+        dz = float(r["dz"]) if r["dz"] is not None else np.nan
+        m = int(r.get("family_size", 1) or 1)
         a = family_alpha(alpha, m, correction)
         if a not in cache:
             cache[a] = seeds_needed(target_dz, power=power, alpha=a)
-        lo, hi = dz_interval(dz, int(r.n))
-        rows.append({"task": r.task, "condition": r.condition, "n": int(r.n), "dz": dz, "dz_ci_low": lo,
+        lo, hi = dz_interval(dz, int(r["n"]))
+        rows.append({"task": r["task"], "condition": r["condition"], "n": int(r["n"]), "dz": dz, "dz_ci_low": lo,
                      "dz_ci_high": hi, "family_size": m, "alpha_used": a, "target_dz": float(target_dz),
                      "n_for_target": cache[a]})
     out = pd.DataFrame(rows, columns=POWER_COLUMNS)
@@ -207,10 +209,10 @@ def power_plan(
         return pd.DataFrame(columns=PLAN_COLUMNS)
     rows = []
     fams = paired.drop_duplicates("family")[["family", "family_size"]]
-    for r in fams.itertuples(index=False):
-        a = family_alpha(alpha, int(r.family_size), correction)
+    for r in fams.to_dict("records"):
+        a = family_alpha(alpha, int(r["family_size"]), correction)
         for d in targets:
-            rows.append({"family": r.family, "family_size": int(r.family_size), "alpha_used": a, "target_dz": float(d),
+            rows.append({"family": r["family"], "family_size": int(r["family_size"]), "alpha_used": a, "target_dz": float(d),
                          "power": power, "n_needed": seeds_needed(d, power=power, alpha=a)})
     out = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     out["n_needed"] = pd.array(list(out["n_needed"]), dtype="Int64")

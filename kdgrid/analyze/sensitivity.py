@@ -82,7 +82,7 @@ def _teacher_table(teacher_scores: TeacherScores) -> tuple[dict[str, float], lis
     counts = t.groupby("task")["teacher"].count()
     if "seed" not in t.columns and (counts > 1).any():
         warnings.append("teacher_scores has several rows for some task(s) without a seed column; their mean is used")
-    return t.groupby("task")["teacher"].mean().to_dict(), warnings
+    return {str(k): float(v) for k, v in t.groupby("task")["teacher"].mean().items()}, warnings
 
 
 def _sensitivity(
@@ -155,7 +155,7 @@ def sensitivity(
     return out
 
 
-def spearman_exact(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, str]:
+def spearman_exact(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[float, float, str]:
     """Spearman's rho with a two-sided p: exact permutation p for n ≤ 9, else the t approximation.
 
     p = share of the n! pairings with |rho| ≥ |rho_observed| (ties handled by mid-ranks,
@@ -201,4 +201,4 @@ def sensitivity_summary(sens: pd.DataFrame) -> dict[str, object]:
     note = "normalised retention (student − floor)/(teacher − floor), averaged over cells per task"
     if len(per_task) < 3:
         note = f"only {len(per_task)} task(s) with a gap and a training-set size: no correlation"
-    return {"spearman_rho": rho, "spearman_p": p, "n_tasks": int(len(per_task)), "method": method, "note": note}
+    return {"spearman_rho": rho, "spearman_p": p, "n_tasks": len(per_task), "method": method, "note": note}

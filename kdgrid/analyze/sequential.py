@@ -31,7 +31,7 @@ Pure functions: no store, no torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -120,8 +120,8 @@ class _State:
         return _State(x, dens * w, t)
 
 
-def _solve(f: object, lo: float = 0.0, hi: float = 40.0) -> float:
-    return float(brentq(f, lo, hi, xtol=1e-9))  # type: ignore[arg-type]
+def _solve(f: Callable[[float], float], lo: float = 0.0, hi: float = 40.0) -> float:
+    return float(brentq(f, lo, hi, xtol=1e-9))
 
 
 @lru_cache(maxsize=4096)
@@ -144,10 +144,15 @@ def boundaries(info: tuple[float, ...], alpha: float, kind: str, sides: int = 2)
         if inc <= 1e-15:  # nothing to spend: a boundary no statistic reaches
             c = math.inf
         elif sides == 2:
-            c = _solve(lambda c: state.prob_between(-math.inf, -c * st, t, 0.0)
-                       + state.prob_between(c * st, math.inf, t, 0.0) - inc)
+            def both(c: float, state: _State = state, st: float = st, t: float = t, inc: float = inc) -> float:
+                return state.prob_between(-math.inf, -c * st, t, 0.0) + state.prob_between(c * st, math.inf, t, 0.0) - inc
+
+            c = _solve(both)
         else:
-            c = _solve(lambda c: state.prob_between(c * st, math.inf, t, 0.0) - inc, -10.0, 40.0)
+            def upper_only(c: float, state: _State = state, st: float = st, t: float = t, inc: float = inc) -> float:
+                return state.prob_between(c * st, math.inf, t, 0.0) - inc
+
+            c = _solve(upper_only, -10.0, 40.0)
         out.append(c)
         upper = c * st if math.isfinite(c) else _TAIL * st
         state = state.advance([(-upper, upper)] if sides == 2 else [(-_TAIL * st, upper)], t, 0.0)
@@ -285,7 +290,7 @@ def _look_stats(d: np.ndarray, margin: float | None, p_eq_bound: float) -> tuple
     return mean, sd, t, p, p_eq, lo, hi
 
 
-def sequential_test(diffs: Sequence[Sequence[float]], design: Design, margin: float | None = None,
+def sequential_test(diffs: Sequence[Sequence[float] | np.ndarray], design: Design, margin: float | None = None,
                     *, complete: int | None = None) -> SequentialResult:
     """Apply the design to the paired differences available at each look.
 

@@ -21,9 +21,10 @@ Everything in :mod:`kdgrid.analyze` goes through :func:`prepare`, which
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -31,10 +32,10 @@ import pandas as pd
 from kdgrid.errors import KdgridError
 
 __all__ = [
-    "AnalysisError",
-    "Collapse",
     "KNOWN_METRICS",
     "RESERVED_COLUMNS",
+    "AnalysisError",
+    "Collapse",
     "MetricSpec",
     "Prepared",
     "cell_label",
@@ -78,7 +79,7 @@ def level_key(value: object) -> str:
         f = float(value)
         return "NA" if math.isnan(f) else format(f, ".15g")
     try:
-        if pd.isna(value):  # pd.NA, NaT
+        if pd.isna(cast(Any, value)):  # pd.NA, NaT (pandas' stubs accept no plain object)
             return "NA"
     except (TypeError, ValueError):
         pass
@@ -295,7 +296,7 @@ def _resolve_metric(df: pd.DataFrame, tasks: list[str], metric: MetricSpec) -> d
             )
         metric_of = {t: TASKS[t].official_metric for t in tasks}
     elif isinstance(metric, str):
-        metric_of = {t: metric for t in tasks}
+        metric_of = dict.fromkeys(tasks, metric)
     elif isinstance(metric, Mapping):
         missing = [t for t in tasks if t not in metric]
         if missing:
@@ -386,7 +387,7 @@ def prepare(df: pd.DataFrame, *, metric: MetricSpec, factors: Sequence[str] | No
     if facs:
         combos = work[facs].drop_duplicates()
         combos = combos.assign(
-            _sort=[tuple(rank[f][r[f]] for f in facs) for _, r in combos.iterrows()]
+            _sort=pd.Series([tuple(rank[f][r[f]] for f in facs) for _, r in combos.iterrows()], index=combos.index)
         ).sort_values("_sort")
         labels = {tuple(r[f] for f in facs): cell_label({f: r[f] for f in facs}, facs, short) for _, r in combos.iterrows()}
         order = {lab: i for i, lab in enumerate(labels.values())}
@@ -449,7 +450,7 @@ def run_level(
     """
     warnings: list[str] = []
     rid = (
-        pd.Series(run_ids, index=data.index, dtype=object)
+        pd.Series(list(run_ids), index=data.index, dtype=object)
         if run_ids is not None else pd.Series([None] * len(data), index=data.index, dtype=object)
     )
     missing = rid.isna()
@@ -462,12 +463,12 @@ def run_level(
     n_cells = work.groupby("run_id")["cell"].transform("size")
     shared = work.loc[n_cells > 1]
     if shared.empty:
-        runs = work.assign(cells=[(c,) for c in work["cell"]]).reset_index(drop=True)
+        runs = work.assign(cells=pd.Series([(c,) for c in work["cell"]], index=work.index)).reset_index(drop=True)
         return runs, None, warnings
 
     collapsed = [f for f in factors if (shared.groupby("run_id")[f].nunique() > 1).any()]
     rank = {f: {lv: i for i, lv in enumerate(levels[f])} for f in factors}
-    rows: list[dict[str, object]] = []
+    rows: list[dict[Hashable, object]] = []
     for _rid, g in work.sort_values("cell_rank", kind="mergesort").groupby("run_id", sort=False):
         first = g.iloc[0].to_dict()
         if len(g) > 1:
@@ -500,12 +501,11 @@ def run_level(
     members = tuple(f for f in factors if f in collapsed or f in given)
     name = MERGED_NAME_SEP.join(members)
 
-    def key(row: Mapping[str, object]) -> tuple[int, ...]:
+    def key(row: pd.Series) -> tuple[int, ...]:
         # a joined (collapsed) level sorts before the member's own levels
         return tuple(rank[f].get(str(row[f]), -1) for f in members)
 
-    combos = runs[list(members)].drop_duplicates()
-    combos = sorted((r for _, r in combos.iterrows()), key=key)
+    combos = sorted((r for _, r in runs[list(members)].drop_duplicates().iterrows()), key=key)
     merged_levels = tuple(MERGED_SEP.join(str(r[f]) for f in members) for r in combos)
     runs[name] = [MERGED_SEP.join(str(v) for v in vals) for vals in zip(*(runs[f] for f in members))]
     cell_order = runs.drop_duplicates("cell").sort_values("cell_rank", kind="mergesort")["cell"].tolist()

@@ -34,6 +34,8 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.weightstats import ttost_paired
 
+Alternative = Literal["two-sided", "less", "greater"]
+
 __all__ = ["EXACT_MAX_N", "VERDICTS", "Verdict", "classify", "difference_p", "equivalence_p", "exact_wilcoxon", "verdict"]
 
 VerdictName = Literal["different", "equivalent", "inconclusive"]
@@ -60,14 +62,15 @@ def _clean(diffs: Sequence[float] | np.ndarray) -> np.ndarray:
     d = np.asarray(diffs, dtype=float)
     d = d[np.isfinite(d)]
     # Metric differences are multiples of 1/n_dev: rounding stops float noise from breaking ties.
-    return np.round(d, 12)
+    rounded: np.ndarray = np.round(d, 12)
+    return rounded
 
 
 def _constant(d: np.ndarray) -> bool:
     return bool(d.size >= 1 and np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())))
 
 
-def exact_wilcoxon(d: np.ndarray, alternative: str = "two-sided") -> float:
+def exact_wilcoxon(d: np.ndarray, alternative: Alternative = "two-sided") -> float:
     """Exact signed-rank p from all 2^n sign flips of the mid-ranks (zeros dropped, Wilcoxon's method)."""
     nz = d[d != 0]
     if nz.size == 0:
@@ -75,8 +78,9 @@ def exact_wilcoxon(d: np.ndarray, alternative: str = "two-sided") -> float:
     if nz.size > EXACT_MAX_N:  # 2^n sign flips: beyond 2^16 scipy's own choice (normal approximation with ties)
         return float(stats.wilcoxon(nz, alternative=alternative, zero_method="wilcox").pvalue)
     if nz.size < 2:  # scipy's own answer (it refuses a single pair)
-        return float(stats.wilcoxon(nz, alternative=alternative, zero_method="wilcox",
-                                    method=stats.PermutationMethod(n_resamples=np.inf)).pvalue)
+        # n_resamples=inf asks scipy for every sign flip (its stubs admit only ints)
+        every = stats.PermutationMethod(n_resamples=np.inf)  # type: ignore[call-overload]
+        return float(stats.wilcoxon(nz, alternative=alternative, zero_method="wilcox", method=every).pvalue)
     return _sign_flip_p(nz, alternative)
 
 
@@ -88,7 +92,7 @@ def _flips(n: int) -> np.ndarray:
     return out
 
 
-def _sign_flip_p(nz: np.ndarray, alternative: str) -> float:
+def _sign_flip_p(nz: np.ndarray, alternative: Alternative) -> float:
     """``scipy.stats.wilcoxon(nz, alternative=..., zero_method="wilcox",
     method=stats.PermutationMethod(n_resamples=np.inf)).pvalue``, bit for bit, in one matrix product.
 

@@ -29,6 +29,7 @@ from kdgrid.execute.job import cluster_task, now
 from kdgrid.execute.ledger import Ledger
 from kdgrid.execute.rundir import job_path, read_result, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.study.schema import Execute
 
 # sacct states of a job that is still queued or running (or not yet known to sacct)
@@ -202,7 +203,7 @@ class ClusterRunner:
     def run(self, todo: Sequence[PlannedRun], reattach: dict[str, tuple[PlannedRun, dict[str, Any]]], stop: Any) -> bool:
         """Submit and wait; False when the wait was stopped (jobs keep running and are re-attached later)."""
         for rid, (run, info) in reattach.items():
-            handle = None
+            handle: Any = None
             if info.get("executor") == "slurm" and self.cluster == "slurm":
                 import submitit
 
@@ -268,7 +269,7 @@ class ClusterRunner:
             self.reporter.run_start(self.submitted, cj.run)
             self.submitted += 1
 
-    def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> dict[str, Any] | None:
+    def _poll(self, cj: _ClusterJob, queue: dict[str, str] | None = None) -> RunResult | None:
         rpath = result_path(self.workdir, cj.run.run_id)
         res = read_result(rpath)
         if res is not None and res.get("attempt", cj.attempt) == cj.attempt:
@@ -323,9 +324,9 @@ class ClusterRunner:
         self.ledger.stopped(cj.run, why)
         return True
 
-    def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> dict[str, Any]:
+    def _failure(self, cj: _ClusterJob, why: str, retryable: bool) -> RunResult:
         return self.ledger.failure(cj.run, cj.attempt, f"{why} (job {cj.info.get('job_id')})", retryable=retryable)
 
-    def _settle(self, cj: _ClusterJob, record: dict[str, Any]) -> None:
+    def _settle(self, cj: _ClusterJob, record: RunResult) -> None:
         if self.ledger.settle(cj.run, record, cj.attempt):
             self.queue.appendleft((cj.run, cj.attempt + 1))

@@ -10,9 +10,9 @@
 - ``@N`` (optional): only the first N attempts of the run are hit, so a retry can pass.
 
 Examples: ``KDGRID_FAULT=nan`` (every run), ``KDGRID_FAULT=kill:seed=1@1,hang:3fa2c9``.
-The worker (or the in-process coordinator) resolves the entry for a run; process-level faults
-are injected here, and ``nan`` is handed to the training loop as ``KDGRID_FAULT=nan`` for that
-run only (kdgrid/train/loop.py reads it).
+The worker (or the in-process coordinator) resolves the entry for a run and injects every fault from
+here: the training code holds no test hook. ``nan`` wraps the distillation objective for that run only
+(:func:`loop_fault`), so the loop's own finiteness check is what fails the run.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from kdgrid.errors import KdgridError
 
@@ -97,16 +98,46 @@ def check_write(kind: str | None, path: os.PathLike[str] | str) -> None:
 
 @contextlib.contextmanager
 def loop_fault(kind: str | None) -> Iterator[None]:
-    """While the run trains, ``KDGRID_FAULT`` is ``nan`` when this run is hit by ``nan``, else unset.
+    """While the run trains: for a run hit by ``nan``, its loss turns NaN from the second training step.
 
-    (kdgrid/train/loop.py and run.py read the bare kinds; a targeted entry must not reach them.)
+    The distillation objective is wrapped for this run only (and restored after it); ``KDGRID_FAULT`` is
+    ``nan`` meanwhile, else unset, for test runners that train nothing (tests/pool_fakes.py). A targeted
+    entry never reaches the runner.
     """
     old = os.environ.pop(ENV, None)
+    undo = None
     if kind == "nan":
         os.environ[ENV] = "nan"
+        undo = _nan_loss_from_step(1)
     try:
         yield
     finally:
+        if undo is not None:
+            undo()
         os.environ.pop(ENV, None)
         if old is not None:
             os.environ[ENV] = old
+
+
+def _nan_loss_from_step(first: int) -> Callable[[], None]:
+    """Make DistillObjective's loss NaN from its ``first``-th training call (0-based); returns the undo."""
+    from kdgrid.train.objectives import DistillObjective  # torch: only in a run that this fault hits
+
+    forward = DistillObjective.forward
+    calls = 0
+
+    def poisoned(self: DistillObjective, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        terms = forward(self, *args, **kwargs)
+        if self.training:
+            calls += 1
+            if calls > first:
+                terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    DistillObjective.forward = poisoned  # type: ignore[method-assign]  # undone by the returned function
+
+    def undo() -> None:
+        DistillObjective.forward = forward  # type: ignore[method-assign]
+
+    return undo

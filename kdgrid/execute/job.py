@@ -22,11 +22,12 @@ from typing import Any
 from kdgrid.errors import KdgridError, RunFailed
 from kdgrid.execute import faults
 from kdgrid.execute.rundir import write_json_atomic
+from kdgrid.records import ResultStatus, RunResult
 
 # runner(config, run_dir, *, workdir, on_progress, on_epoch) -> result dict (status 'done' with metrics) or raises.
 # on_progress(stage, epoch, step, total_steps) and on_epoch(stage, epoch, dev_metrics) may be None; a runner
 # that never calls on_epoch is still pruned, from its stored epochs once it finishes (kdgrid/search).
-Runner = Callable[..., dict[str, Any]]
+Runner = Callable[..., RunResult]
 EpochFn = Callable[[str, int, dict[str, float]], None]
 
 
@@ -40,11 +41,11 @@ class RunStopped(Exception):
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
-def failed_record(run_id: str, task: str | None, seed: int | None, config: Any, error: str, *,
-                  status: str = "failed", started: str | None = None, retryable: bool = False) -> dict[str, Any]:
+def failed_record(run_id: str, task: str | None, seed: int | None, config: dict[str, Any] | None, error: str, *,
+                  status: ResultStatus = "failed", started: str | None = None, retryable: bool = False) -> RunResult:
     return {
         "run_id": run_id, "task": task, "seed": seed, "config": config, "status": status, "error": error,
         "retryable": retryable, "started": started, "finished": now(), "host": socket.gethostname(), "metrics": [],
@@ -74,7 +75,7 @@ def classify(exc: BaseException) -> tuple[str, bool]:
 def execute_job(
     runner: Runner, *, run_id: str, task: str | None, seed: int | None, config: dict[str, Any],
     run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None, on_epoch: EpochFn | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Run one attempt and write its ``result.json``; return the record written (or that could not be)."""
     started = now()
     t0 = time.perf_counter()
@@ -88,7 +89,8 @@ def execute_job(
         faults.inject_before_run(kind)
         with faults.loop_fault(kind):
             result = runner(config, run_dir, workdir=workdir, on_progress=on_progress, on_epoch=on_epoch)
-        result.update(started=started, finished=now(), duration_s=time.perf_counter() - t0)
+        result["started"], result["finished"] = started, now()
+        result["duration_s"] = time.perf_counter() - t0
     except (KeyboardInterrupt, RunStopped):
         raise
     except Exception as exc:  # one run's error, whatever it is, must not stop the grid
@@ -124,12 +126,12 @@ def cluster_task(runner_ref: dict[str, Any] | None, spec: dict[str, Any]) -> str
     return str(result["status"])
 
 
-def _unsaved(result: dict[str, Any], why: str) -> dict[str, Any]:
+def _unsaved(result: RunResult, why: str) -> RunResult:
     """The record for the store when result.json cannot be written (full disk, read-only run directory)."""
-    out = dict(result)
+    out = result.copy()
     if result["status"] == "done":
-        out.update(status="failed", error=f"{why} (the run finished but its result could not be saved)",
-                   metrics=[], retryable=False)
+        out["status"], out["metrics"], out["retryable"] = "failed", [], False
+        out["error"] = f"{why} (the run finished but its result could not be saved)"
     else:
         out["error"] = f"{result.get('error')}; also {why}"
     out["unsaved"] = True

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
@@ -21,6 +20,7 @@ from kdgrid.errors import StoreError
 from kdgrid.execute.job import failed_record
 from kdgrid.execute.rundir import job_path, read_result, remove, result_path, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.store.db import Store, open_store
 
 
@@ -39,8 +39,8 @@ class Reporter:
     def run_start(self, index: int, run: PlannedRun) -> None: ...
     def run_progress(self, stage: str, epoch: int, step: int, total_steps: int, run_id: str | None = None) -> None: ...
     def run_epoch(self, run: PlannedRun, stage: str, epoch: int, metrics: dict[str, float]) -> None: ...
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None: ...
-    def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None: ...
+    def run_end(self, run: PlannedRun, result: RunResult) -> None: ...
+    def run_retry(self, run: PlannedRun, result: RunResult, attempt: int) -> None: ...
     def grid_end(self) -> None: ...
 
     def stop_reason(self, run: PlannedRun) -> str | None:
@@ -115,7 +115,7 @@ class Ledger:
             remove(rpath)
         return True
 
-    def settle(self, run: PlannedRun, record: dict[str, Any], attempt: int, *, may_retry: bool = True) -> bool:
+    def settle(self, run: PlannedRun, record: RunResult, attempt: int, *, may_retry: bool = True) -> bool:
         """An attempt ended with ``record``: True when the run must run again (attempt + 1), else it is final."""
         if record["status"] != "done" and record.get("retryable") and attempt <= self.retries and may_retry:
             self.retry(run, record, attempt + 1)
@@ -124,7 +124,7 @@ class Ledger:
         remove(job_path(self.workdir, run.run_id))
         return False
 
-    def failure(self, run: PlannedRun, attempt: int, why: str, *, retryable: bool) -> dict[str, Any]:
+    def failure(self, run: PlannedRun, attempt: int, why: str, *, retryable: bool) -> RunResult:
         """The record of an attempt that died without writing its own (a killed worker or job), saved as its result.json."""
         record = failed_record(run.run_id, run.task, run.seed, run.config, why, retryable=retryable)
         record["attempt"] = attempt
@@ -138,7 +138,7 @@ class Ledger:
         with writable_store(self.db_path) as store:
             store.mark_running(run.run_id, str(rdir))
 
-    def finish(self, run: PlannedRun, record: dict[str, Any]) -> None:
+    def finish(self, run: PlannedRun, record: RunResult) -> None:
         """Store a run's final record (done or failed) and count it."""
         with writable_store(self.db_path) as store:
             store.ingest_result(record)
@@ -164,7 +164,7 @@ class Ledger:
         self.interrupted(run, why)
         self.outcome.stopped += 1
 
-    def retry(self, run: PlannedRun, record: dict[str, Any], next_attempt: int) -> None:
+    def retry(self, run: PlannedRun, record: RunResult, next_attempt: int) -> None:
         """An attempt failed in a way that can pass: the run is 'interrupted' (with why) until it runs again."""
         with writable_store(self.db_path) as store:
             store.set_status(run.run_id, "interrupted", str(record.get("error")))

@@ -62,7 +62,7 @@ def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any
     live: dict[str, dict[str, Any]] = {}
     runs_root = workdir / "runs"
     with writable_store(db_path) as store:
-        statuses: dict[str, str] = dict(store.con.execute("SELECT run_id, status FROM runs").fetchall())
+        statuses = store.all_run_statuses()
         if runs_root.is_dir():
             for rdir in runs_root.iterdir():
                 # A run this store never planned belongs to another store that shares the folder: not ours to ingest.

@@ -41,6 +41,7 @@ from kdgrid.execute.job import failed_record, now
 from kdgrid.execute.ledger import Ledger
 from kdgrid.execute.rundir import job_path, read_result, remove, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 
 BOOT_LIMIT_S = 300.0  # a worker that has not started its run by then (with a timeout set) is stuck
 
@@ -197,7 +198,7 @@ class Pool:
         slot.log = logs / f"worker-{slot.index}.log"
         try:
             logs.mkdir(parents=True, exist_ok=True)
-            log_fh: Any = open(slot.log, "ab")
+            log_fh: Any = open(slot.log, "ab")  # noqa: SIM115 (the worker's stderr for its whole life)
         except OSError:
             slot.log, log_fh = None, subprocess.DEVNULL
         try:
@@ -326,10 +327,10 @@ class Pool:
             why += f"; its log: {run_log if _last_line(run_log) else slot.log}"
         self._settle(job, self._failure(job, why, retryable=True))
 
-    def _failure(self, job: _Job, why: str, *, retryable: bool) -> dict[str, Any]:
+    def _failure(self, job: _Job, why: str, *, retryable: bool) -> RunResult:
         return self.ledger.failure(job.run, job.attempt, why, retryable=retryable)
 
-    def _settle(self, job: _Job, record: dict[str, Any]) -> None:
+    def _settle(self, job: _Job, record: RunResult) -> None:
         """The ledger decides: a final record is stored, a failure that can pass comes back to the queue."""
         if self.ledger.settle(job.run, record, job.attempt, may_retry=not self.stop.requested):
             self.queue.appendleft((job.run, job.attempt + 1))

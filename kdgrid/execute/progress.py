@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from kdgrid.execute.ledger import Reporter
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 
 
 class RichReporter(Reporter):
@@ -40,11 +47,11 @@ class RichReporter(Reporter):
             return
         self.progress.update(bar[0], description=f"{bar[1]} | {stage} epoch {epoch}", completed=step, total=total_steps)
 
-    def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None:
+    def run_retry(self, run: PlannedRun, result: RunResult, attempt: int) -> None:
         self.console.print(f"[yellow]run {run.run_id} failed, trying again (attempt {attempt}):[/yellow] {result.get('error')}",
                            highlight=False)
 
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None:
+    def run_end(self, run: PlannedRun, result: RunResult) -> None:
         self._drop(run.run_id)
         if self.grid is not None:
             self.progress.advance(self.grid)

@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kdgrid.errors import RunFailed
+from kdgrid.records import RunResult
 
 
 def workdir_for(db_path: Path) -> Path:
@@ -89,7 +90,7 @@ def _keep_existing_result(path: Path, payload: Any) -> None:
         raise RunFailed(f"{path} holds a finished result; it is kept and will be stored by the next 'kdgrid run'")
 
 
-def check_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def check_result(path: Path) -> tuple[RunResult | None, str | None]:
     """(the result in ``path``, None) when it is whole and belongs to its run directory; (None, why) when
     the file is there but damaged; (None, None) when there is none.
 
@@ -111,10 +112,10 @@ def check_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not a kdgrid result (no run_id, or a status other than done/failed)"
     if data["run_id"] != path.parent.name:
         return None, f"names run {data['run_id']}, not the run {path.parent.name} whose directory holds it"
-    return data, None
+    return cast(RunResult, data), None  # the keys a reader relies on are checked just above
 
 
-def read_result(path: Path) -> dict[str, Any] | None:
+def read_result(path: Path) -> RunResult | None:
     """A finished result, or None when absent or damaged (a crash mid-write leaves only a temp file);
     :func:`check_result` says why a file is damaged."""
     return check_result(path)[0]
@@ -134,7 +135,7 @@ def damaged_results(workdir: Path, run_ids: Any) -> list[tuple[str, str]]:
     return out
 
 
-def recoverable(result: dict[str, Any] | None) -> bool:
+def recoverable(result: RunResult | None) -> bool:
     """A result file that is a run's outcome: done, or failed for a reason another attempt would not fix.
 
     A failure that can pass (a killed worker, out of memory) is left to the next attempt.

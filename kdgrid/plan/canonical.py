@@ -90,7 +90,7 @@ def canonicalize(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def identity_view(config: dict[str, Any]) -> dict[str, Any]:
-    view = json.loads(json.dumps(config))
+    view: dict[str, Any] = json.loads(json.dumps(config))
     for block, key in _IDENTITY_EXCLUDED:
         view.get(block, {}).pop(key, None)
     return view

@@ -305,11 +305,11 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                     keys[blk].append(i)
                     sets[blk].append((path, levels[i]))
                     factors[path] = _fmt(levels[i])
-                for (group, levels), i, touched in zip(variant_items, var_idx, variant_blocks):
-                    level_name = list(levels)[i]
+                for (group, named), i, touched in zip(variant_items, var_idx, variant_blocks):
+                    level_name = list(named)[i]
                     for blk in touched:
                         keys[blk].append(-1 - i)  # variant indices apart from grid indices
-                    for key, value in levels[level_name].items():
+                    for key, value in named[level_name].items():
                         path = _variant_path(group, key, template)
                         sets[path.split(".", 1)[0]].append((path, value))
                     factors[group] = level_name
@@ -324,8 +324,8 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                             continue
                         if any(_matches(f, at, run_cfg) for f in study.exclude):
                             continue
-                    if type(seed) is not int or seed < 0 or cell is None and (
-                            cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None:
+                    if type(seed) is not int or seed < 0 or (cell is None and (
+                            cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None):
                         resolved = _validate({**cfg, "task": task, "seed": seed}, factors, task, seed)
                         canon = canonical_config(resolved)
                         runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))

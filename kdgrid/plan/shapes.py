@@ -13,6 +13,7 @@ from typing import Any
 from kdgrid import model_names
 from kdgrid.errors import PlanError
 
+
 @dataclass(frozen=True)
 class Shape:
     layers: int

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -227,6 +227,7 @@ def _load_entry_points(reg: Registry, entry_points: Iterable[metadata.EntryPoint
         kind = kind_of[ep.group]
         if not isinstance(spec, _SPEC_TYPE[kind]):
             raise PluginError(f"plug-in {source} loads {type(spec).__name__}, not a {_SPEC_TYPE[kind].__name__}")
+        spec = cast(Spec, spec)  # checked just above against the group's spec class
         if spec.name != ep.name:
             raise PluginError(f"plug-in {source}: entry point name '{ep.name}' differs from the spec's '{spec.name}'")
         reg.add(spec, source)
@@ -265,7 +266,8 @@ def load_impl(ref: str) -> Any:
 def validate_settings(spec: Any, values: dict[str, Any] | None, where: str) -> BaseModel:
     """The spec's settings model filled from ``values``; ValueError listing the allowed keys otherwise."""
     try:
-        return spec.settings.model_validate(values or {})
+        settings: type[BaseModel] = spec.settings
+        return settings.model_validate(values or {})
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kdgrid.plugins import LossSpec, MappingSpec, MetricSpec, NoSettings, Settings, Shapes, StudentSpec
+from kdgrid.plugins import LossSpec, MappingSpec, MetricSpec, NoSettings, Settings, Shapes, Spec, StudentSpec
 
 PosFloat = Annotated[float, Field(gt=0.0)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -98,4 +98,4 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("spearman", f"{_TASKS}:spearman", regression=True, description="Spearman rho"),
 )
 
-SPECS = (*LOSSES, *MAPPINGS, *STUDENTS, *METRICS)
+SPECS: tuple[Spec, ...] = (*LOSSES, *MAPPINGS, *STUDENTS, *METRICS)

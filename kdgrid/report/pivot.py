@@ -206,28 +206,28 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
         for rk in row_keys:
             row = dict(zip(label_cols, rk)) if row_f else {"Condition": "all"}
             for ck, h in zip(col_keys, headers):
-                r = lookup.get((rk, ck))
-                if r is None:
+                hit = lookup.get((rk, ck))
+                if hit is None:
                     row[h] = MISSING
                     continue
-                s = scales[(str(r["task"]), str(r["metric"]))]
-                text = fmt_mean_sd(r["mean"], r["sd"], scale=s, decimals=decimals)
-                if (str(r["task"]), str(r["cell"])) in bases:
+                s = scales[(str(hit["task"]), str(hit["metric"]))]
+                text = fmt_mean_sd(hit["mean"], hit["sd"], scale=s, decimals=decimals)
+                if (str(hit["task"]), str(hit["cell"])) in bases:
                     text += MARK_BASELINE
                 else:
-                    text += marks.get((str(r["task"]), str(r["metric"]), str(r["cell"])), "") or ""
+                    text += marks.get((str(hit["task"]), str(hit["metric"]), str(hit["cell"])), "") or ""
                 row[h] = text
             rows.append(row)
         for name, ref in (("teacher", teacher), ("floor", floor)):
             if not ref:
                 continue
-            row = {c: "" for c in label_cols}
+            row = dict.fromkeys(label_cols, "")
             row[label_cols[0]] = name
             for ck, h in zip(col_keys, headers):
                 task = ck[col_f.index(TASK)] if TASK in col_f else None
                 metric = next(iter({m for t, m in scales if t == task}), "")
                 v = ref.get(task) if task is not None else None
-                row[h] = MISSING if v is None else fmt_metric(v, scale=scales.get((task, metric), 1.0),
+                row[h] = MISSING if v is None else fmt_metric(v, scale=scales.get((task or "", metric), 1.0),
                                                                decimals=decimals)
             rows.append(row)
         frame = pd.DataFrame(rows, columns=label_cols + headers, dtype=object)
@@ -308,7 +308,8 @@ def condition_diff(cells: pd.DataFrame | None, condition: str, baseline: str) ->
     cl, bl = cell_levels(cells, condition), cell_levels(cells, baseline)
     if cl is None or bl is None:
         return condition, ""
-    diff, same = [], []
+    diff: list[str] = []
+    same: list[str] = []
     short = short_names(cells)
     for f in factor_columns(cells):
         a, b = cl[f], bl[f]
@@ -346,12 +347,12 @@ def findings(paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale10
     size = {id(f): abs(_num(r.mean_diff) or 0.0) for f, r in zip(out, paired.itertuples(index=False))}
     # Comparisons of cells that share their runs (a collapsed factor) give the very same numbers:
     # say it once, in the shortest words.
-    same: dict[tuple[str, ...], Finding] = {}
+    once: dict[tuple[str, ...], Finding] = {}
     for f, r in zip(out, paired.itertuples(index=False)):
         key = (f.task, str(r.metric), *(repr(_num(x)) for x in (r.mean_diff, r.sci_low, r.sci_high, r.p)))
-        if key not in same or len(f.text) < len(same[key].text):
-            same[key] = f
-    kept = list(same.values())
+        if key not in once or len(f.text) < len(once[key].text):
+            once[key] = f
+    kept = list(once.values())
     return sorted(kept, key=lambda f: (f.verdict not in ("different", "equivalent"), -size[id(f)]))
 
 

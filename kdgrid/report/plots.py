@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -34,13 +34,18 @@ from kdgrid.errors import KdgridError
 from kdgrid.report.pivot import cell_levels, level_labels, level_namer, short_names
 from kdgrid.report.tables import (
     factor_columns,
-    mapping_weight_grids,
     interval_label,
+    mapping_weight_grids,
     metric_scale,
     metric_scales,
     section_frame,
     slug,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+    from kdgrid.analyze.core import Analysis
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 PNG_DPI = 150  # sharp enough for a paper draft and for the HTML report, still small to mail
@@ -119,7 +124,7 @@ def _f(x: Any) -> float:
 COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper: every report figure is drawn at this width or 2×
 MAX_LINES = 5  # lines per panel of an interaction plot
 MAX_LEGEND_ENTRIES = 8  # no legend of a report figure has more (tests hold every figure to it)
-_SMALL = {"font.size": 7.0, "axes.titlesize": 7.0, "axes.labelsize": 7.0, "xtick.labelsize": 6.5,
+_SMALL: dict[RcKeyType, Any] = {"font.size": 7.0, "axes.titlesize": 7.0, "axes.labelsize": 7.0, "xtick.labelsize": 6.5,
           "ytick.labelsize": 6.5, "legend.fontsize": 6.5}
 
 
@@ -345,7 +350,8 @@ def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Seq
         im = ax.imshow(data, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
         for (i, j), v in np.ndenumerate(data):
             if math.isfinite(v):
-                mk = marks.iat[i, j] if isinstance(marks.iat[i, j], str) else ""
+                cell_mark = marks.iat[i, j]
+                mk = cell_mark if isinstance(cell_mark, str) else ""
                 rgba = im.cmap(im.norm(v))
                 dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
                 ax.text(j, i, f"{v:.1f}{mk}", ha="center", va="center", fontsize=5.5,
@@ -373,7 +379,7 @@ def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: p
     sig = pd.DataFrame(1.0, index=names, columns=names)
     for r in nemenyi.itertuples(index=False):
         a, b = name_of(str(r.cell_a)), name_of(str(r.cell_b))
-        sig.loc[a, b] = sig.loc[b, a] = float(r.p)
+        sig.at[a, b] = sig.at[b, a] = float(cast(float, r.p))
     with mpl.rc_context(_SMALL):  # two paper columns wide: the labels need both sides
         fig = _figure(2 * COLUMN_WIDTH_IN, 0.16 * len(names) + 1.2)
         ax = fig.add_subplot()
@@ -495,7 +501,7 @@ HEATMAP_MIN_CONDITIONS = 8  # more compared conditions per task than this: add t
 
 
 def build_figures(
-    analysis: Any, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention",
+    analysis: Analysis, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention",
     rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
 ) -> list[Plot]:
     """Every plot the analysis supports, each tagged with the report section it belongs to.
@@ -550,7 +556,7 @@ def build_figures(
 
 
 def make_plots(
-    analysis: Any,
+    analysis: Analysis,
     out_dir: Path,
     *,
     scale100: bool = True,

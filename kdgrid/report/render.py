@@ -64,6 +64,7 @@ from kdgrid.report.tables import (
 from kdgrid.tasks import display_scale
 
 if TYPE_CHECKING:
+    from kdgrid.analyze.core import Analysis
     from kdgrid.store.queries import Reproducibility
 
 Format = Literal["table", "md", "csv", "latex", "html", "json"]
@@ -82,7 +83,7 @@ _STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "c
 
 
 def render(
-    analysis: Any,
+    analysis: Analysis,
     *,
     fmt: str,
     out_dir: Path | None = None,
@@ -118,7 +119,7 @@ def render(
 
 
 def render_many(
-    analysis: Any,
+    analysis: Analysis,
     *,
     fmts: Sequence[str],
     out_dir: Path | None = None,
@@ -220,7 +221,7 @@ def _meta_items(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def rich_report(
-    analysis: Any,
+    analysis: Analysis,
     *,
     title: str = "kdgrid report",
     meta: Mapping[str, Any] | None = None,
@@ -731,7 +732,7 @@ def _records(df: pd.DataFrame | None, keys: Sequence[str] | None = None) -> list
 
 
 def analysis_json(
-    analysis: Any, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None,
+    analysis: Analysis, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None,
     reproducibility: Reproducibility | None = None, convergence: pd.DataFrame | None = None, question: str = "",
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
@@ -789,7 +790,7 @@ def analysis_json(
 # --------------------------------------------------------------------------- csv
 
 
-def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
+def _csv_frame(analysis: Analysis, name: str) -> pd.DataFrame:
     df = section_frame(analysis, name)
     if df is None:
         # Header only: scripts that read every section keep working on an empty one.
@@ -800,7 +801,7 @@ def _csv_frame(analysis: Any, name: str) -> pd.DataFrame:
     return df
 
 
-def _csv(analysis: Any, out: Path | None, conv: pd.DataFrame | None) -> str:
+def _csv(analysis: Analysis, out: Path | None, conv: pd.DataFrame | None) -> str:
     optional = ("stratified", "ranks", "nemenyi", "power_plan", "mapping_weights", "efficiency", "layers")
     names = list(CSV_SECTIONS) + [name for name in optional if section_frame(analysis, name) is not None]
     chunks = []

@@ -61,9 +61,9 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         provenance = study_reproducibility(store, study)
         teacher = _with_floors(teacher, provenance)
         text = store.study_text(study)
-        counts = store.con.execute(
-            """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
-               FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""", [study]).fetchone()
+        done, total = store.study_run_counts(study)
+    if text is None:  # study_names() listed it, so its row holds the file's text
+        raise KdgridError(f"{db}: study '{study}' has no study file text")
     data, _ = parse_yaml(text, Path(f"<study {study}>"))
     settings = dict(data.get("analysis") or {}) if isinstance(data, dict) else {}
     if not settings.get("baseline") and isinstance(data, dict):
@@ -71,7 +71,7 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         first = {k: v[0] for k, v in (data.get("grid") or {}).items() if v}
         first.update({k: next(iter(v)) for k, v in (data.get("variants") or {}).items() if v})
         settings["baseline"] = first or None
-    meta = {"study": study, "store": str(db), "runs done": f"{counts[0]} of {counts[1]}"}
+    meta = {"study": study, "store": str(db), "runs done": f"{done} of {total}"}
     flagged = long_scores[(long_scores["name"] == "no_better_than_majority") & (long_scores["value"] > 0)] if not long_scores.empty else long_scores
     warnings = [f"the teacher of task {t} scores no better than always predicting the majority class: "
                 "its students' numbers say little" for t in flagged.get("task", [])]

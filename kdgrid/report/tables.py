@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -33,6 +33,9 @@ from kdgrid.analyze.power import PLAN_COLUMNS as _PLAN
 from kdgrid.analyze.power import POWER_COLUMNS as _POWER
 from kdgrid.analyze.sensitivity import SENSITIVITY_COLUMNS as _SENSITIVITY
 from kdgrid.tasks import display_scale
+
+if TYPE_CHECKING:
+    from kdgrid.analyze.core import Analysis  # the report also takes any object with its attributes (duck typing)
 
 MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that could not run)
 
@@ -248,7 +251,7 @@ def short_name(name: str) -> str:
 
 
 def _short_names(names: Sequence[str]) -> dict[str, str]:
-    depth = {n: 1 for n in names}
+    depth = dict.fromkeys(names, 1)
     while True:
         cur = {n: ".".join(n.split(".")[-depth[n]:]) for n in names}
         clashes = [n for n in names if list(cur.values()).count(cur[n]) > 1]
@@ -412,7 +415,7 @@ class Section:
         return tuple(c for c in self.code if c.collapsed)
 
 
-def section_frame(analysis: Any, name: str) -> pd.DataFrame | None:
+def section_frame(analysis: Analysis, name: str) -> pd.DataFrame | None:
     """``analysis.<name>`` as a DataFrame, or None when absent, None or empty.
 
     Any object with the contract's attribute names is accepted (duck typing), so the
@@ -640,7 +643,7 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
     for r in ranks.itertuples(index=False):
         rows.append({
             "Condition": name_of(str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
-            "within CD of best": "yes" if cd is not None and float(r.mean_rank) - best <= cd else "",
+            "within CD of best": "yes" if cd is not None and float(cast(float, r.mean_rank)) - best <= cd else "",
             "Same runs as": "; ".join(name_of(c) for c in str(r.same_as).split("; ") if c),
         })
     frame = _frame(rows, ["Condition", "Mean rank", "within CD of best", "Same runs as"])
@@ -879,7 +882,7 @@ def cell_factor_levels(cells: pd.DataFrame | None) -> dict[str, dict[str, str]]:
     return {str(r["cell"]): {f: str(r[f]) for f in factors} for _, r in cells.drop_duplicates("cell").iterrows()}
 
 
-def convergence_frame(analysis: Any) -> pd.DataFrame | None:
+def convergence_frame(analysis: Analysis) -> pd.DataFrame | None:
     """The convergence of the analysis' learned mappings, pairing cells one factor apart; None without weights."""
     weights = section_frame(analysis, "mapping_weights")
     if weights is None:
@@ -894,26 +897,26 @@ def convergence_tables(conv: pd.DataFrame, labels: Mapping[str, str]) -> list[Di
         if g["cell_a"].nunique() < 2 and g["end_distance"].isna().all():
             continue
         rows = [{
-            "Cell": labels.get(str(r.cell_a), str(r.cell_a)),
-            "vs": "(its own seeds)" if r.cell_a == r.cell_b else labels.get(str(r.cell_b), str(r.cell_b)),
-            "Seeds": f"{r.n_a}" if r.cell_a == r.cell_b else f"{r.n_a} / {r.n_b}",
-            "Start": fmt_num(r.start_distance, 3), "End": fmt_num(r.end_distance, 3),
-            "Moved": fmt_num(r.moved, 3),
-        } for r in g.itertuples(index=False)]
+            "Cell": labels.get(str(r["cell_a"]), str(r["cell_a"])),
+            "vs": "(its own seeds)" if r["cell_a"] == r["cell_b"] else labels.get(str(r["cell_b"]), str(r["cell_b"])),
+            "Seeds": f"{r['n_a']}" if r["cell_a"] == r["cell_b"] else f"{r['n_a']} / {r['n_b']}",
+            "Start": fmt_num(r["start_distance"], 3), "End": fmt_num(r["end_distance"], 3),
+            "Moved": fmt_num(r["moved"], 3),
+        } for r in g.to_dict("records")]
         caption = (f"{task}: distance between learned mappings, the mean over student layers of the total-variation "
                    "distance of their weight rows (0 = the same mapping, 1 = no teacher layer in common), at the start "
                    "(epoch 0) and after the last epoch. Two cells: between their seed-mean mappings; a cell with its "
                    "own seeds: mean over seed pairs, the noise floor, and Moved, how far training took each seed's "
                    "mapping from its start. Only cells that differ in one factor are "
                    "paired. Mappings that converge whatever their start end closer than they began, near that floor.")
-        out.append(DisplayTable(f"mapping-convergence-{slug(task)}", caption,
+        out.append(DisplayTable(f"mapping-convergence-{slug(str(task))}", caption,
                                 _frame(rows, ["Cell", "vs", "Seeds", "Start", "End", "Moved"]), left=("Cell", "vs")))
     return out
 
 
 #: measure -> (column header, how to show its median). Parameters in millions, times as measured.
 _EFFICIENCY_SHOWN: dict[str, tuple[str, Any]] = {
-    "params": ("Params (M)", lambda v: fmt_num(None if _num(v) is None else _num(v) / 1e6, 2)),
+    "params": ("Params (M)", lambda v: fmt_num(None if (n := _num(v)) is None else n / 1e6, 2)),
     "latency_ms": ("Latency (ms)", lambda v: fmt_num(v, 1)),
     "throughput_ex_s": ("Throughput (ex/s)", lambda v: fmt_num(v, 0)),
     "train_ex_per_s": ("Train (ex/s)", lambda v: fmt_num(v, 0)),
@@ -993,7 +996,7 @@ def warnings_section(warnings: Sequence[str] | None) -> Section:
     return Section("warnings", "Warnings", bullets=items)
 
 
-def build_sections(analysis: Any, *, scale100: bool = True, alpha: float = 0.05,
+def build_sections(analysis: Analysis, *, scale100: bool = True, alpha: float = 0.05,
                    convergence: pd.DataFrame | None = None, rows: Sequence[str] | None = None,
                    cols: Sequence[str] | None = None, question: str | None = None) -> list[Section]:
     """Every report section in order, from any object with the ``Analysis`` attributes.

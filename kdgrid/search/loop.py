@@ -34,6 +34,7 @@ from kdgrid.execute.job import Runner
 from kdgrid.execute.ledger import NullReporter, Reporter, writable_store
 from kdgrid.execute.local import coordinator, run_grid
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.search.journal import (
     ERROR,
     RETRY_OF,

@@ -93,8 +93,9 @@ def build_search_report(db: Path, name: str, *, importances: bool = True) -> Sea
     complete = trials[(trials["state"] == "complete") & trials["value"].notna()]
     best = None
     if not complete.empty:
-        row = complete.loc[complete["value"].idxmax() if (search is None or search.direction == "maximize")
-                           else complete["value"].idxmin()]
+        values = complete["value"].to_numpy(dtype=float)
+        row = complete.iloc[int(values.argmax() if (search is None or search.direction == "maximize")
+                                else values.argmin())]
         best = {"number": int(row["number"]), "value": float(row["value"]),
                 "params": {p: _plain(row[p]) for p in params if p in row}}
     imp, note = _importances(optuna, complete, params, search) if importances else (None, "")

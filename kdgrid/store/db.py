@@ -15,11 +15,26 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import duckdb
 
 from kdgrid.errors import StoreBusy, StoreError
+from kdgrid.records import RunResult, TeacherRow
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class StudyCounts(TypedDict):
+    """A study's distinct runs by status (``kdgrid status``); pending counts interrupted runs too."""
+
+    study: str
+    runs: int
+    done: int
+    failed: int
+    running: int
+    pending: int
 
 SCHEMA_VERSION = "1"
 
@@ -147,15 +162,15 @@ class Store:
         """
         where = "status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)"
         keep_ids = list(keep)
-        n = self.con.execute(f"SELECT count(*) FROM runs WHERE {where}", [keep_ids]).fetchone()[0]
+        n = self._scalar(f"SELECT count(*) FROM runs WHERE {where}", [keep_ids])
         self.con.execute(f"UPDATE runs SET status = 'interrupted', error = 'coordinator stopped' WHERE {where}", [keep_ids])
         return int(n)
 
-    def ingest_result(self, result: dict[str, Any]) -> None:
+    def ingest_result(self, result: RunResult) -> None:
         """Write one run's result; idempotent (a second ingest of the same result changes nothing)."""
         self.ingest_results([result])
 
-    def ingest_results(self, results: Iterable[dict[str, Any]]) -> None:
+    def ingest_results(self, results: Iterable[RunResult]) -> None:
         """Write many runs' results in one transaction, as if ingested one after another (idempotent).
 
         Rows go in through Arrow tables (one statement per table, not one per row): about 1 ms per
@@ -212,7 +227,7 @@ class Store:
             for t in teachers:
                 self.upsert_teacher(t)
 
-    def upsert_teacher(self, t: dict[str, Any]) -> None:
+    def upsert_teacher(self, t: TeacherRow) -> None:
         values = [t["key"], t["task"], t["model"], t.get("seed"), t.get("path"), json.dumps(t.get("metrics", {})),
                   _num(t.get("majority")), bool(t.get("flagged", False))]
         # Every run's result carries its teacher: write a teacher once per session unless it changed
@@ -229,6 +244,10 @@ class Store:
         seen[t["key"]] = values
 
     # -- reading -----------------------------------------------------------
+    def all_run_statuses(self) -> dict[str, str]:
+        """run_id -> status of every run in the store."""
+        return {str(rid): str(status) for rid, status in self.con.execute("SELECT run_id, status FROM runs").fetchall()}
+
     def run_statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
         ids = list(run_ids)
         if not ids:
@@ -264,7 +283,14 @@ class Store:
     def study_names(self) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT name FROM studies ORDER BY name").fetchall()]
 
-    def study_status(self) -> list[dict[str, Any]]:
+    def study_run_counts(self, study: str) -> tuple[int, int]:
+        """(done, all) distinct runs of a study."""
+        row = self.con.execute(
+            """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
+               FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""", [study]).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def study_status(self) -> list[StudyCounts]:
         rows = self.con.execute(
             """SELECT s.study, count(DISTINCT r.run_id) AS runs,
                       count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done') AS done,
@@ -273,8 +299,8 @@ class Store:
                       count(DISTINCT r.run_id) FILTER (WHERE r.status IN ('pending', 'interrupted')) AS pending
                FROM study_runs s JOIN runs r USING (run_id) GROUP BY s.study ORDER BY s.study"""
         ).fetchall()
-        cols = ["study", "runs", "done", "failed", "running", "pending"]
-        return [dict(zip(cols, r)) for r in rows]
+        return [StudyCounts(study=str(r[0]), runs=int(r[1]), done=int(r[2]), failed=int(r[3]), running=int(r[4]),
+                            pending=int(r[5])) for r in rows]
 
     def last_errors(self, study: str | None = None, limit: int = 5) -> list[tuple[str, str, str]]:
         sql = """SELECT DISTINCT r.run_id, s.study, r.error, r.finished FROM runs r JOIN study_runs s USING (run_id)
@@ -287,8 +313,13 @@ class Store:
         params.append(limit)
         return [(r[0], r[1], r[2]) for r in self.con.execute(sql, params).fetchall()]
 
-    def query_df(self, sql: str, params: list[Any] | None = None) -> Any:
+    def query_df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
         return self.con.execute(sql, params or []).df()
+
+    def _scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        """The first column of the first row (None when there is no row)."""
+        row = self.con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
 
 
 def pa_ints(values: list[Any]) -> Any:

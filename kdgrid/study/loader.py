@@ -7,6 +7,7 @@ Every error becomes one :class:`StudyError` line of the form
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def _is_union_tag(part: Any) -> bool:
     )
 
 
-def _allowed_hint(err: dict[str, Any]) -> str:
+def _allowed_hint(err: Mapping[str, Any]) -> str:  # a pydantic ErrorDetails
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
         allowed = str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
@@ -145,7 +146,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._path.append(part)
         try:
             if len(self._path) > MAX_DEPTH:
-                line = self.peek_event().start_mark.line + 1
+                line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
                 loc = tuple(p for p in self._path if p is not None)
                 raise _TooBig(line, loc, f"nested more than {MAX_DEPTH} levels deep (the limit for a study file)")
             return super().compose_node(parent, index)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
-TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+if TYPE_CHECKING:
+    from kdgrid.plugins import Kind
+
+# The GLUE tasks a study may name, once (kdgrid/tasks.py holds each one's data and metrics; a test checks they agree).
+TaskName = Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+TASKS: tuple[str, ...] = get_args(TaskName)
 ATTENTION_LOSSES = ("none", "mse", "kl")
 HIDDEN_LOSSES = ("none", "cls", "seq", "cls_contrast")
 VALUE_LOSSES = ("none", "kl")
@@ -278,7 +283,7 @@ class Objective(Strict):
         return _without_empty(handler(self), "terms")
 
 
-def _plugin_settings(kind: str, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _plugin_settings(kind: Kind, name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """A registered plug-in's settings, validated by its settings model, as plain data."""
     from kdgrid.plugins import registry, validate_settings
 
@@ -305,7 +310,7 @@ def _without_empty(dumped: Any, *keys: str) -> Any:
 class RunConfig(Strict):
     """Everything that determines one run's result. Its canonical JSON hash is the run id."""
 
-    task: Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+    task: TaskName
     seed: NonNegInt
     teacher: Teacher = Teacher()
     student: Student = Student()
@@ -399,7 +404,7 @@ class Analysis(Strict):
     baseline: dict[str, Any] | None = None
     metric: str = "auto"
     factors: list[str] | None = None
-    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
+    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"  # = analyze.paired.CORRECTIONS (tests/test_contracts.py)
     # Seed (within task) as a block in the ANOVA: the same seed means the same subset, order and init.
     block_seed: bool = True
     # Equivalence margin (TOST) in the metric's own units: one number for every metric, or metric -> margin.
@@ -554,7 +559,7 @@ class Study(Strict):
     train: Train = Train()
     objective: Objective = Objective()
     metrics: list[str] = []  # registered metrics scored besides each task's own
-    tasks: Annotated[list[Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]], Field(min_length=1)]
+    tasks: Annotated[list[TaskName], Field(min_length=1)]
     seeds: PosInt | Annotated[list[NonNegInt], Field(min_length=1)] = 3
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     variants: dict[str, Annotated[dict[str, dict[str, Any]], Field(min_length=1)]] = {}

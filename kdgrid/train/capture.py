@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +66,8 @@ def _self_attention(layer: nn.Module, index: int) -> nn.Module:
             f"encoder layer {index} has no attention.self.query/key/value Linear modules "
             "(only BERT/RoBERTa-style self-attention is supported)"
         )
-    return self_attn
+    found: nn.Module = self_attn
+    return found
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -112,7 +114,7 @@ def capture_qkv(model: nn.Module, layers: Iterable[int]) -> Iterator[dict[int, Q
     try:
         for m in wanted:
             self_attn = _self_attention(blocks[m - 1], m)
-            heads = int(self_attn.num_attention_heads)
+            heads = int(cast(int, self_attn.num_attention_heads))
             for name in ("query", "key", "value"):
                 handles.append(getattr(self_attn, name).register_forward_hook(make_hook(m, name, heads)))
         yield result
@@ -128,7 +130,8 @@ def attention_scores(q: Tensor, k: Tensor) -> Tensor:
     (MSE on raw scores, exp/log for KL) lose too much in bf16 matmuls.
     """
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return torch.matmul(q.float(), k.float().transpose(-1, -2)) / (q.size(-1) ** 0.5)
+        scores: Tensor = torch.matmul(q.float(), k.float().transpose(-1, -2)) / (q.size(-1) ** 0.5)
+        return scores
 
 
 def attention_probs(q: Tensor, k: Tensor, attention_mask: Tensor) -> Tensor:

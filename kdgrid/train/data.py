@@ -301,7 +301,7 @@ class TokenizedSet:
     def save(self, path: Path) -> None:
         """Write atomically (temp file + os.replace): a crash never leaves a half cache."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"ids": self.ids, "offsets": self.offsets, "labels": self.labels, "source_index": self.source_index}
+        arrays: dict[str, Any] = {"ids": self.ids, "offsets": self.offsets, "labels": self.labels, "source_index": self.source_index}
         if self.type_ids is not None:
             arrays["type_ids"] = self.type_ids
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -507,7 +507,7 @@ class RandomBatchSampler(LengthGroupedBatchSampler):
 
 def make_loader(dataset: TokenizedSet, batch_size: int, *, pad_token_id: int, shuffle: bool, seed: int = 0,
                 group_by_length: bool = True, fixed_length: int | None = None, drop_last: bool = False,
-                is_regression: bool | None = None) -> torch.utils.data.DataLoader:
+                is_regression: bool | None = None) -> torch.utils.data.DataLoader[Any]:
     """A DataLoader over ``dataset``; see :class:`LengthGroupedBatchSampler` for the order."""
     import torch
     from torch.utils.data import DataLoader

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -150,5 +149,4 @@ class PeakMemory:
                 "peak_memory_lifetime": 1.0}
 
 
-def metric_rows(values: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
-    return [{**fields, "name": k, "value": float(v)} for k, v in values.items()]
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -15,9 +14,11 @@ from torch import nn
 
 from kdgrid.errors import RunFailed
 from kdgrid.train.activation_cache import ActivationCache
+from kdgrid.records import MetricRow, metric_row, metric_rows
 from kdgrid.train.capture import QKV, capture_qkv
-from kdgrid.train.evaluate import evaluate, model_inputs
-from kdgrid.train.objectives import Captured, DistillObjective
+from kdgrid.train.evaluate import evaluate
+from kdgrid.train.models import model_inputs
+from kdgrid.train.objectives import Captured, DistillObjective, Stage
 
 ProgressFn = Callable[[str, int, int, int], None]
 EpochFn = Callable[[str, int, dict[str, float]], None]  # (stage, epoch, dev metrics) after each evaluation
@@ -25,7 +26,7 @@ EpochFn = Callable[[str, int, dict[str, float]], None]  # (stage, epoch, dev met
 
 @dataclass
 class StageSettings:
-    stage: str  # 'joint' | 'intermediate' | 'prediction'
+    stage: Stage
     epochs: int
     lr: float
     weight_decay: float
@@ -38,9 +39,6 @@ class StageSettings:
     metrics: tuple[str, ...] = ()  # registered metrics scored besides the task's (RunConfig.metrics)
 
 
-def _fault(kind: str) -> bool:
-    """Test-only fault injection: KDGRID_FAULT=nan|crash|hang (see tests and docs)."""
-    return os.environ.get("KDGRID_FAULT") == kind
 
 
 def _fused_supported(params: list[nn.Parameter]) -> bool:
@@ -56,7 +54,8 @@ def _fused_supported(params: list[nn.Parameter]) -> bool:
 
 
 def _optimizer(student: nn.Module, objective: DistillObjective, s: StageSettings) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in student.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
@@ -217,14 +216,14 @@ def train_stage(
     on_progress: ProgressFn | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     on_epoch: EpochFn | None = None,
-) -> tuple[list[dict[str, Any]], float]:
+) -> tuple[list[MetricRow], float]:
     """Train for ``settings.epochs``; return metric rows (per-epoch loss terms, dev metrics, mapping weights)
     and the training time in seconds (evaluation excluded).
 
     The step does no host-device synchronisation: loss terms are summed on the device and read once per
     epoch; the finiteness check is lagged by one step on CUDA (:class:`_FiniteCheck`).
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[MetricRow] = []
     total = settings.epochs * steps_per_epoch
     opt = _optimizer(student, objective, settings)
     sched = _linear_warmup(opt, total, settings.warmup_ratio)
@@ -232,12 +231,11 @@ def train_stage(
     params = [p for g in opt.param_groups if "schedule" not in g for p in g["params"]]
     check = _FiniteCheck(device, settings.stage)
     s_layers = sorted(objective.student_layers_needed()) if objective.needs_qkv() else []
-    fault_nan = _fault("nan")
     train_time = 0.0
     step = 0
     student.train()
     objective.train()
-    rows += _mapping_rows(objective, {"stage": settings.stage, "epoch": 0, "step": 0})  # the start, to see how far it moved
+    rows += _mapping_rows(objective, settings.stage, 0, 0)  # the start, to see how far it moved
     for epoch in range(1, settings.epochs + 1):
         # float64 sums on the device: the same numbers as summing Python floats, without a sync per term.
         sums: dict[str, torch.Tensor] = {}
@@ -253,8 +251,6 @@ def train_stage(
                     # Indices stay where the loader made them: only the contrastive loss reads them (and moves them).
                     terms = objective(s_out, t_out, labels, batch["indices"])
                 loss = terms["loss"]
-                if fault_nan and step == 1:
-                    loss = loss * float("nan")
                 check(loss, epoch, step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -272,24 +268,23 @@ def train_stage(
         names = list(sums)
         values = torch.stack([sums[k] for k in names]).tolist() if names else []
         train_time += time.perf_counter() - t0
-        base = {"stage": settings.stage, "epoch": epoch, "step": step}
-        rows += [{**base, "split": "train", "name": f"loss.{k}" if k != "loss" else "loss", "value": v / max(1, n_batches)}
-                 for k, v in zip(names, values)]
+        rows += [metric_row(settings.stage, "train", f"loss.{k}" if k != "loss" else "loss", v / max(1, n_batches),
+                            epoch=epoch, step=step) for k, v in zip(names, values)]
         if settings.evaluate_each_epoch or (settings.evaluate_last_epoch and epoch == settings.epochs):
             dev = evaluate(student, dev_loader, settings.task, device, settings.metrics)
-            rows += [{**base, "split": "dev", "name": k, "value": v} for k, v in dev.items()]
+            rows += metric_rows(dev, settings.stage, "dev", epoch=epoch, step=step)
             if on_epoch is not None:
                 # A search prunes a trial by raising here: the exception must reach the caller unchanged.
                 on_epoch(settings.stage, epoch, dict(dev))
-        rows += _mapping_rows(objective, base)
+        rows += _mapping_rows(objective, settings.stage, epoch, step)
     return rows, train_time
 
 
-def _mapping_rows(objective: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+def _mapping_rows(objective: Any, stage: Stage, epoch: int, step: int) -> list[MetricRow]:
     """The learnable mapping's weights w[m, k] as metric rows ``sM.tK`` (none for a fixed mapping)."""
     weights = objective.mapping_weights()
     if weights is None:
         return []
     w = weights.detach().cpu()
-    return [{**base, "split": "mapping", "name": f"s{m + 1}.t{k + 1}", "value": float(w[m, k])}
+    return [metric_row(stage, "mapping", f"s{m + 1}.t{k + 1}", float(w[m, k]), epoch=epoch, step=step)
             for m in range(w.shape[0]) for k in range(w.shape[1])]

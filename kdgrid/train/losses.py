@@ -298,6 +298,9 @@ class ContrastiveMemory(nn.Module):
     same optimum. K = min(negatives, N−1).
     """
 
+    memory_s: Tensor  # buffers (register_buffer): declared for the type checker
+    memory_t: Tensor
+
     def __init__(
         self,
         student_dim: int,

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -112,7 +112,8 @@ def load_classifier(path: str, num_labels: int, attn_implementation: str = "sdpa
         kwargs["label2id"] = {name: i for i, name in enumerate(label_list)}
     try:
         with quiet_transformers():
-            return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            return model
     except Exception as exc:
         raise _load_error(f"model {path}", exc) from None
 
@@ -124,7 +125,8 @@ def check_label_order(model: PreTrainedModel, spec: TaskSpec, where: str) -> Non
             raise ModelError(f"{where}: model has {model.config.num_labels} outputs; task {spec.name} needs 1")
         return
     want = list(spec.label_list or ())
-    got = [str(model.config.id2label.get(i, "")) for i in range(model.config.num_labels)]
+    id2label: dict[Any, str] = dict(model.config.id2label or {})
+    got = [str(id2label.get(i, "")) for i in range(model.config.num_labels or 0)]
     if got != want:
         raise ModelError(f"{where}: model labels {got} differ from task {spec.name}'s {want} (label order matters)")
 
@@ -294,7 +296,7 @@ def build_registered_student(teacher_model: PreTrainedModel, student_cfg: Studen
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"student builder '{student_cfg.init}' ({entry.source}) returned "
                          f"{type(model).__name__}, not a model")
-    return model
+    return cast("PreTrainedModel", model)  # a plug-in's student is any Module called like an HF classifier
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
@@ -438,7 +440,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     """AdamW without decay on biases and LayerNorm weights (BERT's recipe)."""
     import torch
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -478,7 +481,7 @@ def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(ft.seed)
         model = load_classifier(resolved, spec.num_labels, label_list=spec.label_list,
-                                trust_remote_code=teacher_cfg.trust_remote_code).to(device)
+                                trust_remote_code=teacher_cfg.trust_remote_code).to(device)  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
         loader = make_loader(train, ft.batch_size, pad_token_id=pad_id, shuffle=True, seed=ft.seed,
                              is_regression=spec.is_regression)
         total = ft.epochs * len(loader)
@@ -554,7 +557,7 @@ def finetune_teacher(task: str, teacher_cfg: Teacher, data_cfg_dir: str | None, 
             record = TeacherRecord(
                 key=key, task=spec.name, model=teacher_cfg.model, resolved_model=resolved, path=str(final),
                 finetune=payload["finetune"], max_seq_length=max_seq_length, data=payload["data"],
-                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **fields,
+                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fields,
             )
             (tmp / "teacher.json").write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
             os.rename(tmp, final)
@@ -586,5 +589,5 @@ def load_teacher(record: TeacherRecord, device: torch.device | str = "cpu",
     model = load_classifier(record.path, spec.num_labels, attn_implementation, new_head_ok=False,
                             trust_remote_code=trust_remote_code)
     check_label_order(model, spec, record.path)
-    model.to(_resolve_device(device)).eval()
+    model.to(_resolve_device(device)).eval()  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
     return model, load_tokenizer(record.path, trust_remote_code=trust_remote_code)

@@ -41,7 +41,7 @@ Decisions (see also :mod:`kdgrid.train.losses`):
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -174,7 +174,7 @@ class DistillObjective(nn.Module):
             cls = load_impl(use.spec.impl)
             if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
                 raise KdgridError(f"loss term '{use.name}': {use.spec.impl} is not a torch.nn.Module class")
-            classes.append(cls)
+            classes.append(cast("type[LossTerm]", cls))  # a plug-in's term is duck-typed, not a LossTerm subclass
         self.proj: nn.Linear | None = None
         if any(c.wants_projection(u.settings) if hasattr(c, "wants_projection") else getattr(c, "uses_projection", False)
                for c, u in zip(classes, self.uses)):

@@ -22,17 +22,18 @@ from filelock import FileLock
 
 from kdgrid.errors import RunFailed
 from kdgrid.plan.canonical import config_hash
+from kdgrid.plugins import registry
+from kdgrid.plugins.terms import layer_loss_active, mapping_settings
+from kdgrid.records import MetricRow, RunResult, metric_row, metric_rows
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
 from kdgrid.train.activation_cache import activation_needs, cached_teacher_activations
 from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
-from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed, metric_rows
+from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
 from kdgrid.train.mappings import copied_layers, pointed_layers
 from kdgrid.train.models import build_registered_student, finetune_teacher, load_teacher
-from kdgrid.plugins import registry
-from kdgrid.plugins.terms import layer_loss_active, mapping_settings
-from kdgrid.train.objectives import DistillObjective
+from kdgrid.train.objectives import DistillObjective, Stage
 from kdgrid.train.teacher_cache import cached_teacher_logits
 from kdgrid.train.versions import library_versions
 
@@ -68,7 +69,7 @@ def _autocast(device: torch.device, precision: str) -> Any:
     return contextlib.nullcontext
 
 
-def stage_plan(cfg: RunConfig) -> list[tuple[str, int]]:
+def stage_plan(cfg: RunConfig) -> list[tuple[Stage, int]]:
     if cfg.train.schedule == "two_stage":
         ep = cfg.train.epochs if isinstance(cfg.train.epochs, Epochs) else Epochs(intermediate=cfg.train.epochs, prediction=cfg.train.epochs)
         return [("intermediate", ep.intermediate), ("prediction", ep.prediction)]
@@ -84,22 +85,21 @@ def run_pointed_layers(cfg: RunConfig, n_teacher: int) -> list[int | None] | Non
     return pointed_layers(m.kind, n_teacher, cfg.student.layers, m.layers, mapping_settings(m))
 
 
-def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None) -> list[dict[str, Any]]:
+def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None) -> list[MetricRow]:
     """Which teacher layer each student layer copied and is mapped to, as metric rows (split 'layers').
 
     ``copied.sM`` = teacher layer copied into student layer M (absent for init 'random');
     ``mapped.sM`` = teacher layer it is trained towards (absent when unmapped; for a learnable
     mapping the layer its 'fixed' start points to, with ``learnable`` = 1).
     """
-    base = {"stage": "final", "split": "layers"}
-    rows: list[dict[str, Any]] = []
+    rows: list[MetricRow] = []
     if registry().spec("students", cfg.student.init).copies_layers:
         copied = copied_layers(n_teacher, cfg.student.layers, cfg.student.init_layers, pointed)
-        rows += [{**base, "name": f"copied.s{m}", "value": float(n)} for m, n in enumerate(copied, start=1)]
+        rows += [metric_row("final", "layers", f"copied.s{m}", n) for m, n in enumerate(copied, start=1)]
     if pointed is not None:
-        rows += [{**base, "name": f"mapped.s{m}", "value": float(n)} for m, n in enumerate(pointed, start=1)
+        rows += [metric_row("final", "layers", f"mapped.s{m}", n) for m, n in enumerate(pointed, start=1)
                  if n is not None]
-        rows.append({**base, "name": "learnable", "value": float(cfg.objective.mapping.kind == "learnable")})
+        rows.append(metric_row("final", "layers", "learnable", float(cfg.objective.mapping.kind == "learnable")))
     return rows
 
 
@@ -124,7 +124,7 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
 
 
 def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None,
-            on_epoch: Any = None) -> dict[str, Any]:
+            on_epoch: Any = None) -> RunResult:
     """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish.
 
     ``on_epoch(stage, epoch, dev_metrics)`` is called after every dev evaluation (a search prunes there).
@@ -136,7 +136,7 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
 
 
 def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: Any,
-             stage1_lock: contextlib.ExitStack, on_epoch: Any = None, memory: PeakMemory | None = None) -> dict[str, Any]:
+             stage1_lock: contextlib.ExitStack, on_epoch: Any = None, memory: PeakMemory | None = None) -> RunResult:
     cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
@@ -144,12 +144,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
     seed_everything(cfg.seed, device)
     cache_root = Path(workdir) / "cache"
     t_start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-
-    if os.environ.get("KDGRID_FAULT") == "crash":
-        raise RuntimeError("injected crash (KDGRID_FAULT=crash)")
-    if os.environ.get("KDGRID_FAULT") == "hang":
-        time.sleep(10**6)
+    rows: list[MetricRow] = []
 
     teacher_rec = finetune_teacher(cfg.task, cfg.teacher, cfg.data.dir, cfg.data.max_seq_length, cache_root, device)
     # checks the head's label order against the task; the teacher's own code runs only if the study trusts it
@@ -168,7 +163,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
 
     n_teacher = teacher.config.num_hidden_layers
     pointed = run_pointed_layers(cfg, n_teacher)
-    student = build_registered_student(teacher, cfg.student, cfg.seed, pointed).to(device)
+    student = build_registered_student(teacher, cfg.student, cfg.seed, pointed).to(device)  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
     t_cfg, s_cfg = teacher.config, student.config
     rows += layer_rows(cfg, n_teacher, pointed)
 
@@ -225,7 +220,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         def batches(epoch: int, _loader: Iterable[dict[str, torch.Tensor]] = loader) -> Iterable[dict[str, torch.Tensor]]:
             _loader.batch_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             for batch in _loader:
-                batch["example_ids"] = full_positions[batch["indices"]]
+                batch["example_ids"] = full_positions[batch["indices"]]  # noqa: B023 (consumed within this stage)
                 yield batch
 
         stage_rows, seconds = train_stage(
@@ -241,9 +236,9 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
 
     # The loop already scored the final weights after their last epoch; scoring them again would only cost time.
     final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device, cfg.metrics)
-    rows += metric_rows(final, stage="final", split="dev")
+    rows += metric_rows(final, "final", "dev")
     rows += metric_rows({**teacher_rec.metrics, "majority_baseline": teacher_rec.majority,
-                         "no_better_than_majority": float(teacher_rec.flagged)}, stage="final", split="teacher")
+                         "no_better_than_majority": float(teacher_rec.flagged)}, "final", "teacher")
     efficiency = {
         "params": count_parameters(student), "teacher_params": count_parameters(teacher),
         "train_time_s": train_time, "train_examples": len(train_set),
@@ -251,7 +246,7 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
         **inference_speed(student, vocab_size=s_cfg.vocab_size, device=device),
         **(memory.rows() if memory is not None else {}),
     }
-    rows += metric_rows(efficiency, stage="final", split="efficiency")
+    rows += metric_rows(efficiency, "final", "efficiency")
     return {
         "run_id": run_dir.name, "task": cfg.task, "seed": cfg.seed, "config": config, "status": "done", "error": None,
         "duration_s": time.perf_counter() - t_start, "host": socket.gethostname(),

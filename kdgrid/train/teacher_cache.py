@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from filelock import FileLock
 from torch import nn
 
 from kdgrid.train.data import Collator, TokenizedSet
-from kdgrid.train.evaluate import model_inputs
+from kdgrid.train.models import model_inputs
 
 
 def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet, precision: str = "fp32") -> Path:
@@ -63,7 +63,7 @@ def cached_teacher_logits(
     path = _cache_file(cache_root, teacher_key, full, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        config: Any = teacher.config
+        config: Any = cast(Any, teacher).config  # an HF classifier: nn.Module leaves .config untyped
         table, have = _load(path, len(full), int(config.num_labels))
         missing = np.asarray(positions)[~have[torch.as_tensor(positions)].numpy()]
         if len(missing):

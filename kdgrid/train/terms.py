@@ -265,7 +265,8 @@ class HiddenContrast(LossTerm):
         cache: dict[int, Tensor] = {}
         s_cls = [x.student_hidden(m)[:, 0] for m, _ in x.pairs]
         t_cls = [x.teacher_for(m, n, lambda k: x.teacher_hidden(k)[:, 0], cache) for m, n in x.pairs]
-        return self.contrast(torch.cat(s_cls, dim=-1), torch.cat(t_cls, dim=-1), x.indices)
+        loss: Tensor = self.contrast(torch.cat(s_cls, dim=-1), torch.cat(t_cls, dim=-1), x.indices)
+        return loss
 
 
 class EmbeddingMse(LossTerm):
