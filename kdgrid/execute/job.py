@@ -130,8 +130,10 @@ def _unsaved(result: RunResult, why: str) -> RunResult:
     """The record for the store when result.json cannot be written (full disk, read-only run directory)."""
     out = result.copy()
     if result["status"] == "done":
-        out["status"], out["metrics"], out["retryable"] = "failed", [], False
+        out["status"] = "failed"
         out["error"] = f"{why} (the run finished but its result could not be saved)"
+        out["metrics"] = []
+        out["retryable"] = False
     else:
         out["error"] = f"{result.get('error')}; also {why}"
     out["unsaved"] = True
