@@ -282,7 +282,7 @@ def status(db: DbOption = None) -> None:
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
     for r in rows:
-        table.add_row(*(str(r[c]) for c in ("study", "runs", "done", "failed", "running", "pending")))
+        table.add_row(r["study"], *(str(n) for n in (r["runs"], r["done"], r["failed"], r["running"], r["pending"])))
     console.print(table)
     for name, found in sequential:
         if found is not None:
