@@ -12,7 +12,7 @@ from typing import Any, Literal, NotRequired, Required, TypedDict
 #: Where a metric row comes from: a training stage, or ``final`` (the trained student, its teacher, efficiency).
 MetricStage = Literal["joint", "intermediate", "prediction", "final"]
 #: What a value is (README: ``metrics.split``).
-MetricSplit = Literal["train", "dev", "mapping", "teacher", "efficiency", "layers"]
+MetricSplit = Literal["train", "dev", "mapping", "teacher", "efficiency", "layers", "cache"]  # cache: stage1_reused
 #: A result's status (the store's runs.status has more: pending, running, interrupted).
 ResultStatus = Literal["done", "failed"]
 
