@@ -36,23 +36,45 @@ DbOption = Annotated[
 StudyArg = Annotated[Path, typer.Argument(help="Study file (YAML).", show_default=False)]
 PlanLimitOption = Annotated[
     int | None,
-    typer.Option("--plan-limit", min=1, show_default=False,
-                 help="Most runs the plan may have (default: the study's plan_limit, else 10000)."),
+    typer.Option(
+        "--plan-limit",
+        min=1,
+        show_default=False,
+        help="Most runs the plan may have (default: the study's plan_limit, else 10000).",
+    ),
 ]
 
 # How runs execute: one definition for 'kdgrid run' and 'kdgrid search' (resolved by kdgrid.execute.settings).
-WorkersOption = Annotated[int | None, typer.Option(
-    help="Worker processes, one run each (0: in this process). Default: execute.workers, 1.", show_default=False)]
-GpusOption = Annotated[str | None, typer.Option(
-    help="GPUs for the workers, one slot each: 0,1 (0,0,1,1: two slots per GPU).", show_default=False)]
-TimeoutOption = Annotated[float | None, typer.Option(
-    "--timeout", help="Seconds a run may take; then it fails (not retried).", show_default=False)]
-RetriesOption = Annotated[int | None, typer.Option(
-    help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False)]
-ExecutorOption = Annotated[str | None, typer.Option(
-    help="local | slurm (a Slurm job array through submitit).", show_default=False)]
-SlurmOption = Annotated[str | None, typer.Option(
-    help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...", show_default=False)]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Worker processes, one run each (0: in this process). Default: execute.workers, 1.", show_default=False
+    ),
+]
+GpusOption = Annotated[
+    str | None,
+    typer.Option(help="GPUs for the workers, one slot each: 0,1 (0,0,1,1: two slots per GPU).", show_default=False),
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option("--timeout", help="Seconds a run may take; then it fails (not retried).", show_default=False),
+]
+RetriesOption = Annotated[
+    int | None,
+    typer.Option(
+        help="More attempts for failures that can pass (killed worker, out of memory). Default: 1.", show_default=False
+    ),
+]
+ExecutorOption = Annotated[
+    str | None, typer.Option(help="local | slurm (a Slurm job array through submitit).", show_default=False)
+]
+SlurmOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Slurm settings as key=value,...: partition, gpus_per_run, time_min, array_parallelism, ...",
+        show_default=False,
+    ),
+]
 
 
 def _db(db: Path | None) -> Path:
@@ -119,8 +141,18 @@ def plugins(
     from kdgrid.plugins import KINDS, registry
 
     reg = registry()
-    rows = [(kind, e.spec.name, e.source.package, e.source.version, e.spec.description,
-             ", ".join(e.spec.settings.model_fields) or "-") for kind in KINDS for e in reg.entries(kind)]
+    rows = [
+        (
+            kind,
+            e.spec.name,
+            e.source.package,
+            e.source.version,
+            e.spec.description,
+            ", ".join(e.spec.settings.model_fields) or "-",
+        )
+        for kind in KINDS
+        for e in reg.entries(kind)
+    ]
     if as_json:
         keys = ("kind", "name", "package", "version", "description", "settings")
         for row in rows:
@@ -143,8 +175,12 @@ def schema() -> None:
 
 
 @app.command()
-def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 50,
-         plan_limit: PlanLimitOption = None) -> None:
+def plan(
+    study: StudyArg,
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 50,
+    plan_limit: PlanLimitOption = None,
+) -> None:
     """Show the runs a study expands to, and which are already done."""
     from kdgrid.plan import summarize
     from kdgrid.store.db import open_store
@@ -167,7 +203,9 @@ def plan(study: StudyArg, db: DbOption = None, limit: Annotated[int, typer.Optio
         table.add_column(col)
     shown = runs if limit == 0 else runs[:limit]
     for r in shown:
-        table.add_row(r.run_id, r.task, *(r.factors[f] for f in factor_names), str(r.seed), statuses.get(r.run_id, "new"))
+        table.add_row(
+            r.run_id, r.task, *(r.factors[f] for f in factor_names), str(r.seed), statuses.get(r.run_id, "new")
+        )
     console.print(table)
     if len(shown) < len(runs):
         console.print(f"... {len(runs) - len(shown)} more rows (--limit 0 shows all)")
@@ -203,31 +241,49 @@ def run(
     from kdgrid.execute.settings import resolve_execute
 
     loaded, runs = _load_and_plan(study, plan_limit)
-    execute = resolve_execute(loaded.study.execute, executor=executor, workers=workers, gpus=gpus, timeout_s=timeout,
-                              retries=retries, slurm=slurm)
+    execute = resolve_execute(
+        loaded.study.execute,
+        executor=executor,
+        workers=workers,
+        gpus=gpus,
+        timeout_s=timeout,
+        retries=retries,
+        slurm=slurm,
+    )
     _check_data(runs)
     if loaded.study.analysis.sequential is not None:
         _run_sequential(study, loaded, runs, _db(db), execute, retry_failed=retry_failed, max_runs=max_runs)
         return
     outcome = run_grid(
         _db(db),
-        study_name=loaded.study.name, study_path=str(study), study_text=loaded.text, study_sha=loaded.sha256,
-        planned=runs, reporter=RichReporter(err_console), retry_failed=retry_failed, max_runs=max_runs,
+        study_name=loaded.study.name,
+        study_path=str(study),
+        study_text=loaded.text,
+        study_sha=loaded.sha256,
+        planned=runs,
+        reporter=RichReporter(err_console),
+        retry_failed=retry_failed,
+        max_runs=max_runs,
         execute=execute,
     )
     console.print(
         f"study {loaded.study.name}: {outcome.done} run(s) done now, {outcome.already_done} were done before, "
-        f"{outcome.failed} failed" + (f", {outcome.recovered} recovered from an earlier crash" if outcome.recovered else "")
+        f"{outcome.failed} failed"
+        + (f", {outcome.recovered} recovered from an earlier crash" if outcome.recovered else "")
         + (f", {outcome.retried} attempt(s) retried" if outcome.retried else "")
     )
     for run_id, error in outcome.errors[:5]:
         err_console.print(f"  failed {run_id}: {error}")
     if outcome.elsewhere:
-        err_console.print(f"{outcome.elsewhere} run(s) are still held by cluster jobs; 'kdgrid run' with the cluster executor collects them")
+        err_console.print(
+            f"{outcome.elsewhere} run(s) are still held by cluster jobs; 'kdgrid run' with the cluster executor collects them"
+        )
     if outcome.interrupted:
         if outcome.detached:
-            err_console.print(f"stopped waiting: {outcome.detached} run(s) still queued or running on the cluster; "
-                              "run 'kdgrid run' again to collect them")
+            err_console.print(
+                f"stopped waiting: {outcome.detached} run(s) still queued or running on the cluster; "
+                "run 'kdgrid run' again to collect them"
+            )
         else:
             err_console.print("interrupted: run 'kdgrid run' again to continue")
         raise typer.Exit(130)
@@ -235,8 +291,9 @@ def run(
         raise typer.Exit(2)
 
 
-def _run_sequential(path: Path, loaded: Any, runs: list[Any], db: Path, execute: Any, *, retry_failed: bool,
-                    max_runs: int | None) -> None:
+def _run_sequential(
+    path: Path, loaded: Any, runs: list[Any], db: Path, execute: Any, *, retry_failed: bool, max_runs: int | None
+) -> None:
     """Looks until every comparison is decided (docs/sequential.md)."""
     from kdgrid.execute.progress import RichReporter
     from kdgrid.sequential import plan_sequential
@@ -244,13 +301,17 @@ def _run_sequential(path: Path, loaded: Any, runs: list[Any], db: Path, execute:
     from kdgrid.sequential.driver import run_sequential
 
     if retry_failed:  # a rerun could change a finished look's data, and so a decision already taken
-        raise KdgridError(f"{path}: --retry-failed: not allowed for a sequential study (failed runs drop their "
-                          "seed's pair from the look; see docs/sequential.md)")
+        raise KdgridError(
+            f"{path}: --retry-failed: not allowed for a sequential study (failed runs drop their "
+            "seed's pair from the look; see docs/sequential.md)"
+        )
     plan = plan_sequential(loaded.study, runs, path=str(path))
     out = run_sequential(db, loaded, plan, execute=execute, reporter=RichReporter(err_console), max_runs=max_runs)
     console.print(states_table(out.states, f"study {loaded.study.name}: sequential comparisons"))
-    console.print(f"study {loaded.study.name}: {out.done} run(s) done now in {out.passes} pass(es), {out.failed} failed",
-                  highlight=False)
+    console.print(
+        f"study {loaded.study.name}: {out.done} run(s) done now in {out.passes} pass(es), {out.failed} failed",
+        highlight=False,
+    )
     for run_id, error in out.errors[:5]:
         err_console.print(f"  failed {run_id}: {error}")
     if out.interrupted:
@@ -276,8 +337,11 @@ def status(db: DbOption = None) -> None:
         if any("sequential" in (t or "") for t in texts.values()):  # scipy only for sequential studies
             from kdgrid.sequential import study_states
 
-            sequential = [(r["study"], study_states(store, r["study"])) for r in rows
-                          if "sequential" in (texts.get(r["study"]) or "")]
+            sequential = [
+                (r["study"], study_states(store, r["study"]))
+                for r in rows
+                if "sequential" in (texts.get(r["study"]) or "")
+            ]
     table = Table(title=f"kdgrid store {_db(db)}")
     for col in ("study", "runs", "done", "failed", "running", "pending"):
         table.add_column(col, justify="right" if col != "study" else "left")
@@ -292,21 +356,32 @@ def status(db: DbOption = None) -> None:
     for run_id, study_name, error in errors:
         console.print(f"[red]failed[/red] {study_name}/{run_id}: {error}")
     if waiting:
-        console.print(f"{len(waiting)} finished result(s) in run directories are not in the store yet; 'kdgrid run STUDY' stores them")
+        console.print(
+            f"{len(waiting)} finished result(s) in run directories are not in the store yet; 'kdgrid run STUDY' stores them"
+        )
     if on_cluster:
         console.print(f"{len(on_cluster)} run(s) submitted to a cluster and not finished yet")
     for run_id, why in damaged:
-        console.print(f"damaged result {workdir_for(_db(db)) / 'runs' / run_id / 'result.json'}: {why}; "
-                      "the next 'kdgrid run' runs it again and keeps the file as result.json.damaged",
-                      markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"damaged result {workdir_for(_db(db)) / 'runs' / run_id / 'result.json'}: {why}; "
+            "the next 'kdgrid run' runs it again and keeps the file as result.json.damaged",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
 def search(
     study: StudyArg,
     db: DbOption = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")] = None,
-    confirm: Annotated[int | None, typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them.")] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Trials the search should have in all (default: search.trials).")
+    ] = None,
+    confirm: Annotated[
+        int | None,
+        typer.Option(min=2, help="Then run the best settings and the baseline on K fresh seeds and compare them."),
+    ] = None,
     workers: WorkersOption = None,
     gpus: GpusOption = None,
     timeout: TimeoutOption = None,
@@ -322,11 +397,19 @@ def search(
     loaded, runs = _load_and_plan(study, plan_limit)
     if loaded.study.search is None:
         raise KdgridError(f"{study}: no 'search:' block (see docs/search.md)")
-    execute = resolve_execute(loaded.study.execute, executor=executor, workers=workers, gpus=gpus, timeout_s=timeout,
-                              retries=retries, slurm=slurm)
+    execute = resolve_execute(
+        loaded.study.execute,
+        executor=executor,
+        workers=workers,
+        gpus=gpus,
+        timeout_s=timeout,
+        retries=retries,
+        slurm=slurm,
+    )
     _check_data(runs)
-    code = search_main(_db(db), loaded, trials=trials, execute=execute, confirm=confirm,
-                       console=console, err_console=err_console)
+    code = search_main(
+        _db(db), loaded, trials=trials, execute=execute, confirm=confirm, console=console, err_console=err_console
+    )
     if code:
         raise typer.Exit(code)
 
@@ -338,7 +421,9 @@ def _parse_baseline(text: str | None) -> dict[str, str] | None:
     for part in text.split(","):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise KdgridError(f"--baseline: '{part}' is not key=value (example: --baseline objective.mapping.kind=uniform)")
+            raise KdgridError(
+                f"--baseline: '{part}' is not key=value (example: --baseline objective.mapping.kind=uniform)"
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -348,28 +433,87 @@ REPORT_FORMATS = ("table", "md", "csv", "latex", "html", "json")
 
 @app.command()
 def report(
-    study: Annotated[str | None, typer.Option("--study", help="Study name in the store (default: the only one).")] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name in the store (default: the only one).")
+    ] = None,
     db: DbOption = None,
-    from_file: Annotated[Path | None, typer.Option("--from", help="Analyse a tidy CSV/Parquet table instead of the store.")] = None,
-    teachers: Annotated[Path | None, typer.Option("--teachers", help="With --from: CSV/Parquet of task, teacher[, floor] (raw units) for the sensitivity section and floor checks.")] = None,
-    metric: Annotated[str | None, typer.Option(help="Metric column, or 'auto' for each task's official metric.")] = None,
-    baseline: Annotated[str | None, typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")] = None,
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="Analyse a tidy CSV/Parquet table instead of the store.")
+    ] = None,
+    teachers: Annotated[
+        Path | None,
+        typer.Option(
+            "--teachers",
+            help="With --from: CSV/Parquet of task, teacher[, floor] (raw units) for the sensitivity section and floor checks.",
+        ),
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Metric column, or 'auto' for each task's official metric.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Baseline cell as key=value,... (default: the study's analysis.baseline).")
+    ] = None,
     correction: Annotated[str | None, typer.Option(help="holm | fdr_bh | bonferroni | none.")] = None,
     anova_type: Annotated[int, typer.Option("--anova-type", help="2 or 3 (type III uses sum-to-zero contrasts).")] = 2,
-    anova_order: Annotated[int | None, typer.Option("--anova-order", help="Highest interaction order in the ANOVA (default: all).")] = None,
-    block_seed: Annotated[bool | None, typer.Option("--block-seed/--no-block-seed", help="Seed (within task) as a block in the ANOVA (default: the study's analysis.block_seed, else on).")] = None,
-    mixed: Annotated[bool, typer.Option("--mixed", help="Also fit a mixed model: task fixed, random intercept for seed within task.")] = False,
-    factors: Annotated[str | None, typer.Option(help="Comma-separated factors to analyse (default: the grid's).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")] = "table",
+    anova_order: Annotated[
+        int | None, typer.Option("--anova-order", help="Highest interaction order in the ANOVA (default: all).")
+    ] = None,
+    block_seed: Annotated[
+        bool | None,
+        typer.Option(
+            "--block-seed/--no-block-seed",
+            help="Seed (within task) as a block in the ANOVA (default: the study's analysis.block_seed, else on).",
+        ),
+    ] = None,
+    mixed: Annotated[
+        bool, typer.Option("--mixed", help="Also fit a mixed model: task fixed, random intercept for seed within task.")
+    ] = False,
+    factors: Annotated[
+        str | None, typer.Option(help="Comma-separated factors to analyse (default: the grid's).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="What to print: table | md | csv | latex | html | json.")
+    ] = "table",
     out: Annotated[Path | None, typer.Option(help="Folder for the report files (default: reports/<study>/).")] = None,
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw plots (PNG+SVG) and embed them in the HTML.")] = True,
-    search_name: Annotated[str | None, typer.Option("--search", help="Report a search (best settings, history, importances, confirmation).")] = None,
-    rows: Annotated[str | None, typer.Option("--rows", help="Factors forming the rows of the pivot tables, comma-separated (default: the study's analysis.table.rows).")] = None,
-    cols: Annotated[str | None, typer.Option("--cols", help="Factors (and 'task') forming the columns of the pivot tables (default: analysis.table.cols).")] = None,
-    brief: Annotated[bool, typer.Option("--brief", help="Print only the summary and the decisive comparisons.")] = False,
-    question: Annotated[str | None, typer.Option("--question", help="The question the study asks (default: the study's description).")] = None,
-    all_studies: Annotated[bool, typer.Option("--all", help="Report every study in the store under --out (default reports/) and write its index.html.")] = False,
-    index_only: Annotated[bool, typer.Option("--index", help="Only (re)write index.html under --out (default reports/) from the reports there.")] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Draw plots (PNG+SVG) and embed them in the HTML.")
+    ] = True,
+    search_name: Annotated[
+        str | None,
+        typer.Option("--search", help="Report a search (best settings, history, importances, confirmation)."),
+    ] = None,
+    rows: Annotated[
+        str | None,
+        typer.Option(
+            "--rows",
+            help="Factors forming the rows of the pivot tables, comma-separated (default: the study's analysis.table.rows).",
+        ),
+    ] = None,
+    cols: Annotated[
+        str | None,
+        typer.Option(
+            "--cols",
+            help="Factors (and 'task') forming the columns of the pivot tables (default: analysis.table.cols).",
+        ),
+    ] = None,
+    brief: Annotated[
+        bool, typer.Option("--brief", help="Print only the summary and the decisive comparisons.")
+    ] = False,
+    question: Annotated[
+        str | None, typer.Option("--question", help="The question the study asks (default: the study's description).")
+    ] = None,
+    all_studies: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Report every study in the store under --out (default reports/) and write its index.html."
+        ),
+    ] = False,
+    index_only: Annotated[
+        bool,
+        typer.Option(
+            "--index", help="Only (re)write index.html under --out (default reports/) from the reports there."
+        ),
+    ] = False,
 ) -> None:
     """Statistics for a study: cells (mean ± sd), paired tests, ANOVA, sensitivity, power; files under reports/."""
     if fmt not in REPORT_FORMATS:
@@ -405,8 +549,14 @@ def report(
     base = _parse_baseline(baseline) if baseline else settings.get("baseline")
     corr = correction or settings.get("correction") or "holm"
     analysis = analyze_table(
-        src.table, metric=chosen_metric, factors=chosen_factors, baseline=base, correction=corr,
-        anova_type=anova_type, anova_order=anova_order, teacher_scores=src.teacher,
+        src.table,
+        metric=chosen_metric,
+        factors=chosen_factors,
+        baseline=base,
+        correction=corr,
+        anova_type=anova_type,
+        anova_order=anova_order,
+        teacher_scores=src.teacher,
         block_seed=block_seed if block_seed is not None else bool(settings.get("block_seed", True)),
         train_sizes={name: spec.train_size for name, spec in TASKS.items()},
         margin=settings.get("equivalence_margin"),
@@ -423,20 +573,44 @@ def report(
     chosen_rows = [f.strip() for f in rows.split(",") if f.strip()] if rows else list(layout.get("rows") or [])
     chosen_cols = [f.strip() for f in cols.split(",") if f.strip()] if cols else list(layout.get("cols") or [])
     asked = question if question is not None else src.question
-    meta = {**src.meta, "metric": chosen_metric, "baseline": base or "first level of each factor",
-            "correction": corr, "equivalence margin": settings.get("equivalence_margin", 0.01),
-            "anova type": anova_type, "kdgrid": __version__}
+    meta = {
+        **src.meta,
+        "metric": chosen_metric,
+        "baseline": base or "first level of each factor",
+        "correction": corr,
+        "equivalence margin": settings.get("equivalence_margin", 0.01),
+        "anova type": anova_type,
+        "kdgrid": __version__,
+    }
     out_dir = out or Path("reports") / src.title
     files = [f for f in ("md", "csv", "html", "json", "latex") if f != fmt]
-    texts = render_many(analysis, fmts=[fmt, *files], out_dir=out_dir, title=f"kdgrid report: {src.title}",
-                        meta=meta, plots=plots, reproducibility=src.reproducibility, rows=chosen_rows,
-                        cols=chosen_cols, question=asked)
+    texts = render_many(
+        analysis,
+        fmts=[fmt, *files],
+        out_dir=out_dir,
+        title=f"kdgrid report: {src.title}",
+        meta=meta,
+        plots=plots,
+        reproducibility=src.reproducibility,
+        rows=chosen_rows,
+        cols=chosen_cols,
+        question=asked,
+    )
     if fmt == "table":
         from kdgrid.report.render import rich_report
 
-        console.print(rich_report(analysis, title=f"kdgrid report: {src.title}", meta=meta,
-                                  reproducibility=src.reproducibility, rows=chosen_rows, cols=chosen_cols,
-                                  question=asked, brief=brief))
+        console.print(
+            rich_report(
+                analysis,
+                title=f"kdgrid report: {src.title}",
+                meta=meta,
+                reproducibility=src.reproducibility,
+                rows=chosen_rows,
+                cols=chosen_cols,
+                question=asked,
+                brief=brief,
+            )
+        )
     else:
         typer.echo(texts[fmt])
     if mixed:
@@ -514,8 +688,10 @@ def _mixed_section(table: Any, metric: str, factors: list[str] | None, baseline:
     fe = mixed_model(table, factors, metric, groups="seed", baseline=baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
     fe.to_csv(out_dir / "mixed_model.csv", index=False)
-    t = Table(title=f"Mixed model ({metric}), one row per run: fixed effects (task and its interactions), "
-                    "random intercept for seed within task")
+    t = Table(
+        title=f"Mixed model ({metric}), one row per run: fixed effects (task and its interactions), "
+        "random intercept for seed within task"
+    )
     for col in fe.columns:
         t.add_column(str(col))
     for row in fe.itertuples(index=False):
@@ -528,7 +704,9 @@ def _mixed_section(table: Any, metric: str, factors: list[str] | None, baseline:
 
 @app.command()
 def export(
-    study: Annotated[str | None, typer.Option("--study", help="One study (with its factor columns); default: all runs.")] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="One study (with its factor columns); default: all runs.")
+    ] = None,
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet | csv.")] = "parquet",
     out: Annotated[Path | None, typer.Option(help="Output file (default: <study or runs>.<format>).")] = None,

@@ -28,8 +28,15 @@ class MetricRow(TypedDict):
     step: NotRequired[int | None]
 
 
-def metric_row(stage: MetricStage, split: MetricSplit, name: str, value: float, *,
-               epoch: int | None = None, step: int | None = None) -> MetricRow:
+def metric_row(
+    stage: MetricStage,
+    split: MetricSplit,
+    name: str,
+    value: float,
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+) -> MetricRow:
     row = MetricRow(stage=stage, split=split, name=name, value=float(value))
     if epoch is not None:
         row["epoch"] = epoch
@@ -38,8 +45,14 @@ def metric_row(stage: MetricStage, split: MetricSplit, name: str, value: float, 
     return row
 
 
-def metric_rows(values: dict[str, float], stage: MetricStage, split: MetricSplit, *,
-                epoch: int | None = None, step: int | None = None) -> list[MetricRow]:
+def metric_rows(
+    values: dict[str, float],
+    stage: MetricStage,
+    split: MetricSplit,
+    *,
+    epoch: int | None = None,
+    step: int | None = None,
+) -> list[MetricRow]:
     """One row per named value, all of one stage, split and (optionally) epoch and step."""
     return [metric_row(stage, split, k, v, epoch=epoch, step=step) for k, v in values.items()]
 

@@ -74,59 +74,147 @@ _PAIR_METRICS = ("f1", "accuracy")
 
 TASKS: dict[str, TaskSpec] = {
     "cola": TaskSpec(
-        name="cola", glue_dir="CoLA", hub=(HUB_DATASET, "cola"), text_a="sentence", text_b=None,
-        label_list=("unacceptable", "acceptable"), num_labels=2, is_regression=False,
-        metrics=("mcc",), official_metric="mcc", train_size=8551, dev_split="dev", dev_size=1043,
+        name="cola",
+        glue_dir="CoLA",
+        hub=(HUB_DATASET, "cola"),
+        text_a="sentence",
+        text_b=None,
+        label_list=("unacceptable", "acceptable"),
+        num_labels=2,
+        is_regression=False,
+        metrics=("mcc",),
+        official_metric="mcc",
+        train_size=8551,
+        dev_split="dev",
+        dev_size=1043,
         # No header: source, label, mark, sentence.
         tsv=TsvLayout(header=False, text_a=3, text_b=None, label=1, files=_STD_FILES),
     ),
     "sst2": TaskSpec(
-        name="sst2", glue_dir="SST-2", hub=(HUB_DATASET, "sst2"), text_a="sentence", text_b=None,
-        label_list=("negative", "positive"), num_labels=2, is_regression=False,
-        metrics=("accuracy",), official_metric="accuracy", train_size=67349, dev_split="dev", dev_size=872,
+        name="sst2",
+        glue_dir="SST-2",
+        hub=(HUB_DATASET, "sst2"),
+        text_a="sentence",
+        text_b=None,
+        label_list=("negative", "positive"),
+        num_labels=2,
+        is_regression=False,
+        metrics=("accuracy",),
+        official_metric="accuracy",
+        train_size=67349,
+        dev_split="dev",
+        dev_size=872,
         tsv=TsvLayout(header=True, text_a="sentence", text_b=None, label="label", files=_STD_FILES),
     ),
     "mrpc": TaskSpec(
-        name="mrpc", glue_dir="MRPC", hub=(HUB_DATASET, "mrpc"), text_a="sentence1", text_b="sentence2",
-        label_list=("not_equivalent", "equivalent"), num_labels=2, is_regression=False,
-        metrics=_PAIR_METRICS, official_metric="f1", train_size=3668, dev_split="dev", dev_size=408,
+        name="mrpc",
+        glue_dir="MRPC",
+        hub=(HUB_DATASET, "mrpc"),
+        text_a="sentence1",
+        text_b="sentence2",
+        label_list=("not_equivalent", "equivalent"),
+        num_labels=2,
+        is_regression=False,
+        metrics=_PAIR_METRICS,
+        official_metric="f1",
+        train_size=3668,
+        dev_split="dev",
+        dev_size=408,
         tsv=TsvLayout(header=True, text_a="#1 String", text_b="#2 String", label="Quality", files=_STD_FILES),
     ),
     "qqp": TaskSpec(
-        name="qqp", glue_dir="QQP", hub=(HUB_DATASET, "qqp"), text_a="question1", text_b="question2",
-        label_list=("not_duplicate", "duplicate"), num_labels=2, is_regression=False,
-        metrics=_PAIR_METRICS, official_metric="f1", train_size=363846, dev_split="dev", dev_size=40430,
+        name="qqp",
+        glue_dir="QQP",
+        hub=(HUB_DATASET, "qqp"),
+        text_a="question1",
+        text_b="question2",
+        label_list=("not_duplicate", "duplicate"),
+        num_labels=2,
+        is_regression=False,
+        metrics=_PAIR_METRICS,
+        official_metric="f1",
+        train_size=363846,
+        dev_split="dev",
+        dev_size=40430,
         tsv=TsvLayout(header=True, text_a="question1", text_b="question2", label="is_duplicate", files=_STD_FILES),
     ),
     "stsb": TaskSpec(
-        name="stsb", glue_dir="STS-B", hub=(HUB_DATASET, "stsb"), text_a="sentence1", text_b="sentence2",
-        label_list=None, num_labels=1, is_regression=True,
-        metrics=("pearson", "spearman"), official_metric="pearson", train_size=5749, dev_split="dev", dev_size=1500,
+        name="stsb",
+        glue_dir="STS-B",
+        hub=(HUB_DATASET, "stsb"),
+        text_a="sentence1",
+        text_b="sentence2",
+        label_list=None,
+        num_labels=1,
+        is_regression=True,
+        metrics=("pearson", "spearman"),
+        official_metric="pearson",
+        train_size=5749,
+        dev_split="dev",
+        dev_size=1500,
         tsv=TsvLayout(header=True, text_a="sentence1", text_b="sentence2", label="score", files=_STD_FILES),
     ),
     "mnli": TaskSpec(
-        name="mnli", glue_dir="MNLI", hub=(HUB_DATASET, "mnli"), text_a="premise", text_b="hypothesis",
-        label_list=("entailment", "neutral", "contradiction"), num_labels=3, is_regression=False,
-        metrics=("accuracy",), official_metric="accuracy", train_size=392702, dev_split="dev_matched",
+        name="mnli",
+        glue_dir="MNLI",
+        hub=(HUB_DATASET, "mnli"),
+        text_a="premise",
+        text_b="hypothesis",
+        label_list=("entailment", "neutral", "contradiction"),
+        num_labels=3,
+        is_regression=False,
+        metrics=("accuracy",),
+        official_metric="accuracy",
+        train_size=392702,
+        dev_split="dev_matched",
         dev_size=9815,
         tsv=TsvLayout(
-            header=True, text_a="sentence1", text_b="sentence2", label="gold_label",
-            files=(("train", "train.tsv"), ("dev_matched", "dev_matched.tsv"),
-                   ("dev_mismatched", "dev_mismatched.tsv")),
+            header=True,
+            text_a="sentence1",
+            text_b="sentence2",
+            label="gold_label",
+            files=(
+                ("train", "train.tsv"),
+                ("dev_matched", "dev_matched.tsv"),
+                ("dev_mismatched", "dev_mismatched.tsv"),
+            ),
         ),
-        hub_splits=(("train", "train"), ("dev_matched", "validation_matched"),
-                    ("dev_mismatched", "validation_mismatched")),
+        hub_splits=(
+            ("train", "train"),
+            ("dev_matched", "validation_matched"),
+            ("dev_mismatched", "validation_mismatched"),
+        ),
     ),
     "qnli": TaskSpec(
-        name="qnli", glue_dir="QNLI", hub=(HUB_DATASET, "qnli"), text_a="question", text_b="sentence",
-        label_list=("entailment", "not_entailment"), num_labels=2, is_regression=False,
-        metrics=("accuracy",), official_metric="accuracy", train_size=104743, dev_split="dev", dev_size=5463,
+        name="qnli",
+        glue_dir="QNLI",
+        hub=(HUB_DATASET, "qnli"),
+        text_a="question",
+        text_b="sentence",
+        label_list=("entailment", "not_entailment"),
+        num_labels=2,
+        is_regression=False,
+        metrics=("accuracy",),
+        official_metric="accuracy",
+        train_size=104743,
+        dev_split="dev",
+        dev_size=5463,
         tsv=TsvLayout(header=True, text_a="question", text_b="sentence", label="label", files=_STD_FILES),
     ),
     "rte": TaskSpec(
-        name="rte", glue_dir="RTE", hub=(HUB_DATASET, "rte"), text_a="sentence1", text_b="sentence2",
-        label_list=("entailment", "not_entailment"), num_labels=2, is_regression=False,
-        metrics=("accuracy",), official_metric="accuracy", train_size=2490, dev_split="dev", dev_size=277,
+        name="rte",
+        glue_dir="RTE",
+        hub=(HUB_DATASET, "rte"),
+        text_a="sentence1",
+        text_b="sentence2",
+        label_list=("entailment", "not_entailment"),
+        num_labels=2,
+        is_regression=False,
+        metrics=("accuracy",),
+        official_metric="accuracy",
+        train_size=2490,
+        dev_split="dev",
+        dev_size=277,
         tsv=TsvLayout(header=True, text_a="sentence1", text_b="sentence2", label="label", files=_STD_FILES),
     ),
 }
@@ -184,6 +272,7 @@ def _as_task(task: str | TaskSpec) -> TaskSpec:
 
 # --- metrics (numpy/scipy only, so analysis never needs sklearn or torch) ----------------------
 
+
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(pred == gold))
 
@@ -235,8 +324,12 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(rankdata(x), rankdata(y))
 
 
-def compute_metrics(task: str | TaskSpec, predictions: Sequence[float] | np.ndarray,
-                    labels: Sequence[float] | np.ndarray, extra: Sequence[str] = ()) -> dict[str, float]:
+def compute_metrics(
+    task: str | TaskSpec,
+    predictions: Sequence[float] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
+    extra: Sequence[str] = (),
+) -> dict[str, float]:
     """The task's metrics (``spec.metrics``), then the registered ``extra`` ones (a run's ``metrics``), of
     predicted label ids (or scores for STS-B) against gold. Every metric is looked up in the registry
     (kdgrid.plugins; the built-ins are registered there like a plug-in)."""
@@ -255,8 +348,9 @@ def compute_metrics(task: str | TaskSpec, predictions: Sequence[float] | np.ndar
     return {name: float(load_impl(registry().spec("metrics", name).impl)(pred, gold)) for name in names}
 
 
-def majority_baseline(task: str | TaskSpec, train_labels: Sequence[float] | np.ndarray,
-                      dev_labels: Sequence[float] | np.ndarray) -> float:
+def majority_baseline(
+    task: str | TaskSpec, train_labels: Sequence[float] | np.ndarray, dev_labels: Sequence[float] | np.ndarray
+) -> float:
     """Official dev metric of always predicting the majority train class (STS-B: the train mean).
 
     Ties go to the smaller label id, so the value is deterministic. For STS-B

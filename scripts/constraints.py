@@ -18,8 +18,10 @@ from importlib import metadata
 from pathlib import Path
 
 SKIP = re.compile(r"^(nvidia-|triton|cuda-)", re.IGNORECASE)
-HEADER = ("# Exact versions the committed reports/ were made with (scripts/reports.sh brings the venv to them).\n"
-          "# Regenerate after a deliberate upgrade: python scripts/constraints.py write constraints.txt\n")
+HEADER = (
+    "# Exact versions the committed reports/ were made with (scripts/reports.sh brings the venv to them).\n"
+    "# Regenerate after a deliberate upgrade: python scripts/constraints.py write constraints.txt\n"
+)
 
 
 def canonical(name: str) -> str:
@@ -27,8 +29,9 @@ def canonical(name: str) -> str:
 
 
 def write(path: Path) -> None:
-    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-                            capture_output=True, text=True, check=True).stdout
+    frozen = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+    ).stdout
     pins = []
     for line in frozen.splitlines():
         if "==" not in line or line.startswith("#") or SKIP.match(line):

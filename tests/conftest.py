@@ -23,9 +23,45 @@ SHARED_GLUE = Path("/work/shared/data/glue")
 # A WordPiece vocabulary small enough for a 100-row embedding but able to spell any lowercase text.
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _WORDS = [
-    "the", "a", "is", "was", "of", "and", "to", "in", "it", "not", "good", "bad", "movie", "man", "dog",
-    "cat", "he", "she", "they", "ran", "sat", "on", "mat", "very", "this", "that", "film", "great", "boring",
-    "book", "read", "who", "what", ".", ",", "?", "!", "'", "-",
+    "the",
+    "a",
+    "is",
+    "was",
+    "of",
+    "and",
+    "to",
+    "in",
+    "it",
+    "not",
+    "good",
+    "bad",
+    "movie",
+    "man",
+    "dog",
+    "cat",
+    "he",
+    "she",
+    "they",
+    "ran",
+    "sat",
+    "on",
+    "mat",
+    "very",
+    "this",
+    "that",
+    "film",
+    "great",
+    "boring",
+    "book",
+    "read",
+    "who",
+    "what",
+    ".",
+    ",",
+    "?",
+    "!",
+    "'",
+    "-",
 ]
 _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
 _SUFFIXES = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -42,8 +78,13 @@ def build_tiny_model_dir(path: Path, *, num_labels: int = 2, seed: int = 0) -> P
     vocab.write_text("\n".join(TINY_VOCAB) + "\n")
     tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True, model_max_length=128)
     cfg = BertConfig(
-        vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -71,8 +112,10 @@ def write_cola_dir(root: Path, n_train: int = 40, n_dev: int = 12, seed: int = 0
 
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("dev", n_dev)):
-        rows = [f"src\t{i % 2}\t\t{' '.join(rng.choice(_WORDS_FOR_ROWS, size=int(rng.integers(2, 20))))} ."
-                for i in range(n)]
+        rows = [
+            f"src\t{i % 2}\t\t{' '.join(rng.choice(_WORDS_FOR_ROWS, size=int(rng.integers(2, 20))))} ."
+            for i in range(n)
+        ]
         (root / "CoLA").mkdir(parents=True, exist_ok=True)
         (root / "CoLA" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     return root

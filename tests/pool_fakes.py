@@ -22,8 +22,14 @@ from kdgrid.errors import KdgridError, RunFailed
 def fake_study(seeds: int = 3, temperatures: tuple[float, ...] = (1.0, 4.0), name: str = "fake") -> Any:
     from kdgrid.study.schema import Study
 
-    return Study.model_validate({"name": name, "tasks": ["cola"], "seeds": seeds,
-                                 "grid": {"objective.prediction.temperature": list(temperatures)}})
+    return Study.model_validate(
+        {
+            "name": name,
+            "tasks": ["cola"],
+            "seeds": seeds,
+            "grid": {"objective.prediction.temperature": list(temperatures)},
+        }
+    )
 
 
 class SleepyRunner:
@@ -32,22 +38,31 @@ class SleepyRunner:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
-                 on_epoch: Any = None) -> dict[str, Any]:
+    def __call__(
+        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+    ) -> dict[str, Any]:
         with open(Path(workdir) / "calls.log", "a") as fh:
-            fh.write(f"{rdir.name} pid={os.getpid()} gpu={os.environ.get('CUDA_VISIBLE_DEVICES')} "
-                     f"threads={os.environ.get('OMP_NUM_THREADS')}\n")
+            fh.write(
+                f"{rdir.name} pid={os.getpid()} gpu={os.environ.get('CUDA_VISIBLE_DEVICES')} "
+                f"threads={os.environ.get('OMP_NUM_THREADS')}\n"
+            )
         steps = 4
         for step in range(1, steps + 1):
             time.sleep(self.delay / steps)
-            if os.environ.get("KDGRID_FAULT") == "nan" and step == 2:  # as a real run hit by nan fails (kdgrid/execute/faults.py)
+            if (
+                os.environ.get("KDGRID_FAULT") == "nan" and step == 2
+            ):  # as a real run hit by nan fails (kdgrid/execute/faults.py)
                 raise RunFailed(f"loss became nan at stage joint, epoch 1, step {step}")
             if on_progress is not None:
                 on_progress("joint", 1, step, steps)
         t = config["objective"]["prediction"]["temperature"]
         value = 0.5 + 0.01 * config["seed"] + 0.1 * (t > 1)
         return {
-            "run_id": rdir.name, "task": config["task"], "seed": config["seed"], "config": config, "status": "done",
+            "run_id": rdir.name,
+            "task": config["task"],
+            "seed": config["seed"],
+            "config": config,
+            "status": "done",
             "metrics": [
                 {"stage": "final", "split": "dev", "name": "mcc", "value": value},
                 {"stage": "joint", "epoch": 1, "split": "train", "name": "loss", "value": 1.0 - value},
@@ -59,8 +74,17 @@ def go(db: Path, study: Any, *, delay: float = 0.0, execute: Any = None, **kw: A
     from kdgrid.execute.local import run_grid
     from kdgrid.plan import expand
 
-    return run_grid(db, study_name=study.name, study_path="fake.yaml", study_text="text", study_sha="sha",
-                    planned=expand(study), runner=SleepyRunner(delay), execute=execute, **kw)
+    return run_grid(
+        db,
+        study_name=study.name,
+        study_path="fake.yaml",
+        study_text="text",
+        study_sha="sha",
+        planned=expand(study),
+        runner=SleepyRunner(delay),
+        execute=execute,
+        **kw,
+    )
 
 
 def main() -> None:
@@ -87,8 +111,11 @@ def main() -> None:
     except KdgridError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"done={out.done} failed={out.failed} retried={out.retried} interrupted={out.interrupted} "
-          f"recovered={out.recovered} already_done={out.already_done}", flush=True)
+    print(
+        f"done={out.done} failed={out.failed} retried={out.retried} interrupted={out.interrupted} "
+        f"recovered={out.recovered} already_done={out.already_done}",
+        flush=True,
+    )
     sys.exit(130 if out.interrupted else 0)
 
 

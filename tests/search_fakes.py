@@ -18,8 +18,9 @@ def fake_value(config: dict[str, Any]) -> float:
     return 0.5 - (config["objective"]["intermediate"]["alpha"] - 0.3) ** 2 + 0.01 * config["seed"]
 
 
-def fake_runner(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
-                on_epoch: Any = None) -> dict[str, Any]:
+def fake_runner(
+    config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+) -> dict[str, Any]:
     """Per-epoch dev MCC rising to ``fake_value``; alpha >= 0.8 fails like a NaN loss.
 
     Every call is logged to ``<workdir>/calls.log`` (whatever process it runs in). KDGRID_FAKE_SLEEP slows
@@ -46,5 +47,11 @@ def fake_runner(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progres
         if on_epoch is not None:
             on_epoch("joint", epoch, {"mcc": value})
     rows.append({"stage": "final", "split": "dev", "name": "mcc", "value": final})
-    return {"run_id": rdir.name, "task": config["task"], "seed": config["seed"], "config": config,
-            "status": "done", "metrics": rows}
+    return {
+        "run_id": rdir.name,
+        "task": config["task"],
+        "seed": config["seed"],
+        "config": config,
+        "status": "done",
+        "metrics": rows,
+    }

@@ -37,9 +37,17 @@ CPU = torch.device("cpu")
 
 def bert(layers: int, heads: int, hidden: int, seed: int, dropout: float = 0.0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=2 * hidden, vocab_size=100, num_labels=2, attn_implementation="sdpa",
-                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    cfg = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        vocab_size=100,
+        num_labels=2,
+        attn_implementation="sdpa",
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     return BertForSequenceClassification(cfg)
 
 
@@ -70,12 +78,23 @@ def full() -> TokenizedSet:
 
 
 def build(inter: dict[str, Any], student: BertForSequenceClassification, mapping: Any = "uniform") -> DistillObjective:
-    obj = Objective.model_validate({"prediction": {"beta": 0.5, "temperature": 2.0}, "intermediate": inter,
-                                    "mapping": mapping})
+    obj = Objective.model_validate(
+        {"prediction": {"beta": 0.5, "temperature": 2.0}, "intermediate": inter, "mapping": mapping}
+    )
     c = student.config
-    return DistillObjective(obj, stage="joint", is_regression=False, n_teacher_layers=4,
-                            n_student_layers=c.num_hidden_layers, teacher_hidden=32, student_hidden=c.hidden_size,
-                            teacher_heads=4, student_heads=c.num_attention_heads, num_train_examples=24, seed=0)
+    return DistillObjective(
+        obj,
+        stage="joint",
+        is_regression=False,
+        n_teacher_layers=4,
+        n_student_layers=c.num_hidden_layers,
+        teacher_hidden=32,
+        student_hidden=c.hidden_size,
+        teacher_heads=4,
+        student_heads=c.num_attention_heads,
+        num_train_examples=24,
+        seed=0,
+    )
 
 
 def batch_of(full: TokenizedSet, rows: list[int]) -> dict[str, torch.Tensor]:
@@ -107,18 +126,23 @@ OBJECTIVES: list[tuple[dict[str, Any], Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("inter", "mapping"), OBJECTIVES,
-                         ids=lambda x: x if isinstance(x, str) else "+".join(f"{k}={v}" for k, v in x.items()))
+@pytest.mark.parametrize(
+    ("inter", "mapping"),
+    OBJECTIVES,
+    ids=lambda x: x if isinstance(x, str) else "+".join(f"{k}={v}" for k, v in x.items()),
+)
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_cached_losses_equal_the_uncached_path(inter: dict[str, Any], mapping: Any, dtype: str, teacher, student,
-                                               same_heads, full, tmp_path: Path) -> None:
+def test_cached_losses_equal_the_uncached_path(
+    inter: dict[str, Any], mapping: Any, dtype: str, teacher, student, same_heads, full, tmp_path: Path
+) -> None:
     if inter.get("head_match") == "equal":
         student = same_heads
     obj = build(inter, student, mapping)
     needs = activation_needs(obj)
     assert needs
-    acts = cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0,
-                                      budget=2**30, dtype=dtype)
+    acts = cached_teacher_activations(
+        teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0, budget=2**30, dtype=dtype
+    )
     assert acts is not None
     table = cached_teacher_logits(teacher, "k", full, np.arange(24), tmp_path, CPU, 0)
     cached = TeacherOutputs(teacher, obj, CPU, table, acts)
@@ -147,8 +171,9 @@ def test_teacher_runs_in_eval_mode_and_is_deterministic(teacher, full, tmp_path:
     needs = ActivationNeeds(hidden=(2,))
     teacher.train()
     try:
-        acts = cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0, budget=2**30,
-                                          dtype="fp32", batch_size=1)
+        acts = cached_teacher_activations(
+            teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0, budget=2**30, dtype="fp32", batch_size=1
+        )
         assert teacher.training  # restored
     finally:
         teacher.eval()
@@ -178,16 +203,24 @@ def test_filled_only_where_missing_and_the_formula_gives_the_disk_size(teacher, 
     before = qk4.read_bytes()
     b = cached_teacher_activations(teacher, "k", full, second, needs_b, tmp_path, CPU, 0, budget=2**30)
     assert a is not None and b is not None
-    assert qk4.read_bytes()[:len(before)] == before  # rows are appended, never rewritten
+    assert qk4.read_bytes()[: len(before)] == before  # rows are appended, never rewritten
     lengths = full.lengths
     new_in_qk4 = np.setdiff1d(second, first)
-    expected = (disk_bytes(lengths[first], needs_a, widths) + disk_bytes(lengths[new_in_qk4], ActivationNeeds(qk=(4,)), widths)
-                + disk_bytes(lengths[second], ActivationNeeds(v=(4,), cls=(1,)), widths))
+    expected = (
+        disk_bytes(lengths[first], needs_a, widths)
+        + disk_bytes(lengths[new_in_qk4], ActivationNeeds(qk=(4,)), widths)
+        + disk_bytes(lengths[second], ActivationNeeds(v=(4,), cls=(1,)), widths)
+    )
     stored = sum(p.stat().st_size for p in folder.glob("*.bin"))
     assert stored == expected
     assert sorted(p.name for p in folder.glob("*.bin")) == [
-        "L0.hidden.fp16.bin", "L1.cls.fp16.bin", "L2.qk.fp16.bin", "L4.hidden.fp16.bin", "L4.qk.fp16.bin",
-        "L4.v.fp16.bin"]
+        "L0.hidden.fp16.bin",
+        "L1.cls.fp16.bin",
+        "L2.qk.fp16.bin",
+        "L4.hidden.fp16.bin",
+        "L4.qk.fp16.bin",
+        "L4.v.fp16.bin",
+    ]
     index = np.load(folder / "L2.qk.fp16.idx.npy")
     assert (index[first] >= 0).all() and (index[np.arange(12, 24)] == -1).all()
     # a run may only read rows it asked for
@@ -203,8 +236,9 @@ def test_a_crashed_fillers_tail_is_cut(teacher, full, tmp_path: Path) -> None:
     good = data.stat().st_size
     with open(data, "ab") as fh:
         fh.write(b"\x7f" * 1000)  # bytes no index names
-    acts = cached_teacher_activations(teacher, "k", full, np.arange(8), needs, tmp_path, CPU, 0, budget=2**30,
-                                      dtype="fp32")
+    acts = cached_teacher_activations(
+        teacher, "k", full, np.arange(8), needs, tmp_path, CPU, 0, budget=2**30, dtype="fp32"
+    )
     assert acts is not None
     assert data.stat().st_size == good + 32 * 4 * int(full.lengths[5:8].sum())
     batch = batch_of(full, [6])
@@ -214,16 +248,21 @@ def test_a_crashed_fillers_tail_is_cut(teacher, full, tmp_path: Path) -> None:
     torch.testing.assert_close(got.hidden_states[1], want.hidden_states[1], rtol=1e-5, atol=1e-6)
 
 
-def test_over_budget_falls_back_and_says_so(teacher, full, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_over_budget_falls_back_and_says_so(
+    teacher, full, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     needs = ActivationNeeds(qk=(1, 2, 3, 4))
     size = disk_bytes(full.lengths, needs, teacher_widths(teacher))
     with caplog.at_level(logging.INFO, logger="kdgrid.train.activation_cache"):
-        assert cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0,
-                                          budget=size - 1) is None
+        assert (
+            cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0, budget=size - 1)
+            is None
+        )
         assert "budget" in caplog.text
-        assert cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0,
-                                          budget=size) is not None
+        assert (
+            cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0, budget=size)
+            is not None
+        )
         monkeypatch.setenv("KDGRID_ACTIVATION_CACHE_GB", "0")
         assert cached_teacher_activations(teacher, "k", full, np.arange(24), needs, tmp_path, CPU, 0) is None
     assert (cache_dir(tmp_path, "k", full, "fp32") / "L1.qk.fp16.bin").stat().st_size > 0
@@ -233,16 +272,21 @@ def test_over_budget_falls_back_and_says_so(teacher, full, tmp_path: Path, caplo
 
 
 def test_needs_follow_the_terms(student) -> None:
-    assert activation_needs(build({"attention": "kl", "head_match": "mean"}, student, "uniform")) == ActivationNeeds(qk=(2, 4))
-    assert activation_needs(build({"value": "kl", "head_match": "mean"}, student, "learnable")) == \
-        ActivationNeeds(v=(1, 2, 3, 4))
+    assert activation_needs(build({"attention": "kl", "head_match": "mean"}, student, "uniform")) == ActivationNeeds(
+        qk=(2, 4)
+    )
+    assert activation_needs(build({"value": "kl", "head_match": "mean"}, student, "learnable")) == ActivationNeeds(
+        v=(1, 2, 3, 4)
+    )
     assert activation_needs(build({"hidden": "cls", "alpha": 0.0}, student, "last")) == ActivationNeeds(cls=(4,))
-    assert activation_needs(build({"hidden": "seq", "attention": "mse", "embedding": 1.0, "head_match": "mean"},
-                                  student, "last")) == \
-        ActivationNeeds(qk=(4,), hidden=(0, 4))
+    assert activation_needs(
+        build({"hidden": "seq", "attention": "mse", "embedding": 1.0, "head_match": "mean"}, student, "last")
+    ) == ActivationNeeds(qk=(4,), hidden=(0, 4))
     assert not activation_needs(build({}, student))
     # TinyBERT's original Att-MSE reads padded query rows, which the cache does not store
-    assert build({"attention": "mse", "att_mse_padding": "tinybert", "head_match": "mean"}, student).reads_teacher_padding()
+    assert build(
+        {"attention": "mse", "att_mse_padding": "tinybert", "head_match": "mean"}, student
+    ).reads_teacher_padding()
     assert not build({"attention": "mse", "head_match": "mean"}, student).reads_teacher_padding()
 
 
@@ -263,11 +307,20 @@ def test_minilm_l6_cached_losses_and_disk_size(glue_dir: Path, tmp_path: Path) -
     student = build_student(teacher, Student(layers=2), seed=0)
     c = student.config
     obj = DistillObjective(
-        Objective.model_validate({"intermediate": {"attention": "kl", "hidden": "seq", "value": "kl", "alpha": 0.5},
-                                  "mapping": "learnable"}),
-        stage="joint", is_regression=False, n_teacher_layers=6, n_student_layers=2, teacher_hidden=384,
-        student_hidden=c.hidden_size, teacher_heads=12, student_heads=c.num_attention_heads, num_train_examples=400,
-        seed=0)
+        Objective.model_validate(
+            {"intermediate": {"attention": "kl", "hidden": "seq", "value": "kl", "alpha": 0.5}, "mapping": "learnable"}
+        ),
+        stage="joint",
+        is_regression=False,
+        n_teacher_layers=6,
+        n_student_layers=2,
+        teacher_hidden=384,
+        student_hidden=c.hidden_size,
+        teacher_heads=12,
+        student_heads=c.num_attention_heads,
+        num_train_examples=400,
+        seed=0,
+    )
     needs = activation_needs(obj)
     assert needs == ActivationNeeds(qk=tuple(range(1, 7)), v=tuple(range(1, 7)), hidden=tuple(range(1, 7)))
     acts = cached_teacher_activations(teacher, "minilm", full, positions, needs, tmp_path, CPU, 0, budget=2**31)
@@ -295,8 +348,9 @@ def test_minilm_l6_cached_losses_and_disk_size(glue_dir: Path, tmp_path: Path) -
 
 def test_the_fill_also_fills_the_logit_table(teacher, full, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One teacher pass fills both: the logit table then holds the rows without running the teacher again."""
-    cached_teacher_activations(teacher, "k", full, np.arange(10), ActivationNeeds(hidden=(1,)), tmp_path, CPU, 0,
-                               budget=2**30)
+    cached_teacher_activations(
+        teacher, "k", full, np.arange(10), ActivationNeeds(hidden=(1,)), tmp_path, CPU, 0, budget=2**30
+    )
     reference = cached_teacher_logits(teacher, "k", full, np.arange(10), tmp_path / "alone", CPU, 0)
     calls = []
     monkeypatch.setattr(type(teacher), "forward", lambda *a, **k: calls.append(1))

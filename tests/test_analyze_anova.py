@@ -69,8 +69,12 @@ def test_seed_block_matches_montgomery_rcbd() -> None:
     # Randomised complete block design, Montgomery, Design and Analysis of Experiments (8th ed.), Example 4.1
     # (vascular grafts: 4 extrusion pressures, 6 batches of resin as blocks), Table 4.4:
     #   Treatments SS 178.17 df 3, F0 = 8.11, P = 0.0019; Blocks SS 192.25 df 5; Error SS 109.89 df 15; Total 480.31
-    yields = {8500: [90.3, 89.2, 98.2, 93.9, 87.4, 97.9], 8700: [92.5, 89.5, 90.6, 94.7, 87.0, 95.8],
-              8900: [85.5, 90.8, 89.6, 86.2, 88.0, 93.4], 9100: [82.5, 89.5, 85.6, 87.4, 78.9, 90.7]}
+    yields = {
+        8500: [90.3, 89.2, 98.2, 93.9, 87.4, 97.9],
+        8700: [92.5, 89.5, 90.6, 94.7, 87.0, 95.8],
+        8900: [85.5, 90.8, 89.6, 86.2, 88.0, 93.4],
+        9100: [82.5, 89.5, 85.6, 87.4, 78.9, 90.7],
+    }
     df = pd.DataFrame([{"psi": k, "seed": b + 1, "y": v} for k, vs in yields.items() for b, v in enumerate(vs)])
     t = anova_table(df, metric="y", factors=["psi"]).set_index("term")
     assert t.loc["psi", "df"] == 3 and t.loc["psi", "sum_sq"] == pytest.approx(178.17, abs=0.005)
@@ -81,7 +85,9 @@ def test_seed_block_matches_montgomery_rcbd() -> None:
     # scipy.stats.f_oneway(*yields.values()) -> F = 3.9313, p = 0.023448 (an independent one-way ANOVA)
     u = anova_table(df, metric="y", factors=["psi"], block_seed=False).set_index("term")
     assert u.loc["Residual", "df"] == 20 and u.loc["Residual", "sum_sq"] == pytest.approx(302.14, abs=0.005)
-    assert u.loc["psi", "F"] == pytest.approx(3.9313, abs=5e-4) and u.loc["psi", "p"] == pytest.approx(0.023448, abs=5e-6)
+    assert u.loc["psi", "F"] == pytest.approx(3.9313, abs=5e-4) and u.loc["psi", "p"] == pytest.approx(
+        0.023448, abs=5e-6
+    )
 
 
 @pytest.mark.filterwarnings("ignore::statsmodels.tools.sm_exceptions.SingularMatrixWarning")
@@ -141,8 +147,13 @@ def test_pooled_anova_never_mixes_metrics() -> None:
     """Tasks of different metrics are pooled only among tasks of their own metric (issue 19: no pooling
     across metrics): SST-2 + RTE share accuracy and get 'all accuracy'; CoLA's MCC stays alone."""
     acc_a, acc_b, mcc = unbalanced(1), unbalanced(2), unbalanced(3)
-    df = pd.concat([acc_a.rename(columns={"mcc": "accuracy"}).assign(task="sst2"),
-                    acc_b.rename(columns={"mcc": "accuracy"}).assign(task="rte"), mcc.assign(task="cola")])
+    df = pd.concat(
+        [
+            acc_a.rename(columns={"mcc": "accuracy"}).assign(task="sst2"),
+            acc_b.rename(columns={"mcc": "accuracy"}).assign(task="rte"),
+            mcc.assign(task="cola"),
+        ]
+    )
     out = anova_table(df, metric="auto", factors=[FA, FB], order=2)
     labels = out["task"].unique().tolist()
     assert sorted(labels[:3]) == ["cola", "rte", "sst2"] and labels[3:] == ["all accuracy"]
@@ -190,8 +201,15 @@ def test_mixed_model_returns_tidy_fixed_effects() -> None:
     assert out["task"].unique().tolist() == ["all"]
     # task is a fixed effect with its interactions; treatment coding against the baseline (attention=mse)
     assert list(zip(out["term"], out["level"])) == [
-        ("Intercept", ""), ("task", "rte"), (FA, "kl"), (FA, "none"), (FB, "learnable"),
-        (f"task:{FA}", "rte:kl"), (f"task:{FA}", "rte:none"), (f"task:{FB}", "rte:learnable")]
+        ("Intercept", ""),
+        ("task", "rte"),
+        (FA, "kl"),
+        (FA, "none"),
+        (FB, "learnable"),
+        (f"task:{FA}", "rte:kl"),
+        (f"task:{FA}", "rte:none"),
+        (f"task:{FB}", "rte:learnable"),
+    ]
     kl = out[(out["term"] == FA) & (out["level"] == "kl")].iloc[0]
     assert 0.015 < kl["coef"] < 0.045 and kl["ci_low"] < kl["coef"] < kl["ci_high"]  # simulated effect 0.03
     assert set(out.attrs["random_effects"]["all"]) == {"residual_var", "seed_within_task_var"}
@@ -200,8 +218,12 @@ def test_mixed_model_returns_tidy_fixed_effects() -> None:
 
 
 # --------------------------------------------------------------------------- one row per run, collapsed cells
-ATT, ALPHA, KIND, DATA = "objective.intermediate.attention", "objective.intermediate.alpha", "objective.mapping.kind", \
-    "data.max_train_examples"
+ATT, ALPHA, KIND, DATA = (
+    "objective.intermediate.attention",
+    "objective.intermediate.alpha",
+    "objective.mapping.kind",
+    "data.max_train_examples",
+)
 ABLATION_FACTORS = [ATT, DATA, KIND, ALPHA]
 # The first ablation-cpu results (kdgrid 0.1 runs, 3-layer students), frozen here: reports/ holds the rerun.
 ABLATION_PARQUET = Path(__file__).resolve().parent / "data" / "ablation-cpu-0.1.parquet"
@@ -223,10 +245,26 @@ def collapsed(tasks: tuple[str, ...] = ("stsb",), seed_sd: float = 0.02) -> pd.D
                         for s in range(5):
                             rid = f"{task}-{data}-{kind}-{alpha}-{s}" + (f"-{att}" if alpha > 0 else "")
                             if rid not in value:
-                                value[rid] = (0.3 + 0.1 * (data == 400) - 0.1 * (kind == "learnable") - 0.05 * alpha
-                                              + seed_effect[(task, s)] + rng.normal(0, 0.05))
-                            rows.append({"run_id": rid, "task": task, "seed": s, ATT: att, DATA: data, KIND: kind,
-                                         ALPHA: alpha, "pearson": value[rid]})
+                                value[rid] = (
+                                    0.3
+                                    + 0.1 * (data == 400)
+                                    - 0.1 * (kind == "learnable")
+                                    - 0.05 * alpha
+                                    + seed_effect[(task, s)]
+                                    + rng.normal(0, 0.05)
+                                )
+                            rows.append(
+                                {
+                                    "run_id": rid,
+                                    "task": task,
+                                    "seed": s,
+                                    ATT: att,
+                                    DATA: data,
+                                    KIND: kind,
+                                    ALPHA: alpha,
+                                    "pearson": value[rid],
+                                }
+                            )
     return pd.DataFrame(rows)
 
 
@@ -261,8 +299,11 @@ def test_collapsed_cells_count_each_run_once(block: bool) -> None:
     ref.index = [":".join(names[p] for p in i.split(":")) if i != "Residual" else i for i in ref.index]
     assert len(ours) == len(ref) == 20 + block
     for _, r in ours.iterrows():
-        key = r["term"] if r["term"] in ref.index else ":".join(
-            sorted(r["term"].split(":"), key=lambda p: list(names.values()).index(p)))
+        key = (
+            r["term"]
+            if r["term"] in ref.index
+            else ":".join(sorted(r["term"].split(":"), key=lambda p: list(names.values()).index(p)))
+        )
         s = ref.loc[key]
         assert r["df"] == s["df"] and r["sum_sq"] == pytest.approx(s["sum_sq"], rel=1e-7, abs=1e-14)
         if r["term"] != "Residual":
@@ -278,8 +319,15 @@ def test_collapsed_cells_as_one_merged_factor(block: bool) -> None:
     ours = anova_table(df, metric="pearson", factors=ABLATION_FACTORS, block_seed=block, collapsed="merged")
     merged = f"{ATT}×{ALPHA}"
     assert ours["term"].tolist() == (["seed"] if block else []) + [
-        merged, DATA, KIND, f"{merged}:{DATA}", f"{merged}:{KIND}", f"{DATA}:{KIND}", f"{merged}:{DATA}:{KIND}",
-        "Residual"]
+        merged,
+        DATA,
+        KIND,
+        f"{merged}:{DATA}",
+        f"{merged}:{KIND}",
+        f"{DATA}:{KIND}",
+        f"{merged}:{DATA}:{KIND}",
+        "Residual",
+    ]
     assert ours.iloc[-1]["df"] == (76 if block else 80)
     # Reference: statsmodels anova_lm(ols("pearson ~ [C(seed, Sum) +] C(m, Sum) * C(d, Sum) * C(k, Sum)",
     # one row per run).fit(), typ=2)
@@ -307,8 +355,13 @@ def test_pooled_collapsed_anova_nests_seed_in_task() -> None:
     # Reference: statsmodels anova_lm(ols("pearson ~ C(task, Sum) + C(task, Sum):C(seed, Sum)
     # + C(task, Sum) * C(m, Sum) * C(d, Sum) * C(k, Sum)", one row per run).fit(), typ=2)
     runs = merged_runs(df)
-    ref = anova_lm(smf.ols("pearson ~ C(task, Sum) + C(task, Sum):C(seed, Sum) + C(task, Sum) * C(m, Sum) * C(d, Sum) "
-                           "* C(k, Sum)", data=runs).fit(), typ=2)
+    ref = anova_lm(
+        smf.ols(
+            "pearson ~ C(task, Sum) + C(task, Sum):C(seed, Sum) + C(task, Sum) * C(m, Sum) * C(d, Sum) * C(k, Sum)",
+            data=runs,
+        ).fit(),
+        typ=2,
+    )
     assert pooled.loc["task:seed", "sum_sq"] == pytest.approx(ref.loc["C(task, Sum):C(seed, Sum)", "sum_sq"], rel=1e-8)
     assert pooled.loc["task", "F"] == pytest.approx(ref.loc["C(task, Sum)", "F"], rel=1e-8)
     assert pooled.loc[KIND, "F"] == pytest.approx(ref.loc["C(k, Sum)", "F"], rel=1e-8)
@@ -320,8 +373,10 @@ def test_cells_and_diagnostics_show_a_collapsed_cell_once() -> None:
     assert len(cells) == 20 and cells["n"].tolist() == [5] * 20  # 24 cells on kdgrid <= 0.1
     zero = cells[cells[ALPHA] == "0"]
     assert zero["cell"].tolist()[0] == "attention=kl|mse, max_train_examples=200, kind=learnable, alpha=0"
-    assert zero["stands_for"].tolist()[0] == ["attention=kl, max_train_examples=200, kind=learnable, alpha=0",
-                                              "attention=mse, max_train_examples=200, kind=learnable, alpha=0"]
+    assert zero["stands_for"].tolist()[0] == [
+        "attention=kl, max_train_examples=200, kind=learnable, alpha=0",
+        "attention=mse, max_train_examples=200, kind=learnable, alpha=0",
+    ]
     assert all(len(c) == 1 for c in cells.loc[cells[ALPHA] != "0", "stands_for"])
     diag = anova_diagnostics(df, metric="pearson", factors=ABLATION_FACTORS).set_index("check")
     assert diag.loc["runs", "value"] == 100 and "20 shared by several cells" in diag.loc["runs", "note"]
@@ -368,15 +423,22 @@ def test_mixed_model_is_fitted_on_one_row_per_run_with_seed_within_task() -> Non
     # Reference: statsmodels mixedlm("pearson ~ C(task) * (C(m) + C(d) + C(k))", one row per run,
     # groups = task/seed).fit(reml=True), m the merged attention x alpha factor with kdgrid's first level as reference
     runs = merged_runs(df)
-    runs["m"] = pd.Categorical(runs["m"].str.replace("any@0", "kl|mse@0").str.replace(".0", "", regex=False),
-                               categories=["kl|mse@0", "kl@0.5", "kl@1", "mse@0.5", "mse@1"])
+    runs["m"] = pd.Categorical(
+        runs["m"].str.replace("any@0", "kl|mse@0").str.replace(".0", "", regex=False),
+        categories=["kl|mse@0", "kl@0.5", "kl@1", "mse@0.5", "mse@1"],
+    )
     runs["g"] = runs["task"] + "/" + runs["seed"].astype(str)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = smf.mixedlm("pearson ~ C(task) * (C(m) + C(d) + C(k))", runs, groups="g").fit(reml=True)
     merged = f"{ATT}×{ALPHA}"
-    names = {("Intercept", ""): "Intercept", ("task", "stsb"): "C(task)[T.stsb]", (merged, "mse@1"): "C(m)[T.mse@1]",
-             (KIND, "uniform"): "C(k)[T.uniform]", (f"task:{DATA}", "stsb:400"): "C(task)[T.stsb]:C(d)[T.400]"}
+    names = {
+        ("Intercept", ""): "Intercept",
+        ("task", "stsb"): "C(task)[T.stsb]",
+        (merged, "mse@1"): "C(m)[T.mse@1]",
+        (KIND, "uniform"): "C(k)[T.uniform]",
+        (f"task:{DATA}", "stsb:400"): "C(task)[T.stsb]:C(d)[T.400]",
+    }
     got = out.set_index(["term", "level"])
     assert len(out) == len(ref.fe_params) == 14
     for key, ref_name in names.items():
@@ -405,8 +467,10 @@ def test_mixed_model_boundary_and_non_convergence_become_report_warnings(monkeyp
         out = mixed_model(df, ABLATION_FACTORS, "pearson")
     assert caught == []
     mine = [w for w in out.attrs["warnings"] if w.startswith("mixed model")]
-    assert mine == ["mixed model all: did not converge (the REML optimiser stopped before the optimum): its estimates "
-                    "and tests are not reliable"]
+    assert mine == [
+        "mixed model all: did not converge (the REML optimiser stopped before the optimum): its estimates "
+        "and tests are not reliable"
+    ]
     assert not any("grad" in w for w in out.attrs["warnings"])
 
 

@@ -42,26 +42,123 @@ def table(tasks: tuple[str, ...] = ("cola", "sst2", "rte"), seeds: int = 6) -> p
             for alpha in (0.0, 1.0):
                 for s in range(seeds):
                     v = 0.6 + 0.05 * i + 0.02 * (att == "kl") + rng.normal(0, 0.01)
-                    rows.append({"run_id": f"{task}-{att}-{alpha}-{s}", "task": task, "seed": s, ATT: att, ALPHA: alpha,
-                                 "mcc": v, "accuracy": v + 0.2})
+                    rows.append(
+                        {
+                            "run_id": f"{task}-{att}-{alpha}-{s}",
+                            "task": task,
+                            "seed": s,
+                            ATT: att,
+                            ALPHA: alpha,
+                            "mcc": v,
+                            "accuracy": v + 0.2,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 CONTRACT = {
-    "cells": ["task", "metric", "cell", ATT, ALPHA, "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values",
-              "stands_for"],
-    "paired_tests": ["task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low",
-                     "sci_high", "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
-                     "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor", "note"],
+    "cells": [
+        "task",
+        "metric",
+        "cell",
+        ATT,
+        ALPHA,
+        "n",
+        "mean",
+        "sd",
+        "ci_low",
+        "ci_high",
+        "seeds",
+        "values",
+        "stands_for",
+    ],
+    "paired_tests": [
+        "task",
+        "metric",
+        "condition",
+        "baseline",
+        "n",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "sci_low",
+        "sci_high",
+        "t",
+        "df",
+        "p",
+        "test",
+        "p_adj",
+        "family",
+        "family_size",
+        "dz",
+        "wilcoxon_p",
+        "margin",
+        "p_equiv",
+        "p_equiv_adj",
+        "verdict",
+        "baseline_mean",
+        "floor",
+        "baseline_at_floor",
+        "note",
+    ],
     "anova": ["task", "term", "df", "sum_sq", "F", "p", "partial_eta2"],
     "diagnostics": ["task", "check", "value", "note"],
-    "sensitivity": ["task", "metric", "cell", "teacher", "floor", "student_mean", "student_sd", "gap", "gap_ci_low",
-                    "gap_ci_high", "retention", "retention_ci_low", "retention_ci_high", "n", "rank", "train_size"],
-    "power": ["task", "condition", "n", "dz", "dz_ci_low", "dz_ci_high", "family_size", "alpha_used", "target_dz",
-              "n_for_target"],
-    "stratified": ["metric", "condition", "baseline", "tasks", "n", "estimate", "se", "df", "ci_low", "ci_high",
-                   "sci_low", "sci_high", "t", "p", "p_adj", "family", "family_size", "heterogeneity_F",
-                   "heterogeneity_p", "margin", "p_equiv", "p_equiv_adj", "verdict", "note"],
+    "sensitivity": [
+        "task",
+        "metric",
+        "cell",
+        "teacher",
+        "floor",
+        "student_mean",
+        "student_sd",
+        "gap",
+        "gap_ci_low",
+        "gap_ci_high",
+        "retention",
+        "retention_ci_low",
+        "retention_ci_high",
+        "n",
+        "rank",
+        "train_size",
+    ],
+    "power": [
+        "task",
+        "condition",
+        "n",
+        "dz",
+        "dz_ci_low",
+        "dz_ci_high",
+        "family_size",
+        "alpha_used",
+        "target_dz",
+        "n_for_target",
+    ],
+    "stratified": [
+        "metric",
+        "condition",
+        "baseline",
+        "tasks",
+        "n",
+        "estimate",
+        "se",
+        "df",
+        "ci_low",
+        "ci_high",
+        "sci_low",
+        "sci_high",
+        "t",
+        "p",
+        "p_adj",
+        "family",
+        "family_size",
+        "heterogeneity_F",
+        "heterogeneity_p",
+        "margin",
+        "p_equiv",
+        "p_equiv_adj",
+        "verdict",
+        "note",
+    ],
     "ranks": ["cell", "mean_rank", "n_blocks", "same_as"],
     "nemenyi": ["cell_a", "cell_b", "rank_diff", "p"],
     "power_plan": ["family", "family_size", "alpha_used", "target_dz", "power", "n_needed"],
@@ -70,8 +167,13 @@ CONTRACT = {
 
 def test_analyze_table_returns_the_contract_columns() -> None:
     teacher = pd.DataFrame({"task": ["cola", "sst2", "rte"], "teacher": [0.7, 0.8, 0.9]})
-    a = analyze_table(table(), metric="mcc", baseline={ATT: "mse", ALPHA: 0}, teacher_scores=teacher,
-                      train_sizes={"cola": 8551, "sst2": 67349, "rte": 2490})
+    a = analyze_table(
+        table(),
+        metric="mcc",
+        baseline={ATT: "mse", ALPHA: 0},
+        teacher_scores=teacher,
+        train_sizes={"cola": 8551, "sst2": 67349, "rte": 2490},
+    )
     assert isinstance(a, Analysis)
     for name, cols in CONTRACT.items():
         assert list(getattr(a, name).columns) == cols, name
@@ -83,7 +185,11 @@ def test_analyze_table_returns_the_contract_columns() -> None:
     # (statsmodels TTestPower().solve_power(0.5, alpha=0.05/3, power=0.8) -> 44.78)
     assert len(a.power) == len(a.paired_tests) and (a.power["n_for_target"] == 45).all()
     # one metric (mcc) over three tasks: the stratified rows, one per condition
-    assert a.stratified["condition"].tolist() == ["attention=kl, alpha=0", "attention=kl, alpha=1", "attention=mse, alpha=1"]
+    assert a.stratified["condition"].tolist() == [
+        "attention=kl, alpha=0",
+        "attention=kl, alpha=1",
+        "attention=mse, alpha=1",
+    ]
     assert a.friedman["k"] == 4 and a.friedman["n_blocks"] == 18
     # factors inferred: run_id, task, seed and metrics are not factors
     assert infer_factors(table()) == [ATT, ALPHA]
@@ -92,8 +198,12 @@ def test_analyze_table_returns_the_contract_columns() -> None:
 def test_cells_describe_each_task_and_cell() -> None:
     df = table(tasks=("cola",), seeds=4)
     cells = describe_cells(df, metric="mcc", factors=[ATT, ALPHA])
-    assert cells["cell"].tolist() == ["attention=kl, alpha=0", "attention=kl, alpha=1",
-                                      "attention=mse, alpha=0", "attention=mse, alpha=1"]
+    assert cells["cell"].tolist() == [
+        "attention=kl, alpha=0",
+        "attention=kl, alpha=1",
+        "attention=mse, alpha=0",
+        "attention=mse, alpha=1",
+    ]
     row = cells.iloc[0]
     vals = df[(df[ATT] == "kl") & (df[ALPHA] == 0.0)].sort_values("seed")["mcc"].to_numpy()
     assert row["seeds"] == [0, 1, 2, 3] and row["values"] == pytest.approx(vals.tolist())
@@ -112,7 +222,9 @@ def test_without_seed_paired_tests_are_skipped_with_a_warning() -> None:
 
 
 def test_without_task_everything_is_one_task_all() -> None:
-    a = analyze_table(table(tasks=("cola",)).drop(columns="task"), metric="mcc", baseline={"attention": "mse", "alpha": 0})
+    a = analyze_table(
+        table(tasks=("cola",)).drop(columns="task"), metric="mcc", baseline={"attention": "mse", "alpha": 0}
+    )
     assert set(a.cells["task"]) == {"all"} and set(a.paired_tests["task"]) == {"all"}
     # seed block, two factors, their interaction, residual; no pooled fit on top of a single task
     assert set(a.anova["task"]) == {"all"} and len(a.anova) == 5
@@ -160,7 +272,9 @@ def test_load_table_errors_are_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError, match=r"results table not found: .*nope.csv"):
         load_table(tmp_path / "nope.csv")
     (tmp_path / "r.xlsx").write_text("x")
-    with pytest.raises(AnalysisError, match=r"results table .*r.xlsx: unknown extension '.xlsx' \(allowed: .csv, .parquet\)"):
+    with pytest.raises(
+        AnalysisError, match=r"results table .*r.xlsx: unknown extension '.xlsx' \(allowed: .csv, .parquet\)"
+    ):
         load_table(tmp_path / "r.xlsx")
     pd.DataFrame({"task": ["cola"], "seed": [1], "bleu": [0.3]}).to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(AnalysisError, match=r"no metric column in .*m.csv: expected one of accuracy, f1, mcc"):
@@ -176,17 +290,22 @@ def test_levels_and_short_names() -> None:
     assert level_key(None) == level_key(float("nan")) == "NA"
     assert level_key("kl") == "kl" and level_key(True) == "True" and level_key(5e-5) == "5e-05"
     assert short_names(["a.x.attention", "b.hidden", "c.hidden"]) == {
-        "a.x.attention": "attention", "b.hidden": "b.hidden", "c.hidden": "c.hidden"}
+        "a.x.attention": "attention",
+        "b.hidden": "b.hidden",
+        "c.hidden": "c.hidden",
+    }
 
 
 # --------------------------------------------------------------------------- sensitivity
 def test_sensitivity_gap_retention_and_rank_by_hand() -> None:
-    df = pd.DataFrame({
-        "task": ["cola"] * 4 + ["rte"] * 4,
-        "seed": [1, 2, 1, 2] * 2,
-        "student": ["2L", "2L", "4L", "4L"] * 2,
-        "mcc": [0.40, 0.44, 0.50, 0.54, 0.60, 0.62, 0.64, 0.66],
-    })
+    df = pd.DataFrame(
+        {
+            "task": ["cola"] * 4 + ["rte"] * 4,
+            "seed": [1, 2, 1, 2] * 2,
+            "student": ["2L", "2L", "4L", "4L"] * 2,
+            "mcc": [0.40, 0.44, 0.50, 0.54, 0.60, 0.62, 0.64, 0.66],
+        }
+    )
     teacher = pd.DataFrame({"task": ["cola", "cola", "rte"], "seed": [1, 2, 1], "teacher": [0.58, 0.62, 0.70]})
     s = sensitivity(df, teacher, metric="mcc", factors=["student"], train_sizes={"cola": 8551, "rte": 2490})
     # MCC's floor is chance, 0. cola: teacher mean 0.60; 2L mean 0.42 -> gap 0.18, retention 0.42/0.60 = 0.70;
@@ -202,7 +321,9 @@ def test_sensitivity_gap_retention_and_rank_by_hand() -> None:
     # With a majority-class floor the retention is relative to it: (0.42 - 0.3)/(0.6 - 0.3) = 0.4
     floored = sensitivity(df, teacher.assign(floor=0.3), metric="mcc", factors=["student"])
     assert floored["retention"].iloc[0] == pytest.approx(0.4)
-    assert s["student_sd"].tolist() == pytest.approx([np.std([0.40, 0.44], ddof=1)] * 2 + [np.std([0.60, 0.62], ddof=1)] * 2)
+    assert s["student_sd"].tolist() == pytest.approx(
+        [np.std([0.40, 0.44], ddof=1)] * 2 + [np.std([0.60, 0.62], ddof=1)] * 2
+    )
     assert s["train_size"].tolist() == [8551.0, 8551.0, 2490.0, 2490.0]
     summary = sensitivity_summary(s)
     assert summary["n_tasks"] == 2 and math.isnan(summary["spearman_rho"])
@@ -237,8 +358,9 @@ def test_power_known_values() -> None:
 
 
 def test_power_table_is_prospective_at_the_family_alpha() -> None:
-    paired = pd.DataFrame({"task": ["cola", "cola"], "condition": ["a", "b"], "n": [5, 5], "dz": [1.0, 0.0],
-                           "family_size": [2, 2]})
+    paired = pd.DataFrame(
+        {"task": ["cola", "cola"], "condition": ["a", "b"], "n": [5, 5], "dz": [1.0, 0.0], "family_size": [2, 2]}
+    )
     out = power_table(paired, target_dz=0.5)
     # nothing computed from the observed effect but its interval
     assert "power_observed" not in out.columns and "n_for_observed" not in out.columns

@@ -23,10 +23,17 @@ def runs() -> pd.DataFrame:
         for seed in range(3):
             for student, params, latency in (("3L", 30e6, 20.0), ("2L", 20e6, 10.0)):
                 slow = task == "sst2" and seed == 2 and student == "2L"
-                rows.append({"run_id": f"{task}-{student}-{seed}", "task": task, "seed": seed, STUDENT: student,
-                             "mcc" if task == "cola" else "accuracy": 0.5 + 0.01 * seed,
-                             "params": params + (1 if task == "cola" else 2),
-                             "latency_ms": 100.0 if slow else latency + seed * 0.1})
+                rows.append(
+                    {
+                        "run_id": f"{task}-{student}-{seed}",
+                        "task": task,
+                        "seed": seed,
+                        STUDENT: student,
+                        "mcc" if task == "cola" else "accuracy": 0.5 + 0.01 * seed,
+                        "params": params + (1 if task == "cola" else 2),
+                        "latency_ms": 100.0 if slow else latency + seed * 0.1,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -73,8 +80,7 @@ def test_analysis_carries_efficiency_and_every_format_shows_it(tmp_path: Path) -
     md = texts["md"]
     assert "## Efficiency" in md
     # Params in millions, latency with its ratio to the 3L baseline.
-    row = next(line for line in md.splitlines() if line.startswith("| 2L |") and "(M)" not in line
-               and "×" in line)
+    row = next(line for line in md.splitlines() if line.startswith("| 2L |") and "(M)" not in line and "×" in line)
     assert "20.00 (0.67×)" in row and "10.1 (0.50×)" in row
     assert "Efficiency" in texts["table"]
     obj = json.loads(texts["json"])

@@ -16,8 +16,11 @@ from kdgrid.analyze.verdict import _sign_flip_p, exact_wilcoxon
 
 def scipy_exact(d: np.ndarray, alternative: str) -> float:
     # The call exact_wilcoxon made before the matrix product (kdgrid integration a88d5ec).
-    return float(stats.wilcoxon(d, alternative=alternative, zero_method="wilcox",
-                                method=stats.PermutationMethod(n_resamples=np.inf)).pvalue)
+    return float(
+        stats.wilcoxon(
+            d, alternative=alternative, zero_method="wilcox", method=stats.PermutationMethod(n_resamples=np.inf)
+        ).pvalue
+    )
 
 
 def samples() -> list[np.ndarray]:
@@ -50,8 +53,18 @@ def table(k: int = 6, seeds: int = 5) -> pd.DataFrame:
         for i in range(k):
             for s in range(seeds):
                 v = 0.5 + 0.01 * int(rng.integers(0, 4)) + 0.004 * i + (0.01 * s if i % 3 == 0 else 0)
-                rows.append({"task": task, "a": f"l{i // 2}", "b": f"m{i % 2}", "seed": s, "mcc": v, "pearson": v,
-                             "params": 1000.0 + i, "latency_ms": 2.0 + 0.1 * s})
+                rows.append(
+                    {
+                        "task": task,
+                        "a": f"l{i // 2}",
+                        "b": f"m{i % 2}",
+                        "seed": s,
+                        "mcc": v,
+                        "pearson": v,
+                        "params": 1000.0 + i,
+                        "latency_ms": 2.0 + 0.1 * s,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -61,7 +74,7 @@ def test_nemenyi_pairs_and_efficiency_are_the_per_pair_reads() -> None:
     assert len(a.ranks) >= 3
     mean_rank = dict(zip(a.ranks["cell"], a.ranks["mean_rank"]))
     cells = list(a.nemenyi["cell_a"].drop_duplicates()) + [a.nemenyi["cell_b"].iloc[-1]]
-    expected = [(x, y, float(mean_rank[x] - mean_rank[y])) for i, x in enumerate(cells) for y in cells[i + 1:]]
+    expected = [(x, y, float(mean_rank[x] - mean_rank[y])) for i, x in enumerate(cells) for y in cells[i + 1 :]]
     assert list(zip(a.nemenyi["cell_a"], a.nemenyi["cell_b"], a.nemenyi["rank_diff"])) == expected
     assert a.nemenyi["p"].between(0, 1).all()
     eff = a.efficiency[a.efficiency["measure"] == "latency_ms"]

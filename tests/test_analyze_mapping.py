@@ -28,8 +28,19 @@ def test_distance_is_mean_total_variation_of_rows() -> None:
 
 
 def _rows(cell: str, seed: int, epoch: int, w: np.ndarray) -> list[dict[str, object]]:
-    return [{"task": "cola", "cell": cell, "seed": seed, "epoch": epoch, "student_layer": m + 1,
-             "teacher_layer": k + 1, "weight": float(w[m, k])} for m in range(w.shape[0]) for k in range(w.shape[1])]
+    return [
+        {
+            "task": "cola",
+            "cell": cell,
+            "seed": seed,
+            "epoch": epoch,
+            "student_layer": m + 1,
+            "teacher_layer": k + 1,
+            "weight": float(w[m, k]),
+        }
+        for m in range(w.shape[0])
+        for k in range(w.shape[1])
+    ]
 
 
 def weights() -> pd.DataFrame:
@@ -68,8 +79,9 @@ def test_runs_without_epoch_zero_have_no_start() -> None:
 
 
 def test_report_shows_convergence_in_md_json_csv(tmp_path: Path) -> None:
-    df = pd.DataFrame([{"task": "cola", "seed": s, "init": i, "mcc": 0.3 + 0.01 * s}
-                       for i in ("uniform", "diagonal") for s in (0, 1)])
+    df = pd.DataFrame(
+        [{"task": "cola", "seed": s, "init": i, "mcc": 0.3 + 0.01 * s} for i in ("uniform", "diagonal") for s in (0, 1)]
+    )
     analysis = analyze_table(df, metric="mcc", factors=["init"])
     analysis.mapping_weights = weights()
     texts = render_many(analysis, fmts=["md", "json", "csv"], out_dir=tmp_path, plots=False)
@@ -85,9 +97,11 @@ def test_only_cells_one_factor_apart_are_paired() -> None:
     w = weights()
     third = w[w["cell"] == "init=uniform"].assign(cell="init=random")
     w = pd.concat([w.assign(cell=w["cell"] + ", lr=1"), third.assign(cell="init=random, lr=2")])
-    levels = {"init=uniform, lr=1": {"init": "uniform", "lr": "1"},
-              "init=diagonal, lr=1": {"init": "diagonal", "lr": "1"},
-              "init=random, lr=2": {"init": "random", "lr": "2"}}
+    levels = {
+        "init=uniform, lr=1": {"init": "uniform", "lr": "1"},
+        "init=diagonal, lr=1": {"init": "diagonal", "lr": "1"},
+        "init=random, lr=2": {"init": "random", "lr": "2"},
+    }
     conv = mapping_convergence(w, levels)
     pairs = {(a, b) for a, b in zip(conv["cell_a"], conv["cell_b"]) if a != b}
     assert pairs == {("init=uniform, lr=1", "init=diagonal, lr=1")}  # the random cell differs in two factors
@@ -97,8 +111,13 @@ def test_only_cells_one_factor_apart_are_paired() -> None:
 
 def test_store_cell_names_become_the_analysis_names() -> None:
     # The store writes full factor paths and levels as in the study file; the analysis short names, canonical levels.
-    table = pd.DataFrame({"cell": ["objective.mapping.init=uniform, objective.intermediate.alpha=0.0"],
-                          "objective.mapping.init": ["uniform"], "objective.intermediate.alpha": ["0.0"]})
+    table = pd.DataFrame(
+        {
+            "cell": ["objective.mapping.init=uniform, objective.intermediate.alpha=0.0"],
+            "objective.mapping.init": ["uniform"],
+            "objective.intermediate.alpha": ["0.0"],
+        }
+    )
     w = pd.DataFrame({"task": ["cola"], "cell": [table["cell"][0]], "weight": [1.0]})
     out = as_analysis_cells(w, table, ["objective.mapping.init", "objective.intermediate.alpha"])
     assert out["cell"].tolist() == ["init=uniform, alpha=0"]

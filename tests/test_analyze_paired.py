@@ -22,7 +22,9 @@ def grid(*, seeds: range = range(1, 6), tasks: tuple[str, ...] = ("cola", "sst2"
             for alpha in (0.0, 0.5, 1.0):
                 for s in seeds:
                     value = 0.5 + (0.02 if att == "kl" else 0) + 0.01 * alpha + seed_effect[s] + rng.normal(0, 0.005)
-                    rows.append({ATT: att, ALPHA: alpha, "task": task, "seed": s, "mcc": value, "accuracy": value + 0.3})
+                    rows.append(
+                        {ATT: att, ALPHA: alpha, "task": task, "seed": s, "mcc": value, "accuracy": value + 0.3}
+                    )
     return pd.DataFrame(rows)
 
 
@@ -43,13 +45,43 @@ def test_shuffled_rows_give_the_same_result() -> None:
 def test_rows_cover_every_condition_per_task_and_nothing_is_pooled() -> None:
     out = paired_tests(grid(), metric="mcc", factors=[ATT, ALPHA], baseline=BASE)
     assert list(out.columns) == [
-        "task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low", "sci_high",
-        "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
-        "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor", "note"]
+        "task",
+        "metric",
+        "condition",
+        "baseline",
+        "n",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "sci_low",
+        "sci_high",
+        "t",
+        "df",
+        "p",
+        "test",
+        "p_adj",
+        "family",
+        "family_size",
+        "dz",
+        "wilcoxon_p",
+        "margin",
+        "p_equiv",
+        "p_equiv_adj",
+        "verdict",
+        "baseline_mean",
+        "floor",
+        "baseline_at_floor",
+        "note",
+    ]
     # Raw differences of tasks are never pooled into one row (kdgrid.analyze.pooled answers that question).
     assert out["task"].tolist() == ["cola"] * 5 + ["sst2"] * 5
-    assert out["condition"].tolist()[:5] == ["attention=kl, alpha=0", "attention=kl, alpha=0.5", "attention=kl, alpha=1",
-                                           "attention=mse, alpha=0.5", "attention=mse, alpha=1"]
+    assert out["condition"].tolist()[:5] == [
+        "attention=kl, alpha=0",
+        "attention=kl, alpha=0.5",
+        "attention=kl, alpha=1",
+        "attention=mse, alpha=0.5",
+        "attention=mse, alpha=1",
+    ]
     assert set(out["baseline"]) == {"attention=mse, alpha=0"}
     assert (out["n"] == 5).all() and (out["family_size"] == 5).all()
     assert out["family"].tolist()[0] == "cola: every condition vs the baseline (5 comparisons, holm)"
@@ -97,8 +129,12 @@ def test_baseline_values_compare_as_strings_and_short_names_work() -> None:
     df = grid()
     a = paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline=BASE)
     b = paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline={"attention": "mse", "alpha": "0"})
-    c = paired_tests(df.assign(**{ALPHA: df[ALPHA].astype(str)}), metric="mcc", factors=[ATT, ALPHA],
-                     baseline={"attention": "mse", "alpha": 0.0})
+    c = paired_tests(
+        df.assign(**{ALPHA: df[ALPHA].astype(str)}),
+        metric="mcc",
+        factors=[ATT, ALPHA],
+        baseline={"attention": "mse", "alpha": 0.0},
+    )
     pd.testing.assert_frame_equal(a, b)
     pd.testing.assert_frame_equal(a, c)
     d = paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline={"attention": "kl", "alpha": "0.50"})
@@ -124,7 +160,10 @@ def test_bad_baseline_and_correction_raise_one_clear_error() -> None:
     df = grid(tasks=("cola",))
     with pytest.raises(AnalysisError, match="baseline factor 'heads' is not a factor"):
         paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline={"heads": 4})
-    with pytest.raises(AnalysisError, match=r"baseline level 0.25 of objective.intermediate.alpha not in the data; levels are: 0, 0.5, 1"):
+    with pytest.raises(
+        AnalysisError,
+        match=r"baseline level 0.25 of objective.intermediate.alpha not in the data; levels are: 0, 0.5, 1",
+    ):
         paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline={"alpha": 0.25})
     with pytest.raises(AnalysisError, match="unknown correction 'sidak'"):
         paired_tests(df, metric="mcc", factors=[ATT, ALPHA], baseline=BASE, correction="sidak")

@@ -28,11 +28,13 @@ SLEEP_EXTRA_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 
 def sleep_df() -> pd.DataFrame:
-    return pd.DataFrame({
-        "extra": SLEEP_EXTRA_1 + SLEEP_EXTRA_2,
-        "group": ["1"] * 10 + ["2"] * 10,
-        "seed": list(range(1, 11)) * 2,  # ID: the pairing unit
-    })
+    return pd.DataFrame(
+        {
+            "extra": SLEEP_EXTRA_1 + SLEEP_EXTRA_2,
+            "group": ["1"] * 10 + ["2"] * 10,
+            "seed": list(range(1, 11)) * 2,  # ID: the pairing unit
+        }
+    )
 
 
 # R: datasets::ToothGrowth (Crampton 1947). len, supp (VC, OJ), dose (0.5, 1, 2); rows in R's order:
@@ -65,8 +67,13 @@ high 17 medium|high 13 high|high 16 low|high 10 high|high 15 medium"""
 
 def moore_df() -> pd.DataFrame:
     recs = [r.split() for line in MOORE.splitlines() for r in line.split("|")]
-    return pd.DataFrame({"partner.status": [r[0] for r in recs], "conformity": [float(r[1]) for r in recs],
-                         "fcategory": [r[2] for r in recs]})
+    return pd.DataFrame(
+        {
+            "partner.status": [r[0] for r in recs],
+            "conformity": [float(r[1]) for r in recs],
+            "fcategory": [r[2] for r in recs],
+        }
+    )
 
 
 # Kidney data (statsmodels/stats/tests/test_anova.py, "from JT's course"): Days by Duration (1, 2)
@@ -103,8 +110,14 @@ def test_data_sets_are_typed_correctly() -> None:
     #   OJ 13.23 22.70 26.06
     #   VC  7.98 16.77 26.14
     means = t.groupby(["supp", "dose"])["len"].mean().round(6)
-    assert means.to_dict() == {("OJ", 0.5): 13.23, ("OJ", 1.0): 22.70, ("OJ", 2.0): 26.06,
-                               ("VC", 0.5): 7.98, ("VC", 1.0): 16.77, ("VC", 2.0): 26.14}
+    assert means.to_dict() == {
+        ("OJ", 0.5): 13.23,
+        ("OJ", 1.0): 22.70,
+        ("OJ", 2.0): 26.06,
+        ("VC", 0.5): 7.98,
+        ("VC", 1.0): 16.77,
+        ("VC", 2.0): 26.14,
+    }
     m = moore_df()
     assert len(m) == 45 and m["conformity"].sum() == 546
     # Cell means, as R's with(Moore, tapply(conformity, list(fcategory, partner.status), mean)) lays them out.
@@ -115,8 +128,14 @@ def test_data_sets_are_typed_correctly() -> None:
     #   low    17.400  8.900
     #   medium 14.273  7.250
     cm = m.groupby(["fcategory", "partner.status"])["conformity"].mean()
-    assert cm.round(3).to_dict() == {("high", "high"): 11.857, ("high", "low"): 12.625, ("low", "high"): 17.4,
-                                     ("low", "low"): 8.9, ("medium", "high"): 14.273, ("medium", "low"): 7.25}
+    assert cm.round(3).to_dict() == {
+        ("high", "high"): 11.857,
+        ("high", "low"): 12.625,
+        ("low", "high"): 17.4,
+        ("low", "low"): 8.9,
+        ("medium", "high"): 14.273,
+        ("medium", "low"): 7.25,
+    }
     # R: summary(mod) with contr.sum: (Intercept) 12.0508 = the unweighted mean of the 6 cell means
     assert close(cm.mean(), 12.0508, 1e-5)
     k = kidney_df()
@@ -190,7 +209,9 @@ def test_toothgrowth_anova_matches_r(typ: int) -> None:
     t = _by_term(anova_table(tooth_df(), metric="len", factors=["supp", "dose"], typ=typ))
     assert list(t) == ["supp", "dose", "supp:dose", "Residual"]
     assert [t[k]["df"] for k in t] == [1, 2, 2, 54]
-    assert close(t["supp"]["sum_sq"], 205.35) and close(t["supp"]["F"], 15.572) and close(t["supp"]["p"], 0.0002312, 2e-4)
+    assert (
+        close(t["supp"]["sum_sq"], 205.35) and close(t["supp"]["F"], 15.572) and close(t["supp"]["p"], 0.0002312, 2e-4)
+    )
     assert close(t["dose"]["sum_sq"], 2426.43) and close(t["dose"]["F"], 92.000)
     assert t["dose"]["p"] < 2.2e-16
     assert close(t["supp:dose"]["sum_sq"], 108.32) and close(t["supp:dose"]["F"], 4.107, 1e-4)
@@ -244,7 +265,9 @@ def test_moore_type3_matches_car() -> None:
     assert close(t["fcategory"]["p"], 0.431492, 2e-5)
     assert close(t["partner.status"]["sum_sq"], 239.6, 2e-4) and close(t["partner.status"]["F"], 11.4250)
     assert close(t["partner.status"]["p"], 0.001657, 5e-4)
-    assert close(t["fcategory:partner.status"]["F"], 4.1846) and close(t["fcategory:partner.status"]["p"], 0.022572, 5e-5)
+    assert close(t["fcategory:partner.status"]["F"], 4.1846) and close(
+        t["fcategory:partner.status"]["p"], 0.022572, 5e-5
+    )
 
 
 def _kidney_dropped() -> pd.DataFrame:

@@ -45,11 +45,14 @@ def test_wilcoxon_with_ties_is_exact_at_five_pairs() -> None:
         assert p == pytest.approx(0.0625, abs=1e-12) and note == ""
 
 
-@pytest.mark.parametrize("d", [
-    [0.0, 1.0, 1.0, -2.0, 3.0, 4.0],           # a zero and a tie
-    [-0.5, 0.5, 1.0, 1.0, 1.0, 2.0, -3.0],     # ties of opposite signs
-    [0.2, 0.2, 0.2, -0.2, 0.4, 0.4, 0.6, 0.8],  # many ties
-])
+@pytest.mark.parametrize(
+    "d",
+    [
+        [0.0, 1.0, 1.0, -2.0, 3.0, 4.0],  # a zero and a tie
+        [-0.5, 0.5, 1.0, 1.0, 1.0, 2.0, -3.0],  # ties of opposite signs
+        [0.2, 0.2, 0.2, -0.2, 0.4, 0.4, 0.6, 0.8],  # many ties
+    ],
+)
 def test_wilcoxon_matches_the_enumerated_sign_flip_distribution(d: list[float]) -> None:
     p, _ = wilcoxon_signed_rank(d)
     assert p == pytest.approx(_signflip_p(np.asarray(d)), abs=1e-12)
@@ -68,8 +71,11 @@ def test_constant_nonzero_differences_use_the_exact_test_and_stay_in_the_family(
     rows = []
     for s in range(6):
         base = 0.5 + 0.01 * s
-        rows += [{"a": "base", "seed": s, "mcc": base}, {"a": "up", "seed": s, "mcc": base + 0.02},
-                 {"a": "noisy", "seed": s, "mcc": base + [0.01, -0.02, 0.0, 0.03, -0.01, 0.02][s]}]
+        rows += [
+            {"a": "base", "seed": s, "mcc": base},
+            {"a": "up", "seed": s, "mcc": base + 0.02},
+            {"a": "noisy", "seed": s, "mcc": base + [0.01, -0.02, 0.0, 0.03, -0.01, 0.02][s]},
+        ]
     out = paired_tests(pd.DataFrame(rows), metric="mcc", factors=["a"], baseline={"a": "base"})
     up = out[out["condition"] == "a=up"].iloc[0]
     # The old code returned p = NaN here and dropped the comparison from its family.
@@ -92,8 +98,15 @@ def collapsed_grid(seeds: int = 5) -> pd.DataFrame:
         rows.append({"run_id": f"off-{s}", ATT: "kl", ALPHA: 0.0, "seed": s, "mcc": shared})
         for att in ("mse", "kl"):
             for a in (0.5, 1.0):
-                rows.append({"run_id": f"{att}-{a}-{s}", ATT: att, ALPHA: a, "seed": s,
-                             "mcc": 0.5 + 0.02 * a + rng.normal(0, 0.01)})
+                rows.append(
+                    {
+                        "run_id": f"{att}-{a}-{s}",
+                        ATT: att,
+                        ALPHA: a,
+                        "seed": s,
+                        "mcc": 0.5 + 0.02 * a + rng.normal(0, 0.01),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -193,12 +206,19 @@ def test_over_tasks_nothing_pools_raw_differences_of_different_metrics() -> None
     for task, scale in (("cola", 0.1), ("stsb", 0.8), ("sst2", 0.85), ("rte", 0.6)):
         for s in range(5):
             for a in ("x", "y", "z"):
-                rows.append({"task": task, "seed": s, "a": a, "v": scale + {"x": 0, "y": 0.01, "z": 0.03}[a]
-                             + rng.normal(0, 0.01)})
+                rows.append(
+                    {
+                        "task": task,
+                        "seed": s,
+                        "a": a,
+                        "v": scale + {"x": 0, "y": 0.01, "z": 0.03}[a] + rng.normal(0, 0.01),
+                    }
+                )
     df = pd.DataFrame(rows)
     metric = {"cola": "mcc", "stsb": "pearson", "sst2": "accuracy", "rte": "accuracy"}
-    a = analyze_table(df.assign(mcc=df.v, pearson=df.v, accuracy=df.v), metric=metric, factors=["a"],
-                      baseline={"a": "x"})
+    a = analyze_table(
+        df.assign(mcc=df.v, pearson=df.v, accuracy=df.v), metric=metric, factors=["a"], baseline={"a": "x"}
+    )
     # stratified rows only within accuracy (sst2 + rte): never mcc with pearson
     assert set(a.stratified["metric"]) == {"accuracy"} and (a.stratified["tasks"] == "rte, sst2").all()
     # Friedman over 20 (task, seed) blocks; no ties: chi2 = 12N/(k(k+1)) * sum(R_j^2) - 3N(k+1)
@@ -230,8 +250,11 @@ def test_dz_interval_inverts_the_noncentral_t_and_covers() -> None:
 
 def test_a_baseline_at_the_floor_is_marked_and_warned() -> None:
     rng = np.random.default_rng(4)
-    rows = [{"task": "cola", "seed": s, "a": a, "mcc": (0.002 if a == "base" else 0.05) + rng.normal(0, 0.01)}
-            for s in range(5) for a in ("base", "other")]
+    rows = [
+        {"task": "cola", "seed": s, "a": a, "mcc": (0.002 if a == "base" else 0.05) + rng.normal(0, 0.01)}
+        for s in range(5)
+        for a in ("base", "other")
+    ]
     a = analyze_table(pd.DataFrame(rows), metric="mcc", factors=["a"], baseline={"a": "base"})
     row = a.paired_tests.iloc[0]
     assert bool(row["baseline_at_floor"]) and row["floor"] == 0.0  # MCC's chance score
@@ -243,9 +266,18 @@ def test_display_scale_comes_from_the_metric_not_the_data() -> None:
     from kdgrid.report.tables import metric_scales, paper_table
 
     # A wide CI above 1 used to keep the task unscaled, and Avg then mixed raw and ×100 numbers.
-    cells = pd.DataFrame({"task": ["stsb", "cola"], "metric": ["pearson", "mcc"], "cell": ["c", "c"],
-                          "n": [3, 3], "mean": [0.90, 0.20], "sd": [0.2, 0.05], "ci_low": [0.4, 0.08],
-                          "ci_high": [1.4, 0.32]})
+    cells = pd.DataFrame(
+        {
+            "task": ["stsb", "cola"],
+            "metric": ["pearson", "mcc"],
+            "cell": ["c", "c"],
+            "n": [3, 3],
+            "mean": [0.90, 0.20],
+            "sd": [0.2, 0.05],
+            "ci_low": [0.4, 0.08],
+            "ci_high": [1.4, 0.32],
+        }
+    )
     assert metric_scales(cells) == {("stsb", "pearson"): 100.0, ("cola", "mcc"): 100.0}
     t = paper_table(cells, "x")
     assert t.loc["c", "Avg"] == "55.0"  # (90.0 + 20.0) / 2 on one scale
@@ -271,8 +303,9 @@ def test_family_wise_error_and_simultaneous_coverage_under_the_null() -> None:
     for correction in ("holm", "bonferroni"):
         errors = covered = 0
         for i in range(sims):
-            p_adj, _, lo, hi = family_adjust(p[i], np.full(m, np.nan), nn, mean[i], ci_low[i],
-                                             correction=correction, alpha=alpha)
+            p_adj, _, lo, hi = family_adjust(
+                p[i], np.full(m, np.nan), nn, mean[i], ci_low[i], correction=correction, alpha=alpha
+            )
             errors += bool((p_adj < alpha).any())
             covered += bool(((lo <= 0) & (hi >= 0)).all())
         assert errors / sims <= alpha + mc, correction

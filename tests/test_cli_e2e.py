@@ -14,13 +14,21 @@ import duckdb
 import pytest
 from conftest import write_cola_dir
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
-def kdgrid(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "kdgrid", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env or ENV, timeout=600)
+def kdgrid(
+    *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdgrid", *args], cwd=cwd, capture_output=True, text=True, env=env or ENV, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kdgrid {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -65,8 +73,15 @@ def test_run_status_report_and_rerun(project: tuple[Path, Path]) -> None:
     assert db_rows(db, "SELECT status, count(*) FROM runs GROUP BY status") == [("done", 6)]
     # per-epoch loss terms and dev metrics, final metrics, efficiency, the teacher
     names = {r[0] for r in db_rows(db, "SELECT DISTINCT split || ':' || name FROM metrics")}
-    assert {"train:loss", "train:loss.soft", "dev:mcc", "efficiency:params",
-            "efficiency:latency_ms", "efficiency:train_time_s", "teacher:mcc"} <= names
+    assert {
+        "train:loss",
+        "train:loss.soft",
+        "dev:mcc",
+        "efficiency:params",
+        "efficiency:latency_ms",
+        "efficiency:train_time_s",
+        "teacher:mcc",
+    } <= names
     assert db_rows(db, "SELECT count(*) FROM teachers") == [(1,)]
     again = kdgrid("run", str(study), cwd=root)
     assert "0 run(s) done now, 6 were done before" in again.stdout
@@ -88,8 +103,13 @@ def test_kill_mid_grid_then_resume_stores_each_run_once(project: tuple[Path, Pat
     root, study = project
     kdgrid("run", str(study), "--max-runs", "1", cwd=root)  # teacher cached, one run done
     db = root / "kdgrid.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "kdgrid", "run", str(study)], cwd=root, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdgrid", "run", str(study)],
+        cwd=root,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     runs_dir = root / ".kdgrid" / "runs"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(runs_dir.glob("*/result.json"))) < 3:
@@ -102,7 +122,10 @@ def test_kill_mid_grid_then_resume_stores_each_run_once(project: tuple[Path, Pat
     assert db_rows(db, "SELECT status, count(*) FROM runs GROUP BY status") == [("done", 6)]
     assert db_rows(db, "SELECT count(DISTINCT run_id), count(*) FROM runs") == [(6, 6)]
     # metrics are not duplicated: one final mcc per run
-    assert db_rows(db, "SELECT max(n) FROM (SELECT count(*) n FROM metrics WHERE stage='final' AND split='dev' AND name='mcc' GROUP BY run_id)") == [(1,)]
+    assert db_rows(
+        db,
+        "SELECT max(n) FROM (SELECT count(*) n FROM metrics WHERE stage='final' AND split='dev' AND name='mcc' GROUP BY run_id)",
+    ) == [(1,)]
     # nothing that had finished was trained again
     for run_id, mtime in finished_before.items():
         assert (runs_dir / run_id / "result.json").stat().st_mtime_ns == mtime
@@ -125,10 +148,15 @@ def test_nan_loss_fails_one_run_and_is_stored(project: tuple[Path, Path]) -> Non
     ("change", "expected"),
     [
         ("data: {dir: /nonexistent/glue}", "Error: data dir /nonexistent/glue does not exist (task cola"),
-        ("teacher: {model: /nonexistent/model}", "Error: teacher.model: /nonexistent/model is not a model directory (no such folder)"),
+        (
+            "teacher: {model: /nonexistent/model}",
+            "Error: teacher.model: /nonexistent/model is not a model directory (no such folder)",
+        ),
     ],
 )
-def test_bad_paths_fail_before_compute_and_write_nothing(tmp_path: Path, tiny_model_dir: Path, change: str, expected: str) -> None:
+def test_bad_paths_fail_before_compute_and_write_nothing(
+    tmp_path: Path, tiny_model_dir: Path, change: str, expected: str
+) -> None:
     data = write_cola_dir(tmp_path / "glue")
     study = tiny_study(tmp_path, tiny_model_dir, data)
     text = study.read_text()
@@ -149,11 +177,16 @@ def test_foreign_duckdb_is_refused_by_the_cli(project: tuple[Path, Path]) -> Non
     con.close()
     out = kdgrid("run", str(study), "--db", str(other), cwd=root, check=False)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"Error: {other}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db"
+    assert (
+        out.stderr.strip()
+        == f"Error: {other}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db"
+    )
 
 
 def test_cli_commands_import_no_torch() -> None:
-    code = ("import sys; from kdgrid.cli import app; import kdgrid.analyze, kdgrid.report.render, kdgrid.report.source; "
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; from kdgrid.cli import app; import kdgrid.analyze, kdgrid.report.render, kdgrid.report.source; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -29,9 +29,17 @@ from kdgrid.train.data import (
 # --------------------------------------------------------------------------- real GLUE files
 
 REAL_COUNTS = [
-    ("cola", "train", 8551), ("cola", "dev", 1043), ("sst2", "train", 67349), ("sst2", "dev", 872),
-    ("mrpc", "train", 3668), ("mrpc", "dev", 408), ("stsb", "train", 5749), ("stsb", "dev", 1500),
-    ("rte", "train", 2490), ("rte", "dev", 277), ("qnli", "dev", 5463),
+    ("cola", "train", 8551),
+    ("cola", "dev", 1043),
+    ("sst2", "train", 67349),
+    ("sst2", "dev", 872),
+    ("mrpc", "train", 3668),
+    ("mrpc", "dev", 408),
+    ("stsb", "train", 5749),
+    ("stsb", "dev", 1500),
+    ("rte", "train", 2490),
+    ("rte", "dev", 277),
+    ("qnli", "dev", 5463),
 ]
 
 
@@ -56,7 +64,11 @@ def test_real_glue_labels_and_columns(glue_dir: Path) -> None:
     assert Counter(e.label for e in load_split("qnli", "dev", d)) == {0: 2702, 1: 2761}
     stsb = load_split("stsb", "train", d)
     assert all(isinstance(e.label, float) and 0.0 <= e.label <= 5.0 for e in stsb)
-    assert (stsb[0].text_a, stsb[0].text_b, stsb[0].label) == ("A plane is taking off.", "An air plane is taking off.", 5.0)
+    assert (stsb[0].text_a, stsb[0].text_b, stsb[0].label) == (
+        "A plane is taking off.",
+        "An air plane is taking off.",
+        5.0,
+    )
     cola = load_split("cola", "train", d)
     assert cola[0].text_b is None
     assert data_fingerprint("cola", "train", d).startswith("sha256:cb368ebeb9f27d7a")  # per SOURCES.md
@@ -69,6 +81,7 @@ def test_real_qnli_has_no_train(glue_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- small synthetic GLUE dirs
+
 
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +106,10 @@ def test_missing_file_and_dir_errors(tmp_path: Path) -> None:
 
 
 def test_malformed_rows_name_file_and_line(tmp_path: Path) -> None:
-    f = _write(tmp_path / "RTE" / "train.tsv",
-               "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly two\tcolumns\n")
+    f = _write(
+        tmp_path / "RTE" / "train.tsv",
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly two\tcolumns\n",
+    )
     with pytest.raises(DataError) as err:
         load_split("rte", "train", str(tmp_path))
     assert str(err.value) == f"{f}:3: expected 4 tab-separated columns, got 3 (task rte)"
@@ -115,8 +130,9 @@ def test_quotes_are_data_not_syntax(tmp_path: Path) -> None:
     assert [(e.text_a, e.label) for e in ex] == [('"it was', 1), ('fine "ok" ', 0)]
 
 
-def test_hub_fallback_error_and_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 make_cola_dir: Callable[..., Path]) -> None:
+def test_hub_fallback_error_and_resolution_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_cola_dir: Callable[..., Path]
+) -> None:
     monkeypatch.delenv("KDGRID_DATA_DIR", raising=False)
     with pytest.raises(DataError) as err:  # conftest sets HF_DATASETS_OFFLINE=1: fails fast
         load_split("cola", "train", None)
@@ -132,6 +148,7 @@ def test_hub_fallback_error_and_resolution_order(tmp_path: Path, monkeypatch: py
 
 
 # --------------------------------------------------------------------------- subsampling
+
 
 def _examples(n: int) -> list[Example]:
     return [Example(text_a=f"s{i}", text_b=None, label=i % 2, index=i) for i in range(n)]
@@ -155,6 +172,7 @@ def test_subsample_deterministic_nested_and_bounded() -> None:
 
 # --------------------------------------------------------------------------- tokenization, cache, batches
 
+
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     from kdgrid.train.models import load_tokenizer
@@ -162,8 +180,12 @@ def tiny_tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return load_tokenizer(str(tiny_model_dir))
 
 
-def test_tokenized_cache_roundtrip(tmp_path: Path, tiny_tokenizer, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-                                   make_cola_dir: Callable[..., Path]) -> None:
+def test_tokenized_cache_roundtrip(
+    tmp_path: Path,
+    tiny_tokenizer,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    make_cola_dir: Callable[..., Path],
+) -> None:
     d = str(make_cola_dir(tmp_path / "glue"))
     cache = tmp_path / "cache"
     first = load_tokenized("cola", "train", d, tiny_tokenizer, 16, cache)
@@ -277,7 +299,11 @@ def test_length_grouping_on_a_small_set_does_not_repeat_batches() -> None:
     old = _pair_recurrence(LengthGroupedBatchSampler(lengths, 16, seed=0, min_chunks=1))
     assert old > 0.5
     assert grouped < 0.12 and grouped < 2 * random_
+
     # Still grouped by length: less padding than random batches.
     def padded(sampler: Any) -> int:
         return sum(len(b) * int(lengths[b].max()) for b in sampler)
-    assert padded(LengthGroupedBatchSampler(lengths, 16, seed=0)) < 0.9 * padded(RandomBatchSampler(lengths, 16, seed=0))
+
+    assert padded(LengthGroupedBatchSampler(lengths, 16, seed=0)) < 0.9 * padded(
+        RandomBatchSampler(lengths, 16, seed=0)
+    )

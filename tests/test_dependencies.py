@@ -46,6 +46,9 @@ def test_direct_imports_are_declared() -> None:
 
 
 def test_constraints_pin_every_declared_dependency() -> None:
-    pinned = {canonical(line.split("==", 1)[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
-              if "==" in line and not line.startswith("#")}
+    pinned = {
+        canonical(line.split("==", 1)[0])
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     assert declared() - pinned == set()

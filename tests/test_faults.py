@@ -42,8 +42,13 @@ def env(fault: str | None = None) -> dict[str, str]:
 
 
 def coordinator(db: Path, *args: str, fault: str | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(FAKES), str(db), *args], env=env(fault), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(FAKES), str(db), *args],
+        env=env(fault),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -200,7 +205,9 @@ def test_nan_fails_only_its_run_and_is_not_retried(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.slow
-def test_hang_past_the_timeout_fails_the_run_and_kills_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hang_past_the_timeout_fails_the_run_and_kills_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "k.duckdb"
     monkeypatch.setenv("KDGRID_FAULT", "hang:seed=0")
     hung_ids = {r.run_id for r in expand(fake_study()) if r.seed == 0}

@@ -61,7 +61,10 @@ def alias_bomb() -> str:
 
 
 def test_duplicate_top_level_key_names_both_lines(tmp_path: Path) -> None:
-    p = write(tmp_path, HEAD + "grid:\n  objective.intermediate.alpha: [0.0, 0.5]\nseeds: 3\ngrid:\n  data.fraction: [0.5, 1.0]\n")
+    p = write(
+        tmp_path,
+        HEAD + "grid:\n  objective.intermediate.alpha: [0.0, 0.5]\nseeds: 3\ngrid:\n  data.fraction: [0.5, 1.0]\n",
+    )
     assert study_error(p) == f"{p}:6: grid: duplicate key 'grid' (first at line 3); YAML would keep only the last one"
 
 
@@ -69,7 +72,10 @@ def test_duplicate_key_at_depth_and_in_flow_style(tmp_path: Path) -> None:
     p = write(tmp_path, HEAD + "train:\n  lr: 1.0e-4\n  epochs: 2\n  lr: 2.0e-4\n")
     assert study_error(p) == f"{p}:6: train.lr: duplicate key 'lr' (first at line 4); YAML would keep only the last one"
     p = write(tmp_path, HEAD + "teacher: {model: minilm-l6, finetune: {epochs: 1, epochs: 2}}\n")
-    assert study_error(p) == f"{p}:3: teacher.finetune.epochs: duplicate key 'epochs' (first at line 3); YAML would keep only the last one"
+    assert (
+        study_error(p)
+        == f"{p}:3: teacher.finetune.epochs: duplicate key 'epochs' (first at line 3); YAML would keep only the last one"
+    )
 
 
 def test_keys_equal_after_yaml_resolution_are_duplicates(tmp_path: Path) -> None:
@@ -79,15 +85,21 @@ def test_keys_equal_after_yaml_resolution_are_duplicates(tmp_path: Path) -> None
 
 
 def test_merge_keys_override_without_being_duplicates(tmp_path: Path) -> None:
-    p = write(tmp_path, HEAD + "train: &t {epochs: 2, lr: 1.0e-4}\nteacher:\n  finetune:\n    <<: {epochs: 1, lr: 3.0e-5}\n    lr: 5.0e-5\n")
+    p = write(
+        tmp_path,
+        HEAD
+        + "train: &t {epochs: 2, lr: 1.0e-4}\nteacher:\n  finetune:\n    <<: {epochs: 1, lr: 3.0e-5}\n    lr: 5.0e-5\n",
+    )
     loaded = load_study(p)
     assert loaded.study.teacher.finetune.lr == 5.0e-5 and loaded.study.teacher.finetune.epochs == 1
 
 
 def test_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
     p = write(tmp_path, alias_bomb())
-    assert study_error(p) == (f"{p}:7: a4: expands to more than {MAX_NODES} values through YAML aliases "
-                              "(&anchor / *alias); write the values out or use fewer aliases")
+    assert study_error(p) == (
+        f"{p}:7: a4: expands to more than {MAX_NODES} values through YAML aliases "
+        "(&anchor / *alias); write the values out or use fewer aliases"
+    )
 
 
 def test_many_small_aliases_add_up(tmp_path: Path) -> None:
@@ -107,9 +119,14 @@ def test_recursive_alias(tmp_path: Path) -> None:
     assert study_error(p) == f"{p}:3: grid: a YAML alias refers to the block that contains it (a recursive alias)"
 
 
-@pytest.mark.parametrize("body", ["grid:\n  x: " + "[" * 5000 + "]" * 5000,
-                                  "description: " + "{a: " * 3000 + "1" + "}" * 3000,
-                                  "analysis:\n  baseline:\n" + "".join("  " * (i + 2) + f"k{i}:\n" for i in range(60)) + "  " * 62 + "v"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "grid:\n  x: " + "[" * 5000 + "]" * 5000,
+        "description: " + "{a: " * 3000 + "1" + "}" * 3000,
+        "analysis:\n  baseline:\n" + "".join("  " * (i + 2) + f"k{i}:\n" for i in range(60)) + "  " * 62 + "v",
+    ],
+)
 def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path: Path, body: str) -> None:
     msg = study_error(write(tmp_path, HEAD + body + "\n"))
     assert msg.endswith(f"nested more than {MAX_DEPTH} levels deep (the limit for a study file)")
@@ -142,8 +159,10 @@ def test_huge_integer_names_its_line(tmp_path: Path) -> None:
 def test_no_tag_constructs_an_object_or_runs_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     p = write(tmp_path, HEAD + f"description: !!python/object/apply:os.system ['touch {marker}']\n")
-    assert study_error(p) == (f"{p}:3: not valid YAML: could not determine a constructor for the tag "
-                              "'tag:yaml.org,2002:python/object/apply:os.system'")
+    assert study_error(p) == (
+        f"{p}:3: not valid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object/apply:os.system'"
+    )
     assert not marker.exists()
 
 
@@ -166,16 +185,26 @@ def test_plan_size_is_arithmetic_and_refused_before_expansion() -> None:
     assert plan_size(study).runs == 200_000_000
     with pytest.raises(PlanError) as info:
         expand(study)  # answers at once: counting never expands
-    assert str(info.value) == ("seeds: the study plans 200000000 runs (2 tasks x 100000000 seeds), more than the "
-                               "limit of 10000; set plan_limit: N in the study or pass --plan-limit N if you mean it")
+    assert str(info.value) == (
+        "seeds: the study plans 200000000 runs (2 tasks x 100000000 seeds), more than the "
+        "limit of 10000; set plan_limit: N in the study or pass --plan-limit N if you mean it"
+    )
     assert info.value.loc == ("seeds",)
 
 
 def test_plan_limit_points_at_the_largest_factor_and_can_be_raised() -> None:
-    data = {"name": "x", "tasks": ["cola"], "seeds": 2, "grid": {"objective.prediction.temperature": [1.0, 2.0, 3.0]},
-            "variants": {"student": {"a": {"layers": 1}, "b": {"layers": 2}}}}
+    data = {
+        "name": "x",
+        "tasks": ["cola"],
+        "seeds": 2,
+        "grid": {"objective.prediction.temperature": [1.0, 2.0, 3.0]},
+        "variants": {"student": {"a": {"layers": 1}, "b": {"layers": 2}}},
+    }
     study = Study.model_validate({**data, "plan_limit": 5})
-    with pytest.raises(PlanError, match=r"the study plans 12 runs \(1 task x 3 objective.prediction.temperature x 2 student x 2 seeds\), more than the limit of 5") as info:
+    with pytest.raises(
+        PlanError,
+        match=r"the study plans 12 runs \(1 task x 3 objective.prediction.temperature x 2 student x 2 seeds\), more than the limit of 5",
+    ) as info:
         expand(study)
     assert info.value.loc == ("grid", "objective.prediction.temperature")
     assert len(expand(study, plan_limit=12)) == 12
@@ -183,13 +212,21 @@ def test_plan_limit_points_at_the_largest_factor_and_can_be_raised() -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(levels=st.lists(st.integers(1, 3), min_size=0, max_size=3), seeds=st.integers(1, 3),
-       tasks=st.lists(st.sampled_from(["cola", "stsb", "rte"]), min_size=1, max_size=3, unique=True),
-       variant=st.integers(0, 2), exclude=st.booleans())
-def test_plan_size_matches_expansion(levels: list[int], seeds: int, tasks: list[str], variant: int, exclude: bool) -> None:
+@given(
+    levels=st.lists(st.integers(1, 3), min_size=0, max_size=3),
+    seeds=st.integers(1, 3),
+    tasks=st.lists(st.sampled_from(["cola", "stsb", "rte"]), min_size=1, max_size=3, unique=True),
+    variant=st.integers(0, 2),
+    exclude=st.booleans(),
+)
+def test_plan_size_matches_expansion(
+    levels: list[int], seeds: int, tasks: list[str], variant: int, exclude: bool
+) -> None:
     paths = ["objective.prediction.temperature", "data.max_seq_length", "train.lr"]
-    grid = {path: [float(v + 1) if path != "data.max_seq_length" else 16 * (v + 1) for v in range(n)]
-            for path, n in zip(paths, levels)}
+    grid = {
+        path: [float(v + 1) if path != "data.max_seq_length" else 16 * (v + 1) for v in range(n)]
+        for path, n in zip(paths, levels)
+    }
     data: dict[str, Any] = {"name": "x", "tasks": tasks, "seeds": seeds, "grid": grid}
     if variant:
         data["variants"] = {"student": {f"v{i}": {"layers": i + 1} for i in range(variant)}}
@@ -206,30 +243,62 @@ def test_plan_size_matches_expansion(levels: list[int], seeds: int, tasks: list[
 
 # ------------------------------------------------------------------ property: any study round-trips or fails in one line
 
-_value = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=False, width=32),
-                   st.text(max_size=8), st.sampled_from(["mse", "kl", "uniform", "learnable", "cola", "joint"]))
+_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 10**6),
+    st.floats(allow_nan=False, width=32),
+    st.text(max_size=8),
+    st.sampled_from(["mse", "kl", "uniform", "learnable", "cola", "joint"]),
+)
 _blocks = {
-    "teacher": st.fixed_dictionaries({}, optional={"model": st.just("minilm-l6"), "finetune": st.dictionaries(
-        st.sampled_from(["epochs", "lr", "batch_size", "seed"]), _value, max_size=3)}),
-    "student": st.dictionaries(st.sampled_from(["layers", "heads", "init", "hidden_size", "bogus"]), _value, max_size=3),
+    "teacher": st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.just("minilm-l6"),
+            "finetune": st.dictionaries(st.sampled_from(["epochs", "lr", "batch_size", "seed"]), _value, max_size=3),
+        },
+    ),
+    "student": st.dictionaries(
+        st.sampled_from(["layers", "heads", "init", "hidden_size", "bogus"]), _value, max_size=3
+    ),
     "train": st.dictionaries(st.sampled_from(["epochs", "lr", "schedule", "batch_size"]), _value, max_size=3),
-    "objective": st.fixed_dictionaries({}, optional={"prediction": st.dictionaries(
-        st.sampled_from(["beta", "temperature"]), _value, max_size=2), "mapping": _value}),
+    "objective": st.fixed_dictionaries(
+        {},
+        optional={
+            "prediction": st.dictionaries(st.sampled_from(["beta", "temperature"]), _value, max_size=2),
+            "mapping": _value,
+        },
+    ),
     # Small or far over the limit: a plan of thousands of runs would only make the test slow.
-    "seeds": st.one_of(st.integers(-2, 20), st.sampled_from([10**5, 10**9]), st.lists(st.integers(-1, 20), max_size=5),
-                       st.booleans(), st.text(max_size=3)),
-    "grid": st.dictionaries(st.sampled_from(["objective.prediction.temperature", "train.lr", "student.layers",
-                                             "no.such.path", "seed"]), st.lists(_value, max_size=3), max_size=2),
+    "seeds": st.one_of(
+        st.integers(-2, 20),
+        st.sampled_from([10**5, 10**9]),
+        st.lists(st.integers(-1, 20), max_size=5),
+        st.booleans(),
+        st.text(max_size=3),
+    ),
+    "grid": st.dictionaries(
+        st.sampled_from(["objective.prediction.temperature", "train.lr", "student.layers", "no.such.path", "seed"]),
+        st.lists(_value, max_size=3),
+        max_size=2,
+    ),
     "plan_limit": st.one_of(st.integers(-1, 50), st.none(), st.booleans(), st.text(max_size=3)),
     "description": st.text(max_size=20),
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(name=st.one_of(st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True), st.text(max_size=5)),
-       tasks=st.lists(st.sampled_from(["cola", "stsb", "sst2", "nope"]), max_size=3),
-       extra=st.fixed_dictionaries({}, optional=_blocks))
-def test_random_study_dicts_validate_or_fail_in_one_line(tmp_path: Path, name: str, tasks: list[str], extra: dict[str, Any]) -> None:
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.one_of(st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True), st.text(max_size=5)),
+    tasks=st.lists(st.sampled_from(["cola", "stsb", "sst2", "nope"]), max_size=3),
+    extra=st.fixed_dictionaries({}, optional=_blocks),
+)
+def test_random_study_dicts_validate_or_fail_in_one_line(
+    tmp_path: Path, name: str, tasks: list[str], extra: dict[str, Any]
+) -> None:
     p = tmp_path / "random.yaml"
     data = {"name": name, "tasks": tasks, **extra}
     p.write_text(yaml.safe_dump(data, allow_unicode=True))
@@ -247,24 +316,46 @@ def test_random_study_dicts_validate_or_fail_in_one_line(tmp_path: Path, name: s
 
 _pos = st.floats(min_value=1e-6, max_value=10.0, allow_nan=False, allow_infinity=False)
 _well_formed = st.fixed_dictionaries(
-    {"name": st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True),
-     "tasks": st.lists(st.sampled_from(["cola", "sst2", "mrpc", "stsb", "rte"]), min_size=1, max_size=3, unique=True)},
+    {
+        "name": st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True),
+        "tasks": st.lists(
+            st.sampled_from(["cola", "sst2", "mrpc", "stsb", "rte"]), min_size=1, max_size=3, unique=True
+        ),
+    },
     optional={
         "description": st.text(max_size=30),
         "seeds": st.one_of(st.integers(1, 4), st.lists(st.integers(0, 99), min_size=1, max_size=4, unique=True)),
-        "teacher": st.fixed_dictionaries({}, optional={"finetune": st.fixed_dictionaries(
-            {}, optional={"epochs": st.integers(1, 3), "lr": _pos, "seed": st.integers(0, 9)})}),
-        "student": st.fixed_dictionaries({}, optional={"layers": st.integers(1, 6), "init": st.sampled_from(["teacher_layers", "random"])}),
-        "train": st.fixed_dictionaries({}, optional={"epochs": st.integers(1, 3), "lr": _pos, "batch_size": st.integers(1, 64)}),
-        "objective": st.fixed_dictionaries({}, optional={"prediction": st.fixed_dictionaries(
-            {}, optional={"beta": st.floats(0, 1), "temperature": _pos})}),
-        "grid": st.dictionaries(st.sampled_from(["objective.prediction.temperature", "train.lr", "data.fraction"]),
-                                st.lists(st.floats(0.05, 1.0), min_size=1, max_size=3, unique=True), max_size=2),
+        "teacher": st.fixed_dictionaries(
+            {},
+            optional={
+                "finetune": st.fixed_dictionaries(
+                    {}, optional={"epochs": st.integers(1, 3), "lr": _pos, "seed": st.integers(0, 9)}
+                )
+            },
+        ),
+        "student": st.fixed_dictionaries(
+            {}, optional={"layers": st.integers(1, 6), "init": st.sampled_from(["teacher_layers", "random"])}
+        ),
+        "train": st.fixed_dictionaries(
+            {}, optional={"epochs": st.integers(1, 3), "lr": _pos, "batch_size": st.integers(1, 64)}
+        ),
+        "objective": st.fixed_dictionaries(
+            {},
+            optional={"prediction": st.fixed_dictionaries({}, optional={"beta": st.floats(0, 1), "temperature": _pos})},
+        ),
+        "grid": st.dictionaries(
+            st.sampled_from(["objective.prediction.temperature", "train.lr", "data.fraction"]),
+            st.lists(st.floats(0.05, 1.0), min_size=1, max_size=3, unique=True),
+            max_size=2,
+        ),
         "plan_limit": st.integers(1000, 10**6),
-    })
+    },
+)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=_well_formed)
 def test_well_formed_study_dicts_round_trip_through_yaml(tmp_path: Path, data: dict[str, Any]) -> None:
     p = tmp_path / "well.yaml"
@@ -288,28 +379,44 @@ def test_any_text_parses_or_fails_in_one_line(text: str) -> None:
 
 @pytest.mark.parametrize("case", ["duplicate", "bomb", "deep", "seeds"])
 def test_validate_answers_hostile_files_in_one_line_and_writes_nothing(tmp_path: Path, case: str) -> None:
-    text = {"duplicate": HEAD + "grid:\n  train.lr: [1.0e-4]\ngrid:\n  data.fraction: [0.5]\n",
-            "bomb": alias_bomb(),
-            "deep": HEAD + "grid:\n  x: " + "[" * 5000 + "]" * 5000 + "\n",
-            "seeds": HEAD + "seeds: 100000000\n"}[case]
-    expected = {"duplicate": "h.yaml:5: grid: duplicate key 'grid' (first at line 3); YAML would keep only the last one",
-                "bomb": f"h.yaml:7: a4: expands to more than {MAX_NODES} values through YAML aliases (&anchor / *alias); "
-                        "write the values out or use fewer aliases",
-                "deep": f"h.yaml:4: grid.x.0.0.0.0.…: nested more than {MAX_DEPTH} levels deep (the limit for a study file)",
-                "seeds": "h.yaml:3: seeds: the study plans 100000000 runs (1 task x 100000000 seeds), more than the limit "
-                         "of 10000; set plan_limit: N in the study or pass --plan-limit N if you mean it"}[case]
+    text = {
+        "duplicate": HEAD + "grid:\n  train.lr: [1.0e-4]\ngrid:\n  data.fraction: [0.5]\n",
+        "bomb": alias_bomb(),
+        "deep": HEAD + "grid:\n  x: " + "[" * 5000 + "]" * 5000 + "\n",
+        "seeds": HEAD + "seeds: 100000000\n",
+    }[case]
+    expected = {
+        "duplicate": "h.yaml:5: grid: duplicate key 'grid' (first at line 3); YAML would keep only the last one",
+        "bomb": f"h.yaml:7: a4: expands to more than {MAX_NODES} values through YAML aliases (&anchor / *alias); "
+        "write the values out or use fewer aliases",
+        "deep": f"h.yaml:4: grid.x.0.0.0.0.…: nested more than {MAX_DEPTH} levels deep (the limit for a study file)",
+        "seeds": "h.yaml:3: seeds: the study plans 100000000 runs (1 task x 100000000 seeds), more than the limit "
+        "of 10000; set plan_limit: N in the study or pass --plan-limit N if you mean it",
+    }[case]
     write(tmp_path, text, "h.yaml")
     for cmd in (["validate"], ["plan"]):
-        proc = subprocess.run([sys.executable, "-m", "kdgrid", *cmd, "h.yaml"], cwd=tmp_path, capture_output=True,
-                              text=True, env=ENV, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "kdgrid", *cmd, "h.yaml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
         assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", f"Error: {expected}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.yaml"]
 
 
 def test_plan_limit_option_raises_the_limit(tmp_path: Path) -> None:
     write(tmp_path, HEAD + "seeds: 12\nplan_limit: 10\n", "h.yaml")
-    proc = subprocess.run([sys.executable, "-m", "kdgrid", "plan", "h.yaml", "--plan-limit", "12", "--limit", "1"],
-                          cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdgrid", "plan", "h.yaml", "--plan-limit", "12", "--limit", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "12 runs, 12 unique" in proc.stdout
 
@@ -318,7 +425,9 @@ def test_plan_limit_option_raises_the_limit(tmp_path: Path) -> None:
 
 
 def kdgrid_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kdgrid", *args], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kdgrid", *args], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -378,8 +487,10 @@ def test_a_store_from_a_newer_kdgrid_is_refused_untouched(tmp_path: Path) -> Non
     for read_only in (True, False):
         with pytest.raises(StoreError) as info, open_store(db, read_only=read_only):
             pass
-        assert str(info.value) == (f"{db}: written by a newer kdgrid (store schema version 2; this kdgrid reads up "
-                                   "to 1); upgrade kdgrid, or choose another --db")
+        assert str(info.value) == (
+            f"{db}: written by a newer kdgrid (store schema version 2; this kdgrid reads up "
+            "to 1); upgrade kdgrid, or choose another --db"
+        )
     assert db.read_bytes() == before
 
 
@@ -402,12 +513,15 @@ def _victim(db: Path) -> tuple[Any, Path]:
     return victim, result_path(workdir_for(db), victim.run_id)
 
 
-@pytest.mark.parametrize("content, why", [
-    ('{"run_id": "abc", "status": "do', "not JSON or cut short"),
-    ("\x00\x01 garbage", "not JSON or cut short"),
-    ("", "empty"),
-    ('["a list"]', "not a kdgrid result"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ('{"run_id": "abc", "status": "do', "not JSON or cut short"),
+        ("\x00\x01 garbage", "not JSON or cut short"),
+        ("", "empty"),
+        ('["a list"]', "not a kdgrid result"),
+    ],
+)
 def test_a_damaged_result_reruns_only_its_run_and_is_kept(tmp_path: Path, content: str, why: str) -> None:
     db = tmp_path / "k.duckdb"
     victim, rpath = _victim(db)
@@ -415,7 +529,9 @@ def test_a_damaged_result_reruns_only_its_run_and_is_kept(tmp_path: Path, conten
     rpath.write_text(content)
     assert read_result(rpath) is None and why in (check_result(rpath)[1] or "")
     with open_store(db, read_only=True) as s:
-        assert damaged_results(workdir_for(db), [victim.run_id, "nothing-here"]) == [(victim.run_id, check_result(rpath)[1])]
+        assert damaged_results(workdir_for(db), [victim.run_id, "nothing-here"]) == [
+            (victim.run_id, check_result(rpath)[1])
+        ]
         assert s is not None
     r = FakeRunner()
     out = go(db, grid_study(seeds=1), r)
@@ -431,7 +547,10 @@ def test_a_result_naming_another_run_is_not_stored_under_it(tmp_path: Path) -> N
     stranger = FakeRunner()(victim.config, tmp_path / "someone-else", workdir=tmp_path, on_progress=None)
     rpath.parent.mkdir(parents=True)
     rpath.write_text(json.dumps(stranger))
-    assert check_result(rpath) == (None, f"names run someone-else, not the run {victim.run_id} whose directory holds it")
+    assert check_result(rpath) == (
+        None,
+        f"names run someone-else, not the run {victim.run_id} whose directory holds it",
+    )
     out = go(db, grid_study(seeds=1), FakeRunner())
     assert out.recovered == 0 and out.done == 3
     with open_store(db, read_only=True) as s:
@@ -445,8 +564,10 @@ def test_status_lists_damaged_results(tmp_path: Path) -> None:
     rpath.write_text('{"run_id": ')
     proc = kdgrid_cli("status", "--db", str(db), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (f"damaged result {rpath}: not JSON or cut short (Expecting value: line 1 column 12 (char 11)); the next "
-            "'kdgrid run' runs it again and keeps the file as result.json.damaged") in proc.stdout
+    assert (
+        f"damaged result {rpath}: not JSON or cut short (Expecting value: line 1 column 12 (char 11)); the next "
+        "'kdgrid run' runs it again and keeps the file as result.json.damaged"
+    ) in proc.stdout
 
 
 def test_a_finished_result_is_never_replaced_by_a_failure(tmp_path: Path) -> None:
@@ -475,8 +596,12 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.fixture
@@ -545,7 +670,8 @@ def _model_with_code(root: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
     marker = root / "code-ran"
     (model / "evil_config.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-        "from transformers import BertConfig\nclass EvilConfig(BertConfig):\n    model_type = 'evil-bert'\n")
+        "from transformers import BertConfig\nclass EvilConfig(BertConfig):\n    model_type = 'evil-bert'\n"
+    )
     cfg = json.loads((model / "config.json").read_text())
     # A model type transformers does not ship, so only the folder's code could load it.
     cfg["model_type"] = "evil-bert"
@@ -561,8 +687,10 @@ def test_a_model_with_code_is_refused_unless_trusted(tmp_path: Path, tiny_model_
     model, marker = _model_with_code(tmp_path, tiny_model_dir)
     with pytest.raises(ModelError) as info:
         load_classifier(str(model), 2)
-    assert str(info.value) == (f"cannot load model {model}: it ships its own Python code, which kdgrid runs only "
-                               "when the study sets teacher.trust_remote_code: true")
+    assert str(info.value) == (
+        f"cannot load model {model}: it ships its own Python code, which kdgrid runs only "
+        "when the study sets teacher.trust_remote_code: true"
+    )
     try:  # its tokenizer files name a shipped class: it may load, but never through the folder's code
         load_tokenizer(str(model))
     except ModelError as exc:
@@ -588,10 +716,13 @@ def test_the_report_says_when_remote_code_was_trusted() -> None:
 
     assert remote_code_trusted(HEAD) == []
     assert remote_code_trusted(HEAD + "teacher: {trust_remote_code: false}\n") == []
-    assert remote_code_trusted(HEAD + "teacher: {model: org/m, trust_remote_code: true}\n") == ["teacher.trust_remote_code"]
+    assert remote_code_trusted(HEAD + "teacher: {model: org/m, trust_remote_code: true}\n") == [
+        "teacher.trust_remote_code"
+    ]
     assert remote_code_trusted(HEAD + "grid: {teacher.trust_remote_code: [false, true]}\n") == ["grid"]
     assert remote_code_trusted(HEAD + "variants: {teacher: {custom: {model: org/m, trust_remote_code: true}}}\n") == [
-        "variants.teacher.custom"]
+        "variants.teacher.custom"
+    ]
 
 
 def test_the_reproducibility_facts_name_trusted_remote_code(tmp_path: Path) -> None:
@@ -610,13 +741,20 @@ def test_the_reproducibility_facts_name_trusted_remote_code(tmp_path: Path) -> N
 
 
 def test_a_grid_search_is_counted_not_listed(tmp_path: Path) -> None:
-    p = write(tmp_path, HEAD + "search:\n  sampler: grid\n  params:\n    train.batch_size: {type: int, low: 1, high: 1000000000000}\n")
-    assert study_error(p) == (f"{p}:3: search: sampler 'grid' has 1000000000000 points, more than 10000; "
-                              "use fewer values (a larger step) or another sampler")
+    p = write(
+        tmp_path,
+        HEAD + "search:\n  sampler: grid\n  params:\n    train.batch_size: {type: int, low: 1, high: 1000000000000}\n",
+    )
+    assert study_error(p) == (
+        f"{p}:3: search: sampler 'grid' has 1000000000000 points, more than 10000; "
+        "use fewer values (a larger step) or another sampler"
+    )
 
 
 @settings(max_examples=50, deadline=None)
-@given(kind=st.sampled_from(["int", "float"]), low=st.integers(-50, 50), span=st.integers(0, 60), step=st.integers(1, 7))
+@given(
+    kind=st.sampled_from(["int", "float"]), low=st.integers(-50, 50), span=st.integers(0, 60), step=st.integers(1, 7)
+)
 def test_grid_count_is_the_length_of_grid_values(kind: str, low: int, span: int, step: int) -> None:
     from kdgrid.study.schema import SearchParam
 
@@ -625,7 +763,11 @@ def test_grid_count_is_the_length_of_grid_values(kind: str, low: int, span: int,
 
 
 def test_a_search_study_with_huge_seeds_is_refused_before_its_seeds_are_listed(tmp_path: Path) -> None:
-    write(tmp_path, HEAD + "seeds: 100000000\nsearch:\n  params:\n    train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n", "h.yaml")
+    write(
+        tmp_path,
+        HEAD + "seeds: 100000000\nsearch:\n  params:\n    train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n",
+        "h.yaml",
+    )
     proc = kdgrid_cli("validate", "h.yaml", cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.startswith("Error: h.yaml:3: seeds: the study plans 100000000 runs")
 

@@ -52,7 +52,8 @@ def module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def imports_of(path: Path, module: str | None = None) -> list[Import]:
@@ -79,8 +80,9 @@ def imports_of(path: Path, module: str | None = None) -> list[Import]:
                 for a in child.names:
                     # `from kdgrid import train` imports the subpackage; `from kdgrid import __version__` does not
                     sub = f"{source}.{a.name}"
-                    is_module = (ROOT / Path(*sub.split("."))).is_dir() or (
-                        ROOT / Path(*sub.split("."))).with_suffix(".py").is_file()
+                    is_module = (ROOT / Path(*sub.split("."))).is_dir() or (ROOT / Path(*sub.split("."))).with_suffix(
+                        ".py"
+                    ).is_file()
                     found.append(Import(module, sub if is_module else source, lazy, child.lineno))
             visit(child, inner)
 
@@ -141,7 +143,8 @@ def test_the_table_names_every_module_once() -> None:
     assert len(units) == len(set(units)), f"named twice: {sorted({u for u in units if units.count(u) > 1})}"
     assert set(units) == top_level_units(), (
         f"missing from README's layout table: {sorted(top_level_units() - set(units))}; "
-        f"in the table but not in kdgrid/: {sorted(set(units) - top_level_units())}")
+        f"in the table but not in kdgrid/: {sorted(set(units) - top_level_units())}"
+    )
     for row in layout_table():
         unknown = sorted(row.allowed - top_level_units())
         assert not unknown, f"the {row.unit} row allows imports of {unknown}, which are not in kdgrid/"
@@ -198,24 +201,38 @@ def test_the_import_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     # The checks above pass on clean code: prove the reader they rely on sees lazy, relative and module-level
     # imports and skips only TYPE_CHECKING blocks.
     f = tmp_path / "probe.py"
-    f.write_text("from typing import TYPE_CHECKING\nimport kdgrid.cli\nfrom .tables import x\n"
-                 "if TYPE_CHECKING:\n    import transformers\n\n"
-                 "def g():\n    from kdgrid import train, __version__\n    import torch\n")
+    f.write_text(
+        "from typing import TYPE_CHECKING\nimport kdgrid.cli\nfrom .tables import x\n"
+        "if TYPE_CHECKING:\n    import transformers\n\n"
+        "def g():\n    from kdgrid import train, __version__\n    import torch\n"
+    )
     found = {(i.target, i.lazy) for i in imports_of(f, module="kdgrid.report.probe")}
-    assert found == {("typing", False), ("kdgrid.cli", False), ("kdgrid.report.tables", False),
-                     ("kdgrid.train", True), ("kdgrid", True), ("torch", True)}
+    assert found == {
+        ("typing", False),
+        ("kdgrid.cli", False),
+        ("kdgrid.report.tables", False),
+        ("kdgrid.train", True),
+        ("kdgrid", True),
+        ("torch", True),
+    }
 
 
 def _loaded_after(args: list[str]) -> list[str]:
     # Run the CLI in-process in a fresh interpreter, then list the heavy modules it loaded.
-    code = ("import runpy, sys\n"
-            f"sys.argv = ['kdgrid', *{args!r}]\n"
-            "try:\n    runpy.run_module('kdgrid', run_name='__main__')\n"
-            "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
-            "sys.exit(code)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['kdgrid', *{args!r}]\n"
+        "try:\n    runpy.run_module('kdgrid', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "sys.exit(code)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # the list printed last

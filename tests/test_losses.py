@@ -53,10 +53,12 @@ def ref_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return out
 
 
-def ref_att_mse(s_sc: np.ndarray, t_sc: np.ndarray, mask: np.ndarray, mean_heads: bool = False,
-                padding: str = "tinybert") -> float:
+def ref_att_mse(
+    s_sc: np.ndarray, t_sc: np.ndarray, mask: np.ndarray, mean_heads: bool = False, padding: str = "tinybert"
+) -> float:
     """TinyBERT: add -10000 on padded keys, zero entries <= -100 in each, mean of squares over B·H·T·T;
     padding='masked': the mean over real (query, key) pairs only, a loop over them."""
+
     def prep(sc: np.ndarray) -> np.ndarray:
         sc = sc.copy()
         b_, h_, t_, _ = sc.shape
@@ -209,8 +211,9 @@ def test_attention_mse_head_mean_and_mismatch(mask: torch.Tensor) -> None:
     got = attention_mse(s_sc, t_sc, mask, head_match="mean", padding="tinybert")
     assert got.item() == pytest.approx(ref_att_mse(np_(s_sc), np_(t_sc), np_(mask), mean_heads=True), rel=1e-5)
     got = attention_mse(s_sc, t_sc, mask, head_match="mean")
-    assert got.item() == pytest.approx(ref_att_mse(np_(s_sc), np_(t_sc), np_(mask), mean_heads=True,
-                                                   padding="masked"), rel=1e-5)
+    assert got.item() == pytest.approx(
+        ref_att_mse(np_(s_sc), np_(t_sc), np_(mask), mean_heads=True, padding="masked"), rel=1e-5
+    )
     assert attention_mse(t_sc, t_sc, mask).item() == 0.0
 
 

@@ -137,6 +137,7 @@ def test_learnable_mix_log_probs_is_log_of_mixture() -> None:
 
 # --------------------------------------------------------------------------- a planted mapping is recovered
 
+
 def _planted_run(init: str, lr: float, epochs: int, steps: int, layers: list[int] | None = None) -> torch.Tensor:
     """A 4-layer teacher, a student copied from its layers 1 and 2 and held fixed: student layer m's hidden
     states ARE teacher layer m's, so Hid-Seq through a learnable mapping is 0 exactly at s1->t1, s2->t2.
@@ -148,9 +149,17 @@ def _planted_run(init: str, lr: float, epochs: int, steps: int, layers: list[int
     from kdgrid.train.models import build_student
     from kdgrid.train.objectives import DistillObjective
 
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=2,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(cfg).eval()
     student = build_student(teacher, Student(layers=2, init_layers=[1, 2]), seed=0)
@@ -160,17 +169,49 @@ def _planted_run(init: str, lr: float, epochs: int, steps: int, layers: list[int
     if layers is not None:
         mapping["layers"] = layers
     obj = Objective.model_validate({"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": mapping})
-    dist = DistillObjective(obj, stage="intermediate", is_regression=False, n_teacher_layers=4, n_student_layers=2,
-                            teacher_hidden=32, student_hidden=32, teacher_heads=4, student_heads=4,
-                            num_train_examples=64)
+    dist = DistillObjective(
+        obj,
+        stage="intermediate",
+        is_regression=False,
+        n_teacher_layers=4,
+        n_student_layers=2,
+        teacher_hidden=32,
+        student_hidden=32,
+        teacher_heads=4,
+        student_heads=4,
+        num_train_examples=64,
+    )
     gen = torch.Generator().manual_seed(1)
-    data = [{"input_ids": torch.randint(5, 50, (8, 12), generator=gen),
-             "attention_mask": torch.ones(8, 12, dtype=torch.long),
-             "labels": torch.zeros(8, dtype=torch.long), "indices": torch.arange(8)} for _ in range(steps)]
-    settings = StageSettings(stage="intermediate", epochs=epochs, lr=1e-3, weight_decay=0.0, warmup_ratio=0.1,
-                             max_grad_norm=1.0, task="cola", evaluate_each_epoch=False, evaluate_last_epoch=False)
-    train_stage(student, dist, TeacherOutputs(teacher, dist, torch.device("cpu"), None), lambda epoch: data, steps,
-                [], settings, torch.device("cpu"))
+    data = [
+        {
+            "input_ids": torch.randint(5, 50, (8, 12), generator=gen),
+            "attention_mask": torch.ones(8, 12, dtype=torch.long),
+            "labels": torch.zeros(8, dtype=torch.long),
+            "indices": torch.arange(8),
+        }
+        for _ in range(steps)
+    ]
+    settings = StageSettings(
+        stage="intermediate",
+        epochs=epochs,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.1,
+        max_grad_norm=1.0,
+        task="cola",
+        evaluate_each_epoch=False,
+        evaluate_last_epoch=False,
+    )
+    train_stage(
+        student,
+        dist,
+        TeacherOutputs(teacher, dist, torch.device("cpu"), None),
+        lambda epoch: data,
+        steps,
+        [],
+        settings,
+        torch.device("cpu"),
+    )
     w = dist.mapping_weights()
     assert w is not None
     return w

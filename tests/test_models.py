@@ -44,6 +44,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 # --------------------------------------------------------------------------- names and shapes
 
+
 def test_resolve_model_path(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
     assert resolve_model_path("bert-base") == "google-bert/bert-base-uncased"
@@ -58,7 +59,10 @@ def test_resolve_model_path(tmp_path: Path, tiny_model_dir: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError) as err:
         resolve_model_path(str(tmp_path / "empty"))
-    assert str(err.value) == f"{tmp_path / 'empty'}: model directory has no config.json (expected a Hugging Face model folder)"
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'empty'}: model directory has no config.json (expected a Hugging Face model folder)"
+    )
     with pytest.raises(ModelError, match="is not a model directory"):
         resolve_model_path("./no/such/model")
 
@@ -70,8 +74,10 @@ def test_teacher_shape(tiny_model_dir: Path) -> None:
 
 
 def test_teacher_shape_is_torch_free() -> None:
-    code = ("import sys; from kdgrid.model_names import teacher_shape; s = teacher_shape('minilm-l6'); "
-            "sys.exit(1 if ('torch' in sys.modules or 'transformers' in sys.modules or s is None) else 0)")
+    code = (
+        "import sys; from kdgrid.model_names import teacher_shape; s = teacher_shape('minilm-l6'); "
+        "sys.exit(1 if ('torch' in sys.modules or 'transformers' in sys.modules or s is None) else 0)"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
@@ -86,6 +92,7 @@ def test_load_classifier_regression_and_errors(tiny_model_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- students
+
 
 def test_default_layer_choice() -> None:
     assert student_layer_choice(6, Student(layers=2)) == [3, 6]
@@ -117,14 +124,21 @@ def test_init_head_teacher_copies_the_classifier(teacher: Any) -> None:
     assert _same(s.classifier.weight, teacher.classifier.weight)
     assert _same(s.classifier.bias, teacher.classifier.bias)
     assert _same(s.bert.pooler.dense.weight, teacher.bert.pooler.dense.weight)
-    narrow = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32,
-                                            init="width_slice", init_head="teacher"), seed=0)
+    narrow = build_student(
+        teacher,
+        Student(layers=2, hidden_size=16, heads=2, intermediate_size=32, init="width_slice", init_head="teacher"),
+        seed=0,
+    )
     assert _same(narrow.classifier.weight, teacher.classifier.weight[:, :16])
     # A random encoder of another width cannot use the teacher's head: it stays the seeded random one.
-    rand = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32,
-                                          init="random", init_head="teacher"), seed=0)
-    rand_default = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32,
-                                                  init="random"), seed=0)
+    rand = build_student(
+        teacher,
+        Student(layers=2, hidden_size=16, heads=2, intermediate_size=32, init="random", init_head="teacher"),
+        seed=0,
+    )
+    rand_default = build_student(
+        teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32, init="random"), seed=0
+    )
     assert _same(rand.classifier.weight, rand_default.classifier.weight)
 
 
@@ -166,13 +180,16 @@ def test_random_init(teacher: Any) -> None:
     assert _same(s.bert.pooler.dense.weight, teacher.bert.pooler.dense.weight)
     narrow = build_student(teacher, Student(layers=2, hidden_size=16, heads=2, intermediate_size=32, init="random"), 0)
     assert narrow.bert.embeddings.word_embeddings.weight.shape == (106, 16)
-    assert not _same(narrow.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight[:, :16])
+    assert not _same(
+        narrow.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight[:, :16]
+    )
 
 
 @pytest.mark.parametrize(("hidden", "heads", "inter"), [(16, 2, 32), (16, 4, 64), (32, 4, 32), (24, 3, 48)])
 def test_width_slice_shapes_and_values(teacher: Any, hidden: int, heads: int, inter: int) -> None:
-    s = build_student(teacher, Student(layers=2, hidden_size=hidden, heads=heads, intermediate_size=inter,
-                                       init="width_slice"), seed=0)
+    s = build_student(
+        teacher, Student(layers=2, hidden_size=hidden, heads=heads, intermediate_size=inter, init="width_slice"), seed=0
+    )
     d_t, d_s = 32 // 4, hidden // heads
     rows = np.concatenate([h * d_t + np.arange(d_s) for h in range(heads)])  # first heads, first dims of each
     for m, t in enumerate([2, 4]):
@@ -198,16 +215,22 @@ def test_width_slice_shapes_and_values(teacher: Any, hidden: int, heads: int, in
     assert out.shape == (1, 2) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(("student", "message"), [
-    (Student(layers=2, heads=3), "student.heads: 3 heads do not divide hidden size 32"),
-    (Student(layers=2, hidden_size=16), "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size"),
-    (Student(layers=5), "student.layers: 5 layers but the teacher has 4"),
-    (Student(layers=2, init_layers=[1, 5]), r"student.init_layers\[1\]: layer 5 out of range \(allowed: 1..4\)"),
-    (Student(layers=2, heads=8, init="width_slice"), "student.heads: 8 is larger than the teacher's 4"),
-    (Student(layers=2, heads=2, init="width_slice"), "student.hidden_size: head size 16 exceeds the teacher's 8"),
-    (Student(layers=2, intermediate_size=128, init="width_slice"), "student.intermediate_size: 128 is larger"),
-    (Student(layers=5, init="width_slice"), "student.layers: 5 layers but the teacher has 4"),
-])
+@pytest.mark.parametrize(
+    ("student", "message"),
+    [
+        (Student(layers=2, heads=3), "student.heads: 3 heads do not divide hidden size 32"),
+        (
+            Student(layers=2, hidden_size=16),
+            "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size",
+        ),
+        (Student(layers=5), "student.layers: 5 layers but the teacher has 4"),
+        (Student(layers=2, init_layers=[1, 5]), r"student.init_layers\[1\]: layer 5 out of range \(allowed: 1..4\)"),
+        (Student(layers=2, heads=8, init="width_slice"), "student.heads: 8 is larger than the teacher's 4"),
+        (Student(layers=2, heads=2, init="width_slice"), "student.hidden_size: head size 16 exceeds the teacher's 8"),
+        (Student(layers=2, intermediate_size=128, init="width_slice"), "student.intermediate_size: 128 is larger"),
+        (Student(layers=5, init="width_slice"), "student.layers: 5 layers but the teacher has 4"),
+    ],
+)
 def test_student_errors(teacher: Any, student: Student, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         build_student(teacher, student, seed=0)
@@ -215,12 +238,14 @@ def test_student_errors(teacher: Any, student: Student, message: str) -> None:
 
 # --------------------------------------------------------------------------- teacher fine-tuning cache
 
+
 def _teacher_cfg(model_dir: Path, **ft: Any) -> Teacher:
     return Teacher(model=str(model_dir), finetune=FineTune(epochs=1, batch_size=8, **ft))
 
 
-def test_finetune_teacher_trains_once_then_loads(tmp_path: Path, tiny_model_dir: Path,
-                                                 monkeypatch: pytest.MonkeyPatch, make_cola_dir: Callable[..., Path]) -> None:
+def test_finetune_teacher_trains_once_then_loads(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, make_cola_dir: Callable[..., Path]
+) -> None:
     data = str(make_cola_dir(tmp_path / "glue"))
     cfg = _teacher_cfg(tiny_model_dir)
     steps: list[tuple[int, int]] = []
@@ -256,21 +281,29 @@ def test_finetune_teacher_trains_once_then_loads(tmp_path: Path, tiny_model_dir:
 
 
 def test_finetune_teacher_regression_and_subsample(tmp_path: Path, tiny_model_dir: Path) -> None:
-    rows = "\n".join(f"{i}\tg\tf\t2012\t{i}\tn\tn\tthe dog sat\tthe cat {'sat' * (i % 3)}\t{i % 6}.0"
-                     for i in range(24))
+    rows = "\n".join(
+        f"{i}\tg\tf\t2012\t{i}\tn\tn\tthe dog sat\tthe cat {'sat' * (i % 3)}\t{i % 6}.0" for i in range(24)
+    )
     for split in ("train", "dev"):
         f = tmp_path / "glue" / "STS-B" / f"{split}.tsv"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n" + rows)
-    rec = finetune_teacher("stsb", _teacher_cfg(tiny_model_dir, max_train_examples=16), str(tmp_path / "glue"), 32,
-                           tmp_path / "cache", "cpu")
+    rec = finetune_teacher(
+        "stsb",
+        _teacher_cfg(tiny_model_dir, max_train_examples=16),
+        str(tmp_path / "glue"),
+        32,
+        tmp_path / "cache",
+        "cpu",
+    )
     assert rec.n_train == 16 and rec.steps == 2 and set(rec.dev_metrics) == {"pearson", "spearman"}
     model, _ = load_teacher(rec)
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
 
 
-def test_finetune_teacher_is_trained_once_under_concurrency(tmp_path: Path, tiny_model_dir: Path,
-                                                            monkeypatch: pytest.MonkeyPatch, make_cola_dir: Callable[..., Path]) -> None:
+def test_finetune_teacher_is_trained_once_under_concurrency(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, make_cola_dir: Callable[..., Path]
+) -> None:
     data = str(make_cola_dir(tmp_path / "glue"))
     calls = []
     real = models_mod._train_teacher
@@ -282,9 +315,14 @@ def test_finetune_teacher_is_trained_once_under_concurrency(tmp_path: Path, tiny
 
     monkeypatch.setattr(models_mod, "_train_teacher", counted)
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(
-        finetune_teacher("cola", _teacher_cfg(tiny_model_dir), data, 32, tmp_path / "cache", "cpu")))
-        for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                finetune_teacher("cola", _teacher_cfg(tiny_model_dir), data, 32, tmp_path / "cache", "cpu")
+            )
+        )
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -294,15 +332,19 @@ def test_finetune_teacher_is_trained_once_under_concurrency(tmp_path: Path, tiny
     assert results[0].path == results[1].path
 
 
-def test_load_teacher_checks_label_order(tmp_path: Path, tiny_model_dir: Path, make_cola_dir: Callable[..., Path]) -> None:
-    rec = finetune_teacher("cola", _teacher_cfg(tiny_model_dir), str(make_cola_dir(tmp_path / "glue")), 32,
-                           tmp_path / "cache", "cpu")
+def test_load_teacher_checks_label_order(
+    tmp_path: Path, tiny_model_dir: Path, make_cola_dir: Callable[..., Path]
+) -> None:
+    rec = finetune_teacher(
+        "cola", _teacher_cfg(tiny_model_dir), str(make_cola_dir(tmp_path / "glue")), 32, tmp_path / "cache", "cpu"
+    )
     rec.task = "rte"  # a CoLA head used for RTE: same size, wrong labels
     with pytest.raises(ModelError, match=r"model labels \['unacceptable', 'acceptable'\] differ from task rte's"):
         load_teacher(rec)
 
 
 # --------------------------------------------------------------------------- the real MiniLM teacher
+
 
 @pytest.mark.slow
 def test_minilm_students() -> None:
@@ -316,6 +358,12 @@ def test_minilm_students() -> None:
 
 @pytest.mark.slow
 def test_minilm_finetune_small_cola(tmp_path: Path, glue_dir: Path) -> None:
-    rec = finetune_teacher("cola", Teacher(finetune=FineTune(epochs=1, max_train_examples=64, batch_size=16)),
-                           str(glue_dir), 64, tmp_path, "cpu")
+    rec = finetune_teacher(
+        "cola",
+        Teacher(finetune=FineTune(epochs=1, max_train_examples=64, batch_size=16)),
+        str(glue_dir),
+        64,
+        tmp_path,
+        "cpu",
+    )
     assert rec.n_train == 64 and rec.n_dev == 1043 and rec.steps == 4

@@ -74,7 +74,9 @@ def batch() -> dict[str, torch.Tensor]:
     }
 
 
-def run(model: BertForSequenceClassification, batch: dict[str, torch.Tensor], layers: set[int] | None = None) -> Captured:
+def run(
+    model: BertForSequenceClassification, batch: dict[str, torch.Tensor], layers: set[int] | None = None
+) -> Captured:
     n = model.config.num_hidden_layers
     with capture_qkv(model, layers if layers is not None else range(1, n + 1)) as qkv:
         out = model(batch["ids"], attention_mask=batch["mask"], output_hidden_states=True)
@@ -113,7 +115,9 @@ def build(obj: Objective, student, stage: str = "joint", is_regression: bool = F
 # Full product over the losses for the three kinds of pairing (one map, one pair, mixture); the other
 # fixed maps only change the index list, so they get the richest combination each.
 COMBOS: list[tuple[str, str, str, Any]] = [
-    *itertools.product(["none", "mse", "kl"], ["none", "cls", "seq", "cls_contrast"], ["none", "kl"], ["uniform", "last", "learnable"]),
+    *itertools.product(
+        ["none", "mse", "kl"], ["none", "cls", "seq", "cls_contrast"], ["none", "kl"], ["uniform", "last", "learnable"]
+    ),
     ("kl", "seq", "kl", "first_last"),
     ("mse", "cls_contrast", "kl", "first_last"),
     ("kl", "seq", "kl", {"kind": "explicit", "layers": [1, 3]}),
@@ -121,7 +125,9 @@ COMBOS: list[tuple[str, str, str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("attention", "hidden", "value", "mapping"), COMBOS, ids=lambda x: x if isinstance(x, str) else "explicit")
+@pytest.mark.parametrize(
+    ("attention", "hidden", "value", "mapping"), COMBOS, ids=lambda x: x if isinstance(x, str) else "explicit"
+)
 def test_every_combination_runs_and_backprops(
     attention: str, hidden: str, value: str, mapping: Any, narrow, teacher_out, batch
 ) -> None:
@@ -179,7 +185,9 @@ def test_composition_matches_the_formula(same_heads, teacher_out, batch) -> None
 
     pairs = [(1, 2), (2, 4)]  # uniform 4 -> 2
     with torch.no_grad():  # references only
-        att = sum(attention_mse(attention_scores(*s.qkv[m][:2]), attention_scores(*t.qkv[n][:2]), mask) for m, n in pairs)
+        att = sum(
+            attention_mse(attention_scores(*s.qkv[m][:2]), attention_scores(*t.qkv[n][:2]), mask) for m, n in pairs
+        )
         val = sum(value_relation_kl(s.qkv[m][2], t.qkv[n][2], mask) for m, n in pairs)
         hid = sum(hidden_mse(s.hidden_states[m], t.hidden_states[n], None, mask, False) for m, n in pairs)  # W_h = I
         emb = hidden_mse(s.hidden_states[0], t.hidden_states[0], None, mask, False)
@@ -264,7 +272,9 @@ def test_layers_needed(narrow) -> None:
     assert d.teacher_layers_needed() == {1, 2, 3, 4} and d.student_layers_needed() == {1, 2}
     d = build(objective(embedding=1.0), narrow)
     assert d.teacher_layers_needed() == set() and d.needs_hidden_states() and not d.needs_qkv()
-    d = build(objective(attention="mse", hidden="seq", head_match="mean", mapping="learnable"), narrow, stage="prediction")
+    d = build(
+        objective(attention="mse", hidden="seq", head_match="mean", mapping="learnable"), narrow, stage="prediction"
+    )
     assert d.teacher_layers_needed() == set() and not d.needs_qkv() and not d.needs_hidden_states()
     assert d.mapping_weights() is None and d.param_groups(1e-4) == []  # stage 2 owns no mapping / W_h
     # alpha = 1: the hidden term has weight 0 and is not computed; alpha = 0 likewise for attention
@@ -292,7 +302,9 @@ def test_regression_uses_mse(narrow, teacher_out, batch) -> None:
 def test_compatibility_errors(narrow, teacher_out, batch) -> None:
     for inter in ({"attention": "mse"}, {"attention": "kl"}, {"value": "kl"}):
         with pytest.raises(PlanError, match="head_match"):
-            check_compatible(objective(**inter), teacher_heads=4, student_heads=2, n_teacher_layers=4, n_student_layers=2)
+            check_compatible(
+                objective(**inter), teacher_heads=4, student_heads=2, n_teacher_layers=4, n_student_layers=2
+            )
         with pytest.raises(PlanError, match="head_match"):
             build(objective(**inter), narrow)
         check_compatible(objective(**inter, head_match="mean"), 4, 2, 4, 2)

@@ -15,7 +15,8 @@ def study(**kw: object) -> Study:
 
 def test_full_factorial_counts() -> None:
     s = study(
-        tasks=["cola", "stsb"], seeds=3,
+        tasks=["cola", "stsb"],
+        seeds=3,
         objective={"intermediate": {"attention": "mse", "hidden": "seq"}},
         grid={"objective.intermediate.attention": ["mse", "kl"], "objective.mapping.kind": ["uniform", "learnable"]},
     )
@@ -28,7 +29,8 @@ def test_full_factorial_counts() -> None:
 
 def test_alpha_zero_collapses_attention_choice() -> None:
     s = study(
-        seeds=2, objective={"intermediate": {"hidden": "seq"}},
+        seeds=2,
+        objective={"intermediate": {"hidden": "seq"}},
         grid={"objective.intermediate.attention": ["mse", "kl"], "objective.intermediate.alpha": [0.0, 0.5]},
     )
     runs = expand(s)
@@ -36,8 +38,10 @@ def test_alpha_zero_collapses_attention_choice() -> None:
     # alpha = 0: attention mse and kl are the same run; alpha = 0.5: different runs.
     assert len({r.run_id for r in runs}) == 6
     zero = [r for r in runs if r.factors["objective.intermediate.alpha"] == "0.0"]
-    assert {r.cell for r in zero} == {"objective.intermediate.attention=mse, objective.intermediate.alpha=0.0",
-                                      "objective.intermediate.attention=kl, objective.intermediate.alpha=0.0"}
+    assert {r.cell for r in zero} == {
+        "objective.intermediate.attention=mse, objective.intermediate.alpha=0.0",
+        "objective.intermediate.attention=kl, objective.intermediate.alpha=0.0",
+    }
 
 
 def test_run_id_is_stable_across_studies_and_ignores_data_dir() -> None:
@@ -72,8 +76,14 @@ def test_empty_grid_after_exclude() -> None:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"grid": {"objective.intermediate.atention": ["mse"]}}, "unknown setting 'objective.intermediate.atention' (allowed under objective.intermediate: alpha, att_mse_padding, attention"),
-        ({"grid": {"objective.intermediate.attention": ["mse", "l2"]}}, "objective.intermediate.attention: Input should be 'none', 'mse' or 'kl'"),
+        (
+            {"grid": {"objective.intermediate.atention": ["mse"]}},
+            "unknown setting 'objective.intermediate.atention' (allowed under objective.intermediate: alpha, att_mse_padding, attention",
+        ),
+        (
+            {"grid": {"objective.intermediate.attention": ["mse", "l2"]}},
+            "objective.intermediate.attention: Input should be 'none', 'mse' or 'kl'",
+        ),
         ({"exclude": [{"train.nope": 1}]}, "exclude[0]: unknown setting 'train.nope'"),
         ({"train": {"schedule": "two_stage"}}, "schedule 'two_stage' needs an intermediate objective"),
     ],
@@ -88,10 +98,21 @@ def test_bad_grids(kw: dict, expected: str) -> None:
     ("kw", "expected"),
     [
         ({"student": {"layers": 7}}, "student.layers: 7 layers but the teacher has 6"),
-        ({"student": {"layers": 2, "heads": 4, "init": "width_slice"}, "objective": {"intermediate": {"attention": "kl"}}},
-         "head_match: attention/value losses compare 4 student heads with 12 teacher heads"),
-        ({"student": {"layers": 2, "hidden_size": 192, "intermediate_size": 768}}, "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size (384, 1536"),
-        ({"student": {"layers": 2, "init_layers": [2, 9]}}, "student.init_layers[1]: layer 9 out of range (allowed: 1..6)"),
+        (
+            {
+                "student": {"layers": 2, "heads": 4, "init": "width_slice"},
+                "objective": {"intermediate": {"attention": "kl"}},
+            },
+            "head_match: attention/value losses compare 4 student heads with 12 teacher heads",
+        ),
+        (
+            {"student": {"layers": 2, "hidden_size": 192, "intermediate_size": 768}},
+            "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size (384, 1536",
+        ),
+        (
+            {"student": {"layers": 2, "init_layers": [2, 9]}},
+            "student.init_layers[1]: layer 9 out of range (allowed: 1..6)",
+        ),
     ],
 )
 def test_shape_checks_against_minilm_teacher(kw: dict, expected: str) -> None:

@@ -49,8 +49,9 @@ def test_committed_studies_keep_their_run_ids(name: str) -> None:
     assert (len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16], ids[:3]) == (n, digest, first)
 
 
-@pytest.mark.parametrize("path", sorted([*STUDIES.glob("*.yaml"), *GOLDEN_STUDIES.glob("*.yaml")]),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", sorted([*STUDIES.glob("*.yaml"), *GOLDEN_STUDIES.glob("*.yaml")]), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_cached_expansion_equals_reference_on_committed_studies(path: Path) -> None:
     ref, fast = both(load_study(path).study)
     assert as_rows(fast) == as_rows(ref)
@@ -62,19 +63,34 @@ def study(**kw: Any) -> Study:
 
 CASES = {
     # collapsed cells (alpha 0 and weight 0 make the attention choice irrelevant, beta 0 the temperature)
-    "collapse": dict(objective={"intermediate": {"attention": "mse", "hidden": "seq"}},
-                     grid={"objective.intermediate.attention": ["mse", "kl"], "objective.intermediate.alpha": [0.0, 0.5, 1.0],
-                           "objective.intermediate.weight": [0.0, 1.0], "objective.prediction.beta": [0.0, 1.0]}),
+    "collapse": dict(
+        objective={"intermediate": {"attention": "mse", "hidden": "seq"}},
+        grid={
+            "objective.intermediate.attention": ["mse", "kl"],
+            "objective.intermediate.alpha": [0.0, 0.5, 1.0],
+            "objective.intermediate.weight": [0.0, 1.0],
+            "objective.prediction.beta": [0.0, 1.0],
+        },
+    ),
     # variants touching two blocks and a group named after a block, filters on factors, settings, task, seed
-    "variants": dict(grid={"train.lr": [1e-5, 5e-5], "objective.prediction.beta": [0.0, 1.0]},
-                     variants={"student": {"2L": {"layers": 2}, "4AH": {"heads": 4, "init": "width_slice"}},
-                               "method": {"plain": {}, "att": {"objective.intermediate.attention": "kl", "train.lr": 2e-5}}},
-                     include=[{"task": "cola"}, {"seed": 3}],
-                     exclude=[{"student": "4AH", "train.lr": 1e-5}, {"objective.prediction.temperature": 1.0, "seed": 7}]),
+    "variants": dict(
+        grid={"train.lr": [1e-5, 5e-5], "objective.prediction.beta": [0.0, 1.0]},
+        variants={
+            "student": {"2L": {"layers": 2}, "4AH": {"heads": 4, "init": "width_slice"}},
+            "method": {"plain": {}, "att": {"objective.intermediate.attention": "kl", "train.lr": 2e-5}},
+        },
+        include=[{"task": "cola"}, {"seed": 3}],
+        exclude=[{"student": "4AH", "train.lr": 1e-5}, {"objective.prediction.temperature": 1.0, "seed": 7}],
+    ),
     # a dict level merged into its block, epochs given as one number then per stage
-    "blocks": dict(grid={"objective.mapping": [{"kind": "uniform"}, {"kind": "learnable", "lr": 0.1}],
-                         "train.epochs.prediction": [1, 2]}, train={"epochs": 3, "schedule": "two_stage"},
-                   objective={"intermediate": {"hidden": "seq"}}),
+    "blocks": dict(
+        grid={
+            "objective.mapping": [{"kind": "uniform"}, {"kind": "learnable", "lr": 0.1}],
+            "train.epochs.prediction": [1, 2],
+        },
+        train={"epochs": 3, "schedule": "two_stage"},
+        objective={"intermediate": {"hidden": "seq"}},
+    ),
     # a variant setting a top-level field (overridden by the run's own seed): the reference path runs
     "top-level": dict(variants={"method": {"a": {"seed": 5, "train.lr": 1e-5}, "b": {"train.lr": 2e-5}}}),
 }
@@ -88,11 +104,12 @@ def test_cached_expansion_equals_reference(case: str) -> None:
         assert as_rows(_expand_cached(study(**CASES[case]), _full_template())) == as_rows(ref)
 
 
-
 INVALID = {
     "block": dict(grid={"train.lr": [1e-5, -1.0]}),  # one level invalid on its own
-    "cross": dict(grid={"objective.mapping.kind": ["uniform", "explicit"], "objective.mapping.layers": [[2, 4, 6]]},
-                  student={"layers": 2}),  # valid blocks, RunConfig's cross-check fails
+    "cross": dict(
+        grid={"objective.mapping.kind": ["uniform", "explicit"], "objective.mapping.layers": [[2, 4, 6]]},
+        student={"layers": 2},
+    ),  # valid blocks, RunConfig's cross-check fails
     "schedule": dict(grid={"train.schedule": ["joint", "two_stage"]}),  # two_stage without a layer objective
 }
 

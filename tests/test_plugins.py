@@ -29,7 +29,9 @@ def example_installed() -> None:
     try:
         metadata.distribution(EXAMPLE)
     except metadata.PackageNotFoundError:
-        pytest.fail(f"{EXAMPLE} is not installed: pip install -e examples/kdgrid-example-plugin (scripts/setup.sh does)")
+        pytest.fail(
+            f"{EXAMPLE} is not installed: pip install -e examples/kdgrid-example-plugin (scripts/setup.sh does)"
+        )
 
 
 # --------------------------------------------------------------------------- the built-ins, unchanged
@@ -65,34 +67,88 @@ def test_committed_studies_keep_their_run_ids(name: str) -> None:
 # n_student_layers=2, teacher_hidden=32, student_hidden=..., teacher_heads=4, student_heads=..., num_train_examples=16,
 # seed=5), then objective(run(student, batch), run(teacher, batch), labels, indices), printed with "%.9g".
 CASES: dict[str, tuple[dict[str, Any], str, str, dict[str, float]]] = {
-    "vanilla_kd": ({"prediction": {"beta": 0.5, "temperature": 2.0}}, "joint", "narrow",
-                   {"loss": 0.548987627, "hard": 1.09792936, "soft": 4.5927085e-05}),
-    "tinybert_joint": ({"intermediate": {"attention": "mse", "hidden": "seq", "embedding": 1.0, "alpha": 0.5,
-                                         "head_match": "mean", "weight": 2.0}}, "joint", "narrow",
-                       {"loss": 4.91469431, "soft": 4.59894072e-05, "att": 0.000113670321, "hid": 2.46078515,
-                        "emb": 1.22687483}),
-    "tinybert_stage1": ({"intermediate": {"attention": "mse", "hidden": "seq", "embedding": 1.0, "alpha": 0.5,
-                                          "head_match": "mean", "weight": 2.0}}, "intermediate", "narrow",
-                        {"loss": 2.45732427, "att": 0.000113670321, "hid": 2.46078515, "emb": 1.22687483}),
-    "att_val_kl_last": ({"prediction": {"beta": 0.7, "temperature": 1.0, "t_squared": False},
-                         "intermediate": {"attention": "kl", "value": "kl", "alpha": 0.8}, "mapping": "last"},
-                        "joint", "same_heads",
-                        {"loss": 0.330544978, "hard": 1.10085666, "soft": 0.000126773797, "att": 0.000106428051,
-                         "val": 0.000142595978}),
-    "minilm_val_mean": ({"intermediate": {"attention": "kl", "value": "kl", "alpha": 1.0, "head_match": "mean"},
-                         "mapping": "first_last"}, "joint", "narrow",
-                        {"loss": 0.000345342007, "soft": 4.59894072e-05, "att": 3.84132363e-05,
-                         "val": 0.000260939356}),
-    "learnable_fixed": ({"intermediate": {"attention": "kl", "hidden": "cls", "alpha": 0.3},
-                         "mapping": {"kind": "learnable", "init": "fixed"}}, "joint", "same_heads",
-                        {"loss": 2.29046416, "soft": 0.000126773797, "att": 0.000175025823, "hid": 3.27183557}),
-    "learnable_random_mse": ({"intermediate": {"attention": "mse", "hidden": "seq", "alpha": 0.5,
-                                               "att_mse_padding": "tinybert"},
-                              "mapping": {"kind": "learnable", "init": "random"}}, "intermediate", "same_heads",
-                             {"loss": 2.12194371, "att": 0.0003296957, "hid": 4.24355793}),
-    "contrast_explicit": ({"intermediate": {"hidden": "cls_contrast", "alpha": 0.0, "contrast_negatives": 8},
-                           "mapping": {"kind": "explicit", "layers": [2, 3]}}, "joint", "narrow",
-                          {"loss": 6.9326539, "soft": 4.59894072e-05, "contrast": 6.93260813}),
+    "vanilla_kd": (
+        {"prediction": {"beta": 0.5, "temperature": 2.0}},
+        "joint",
+        "narrow",
+        {"loss": 0.548987627, "hard": 1.09792936, "soft": 4.5927085e-05},
+    ),
+    "tinybert_joint": (
+        {
+            "intermediate": {
+                "attention": "mse",
+                "hidden": "seq",
+                "embedding": 1.0,
+                "alpha": 0.5,
+                "head_match": "mean",
+                "weight": 2.0,
+            }
+        },
+        "joint",
+        "narrow",
+        {"loss": 4.91469431, "soft": 4.59894072e-05, "att": 0.000113670321, "hid": 2.46078515, "emb": 1.22687483},
+    ),
+    "tinybert_stage1": (
+        {
+            "intermediate": {
+                "attention": "mse",
+                "hidden": "seq",
+                "embedding": 1.0,
+                "alpha": 0.5,
+                "head_match": "mean",
+                "weight": 2.0,
+            }
+        },
+        "intermediate",
+        "narrow",
+        {"loss": 2.45732427, "att": 0.000113670321, "hid": 2.46078515, "emb": 1.22687483},
+    ),
+    "att_val_kl_last": (
+        {
+            "prediction": {"beta": 0.7, "temperature": 1.0, "t_squared": False},
+            "intermediate": {"attention": "kl", "value": "kl", "alpha": 0.8},
+            "mapping": "last",
+        },
+        "joint",
+        "same_heads",
+        {"loss": 0.330544978, "hard": 1.10085666, "soft": 0.000126773797, "att": 0.000106428051, "val": 0.000142595978},
+    ),
+    "minilm_val_mean": (
+        {
+            "intermediate": {"attention": "kl", "value": "kl", "alpha": 1.0, "head_match": "mean"},
+            "mapping": "first_last",
+        },
+        "joint",
+        "narrow",
+        {"loss": 0.000345342007, "soft": 4.59894072e-05, "att": 3.84132363e-05, "val": 0.000260939356},
+    ),
+    "learnable_fixed": (
+        {
+            "intermediate": {"attention": "kl", "hidden": "cls", "alpha": 0.3},
+            "mapping": {"kind": "learnable", "init": "fixed"},
+        },
+        "joint",
+        "same_heads",
+        {"loss": 2.29046416, "soft": 0.000126773797, "att": 0.000175025823, "hid": 3.27183557},
+    ),
+    "learnable_random_mse": (
+        {
+            "intermediate": {"attention": "mse", "hidden": "seq", "alpha": 0.5, "att_mse_padding": "tinybert"},
+            "mapping": {"kind": "learnable", "init": "random"},
+        },
+        "intermediate",
+        "same_heads",
+        {"loss": 2.12194371, "att": 0.0003296957, "hid": 4.24355793},
+    ),
+    "contrast_explicit": (
+        {
+            "intermediate": {"hidden": "cls_contrast", "alpha": 0.0, "contrast_negatives": 8},
+            "mapping": {"kind": "explicit", "layers": [2, 3]},
+        },
+        "joint",
+        "narrow",
+        {"loss": 6.9326539, "soft": 4.59894072e-05, "contrast": 6.93260813},
+    ),
 }
 
 
@@ -107,8 +163,12 @@ def tiny_outputs() -> dict[str, Any]:
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[1, 4:] = 0
     mask[2, 3:] = 0
-    batch = {"ids": torch.randint(0, 100, (3, 6), generator=g), "mask": mask,
-             "labels": torch.tensor([0, 2, 1]), "indices": torch.tensor([0, 5, 11])}
+    batch = {
+        "ids": torch.randint(0, 100, (3, 6), generator=g),
+        "mask": mask,
+        "labels": torch.tensor([0, 2, 1]),
+        "indices": torch.tensor([0, 5, 11]),
+    }
     with torch.no_grad():
         t = run(teacher, batch)
     return {"teacher": t, "students": students, "batch": batch, "run": run}
@@ -126,10 +186,19 @@ def test_builtin_terms_give_the_pre_registry_losses(case: str, tiny_outputs: dic
     batch = tiny_outputs["batch"]
     s = tiny_outputs["run"](student, batch)
     torch.manual_seed(123)
-    dist = DistillObjective(Objective.model_validate(obj), stage=stage, is_regression=False, n_teacher_layers=4,
-                            n_student_layers=2, teacher_hidden=32, student_hidden=student.config.hidden_size,
-                            teacher_heads=4, student_heads=student.config.num_attention_heads, num_train_examples=16,
-                            seed=5)
+    dist = DistillObjective(
+        Objective.model_validate(obj),
+        stage=stage,
+        is_regression=False,
+        n_teacher_layers=4,
+        n_student_layers=2,
+        teacher_hidden=32,
+        student_hidden=student.config.hidden_size,
+        teacher_heads=4,
+        student_heads=student.config.num_attention_heads,
+        num_train_examples=16,
+        seed=5,
+    )
     got = {k: float(v.detach()) for k, v in dist(s, tiny_outputs["teacher"], batch["labels"], batch["indices"]).items()}
     assert set(got) == set(want)
     # The weighted sum is now one flat sum (w·α·att + w·α·val instead of w·(α·(att + val))): float32 rounding only.
@@ -143,8 +212,17 @@ def test_builtin_terms_give_the_pre_registry_losses(case: str, tiny_outputs: dic
 def test_registry_lists_builtins_and_the_example_plugin() -> None:
     example_installed()
     reg = registry()
-    assert {"kd_hard", "kd_soft", "att_mse", "att_kl", "val_kl", "hid_cls", "hid_seq", "hid_contrast",
-            "emb_mse"} <= set(reg.names("losses"))
+    assert {
+        "kd_hard",
+        "kd_soft",
+        "att_mse",
+        "att_kl",
+        "val_kl",
+        "hid_cls",
+        "hid_seq",
+        "hid_contrast",
+        "emb_mse",
+    } <= set(reg.names("losses"))
     assert set(reg.names("mappings")) >= {"uniform", "last", "first_last", "explicit", "learnable"}
     assert set(reg.names("students")) == {"teacher_layers", "width_slice", "random"}
     assert set(reg.names("metrics")) >= {"mcc", "accuracy", "f1", "pearson", "spearman"}
@@ -156,8 +234,9 @@ def test_registry_lists_builtins_and_the_example_plugin() -> None:
 
 def test_kdgrid_plugins_command_lists_package_and_version() -> None:
     example_installed()
-    out = subprocess.run([sys.executable, "-m", "kdgrid", "plugins", "--json"], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "kdgrid", "plugins", "--json"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     by_name = {(r["kind"], r["name"]): r for r in rows}
     assert by_name[("losses", "cosine_hidden")]["package"] == EXAMPLE
@@ -176,8 +255,11 @@ def _ep(name: str, value: str, group: str = "kdgrid.losses") -> metadata.EntryPo
 def test_duplicate_names_are_refused_naming_both_sources() -> None:
     example_installed()
     spec = "kdgrid_example_plugin.specs:COSINE_HIDDEN"
-    with pytest.raises(PluginError, match=r"'cosine_hidden' is registered twice: by .*cosine_hidden = "
-                                          r"kdgrid_example_plugin.*and by .*cosine_hidden = kdgrid_example"):
+    with pytest.raises(
+        PluginError,
+        match=r"'cosine_hidden' is registered twice: by .*cosine_hidden = "
+        r"kdgrid_example_plugin.*and by .*cosine_hidden = kdgrid_example",
+    ):
         build_registry([_ep("cosine_hidden", spec), _ep("cosine_hidden", spec)])
     # a plug-in may not take a built-in's name either
     with pytest.raises(PluginError, match=r"'att_kl' is registered twice: by kdgrid .* and by"):
@@ -205,8 +287,11 @@ def _study_file(tmp_path: Path, objective: str, student: str = "{layers: 2}") ->
 def test_settings_errors_name_file_line_allowed_keys_and_registered_names(tmp_path: Path) -> None:
     example_installed()
     bad_key = _study_file(tmp_path, "  terms:\n    cosine_hidden:\n      weight: 1.0\n      tokenz: cls\n")
-    with pytest.raises(StudyError, match=r"s\.yaml:8: objective\.terms: cosine_hidden\.tokenz: unknown key "
-                                         r"\(allowed: tokens, project\)"):
+    with pytest.raises(
+        StudyError,
+        match=r"s\.yaml:8: objective\.terms: cosine_hidden\.tokenz: unknown key "
+        r"\(allowed: tokens, project\)",
+    ):
         load_study(bad_key)
     bad_value = _study_file(tmp_path, "  terms:\n    cosine_hidden: {tokens: first}\n")
     with pytest.raises(StudyError, match=r"s\.yaml:6: .*cosine_hidden\.tokens: .*'all' or 'cls'"):
@@ -215,8 +300,11 @@ def test_settings_errors_name_file_line_allowed_keys_and_registered_names(tmp_pa
     with pytest.raises(StudyError, match=r"unknown loss term 'cosine_hiden' \(allowed: kd_hard, .*cosine_hidden"):
         load_study(unknown)
     bad_map = _study_file(tmp_path, "  mapping: {kind: topp}\n")
-    with pytest.raises(StudyError, match=r"s\.yaml:5: objective\.mapping\.kind: unknown mapping 'topp' \(allowed: "
-                                         r"uniform, .*top"):
+    with pytest.raises(
+        StudyError,
+        match=r"s\.yaml:5: objective\.mapping\.kind: unknown mapping 'topp' \(allowed: "
+        r"uniform, .*top",
+    ):
         load_study(bad_map)
     builtin_settings = _study_file(tmp_path, "  mapping: {kind: uniform, settings: {stride: 2}}\n")
     with pytest.raises(StudyError, match="built in and takes its settings from"):
@@ -234,8 +322,12 @@ def test_plugin_provenance_is_part_of_the_run_id(monkeypatch: pytest.MonkeyPatch
     example_installed()
     builtin_only = _run({"intermediate": {"attention": "kl"}})
     assert "plugins" not in builtin_only.model_dump(mode="json")  # built-in runs: configs (and ids) as before
-    study = {"name": "p", "tasks": ["rte"], "seeds": [0],
-             "objective": {"terms": {"cosine_hidden": {"weight": 0.5}}, "mapping": {"kind": "top"}}}
+    study = {
+        "name": "p",
+        "tasks": ["rte"],
+        "seeds": [0],
+        "objective": {"terms": {"cosine_hidden": {"weight": 0.5}}, "mapping": {"kind": "top"}},
+    }
     run = expand(Study.model_validate(study))[0]
     v = metadata.version(EXAMPLE)
     assert run.config["plugins"]["losses.cosine_hidden"]["package"] == EXAMPLE
@@ -246,13 +338,18 @@ def test_plugin_provenance_is_part_of_the_run_id(monkeypatch: pytest.MonkeyPatch
     # other settings of the plug-in: another settings hash and run id
     study_cls = {**study, "objective": {**study["objective"], "terms": {"cosine_hidden": {"tokens": "cls"}}}}
     other = expand(Study.model_validate(study_cls))[0]
-    assert other.config["plugins"]["losses.cosine_hidden"]["settings_sha"] != \
-        run.config["plugins"]["losses.cosine_hidden"]["settings_sha"]
+    assert (
+        other.config["plugins"]["losses.cosine_hidden"]["settings_sha"]
+        != run.config["plugins"]["losses.cosine_hidden"]["settings_sha"]
+    )
 
     # a new version of the plug-in: new run ids, and the old run's config no longer validates
     entry = registry().get("losses", "cosine_hidden")
-    monkeypatch.setitem(registry()._entries["losses"], "cosine_hidden",
-                        type(entry)(entry.spec, Source(EXAMPLE, v + ".post1", entry.source.entry_point)))
+    monkeypatch.setitem(
+        registry()._entries["losses"],
+        "cosine_hidden",
+        type(entry)(entry.spec, Source(EXAMPLE, v + ".post1", entry.source.entry_point)),
+    )
     bumped = expand(Study.model_validate(study))[0]
     assert bumped.run_id != run.run_id
     with pytest.raises(ValueError, match=r"planned with plug-ins .* plan the study again"):
@@ -262,17 +359,24 @@ def test_plugin_provenance_is_part_of_the_run_id(monkeypatch: pytest.MonkeyPatch
 def test_validate_refuses_a_term_the_student_cannot_serve() -> None:
     example_installed()
     teacher = Shape(layers=6, heads=12, hidden=384, intermediate=1536)
-    narrow = {"name": "n", "tasks": ["rte"], "seeds": [0],
-              "student": {"layers": 2, "hidden_size": 192, "heads": 6, "intermediate_size": 768, "init": "width_slice"},
-              "objective": {"terms": {"cosine_hidden": {}}}}
+    narrow = {
+        "name": "n",
+        "tasks": ["rte"],
+        "seeds": [0],
+        "student": {"layers": 2, "hidden_size": 192, "heads": 6, "intermediate_size": 768, "init": "width_slice"},
+        "objective": {"terms": {"cosine_hidden": {}}},
+    }
     run = expand(Study.model_validate(narrow))[0]
     with pytest.raises(PlanError, match=r"objective\.terms\.cosine_hidden: compares hidden states of width 192"):
         check_run(run.config, teacher)
     narrow["objective"]["terms"]["cosine_hidden"]["project"] = True
     check_run(expand(Study.model_validate(narrow))[0].config, teacher)
     # the plug-in mapping answers for itself: stride 4 from a 2-layer student reaches below teacher layer 1
-    deep = {**narrow, "student": {"layers": 2}, "objective": {"terms": {"cosine_hidden": {}},
-                                                              "mapping": {"kind": "top", "settings": {"stride": 6}}}}
+    deep = {
+        **narrow,
+        "student": {"layers": 2},
+        "objective": {"terms": {"cosine_hidden": {}}, "mapping": {"kind": "top", "settings": {"stride": 6}}},
+    }
     with pytest.raises(PlanError, match="mapping 'top' cannot map 2 student onto 6 teacher layers"):
         check_run(expand(Study.model_validate(deep))[0].config, teacher)
     # the example study validates offline against the MiniLM-L6 shape
@@ -287,9 +391,18 @@ def test_a_term_declares_what_it_needs() -> None:
     from kdgrid.train.objectives import DistillObjective
 
     def build(obj: dict[str, Any]) -> DistillObjective:
-        return DistillObjective(Objective.model_validate(obj), stage="joint", is_regression=False,
-                                n_teacher_layers=4, n_student_layers=2, teacher_hidden=32, student_hidden=32,
-                                teacher_heads=4, student_heads=4, num_train_examples=8)
+        return DistillObjective(
+            Objective.model_validate(obj),
+            stage="joint",
+            is_regression=False,
+            n_teacher_layers=4,
+            n_student_layers=2,
+            teacher_hidden=32,
+            student_hidden=32,
+            teacher_heads=4,
+            student_heads=4,
+            num_train_examples=8,
+        )
 
     kd = build({})
     assert not kd.needs_hidden_states() and not kd.needs_qkv()  # the teacher's cached logits can serve it
@@ -309,8 +422,12 @@ def test_example_study_runs_on_a_tiny_model(tiny_model_dir: Path, make_cola_dir:
 
     data = make_cola_dir(tmp_path / "glue", n_train=24, n_dev=8)
     raw = yaml.safe_load((ROOT / "studies" / "plugin_example.yaml").read_text())
-    raw.update(tasks=["cola"], seeds=[0], teacher={"model": str(tiny_model_dir), "finetune": {"epochs": 1}},
-               data={"dir": str(data), "max_seq_length": 32})
+    raw.update(
+        tasks=["cola"],
+        seeds=[0],
+        teacher={"model": str(tiny_model_dir), "finetune": {"epochs": 1}},
+        data={"dir": str(data), "max_seq_length": 32},
+    )
     raw["train"].update(batch_size=8, epochs={"intermediate": 1, "prediction": 1})
     runs = {r.factors["method"]: r for r in expand(Study.model_validate(raw))}
     assert set(runs) == {"vanilla-kd", "att-kl", "cosine-hidden", "cosine-hidden-top"}
@@ -328,6 +445,7 @@ def test_example_study_runs_on_a_tiny_model(tiny_model_dir: Path, make_cola_dir:
 
 
 # --------------------------------------------------------------------------- student builders and metrics
+
 
 def balanced_accuracy(pred: Any, gold: Any) -> float:
     """A plug-in metric for the test: mean recall over the classes present in gold."""
@@ -360,15 +478,27 @@ def test_plugin_student_builder_and_metric_run_and_are_recorded(
         scale: float = Field(default=1.0, gt=0)
 
     source = Source("my-kd-ideas", "2.0", "kdgrid.students:scaled = test_plugins:...")
-    monkeypatch.setitem(registry()._entries["students"], "scaled",
-                        Entry(StudentSpec("scaled", ScaleSettings, "test_plugins:top_layers_student", True), source))
-    monkeypatch.setitem(registry()._entries["metrics"], "balanced_accuracy",
-                        Entry(MetricSpec("balanced_accuracy", "test_plugins:balanced_accuracy"), source))
+    monkeypatch.setitem(
+        registry()._entries["students"],
+        "scaled",
+        Entry(StudentSpec("scaled", ScaleSettings, "test_plugins:top_layers_student", True), source),
+    )
+    monkeypatch.setitem(
+        registry()._entries["metrics"],
+        "balanced_accuracy",
+        Entry(MetricSpec("balanced_accuracy", "test_plugins:balanced_accuracy"), source),
+    )
     data = make_cola_dir(tmp_path / "glue", n_train=24, n_dev=8)
-    study = {"name": "b", "tasks": ["cola"], "seeds": [0], "metrics": ["balanced_accuracy"],
-             "teacher": {"model": str(tiny_model_dir), "finetune": {"epochs": 1}},
-             "student": {"layers": 2, "init": "scaled", "settings": {"scale": 0.5}},
-             "data": {"dir": str(data), "max_seq_length": 32}, "train": {"epochs": 1, "batch_size": 8}}
+    study = {
+        "name": "b",
+        "tasks": ["cola"],
+        "seeds": [0],
+        "metrics": ["balanced_accuracy"],
+        "teacher": {"model": str(tiny_model_dir), "finetune": {"epochs": 1}},
+        "student": {"layers": 2, "init": "scaled", "settings": {"scale": 0.5}},
+        "data": {"dir": str(data), "max_seq_length": 32},
+        "train": {"epochs": 1, "batch_size": 8},
+    }
     run = expand(Study.model_validate(study))[0]
     assert set(run.config["plugins"]) == {"students.scaled", "metrics.balanced_accuracy"}
     assert run.config["plugins"]["students.scaled"]["version"] == "2.0"
@@ -387,9 +517,11 @@ def _write(tmp_path: Path, study: dict[str, Any]) -> Path:
 
 def test_validating_a_plugin_study_imports_no_torch() -> None:
     example_installed()
-    code = ("import sys; from kdgrid.study import load_study; from kdgrid.plan import plan_study; "
-            "plan_study(load_study('studies/plugin_example.yaml').study); "
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; from kdgrid.study import load_study; from kdgrid.plan import plan_study; "
+        "plan_study(load_study('studies/plugin_example.yaml').study); "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -409,15 +541,27 @@ def test_grids_and_searches_reach_plugin_settings(tmp_path: Path) -> None:
     example_installed()
     from kdgrid.search import check_search
 
-    study = {"name": "g", "tasks": ["rte"], "seeds": [0],
-             "grid": {"objective.terms.cosine_hidden.weight": [0.5, 1.0], "objective.mapping.settings.stride": [1, 2]},
-             "objective": {"mapping": {"kind": "top"}}}
+    study = {
+        "name": "g",
+        "tasks": ["rte"],
+        "seeds": [0],
+        "grid": {"objective.terms.cosine_hidden.weight": [0.5, 1.0], "objective.mapping.settings.stride": [1, 2]},
+        "objective": {"mapping": {"kind": "top"}},
+    }
     runs = expand(Study.model_validate(study))
     assert len({r.run_id for r in runs}) == 4
     assert {r.config["objective"]["mapping"]["settings"]["stride"] for r in runs} == {1, 2}
-    search = {"name": "s", "tasks": ["rte"], "seeds": 2, "objective": {"terms": {"cosine_hidden": {}}},
-              "search": {"params": {"objective.terms.cosine_hidden.weight": {"low": 0.1, "high": 2.0},
-                                    "objective.terms.cosine_hidden.tokens": {"type": "categorical",
-                                                                             "choices": ["all", "first"]}}}}
+    search = {
+        "name": "s",
+        "tasks": ["rte"],
+        "seeds": 2,
+        "objective": {"terms": {"cosine_hidden": {}}},
+        "search": {
+            "params": {
+                "objective.terms.cosine_hidden.weight": {"low": 0.1, "high": 2.0},
+                "objective.terms.cosine_hidden.tokens": {"type": "categorical", "choices": ["all", "first"]},
+            }
+        },
+    }
     with pytest.raises(StudyError, match=r"cosine_hidden\.tokens='first' makes an invalid run"):
         check_search(load_study(_write(tmp_path, search)))

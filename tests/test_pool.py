@@ -78,25 +78,47 @@ def test_options_override_the_study_block_which_stays_out_of_run_ids() -> None:
     with_block = Study.model_validate({**base, "execute": block})
     assert [r.run_id for r in expand(with_block)] == [r.run_id for r in expand(Study.model_validate(base))]
     ex = resolve_execute(with_block.execute, workers=2, slurm="array_parallelism=8")
-    assert (ex.workers, ex.timeout_s, ex.retries, ex.slurm.partition, ex.slurm.array_parallelism) == (2, 60, 2, "gpu", 8)
+    assert (ex.workers, ex.timeout_s, ex.retries, ex.slurm.partition, ex.slurm.array_parallelism) == (
+        2,
+        60,
+        2,
+        "gpu",
+        8,
+    )
     assert resolve_execute(Execute(), gpus="0,0,1").workers == 3  # a GPU listed twice gets two slots
 
 
-def test_cli_rejects_bad_options_before_anything_is_written(tmp_path: Path, tiny_model_dir: Path, make_cola_dir: Any) -> None:
+def test_cli_rejects_bad_options_before_anything_is_written(
+    tmp_path: Path, tiny_model_dir: Path, make_cola_dir: Any
+) -> None:
     data = make_cola_dir(tmp_path / "glue")
     study = tmp_path / "s.yaml"
     study.write_text(f"name: s\ntasks: [cola]\nseeds: 1\nteacher: {{model: {tiny_model_dir}}}\ndata: {{dir: {data}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "kdgrid", "run", str(study), "--workers", "0", "--timeout", "5"],
-                          cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdgrid", "run", str(study), "--workers", "0", "--timeout", "5"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "Error: --timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped"
+    assert (
+        proc.stderr.strip()
+        == "Error: --timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped"
+    )
     assert not (tmp_path / "kdgrid.duckdb").exists()
 
 
 # -- determinism on the real tiny model -------------------------------------------------------
 
-TIMINGS = {"latency_ms", "throughput_ex_s", "train_time_s", "train_ex_per_s", "peak_memory_mb", "rss_start_mb",
-           "bench_repeats"}
+TIMINGS = {
+    "latency_ms",
+    "throughput_ex_s",
+    "train_time_s",
+    "train_ex_per_s",
+    "peak_memory_mb",
+    "rss_start_mb",
+    "bench_repeats",
+}
 
 
 def metric_table(db: Path) -> tuple[dict[tuple[Any, ...], float], int]:
@@ -122,14 +144,19 @@ def test_same_runs_give_the_same_metrics_in_workers_and_in_process(
     other reuses it; seed 1 is hit by an injected NaN in the real training loop.
     """
     data = make_cola_dir(tmp_path / "glue", n_train=32, n_dev=12)
-    study = Study.model_validate({
-        "name": "det", "tasks": ["cola"], "seeds": [0, 1],
-        "teacher": {"model": str(tiny_model_dir), "finetune": {"epochs": 1, "batch_size": 8}},
-        "student": {"layers": 2}, "data": {"dir": str(data), "max_seq_length": 32},
-        "train": {"schedule": "two_stage", "epochs": 1, "batch_size": 8, "lr": 1e-3},
-        "objective": {"intermediate": {"attention": "mse", "hidden": "seq"}},
-        "grid": {"objective.prediction.temperature": [1.0, 4.0]},
-    })
+    study = Study.model_validate(
+        {
+            "name": "det",
+            "tasks": ["cola"],
+            "seeds": [0, 1],
+            "teacher": {"model": str(tiny_model_dir), "finetune": {"epochs": 1, "batch_size": 8}},
+            "student": {"layers": 2},
+            "data": {"dir": str(data), "max_seq_length": 32},
+            "train": {"schedule": "two_stage", "epochs": 1, "batch_size": 8, "lr": 1e-3},
+            "objective": {"intermediate": {"attention": "mse", "hidden": "seq"}},
+            "grid": {"objective.prediction.temperature": [1.0, 4.0]},
+        }
+    )
     planned = expand(study)
     kw: dict[str, Any] = dict(study_name="det", study_path="det.yaml", study_text="", study_sha="")
     from kdgrid.execute.local import run_grid

@@ -80,15 +80,26 @@ def make_analysis() -> FakeAnalysis:
             runs[(task, cell_name(att, kind))] = vals
             m, sd = float(vals.mean()), float(vals.std(ddof=1))
             half = T_975_DF2 * sd / math.sqrt(len(vals))
-            cell_rows.append({
-                "task": task, "metric": metric, "cell": cell_name(att, kind), ATT: att, MAP: kind,
-                "n": len(vals), "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half,
-                "seeds": list(SEEDS), "values": [float(v) for v in vals],
-            })
+            cell_rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "cell": cell_name(att, kind),
+                    ATT: att,
+                    MAP: kind,
+                    "n": len(vals),
+                    "mean": m,
+                    "sd": sd,
+                    "ci_low": m - half,
+                    "ci_high": m + half,
+                    "seeds": list(SEEDS),
+                    "values": [float(v) for v in vals],
+                }
+            )
     baseline = cell_name("mse", "uniform")
     paired_rows, power_rows = [], []
     for task in TASKS:
-        for (att, kind) in effect:
+        for att, kind in effect:
             cond = cell_name(att, kind)
             if cond == baseline:
                 continue
@@ -97,47 +108,113 @@ def make_analysis() -> FakeAnalysis:
             dz = d.mean() / d.std(ddof=1)
             t, p = dz * math.sqrt(3), 0.004 if att == "kl" else 0.3
             shalf = stats.t.ppf(1 - 0.05 / 6, 2) * d.std(ddof=1) / math.sqrt(3)  # Bonferroni over m = 3
-            paired_rows.append({
-                "task": task, "metric": TASKS[task], "condition": cond, "baseline": baseline, "n": 3,
-                "mean_diff": d.mean(), "ci_low": d.mean() - half, "ci_high": d.mean() + half,
-                "sci_low": d.mean() - shalf, "sci_high": d.mean() + shalf, "t": t, "df": 2, "p": p,
-                "test": "paired t", "p_adj": min(1.0, p * 3), "family": f"{task}: every condition vs the baseline (3, holm)",
-                "family_size": 3, "dz": dz, "wilcoxon_p": 0.25, "margin": 0.01, "p_equiv": 0.5, "p_equiv_adj": 1.0,
-                "verdict": "different" if p * 3 < 0.05 else "inconclusive", "baseline_mean": base[task],
-                "floor": 0.0, "baseline_at_floor": False,
-                "note": "Wilcoxon skipped: ties" if (task, att, kind) == ("sst2", "kl", "learnable") else "",
-            })
-            power_rows.append({
-                "task": task, "condition": cond, "n": 3, "dz": dz, "dz_ci_low": dz - 2, "dz_ci_high": dz + 2,
-                "family_size": 3, "alpha_used": 0.05 / 3, "target_dz": 0.5, "n_for_target": 45,
-            })
+            paired_rows.append(
+                {
+                    "task": task,
+                    "metric": TASKS[task],
+                    "condition": cond,
+                    "baseline": baseline,
+                    "n": 3,
+                    "mean_diff": d.mean(),
+                    "ci_low": d.mean() - half,
+                    "ci_high": d.mean() + half,
+                    "sci_low": d.mean() - shalf,
+                    "sci_high": d.mean() + shalf,
+                    "t": t,
+                    "df": 2,
+                    "p": p,
+                    "test": "paired t",
+                    "p_adj": min(1.0, p * 3),
+                    "family": f"{task}: every condition vs the baseline (3, holm)",
+                    "family_size": 3,
+                    "dz": dz,
+                    "wilcoxon_p": 0.25,
+                    "margin": 0.01,
+                    "p_equiv": 0.5,
+                    "p_equiv_adj": 1.0,
+                    "verdict": "different" if p * 3 < 0.05 else "inconclusive",
+                    "baseline_mean": base[task],
+                    "floor": 0.0,
+                    "baseline_at_floor": False,
+                    "note": "Wilcoxon skipped: ties" if (task, att, kind) == ("sst2", "kl", "learnable") else "",
+                }
+            )
+            power_rows.append(
+                {
+                    "task": task,
+                    "condition": cond,
+                    "n": 3,
+                    "dz": dz,
+                    "dz_ci_low": dz - 2,
+                    "dz_ci_high": dz + 2,
+                    "family_size": 3,
+                    "alpha_used": 0.05 / 3,
+                    "target_dz": 0.5,
+                    "n_for_target": 45,
+                }
+            )
     anova_rows = []
     for task in TASKS:
         anova_rows += [
             {"task": task, "term": ATT, "df": 1.0, "sum_sq": 3e-3, "F": 25.0, "p": 0.001, "partial_eta2": 0.76},
             {"task": task, "term": MAP, "df": 1.0, "sum_sq": 4e-4, "F": 3.1, "p": 0.12, "partial_eta2": 0.28},
-            {"task": task, "term": f"{ATT}:{MAP}", "df": 1.0, "sum_sq": 1e-5, "F": 0.1, "p": 0.76,
-             "partial_eta2": 0.01},
-            {"task": task, "term": "Residual", "df": 8.0, "sum_sq": 8e-4, "F": float("nan"), "p": float("nan"),
-             "partial_eta2": float("nan")},
+            {
+                "task": task,
+                "term": f"{ATT}:{MAP}",
+                "df": 1.0,
+                "sum_sq": 1e-5,
+                "F": 0.1,
+                "p": 0.76,
+                "partial_eta2": 0.01,
+            },
+            {
+                "task": task,
+                "term": "Residual",
+                "df": 8.0,
+                "sum_sq": 8e-4,
+                "F": float("nan"),
+                "p": float("nan"),
+                "partial_eta2": float("nan"),
+            },
         ]
-    diagnostics = pd.DataFrame([
-        {"task": t, "check": c, "value": v, "note": n}
-        for t in TASKS for c, v, n in [("balance", "balanced", ""), ("missing_cells", 0, ""),
-                                       ("shapiro_p", 0.41, "residuals look normal"), ("levene_p", 0.77, "")]
-    ])
+    diagnostics = pd.DataFrame(
+        [
+            {"task": t, "check": c, "value": v, "note": n}
+            for t in TASKS
+            for c, v, n in [
+                ("balance", "balanced", ""),
+                ("missing_cells", 0, ""),
+                ("shapiro_p", 0.41, "residuals look normal"),
+                ("levene_p", 0.77, ""),
+            ]
+        ]
+    )
     teacher = {"cola": 0.55, "sst2": 0.92}
     sens_rows = []
     for r in cell_rows:
         gap = teacher[r["task"]] - r["mean"]
         floor = {"cola": 0.0, "sst2": 0.5}[r["task"]]
         ret = (r["mean"] - floor) / (teacher[r["task"]] - floor)
-        sens_rows.append({
-            "task": r["task"], "metric": r["metric"], "cell": r["cell"], "teacher": teacher[r["task"]], "floor": floor,
-            "student_mean": r["mean"], "student_sd": r["sd"], "gap": gap, "gap_ci_low": gap - 0.02,
-            "gap_ci_high": gap + 0.02, "retention": ret, "retention_ci_low": ret - 0.05, "retention_ci_high": ret + 0.05,
-            "n": 3, "rank": 1, "train_size": {"cola": 8551, "sst2": 67349}[r["task"]],
-        })
+        sens_rows.append(
+            {
+                "task": r["task"],
+                "metric": r["metric"],
+                "cell": r["cell"],
+                "teacher": teacher[r["task"]],
+                "floor": floor,
+                "student_mean": r["mean"],
+                "student_sd": r["sd"],
+                "gap": gap,
+                "gap_ci_low": gap - 0.02,
+                "gap_ci_high": gap + 0.02,
+                "retention": ret,
+                "retention_ci_low": ret - 0.05,
+                "retention_ci_high": ret + 0.05,
+                "n": 3,
+                "rank": 1,
+                "train_size": {"cola": 8551, "sst2": 67349}[r["task"]],
+            }
+        )
     mw = []
     for task in ("cola",):  # one task keeps the test plots few (drawing is the slow part)
         for att in ("mse", "kl"):
@@ -145,8 +222,18 @@ def make_analysis() -> FakeAnalysis:
                 for epoch in (0, 1):
                     for s in (1, 2):
                         w = rng.dirichlet(np.ones(6) * (1 + 5 * epoch))
-                        mw += [{"task": task, "cell": cell_name(att, "learnable"), "seed": seed, "epoch": epoch,
-                                "student_layer": s, "teacher_layer": t + 1, "weight": float(w[t])} for t in range(6)]
+                        mw += [
+                            {
+                                "task": task,
+                                "cell": cell_name(att, "learnable"),
+                                "seed": seed,
+                                "epoch": epoch,
+                                "student_layer": s,
+                                "teacher_layer": t + 1,
+                                "weight": float(w[t]),
+                            }
+                            for t in range(6)
+                        ]
     return FakeAnalysis(
         cells=pd.DataFrame(cell_rows),
         paired_tests=pd.DataFrame(paired_rows),
@@ -163,8 +250,15 @@ def make_analysis() -> FakeAnalysis:
 def empty_analysis() -> FakeAnalysis:
     a = make_analysis()
     return FakeAnalysis(
-        cells=a.cells.iloc[0:0], paired_tests=pd.DataFrame(), anova=pd.DataFrame(), diagnostics=pd.DataFrame(),
-        sensitivity=pd.DataFrame(), sensitivity_summary={}, power=pd.DataFrame(), warnings=[], mapping_weights=None,
+        cells=a.cells.iloc[0:0],
+        paired_tests=pd.DataFrame(),
+        anova=pd.DataFrame(),
+        diagnostics=pd.DataFrame(),
+        sensitivity=pd.DataFrame(),
+        sensitivity_summary={},
+        power=pd.DataFrame(),
+        warnings=[],
+        mapping_weights=None,
     )
 
 
@@ -193,8 +287,10 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory, analysis: FakeAnalysis)
 @pytest.fixture(scope="module")
 def reports(report_dir: Path) -> dict[str, tuple[Path, str]]:
     """format -> (directory, text) as written."""
-    return {fmt: (report_dir, (report_dir / REPORT_FILES.get(fmt, "cells.csv")).read_text(encoding="utf-8"))
-            for fmt in FORMATS}
+    return {
+        fmt: (report_dir, (report_dir / REPORT_FILES.get(fmt, "cells.csv")).read_text(encoding="utf-8"))
+        for fmt in FORMATS
+    }
 
 
 # --------------------------------------------------------------------------- formatting
@@ -214,8 +310,12 @@ def test_number_formatting() -> None:
 def test_paper_table_shape_values_and_caption(analysis: FakeAnalysis) -> None:
     t = paper_table(analysis.cells, "official metric")
     assert list(t.columns) == ["cola (mcc)", "sst2 (accuracy)", "Avg"]
-    assert list(t.index) == ["attention=mse, kind=uniform", "attention=kl, kind=uniform",
-                             "attention=mse, kind=learnable", "attention=kl, kind=learnable"]
+    assert list(t.index) == [
+        "attention=mse, kind=uniform",
+        "attention=kl, kind=uniform",
+        "attention=mse, kind=learnable",
+        "attention=kl, kind=learnable",
+    ]
     r = analysis.cells.iloc[0]
     assert t.iloc[0, 0] == f"{100 * r['mean']:.1f} ± {100 * r['sd']:.1f}"
     m = analysis.cells.groupby("cell", sort=False)["mean"].mean()  # mean of the two task means
@@ -234,9 +334,13 @@ def test_paper_table_without_scaling_and_baseline_first(analysis: FakeAnalysis) 
 
 def test_paper_table_keeps_percent_data_and_blank_avg_for_missing_task(analysis: FakeAnalysis) -> None:
     # A column that already holds percentages is not a GLUE metric name: it is shown as stored.
-    pct = analysis.cells.assign(mean=analysis.cells["mean"] * 100, sd=analysis.cells["sd"] * 100,
-                                ci_low=analysis.cells["ci_low"] * 100, ci_high=analysis.cells["ci_high"] * 100,
-                                metric="accuracy_pct")
+    pct = analysis.cells.assign(
+        mean=analysis.cells["mean"] * 100,
+        sd=analysis.cells["sd"] * 100,
+        ci_low=analysis.cells["ci_low"] * 100,
+        ci_high=analysis.cells["ci_high"] * 100,
+        metric="accuracy_pct",
+    )
     pct = pct.drop(index=pct.index[-1])  # one condition lacks sst2
     t = paper_table(pct, "accuracy (%)")
     assert t.iloc[0, 1] == f"{pct.iloc[4]['mean']:.1f} ± {pct.iloc[4]['sd']:.1f}"  # not ×100 again
@@ -245,23 +349,55 @@ def test_paper_table_keeps_percent_data_and_blank_avg_for_missing_task(analysis:
 
 
 def test_short_labels_disambiguate_clashing_factor_names() -> None:
-    cells = pd.DataFrame({"task": ["a", "a"], "metric": ["m", "m"], "cell": ["x", "y"],
-                          "student.init": ["rand", "teacher"], "teacher.init": ["ft", "ft"],
-                          "n": [1, 1], "mean": [0.1, 0.2], "sd": [np.nan, np.nan]})
-    assert condition_labels(cells) == {"x": "student.init=rand, teacher.init=ft",
-                                       "y": "student.init=teacher, teacher.init=ft"}
+    cells = pd.DataFrame(
+        {
+            "task": ["a", "a"],
+            "metric": ["m", "m"],
+            "cell": ["x", "y"],
+            "student.init": ["rand", "teacher"],
+            "teacher.init": ["ft", "ft"],
+            "n": [1, 1],
+            "mean": [0.1, 0.2],
+            "sd": [np.nan, np.nan],
+        }
+    )
+    assert condition_labels(cells) == {
+        "x": "student.init=rand, teacher.init=ft",
+        "y": "student.init=teacher, teacher.init=ft",
+    }
 
 
 # --------------------------------------------------------------------------- formats
 
 
 def test_every_format_writes_its_files(report_dir: Path) -> None:
-    assert sorted(p.name for p in report_dir.iterdir()) == sorted([
-        "report.txt", "report.md", "report.tex", "report.html", "report.json",
-        "cells.csv", "paired_tests.csv", "anova.csv", "sensitivity.csv", "power.csv", "diagnostics.csv",
-        "mapping_weights.csv", "mapping_convergence.csv", "warnings.txt", "plots",
-    ])
-    stems = ["forest_cola", "forest_sst2", "interaction_cola", "interaction_sst2", "mapping_cola", "sensitivity_retention"]
+    assert sorted(p.name for p in report_dir.iterdir()) == sorted(
+        [
+            "report.txt",
+            "report.md",
+            "report.tex",
+            "report.html",
+            "report.json",
+            "cells.csv",
+            "paired_tests.csv",
+            "anova.csv",
+            "sensitivity.csv",
+            "power.csv",
+            "diagnostics.csv",
+            "mapping_weights.csv",
+            "mapping_convergence.csv",
+            "warnings.txt",
+            "plots",
+        ]
+    )
+    stems = [
+        "forest_cola",
+        "forest_sst2",
+        "interaction_cola",
+        "interaction_sst2",
+        "mapping_cola",
+        "sensitivity_retention",
+    ]
     plots = sorted((report_dir / "plots").iterdir())
     assert [p.name for p in plots] == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "svg"))
     assert_images(plots)
@@ -280,9 +416,16 @@ def test_unknown_format_is_a_user_error(analysis: FakeAnalysis) -> None:
 
 def test_table_has_every_section_and_marks_significance(reports: dict[str, tuple[Path, str]]) -> None:
     text = reports["table"][1]
-    for heading in ("Cells", "Paired tests vs baseline", "ANOVA per task", "Diagnostics",
-                    "Sensitivity (tasks ranked within their metric)", "Power (prospective)", "Learned mapping weights",
-                    "Warnings"):
+    for heading in (
+        "Cells",
+        "Paired tests vs baseline",
+        "ANOVA per task",
+        "Diagnostics",
+        "Sensitivity (tasks ranked within their metric)",
+        "Power (prospective)",
+        "Learned mapping weights",
+        "Warnings",
+    ):
         assert heading in text
     assert "p_adj" in text and "dz" in text and "partial η²" in text
     assert "different" in text and "inconclusive" in text  # the verdicts
@@ -312,9 +455,33 @@ def test_json_is_valid_with_exact_keys(reports: dict[str, tuple[Path, str]], ana
     for key in ("cells", "paired_tests", "anova", "sensitivity", "power", "warnings", "meta"):
         assert key in obj
     assert JSON_PAIRED_KEYS == (
-        "task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low", "sci_high",
-        "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
-        "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor")
+        "task",
+        "metric",
+        "condition",
+        "baseline",
+        "n",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "sci_low",
+        "sci_high",
+        "t",
+        "df",
+        "p",
+        "test",
+        "p_adj",
+        "family",
+        "family_size",
+        "dz",
+        "wilcoxon_p",
+        "margin",
+        "p_equiv",
+        "p_equiv_adj",
+        "verdict",
+        "baseline_mean",
+        "floor",
+        "baseline_at_floor",
+    )
     assert JSON_ANOVA_KEYS == ("task", "term", "df", "sum_sq", "F", "p", "partial_eta2")
     assert all(list(r) == list(JSON_PAIRED_KEYS) for r in obj["paired_tests"])
     assert all(list(r) == list(JSON_ANOVA_KEYS) for r in obj["anova"])
@@ -322,8 +489,9 @@ def test_json_is_valid_with_exact_keys(reports: dict[str, tuple[Path, str]], ana
     assert obj["cells"][0]["values"] == analysis.cells.iloc[0]["values"]
     assert obj["paired_tests"][-1]["verdict"] == "different"
     assert obj["anova"][3]["F"] is None
-    assert obj["paired_test_notes"] == [{"task": "sst2", "condition": cell_name("kl", "learnable"),
-                                         "note": "Wilcoxon skipped: ties"}]
+    assert obj["paired_test_notes"] == [
+        {"task": "sst2", "condition": cell_name("kl", "learnable"), "note": "Wilcoxon skipped: ties"}
+    ]
     assert obj["meta"] == META and obj["warnings"] == analysis.warnings
     assert "NaN" not in reports["json"][1]
 
@@ -333,8 +501,7 @@ def test_csv_round_trip(reports: dict[str, tuple[Path, str]], analysis: FakeAnal
     for name in ("cells", "paired_tests", "anova", "sensitivity", "power", "mapping_weights"):
         back = read_section_csv(d / f"{name}.csv")
         orig = getattr(analysis, name)
-        pd.testing.assert_frame_equal(back, orig.fillna({"note": ""}) if "note" in orig else orig,
-                                      check_dtype=False)
+        pd.testing.assert_frame_equal(back, orig.fillna({"note": ""}) if "note" in orig else orig, check_dtype=False)
     diag = read_section_csv(d / "diagnostics.csv")
     assert list(diag["value"][:3]) == ["balanced", "0", "0.41"]  # mixed values stay text
     assert (d / "warnings.txt").read_text().splitlines() == analysis.warnings
@@ -364,7 +531,7 @@ def test_markdown_cells_table_shape_and_plots(reports: dict[str, tuple[Path, str
     assert not any("=" in c for row in first for c in row)  # never name=value chains
     assert "attention = mse, kind = uniform" in text  # the baseline named once, in the caption
     assert "![cola (mcc): cell means with 95% CI, a panel per level" in text
-    for link in [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]:
+    for link in [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]:
         assert (d / link).stat().st_size > 0
     assert "**kl**" in text  # a significant paired row is marked
 
@@ -426,13 +593,20 @@ def test_missing_attributes_and_missing_contract_columns(tmp_path: Path, analysi
 
 def test_real_analysis_renders(tmp_path: Path) -> None:
     a = make_analysis()
-    tidy = pd.DataFrame([
-        {"task": r["task"], "seed": s, ATT: r[ATT], MAP: r[MAP], "mcc" if r["task"] == "cola" else "accuracy": v}
-        for r in a.cells.to_dict("records") for s, v in zip(r["seeds"], r["values"])
-    ])
-    real = analyze.analyze_table(tidy, metric="auto", factors=[ATT, MAP],
-                                 teacher_scores={"cola": 0.55, "sst2": 0.92},
-                                 train_sizes={"cola": 8551, "sst2": 67349})
+    tidy = pd.DataFrame(
+        [
+            {"task": r["task"], "seed": s, ATT: r[ATT], MAP: r[MAP], "mcc" if r["task"] == "cola" else "accuracy": v}
+            for r in a.cells.to_dict("records")
+            for s, v in zip(r["seeds"], r["values"])
+        ]
+    )
+    real = analyze.analyze_table(
+        tidy,
+        metric="auto",
+        factors=[ATT, MAP],
+        teacher_scores={"cola": 0.55, "sst2": 0.92},
+        train_sizes={"cola": 8551, "sst2": 67349},
+    )
     texts = render_many(real, fmts=FORMATS, out_dir=tmp_path, title="real", meta={}, plots=False)
     assert json.loads(texts["json"])["paired_tests"]
     assert "attention=kl, kind=learnable" in texts["md"]
@@ -447,7 +621,9 @@ def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) 
             for s in SEEDS:
                 # at alpha = 0 the attention loss is never computed: one run, listed in both attention cells
                 rid = f"{a}-{s}" + (f"-{att}" if a else "")
-                rows.append({"run_id": rid, "task": "cola", "seed": s, ATT: att, alpha: a, "mcc": 0.3 + rng.normal(0, .01)})
+                rows.append(
+                    {"run_id": rid, "task": "cola", "seed": s, ATT: att, alpha: a, "mcc": 0.3 + rng.normal(0, 0.01)}
+                )
     tidy = pd.DataFrame(rows)
     tidy["mcc"] = tidy.groupby("run_id")["mcc"].transform("first")
     real = analyze.analyze_table(tidy, metric="auto", factors=[ATT, alpha], baseline={ATT: "mse", alpha: 1})
@@ -463,8 +639,10 @@ def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) 
         assert "merged factor attention" in text and "Seed is a block" in text, fmt
         assert "kl|mse" in text, fmt  # the collapsed row, shown once
     assert "alpha=0 vs rest" in texts["md"]
-    assert read_section_csv(tmp_path / "cells.csv")["stands_for"][0] == ["attention=kl, alpha=0",
-                                                                         "attention=mse, alpha=0"]
+    assert read_section_csv(tmp_path / "cells.csv")["stands_for"][0] == [
+        "attention=kl, alpha=0",
+        "attention=mse, alpha=0",
+    ]
 
 
 # --------------------------------------------------------------------------- plots
@@ -515,20 +693,29 @@ def search_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     state[5], state[9] = "PRUNED", "FAIL"
     history = pd.DataFrame({"number": range(n), "value": value, "state": state})
     history.loc[9, "value"] = np.nan
-    params = pd.DataFrame({"number": range(n), "alpha": alpha, "temperature": temp,
-                           "attention": rng.choice(["mse", "kl"], n)})
+    params = pd.DataFrame(
+        {"number": range(n), "alpha": alpha, "temperature": temp, "attention": rng.choice(["mse", "kl"], n)}
+    )
     return history, params
 
 
 def test_search_plots(tmp_path: Path) -> None:
     history, params = search_frames()
-    paths = search_plots(history, {"alpha": 0.7, "temperature": 0.2, "attention": 0.1}, params,
-                         out_dir=tmp_path, params=["alpha", "attention"], formats=("png",))
+    paths = search_plots(
+        history,
+        {"alpha": 0.7, "temperature": 0.2, "attention": 0.1},
+        params,
+        out_dir=tmp_path,
+        params=["alpha", "attention"],
+        formats=("png",),
+    )
     assert_images(paths)
     assert sorted({p.stem for p in paths}) == ["search_history", "search_importances", "search_slices"]
     # optuna's trials_dataframe() layout: params_<name> columns, TrialState-like states, no importances.
-    optuna_like = history.assign(**{f"params_{c}": params[c] for c in ("alpha", "temperature")},
-                                 state=[f"TrialState.{s}" for s in history["state"]])
+    optuna_like = history.assign(
+        **{f"params_{c}": params[c] for c in ("alpha", "temperature")},
+        state=[f"TrialState.{s}" for s in history["state"]],
+    )
     # No importances: every parameter gets a slice (temperature spans > 2 decades: log axis).
     paths = search_plots(optuna_like, None, out_dir=tmp_path / "o", formats=("svg",))
     assert sorted(p.name for p in paths) == ["search_history.svg", "search_slices.svg"]
@@ -547,8 +734,11 @@ def test_report_imports_no_torch_and_no_upper_layer() -> None:
 
     for path in Path(kdgrid.report.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 assert name.split(".")[0] not in ("torch", "transformers", "optuna"), (path.name, name)
                 assert not name.startswith(("kdgrid.train", "kdgrid.cli")), (path.name, name)
@@ -567,12 +757,12 @@ def test_odd_inputs_do_not_crash(tmp_path: Path, analysis: FakeAnalysis) -> None
         paired_tests=analysis.paired_tests.head(2).assign(note=[None, np.nan]),
         power=power,
         diagnostics=pd.DataFrame({"task": ["cola"], "check": ["x"], "value": [None], "note": [None]}),
-        sensitivity=analysis.sensitivity.head(2).drop(columns="train_size").assign(teacher=np.nan,
-                                                                                   retention=np.nan),
+        sensitivity=analysis.sensitivity.head(2).drop(columns="train_size").assign(teacher=np.nan, retention=np.nan),
         warnings=["a | pipe, an *asterisk*, 50% & a_b $x$ {y} <tag>"],
     )
-    texts = render_many(odd, fmts=FORMATS, out_dir=tmp_path, title="odd & <title>", meta={"nested": {"a": [1, None]}},
-                        plots=False)
+    texts = render_many(
+        odd, fmts=FORMATS, out_dir=tmp_path, title="odd & <title>", meta={"nested": {"a": [1, None]}}, plots=False
+    )
     assert "42." in texts["md"] and "∞" in texts["md"] and "$\\infty$" in texts["latex"]
     assert "a \\| pipe, an \\*asterisk\\*" in texts["md"]
     assert "50\\% \\& a\\_b \\$x\\$ \\{y\\} $<$tag$>$" in texts["latex"]
@@ -592,24 +782,31 @@ def make_provenance(root: Path, **changes: Any) -> Reproducibility:
     """A hand-built store read-out; the store queries themselves are tested in test_report_cli.py."""
     text = "name: tinybert-ablation\n# a ``` fence inside the file must not close the block\nseeds: 3\n"
     info = Reproducibility(
-        study="tinybert-ablation", db=str(root / "x" / "k.duckdb"), path=str(root / "x" / "studies" / "a b.yaml"),
-        sha256=hashlib.sha256(text.encode()).hexdigest(), text=text, status_counts={"done": 12, "failed": 1},
-        first_started=dt.datetime(2026, 1, 5, 10, 0), last_finished=dt.datetime(2026, 1, 5, 12, 3, 20),
-        run_time_s=4000.0, code=(CodeVersion("0.1.0", "f" * 40, 12),),
+        study="tinybert-ablation",
+        db=str(root / "x" / "k.duckdb"),
+        path=str(root / "x" / "studies" / "a b.yaml"),
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        text=text,
+        status_counts={"done": 12, "failed": 1},
+        first_started=dt.datetime(2026, 1, 5, 10, 0),
+        last_finished=dt.datetime(2026, 1, 5, 12, 3, 20),
+        run_time_s=4000.0,
+        code=(CodeVersion("0.1.0", "f" * 40, 12),),
         libraries=(LibrarySet({"torch": "2.13.0", "python": "3.12.3"}, 12),),
-        machines=(Machine("node1", "NVIDIA H100", 12),), data_recorded=True,
+        machines=(Machine("node1", "NVIDIA H100", 12),),
+        data_recorded=True,
         data=(DataFile("cola", "train", "hub:nyu-mll/glue/cola/train", 12), DataFile("cola", "dev", "sha256:bb", 12)),
         teachers=(TeacherUsed("cola-abc", "cola", "minilm-l6", 0, 0.0, True, 12),),
     )
     return replace(info, **changes)
 
 
-def test_reproducibility_in_every_display_format(tmp_path: Path, analysis: FakeAnalysis,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reproducibility_in_every_display_format(
+    tmp_path: Path, analysis: FakeAnalysis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     info = make_provenance(tmp_path)
-    texts = render_many(analysis, fmts=FORMATS, out_dir=tmp_path, title="t", meta={}, plots=False,
-                        reproducibility=info)
+    texts = render_many(analysis, fmts=FORMATS, out_dir=tmp_path, title="t", meta={}, plots=False, reproducibility=info)
     run = "kdgrid run 'x/studies/a b.yaml' --db x/k.duckdb"  # relative to the cwd, quoted for the shell
     for fmt in ("md", "html", "table", "latex"):
         assert "Reproducibility" in texts[fmt] and info.sha256 in texts[fmt], fmt
@@ -633,12 +830,21 @@ def test_reproducibility_in_every_display_format(tmp_path: Path, analysis: FakeA
 def test_reproducibility_missing_facts_and_mixtures(tmp_path: Path, analysis: FakeAnalysis) -> None:
     info = make_provenance(
         tmp_path,
-        sha256="0" * 64, path=None, first_started=None, last_finished=None, run_time_s=None,
+        sha256="0" * 64,
+        path=None,
+        first_started=None,
+        last_finished=None,
+        run_time_s=None,
         code=(CodeVersion("0.1.0", "a" * 40, 6), CodeVersion(None, None, 6)),
-        data=(DataFile("cola", "dev", "sha256:aa", 6), DataFile("cola", "dev", "sha256:bb", 5),
-              DataFile("cola", None, None, 1)),
-        teachers=(TeacherUsed("cola-1", "cola", "m", 0, 0.5, False, 12),
-                  TeacherUsed("cola-2", "cola", "m", 0, 0.5, False, 12)),
+        data=(
+            DataFile("cola", "dev", "sha256:aa", 6),
+            DataFile("cola", "dev", "sha256:bb", 5),
+            DataFile("cola", None, None, 1),
+        ),
+        teachers=(
+            TeacherUsed("cola-1", "cola", "m", 0, 0.5, False, 12),
+            TeacherUsed("cola-2", "cola", "m", 0, 0.5, False, 12),
+        ),
     )
     md = render(analysis, fmt="md", out_dir=None, title="t", meta={}, plots=False, reproducibility=info)
     assert "does NOT match the stored study text" in md

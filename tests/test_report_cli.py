@@ -28,9 +28,11 @@ runner = CliRunner()
 def report_json(tmp_path: Path, df, *args: str) -> dict:
     path = tmp_path / "table.csv"
     df.to_csv(path, index=False)
-    res = runner.invoke(app, ["report", "--from", str(path), "--format", "json", "--no-plots", "--out", str(tmp_path / "rep"), *args])
+    res = runner.invoke(
+        app, ["report", "--from", str(path), "--format", "json", "--no-plots", "--out", str(tmp_path / "rep"), *args]
+    )
     assert res.exit_code == 0, res.output
-    return json.loads(res.stdout[res.stdout.index("{"):res.stdout.rindex("}") + 1])
+    return json.loads(res.stdout[res.stdout.index("{") : res.stdout.rindex("}") + 1])
 
 
 def anova_terms(data: dict, task: str) -> dict[str, dict]:
@@ -56,19 +58,39 @@ def test_toothgrowth_anova_through_cli(tmp_path: Path) -> None:
     t = anova_terms(data, "all")
     assert t["supp"]["F"] == pytest.approx(15.572, rel=5e-5) and t["supp"]["p"] == pytest.approx(0.0002312, rel=5e-4)
     assert t["dose"]["F"] == pytest.approx(92.000, rel=5e-5) and t["dose"]["sum_sq"] == pytest.approx(2426.43, rel=5e-6)
-    assert t["supp:dose"]["F"] == pytest.approx(4.107, rel=2e-4) and t["supp:dose"]["p"] == pytest.approx(0.02186, rel=5e-4)
+    assert t["supp:dose"]["F"] == pytest.approx(4.107, rel=2e-4) and t["supp:dose"]["p"] == pytest.approx(
+        0.02186, rel=5e-4
+    )
     assert t["Residual"]["df"] == 54 and t["Residual"]["sum_sq"] == pytest.approx(712.11, abs=0.005)
 
 
-@pytest.mark.parametrize(("typ", "expected"), [
-    # R: car::Anova(lm(conformity ~ fcategory * partner.status, data = Moore, contrasts = contr.sum), type = 2 / 3)
-    # type II at full precision (the parameters package's tests, same model)
-    ("2", {"fcategory": (0.276958464357662, 0.759564473545402), "partner.status": (10.1206921894899, 0.00287422991075648),
-           "fcategory:partner.status": (4.18462326063615, 0.0225724417916786)}),
-    ("3", {"fcategory": (0.8589, 0.431492), "partner.status": (11.4250, 0.001657), "fcategory:partner.status": (4.1846, 0.022572)}),
-])
+@pytest.mark.parametrize(
+    ("typ", "expected"),
+    [
+        # R: car::Anova(lm(conformity ~ fcategory * partner.status, data = Moore, contrasts = contr.sum), type = 2 / 3)
+        # type II at full precision (the parameters package's tests, same model)
+        (
+            "2",
+            {
+                "fcategory": (0.276958464357662, 0.759564473545402),
+                "partner.status": (10.1206921894899, 0.00287422991075648),
+                "fcategory:partner.status": (4.18462326063615, 0.0225724417916786),
+            },
+        ),
+        (
+            "3",
+            {
+                "fcategory": (0.8589, 0.431492),
+                "partner.status": (11.4250, 0.001657),
+                "fcategory:partner.status": (4.1846, 0.022572),
+            },
+        ),
+    ],
+)
 def test_unbalanced_moore_anova_through_cli(tmp_path: Path, typ: str, expected: dict) -> None:
-    data = report_json(tmp_path, moore_df(), "--metric", "conformity", "--factors", "fcategory,partner.status", "--anova-type", typ)
+    data = report_json(
+        tmp_path, moore_df(), "--metric", "conformity", "--factors", "fcategory,partner.status", "--anova-type", typ
+    )
     t = anova_terms(data, "all")
     for term, (f, p) in expected.items():
         # R prints 4-5 significant digits: compare to half a unit in the last printed place
@@ -79,8 +101,12 @@ def test_unbalanced_moore_anova_through_cli(tmp_path: Path, typ: str, expected: 
 def test_seed_block_through_cli_and_its_switch(tmp_path: Path) -> None:
     # Montgomery, Design and Analysis of Experiments (8th ed.), Example 4.1 (RCBD, batches as blocks), Table 4.4:
     #   pressure SS 178.17 df 3 F0 = 8.11 P = 0.0019; blocks SS 192.25 df 5; error SS 109.89 df 15
-    yields = {8500: [90.3, 89.2, 98.2, 93.9, 87.4, 97.9], 8700: [92.5, 89.5, 90.6, 94.7, 87.0, 95.8],
-              8900: [85.5, 90.8, 89.6, 86.2, 88.0, 93.4], 9100: [82.5, 89.5, 85.6, 87.4, 78.9, 90.7]}
+    yields = {
+        8500: [90.3, 89.2, 98.2, 93.9, 87.4, 97.9],
+        8700: [92.5, 89.5, 90.6, 94.7, 87.0, 95.8],
+        8900: [85.5, 90.8, 89.6, 86.2, 88.0, 93.4],
+        9100: [82.5, 89.5, 85.6, 87.4, 78.9, 90.7],
+    }
     df = pd.DataFrame([{"psi": k, "seed": b + 1, "y": v} for k, vs in yields.items() for b, v in enumerate(vs)])
     data = report_json(tmp_path, df, "--metric", "y", "--factors", "psi")
     t = anova_terms(data, "all")
@@ -95,12 +121,28 @@ def test_seed_block_through_cli_and_its_switch(tmp_path: Path) -> None:
 def test_report_files_and_bad_options(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     tooth_df().to_csv(path, index=False)
-    res = runner.invoke(app, ["report", "--from", str(path), "--metric", "len", "--format", "md", "--no-plots", "--out", str(tmp_path / "r")])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            "--from",
+            str(path),
+            "--metric",
+            "len",
+            "--format",
+            "md",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     for name in ("report.md", "report.html", "report.json", "report.tex", "cells.csv", "anova.csv"):
         assert (tmp_path / "r" / name).is_file()
     bad = runner.invoke(app, ["report", "--from", str(path), "--format", "pdf"])
-    assert bad.exit_code != 0 and "--format: 'pdf' is not allowed (allowed: table, md, csv, latex, html, json)" in str(bad.exception)
+    assert bad.exit_code != 0 and "--format: 'pdf' is not allowed (allowed: table, md, csv, latex, html, json)" in str(
+        bad.exception
+    )
 
 
 # --------------------------------------------------------------------------- reproducibility (from a store)
@@ -108,25 +150,53 @@ def test_report_files_and_bad_options(tmp_path: Path) -> None:
 STUDY_TEXT = "name: g\ntasks: [cola, stsb]\nseeds: 2\ngrid:\n  objective.prediction.temperature: [1.0, 4.0]\n"
 STUDY_SHA = hashlib.sha256(STUDY_TEXT.encode()).hexdigest()
 START = dt.datetime(2026, 1, 5, 10, 0, 0)
-VERSIONS = {"python": "3.12.3", "kdgrid": "0.1.0", "torch": "2.13.0", "transformers": "4.56.1", "kdgrid_git": "c0ffee" * 6 + "ab"}
-DATA = {"cola": {"train": "sha256:" + "a" * 64, "dev": "sha256:" + "b" * 64},
-        "stsb": {"train": "sha256:" + "c" * 64, "dev": "sha256:" + "d" * 64}}
+VERSIONS = {
+    "python": "3.12.3",
+    "kdgrid": "0.1.0",
+    "torch": "2.13.0",
+    "transformers": "4.56.1",
+    "kdgrid_git": "c0ffee" * 6 + "ab",
+}
+DATA = {
+    "cola": {"train": "sha256:" + "a" * 64, "dev": "sha256:" + "b" * 64},
+    "stsb": {"train": "sha256:" + "c" * 64, "dev": "sha256:" + "d" * 64},
+}
 
 
 def _teacher(task: str, model: str = "minilm-l6", key: str | None = None) -> dict[str, Any]:
-    return {"key": key or f"{task}-0123456789abcdef0123", "task": task, "model": model, "seed": 0,
-            "path": f"/cache/teachers/{task}", "metrics": {"mcc": 0.5}, "majority": 0.691, "flagged": False}
+    return {
+        "key": key or f"{task}-0123456789abcdef0123",
+        "task": task,
+        "model": model,
+        "seed": 0,
+        "path": f"/cache/teachers/{task}",
+        "metrics": {"mcc": 0.5},
+        "majority": 0.691,
+        "flagged": False,
+    }
 
 
 def _result(run: Any, i: int, *, status: str = "done", **extra: Any) -> dict[str, Any]:
     """Run i of the grid: started i minutes after START, 50 s long, with everything a real run records."""
     started = START + dt.timedelta(minutes=i)
     name = "mcc" if run.task == "cola" else "pearson"
-    return {"run_id": run.run_id, "task": run.task, "seed": run.seed, "config": run.config, "status": status,
-            "started": started.isoformat(sep=" "), "finished": (started + dt.timedelta(seconds=50)).isoformat(sep=" "),
-            "duration_s": 50.0, "host": "node1", "device": "cpu (x86_64)", "versions": VERSIONS,
-            "data": DATA.get(run.task), "teacher": _teacher(run.task),
-            "metrics": [{"stage": "final", "split": "dev", "name": name, "value": 0.4 + 0.01 * i}], **extra}
+    return {
+        "run_id": run.run_id,
+        "task": run.task,
+        "seed": run.seed,
+        "config": run.config,
+        "status": status,
+        "started": started.isoformat(sep=" "),
+        "finished": (started + dt.timedelta(seconds=50)).isoformat(sep=" "),
+        "duration_s": 50.0,
+        "host": "node1",
+        "device": "cpu (x86_64)",
+        "versions": VERSIONS,
+        "data": DATA.get(run.task),
+        "teacher": _teacher(run.task),
+        "metrics": [{"stage": "final", "split": "dev", "name": name, "value": 0.4 + 0.01 * i}],
+        **extra,
+    }
 
 
 def build_store(root: Path) -> tuple[Path, list[Any]]:
@@ -134,8 +204,16 @@ def build_store(root: Path) -> tuple[Path, list[Any]]:
     hashes), 1 failed, 1 pending. Study h in the same store (and a run of no study) have runs, a host and
     teachers that g's report must not show."""
     db = root / "k.duckdb"
-    planned = expand(Study.model_validate({"name": "g", "tasks": ["cola", "stsb"], "seeds": 2,
-                                           "grid": {"objective.prediction.temperature": [1.0, 4.0]}}))
+    planned = expand(
+        Study.model_validate(
+            {
+                "name": "g",
+                "tasks": ["cola", "stsb"],
+                "seeds": 2,
+                "grid": {"objective.prediction.temperature": [1.0, 4.0]},
+            }
+        )
+    )
     other = expand(Study.model_validate({"name": "h", "tasks": ["sst2"], "seeds": 1}))
     stsb = [i for i, r in enumerate(planned) if r.task == "stsb"]
     assert stsb == [4, 5, 6, 7]  # expand's order: the counts below rest on it
@@ -144,8 +222,16 @@ def build_store(root: Path) -> tuple[Path, list[Any]]:
     results[1] = {**results[1], "versions": {**VERSIONS, "torch": "2.12.0"}}
     results[stsb[0]] = {**results[stsb[0]], "data": None}
     early, late = START - dt.timedelta(hours=1), START + dt.timedelta(hours=4)
-    results += [{**_result(r, 0), "started": early.isoformat(sep=" "), "finished": late.isoformat(sep=" "),
-                 "host": "other-host", "teacher": _teacher("sst2")} for r in other]
+    results += [
+        {
+            **_result(r, 0),
+            "started": early.isoformat(sep=" "),
+            "finished": late.isoformat(sep=" "),
+            "host": "other-host",
+            "teacher": _teacher("sst2"),
+        }
+        for r in other
+    ]
     stray_teacher = _teacher("cola", "bert-base", "cola-bert")
     results.append({**_result(planned[0], 0), "run_id": "stray", "teacher": stray_teacher})
     with open_store(db) as s:
@@ -169,10 +255,16 @@ def test_study_reproducibility_counts_only_this_study(tmp_path: Path) -> None:
     assert "kdgrid" not in info.libraries[0].versions and "kdgrid_git" not in info.libraries[0].versions
     assert [(m.host, m.device, m.runs) for m in info.machines] == [("node1", "cpu (x86_64)", 6)]
     assert [(d.task, d.split, d.hash, d.runs) for d in info.data] == [
-        ("cola", "train", DATA["cola"]["train"], 4), ("cola", "dev", DATA["cola"]["dev"], 4),
-        ("stsb", "train", DATA["stsb"]["train"], 1), ("stsb", "dev", DATA["stsb"]["dev"], 1), ("stsb", None, None, 1)]
+        ("cola", "train", DATA["cola"]["train"], 4),
+        ("cola", "dev", DATA["cola"]["dev"], 4),
+        ("stsb", "train", DATA["stsb"]["train"], 1),
+        ("stsb", "dev", DATA["stsb"]["dev"], 1),
+        ("stsb", None, None, 1),
+    ]
     assert [(t.key, t.task, t.runs) for t in info.teachers] == [
-        ("cola-0123456789abcdef0123", "cola", 4), ("stsb-0123456789abcdef0123", "stsb", 2)]
+        ("cola-0123456789abcdef0123", "cola", 4),
+        ("stsb-0123456789abcdef0123", "stsb", 2),
+    ]
 
 
 def report_files(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -206,13 +298,24 @@ def test_report_has_reproducibility_section_in_md_html_json(tmp_path: Path, monk
     assert "<details><summary>Study file studies/g.yaml" in html_text
     assert html.escape(STUDY_TEXT) in html_text and 'href="#reproducibility"' in html_text
     rep = json.loads(files["json"])["reproducibility"]
-    assert rep["study_file"] == {"path": str(tmp_path / "studies" / "g.yaml"), "sha256": STUDY_SHA,
-                                 "sha256_matches_text": True, "text": STUDY_TEXT}
-    assert rep["commands"] == {"check": f"sha256sum studies/g.yaml  # expect {STUDY_SHA}", "run": run_cmd,
-                               "report": report_cmd}
+    assert rep["study_file"] == {
+        "path": str(tmp_path / "studies" / "g.yaml"),
+        "sha256": STUDY_SHA,
+        "sha256_matches_text": True,
+        "text": STUDY_TEXT,
+    }
+    assert rep["commands"] == {
+        "check": f"sha256sum studies/g.yaml  # expect {STUDY_SHA}",
+        "run": run_cmd,
+        "report": report_cmd,
+    }
     assert rep["runs"] == {"total": 8, "by_status": {"done": 6, "failed": 1, "pending": 1}}
-    assert rep["time"] == {"first_started_utc": "2026-01-05T10:00:00", "last_finished_utc": "2026-01-05T10:06:50",
-                           "wall_s": 410.0, "run_time_s": 350.0}
+    assert rep["time"] == {
+        "first_started_utc": "2026-01-05T10:00:00",
+        "last_finished_utc": "2026-01-05T10:06:50",
+        "wall_s": 410.0,
+        "run_time_s": 350.0,
+    }
     assert rep["data"]["recorded"] is True and rep["data"]["not_recorded"] == [{"task": "stsb", "runs": 1}]
     assert {"task": "cola", "split": "train", "hash": DATA["cola"]["train"], "runs": 4} in rep["data"]["files"]
     assert rep["kdgrid"] == [{"version": "0.1.0", "commit": VERSIONS["kdgrid_git"], "runs": 6}]
@@ -228,8 +331,11 @@ def test_store_without_data_column_says_not_recorded(tmp_path: Path, monkeypatch
         assert "not recorded (the store predates data hashes)" in files[fmt]
         assert "sha256:" + "a" * 64 not in files[fmt]
     rep = json.loads(files["json"])["reproducibility"]
-    assert rep["data"] == {"recorded": False, "files": [],
-                           "not_recorded": [{"task": "cola", "runs": 4}, {"task": "stsb", "runs": 2}]}
+    assert rep["data"] == {
+        "recorded": False,
+        "files": [],
+        "not_recorded": [{"task": "cola", "runs": 4}, {"task": "stsb", "runs": 2}],
+    }
     with duckdb.connect(str(db), read_only=True) as con:  # a report never migrates the store
         assert "data" not in [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
 
@@ -260,8 +366,9 @@ def _two_method_table() -> pd.DataFrame:
 def test_teachers_file_gives_sensitivity_and_floors(tmp_path: Path, floor: float) -> None:
     teachers = tmp_path / "teachers.csv"
     teachers.write_text(f"# from an old report\ntask,teacher,floor\nrte,0.567,{floor}\n", encoding="utf-8")
-    rep = report_json(tmp_path, _two_method_table(), "--factors", "method", "--baseline", "method=a",
-                      "--teachers", str(teachers))
+    rep = report_json(
+        tmp_path, _two_method_table(), "--factors", "method", "--baseline", "method=a", "--teachers", str(teachers)
+    )
     assert {r["task"] for r in rep["sensitivity"]} == {"rte"}
     assert {r["teacher"] for r in rep["sensitivity"]} == {0.567}
     (row,) = rep["paired_tests"]
@@ -277,8 +384,9 @@ def test_teachers_needs_from_and_raw_units(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "only with --from" in str(res.exception)
     table = tmp_path / "t.csv"
     _two_method_table().to_csv(table, index=False)
-    res = runner.invoke(app, ["report", "--from", str(table), "--teachers", str(teachers), "--no-plots",
-                              "--out", str(tmp_path / "rep")])
+    res = runner.invoke(
+        app, ["report", "--from", str(table), "--teachers", str(teachers), "--no-plots", "--out", str(tmp_path / "rep")]
+    )
     assert res.exit_code != 0 and "raw units" in str(res.exception)
     assert not (tmp_path / "rep").exists()
 
@@ -287,7 +395,20 @@ def test_exported_results_table_is_titled_by_its_folder(tmp_path: Path) -> None:
     folder = tmp_path / "my-study"
     folder.mkdir()
     _two_method_table().to_csv(folder / "results.csv", index=False)
-    res = runner.invoke(app, ["report", "--from", str(folder / "results.csv"), "--format", "md", "--no-plots",
-                              "--factors", "method", "--out", str(tmp_path / "rep")])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            "--from",
+            str(folder / "results.csv"),
+            "--format",
+            "md",
+            "--no-plots",
+            "--factors",
+            "method",
+            "--out",
+            str(tmp_path / "rep"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("# kdgrid report: my-study")

@@ -37,10 +37,22 @@ def screenshot(url: str, shot: Path, profile: Path, size: str) -> subprocess.Com
     # component updates or QUIC probes, a throwaway profile directory, no sandbox
     # (containers usually lack the namespaces it needs).
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--enable-logging=stderr", "--log-level=0", f"--user-data-dir={profile}", f"--screenshot={shot}",
-        f"--window-size={size}", "--hide-scrollbars", url,
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--log-level=0",
+        f"--user-data-dir={profile}",
+        f"--screenshot={shot}",
+        f"--window-size={size}",
+        "--hide-scrollbars",
+        url,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
 

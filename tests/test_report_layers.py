@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import write_cola_dir
 from test_cli_e2e import kdgrid
 
@@ -35,12 +34,26 @@ variants:
     kdgrid("run", str(study), "--db", str(db), cwd=tmp_path)
     out = tmp_path / "rep"
     for fmt in ("json", "md"):
-        kdgrid("report", "--db", str(db), "--study", "layers", "--out", str(out), "--format", fmt, "--no-plots",
-               cwd=tmp_path)
+        kdgrid(
+            "report",
+            "--db",
+            str(db),
+            "--study",
+            "layers",
+            "--out",
+            str(out),
+            "--format",
+            fmt,
+            "--no-plots",
+            cwd=tmp_path,
+        )
     layers = {r["cell"]: (r["copied"], r["mapped"]) for r in json.loads((out / "report.json").read_text())["layers"]}
     # The tiny teacher has 4 layers: first_last on 2 student layers copies and maps 1 and 4; the learnable
     # mapping starts on the uniform map (2, 4) and the student copies those; init_layers overrides the copy only.
-    assert layers == {"design=first-last": ("1-4", "1-4"), "design=learnable": ("2-4", "learnable over 2-4"),
-                      "design=copy-other": ("2-3", "1-4")}
+    assert layers == {
+        "design=first-last": ("1-4", "1-4"),
+        "design=learnable": ("2-4", "learnable over 2-4"),
+        "design=copy-other": ("2-3", "1-4"),
+    }
     md = (out / "report.md").read_text()
     assert "## Layers copied and mapped" in md and "learnable over 2-4" in md

@@ -26,8 +26,12 @@ from kdgrid.report.tables import DisplayTable
 ROOT = Path(__file__).resolve().parents[1]
 # The first ablation-cpu results (kdgrid 0.1 runs, 3-layer students), frozen here: reports/ holds the rerun.
 PARQUET = ROOT / "tests" / "data" / "ablation-cpu-0.1.parquet"
-ATT, SIZE, KIND, ALPHA = ("objective.intermediate.attention", "data.max_train_examples", "objective.mapping.kind",
-                          "objective.intermediate.alpha")
+ATT, SIZE, KIND, ALPHA = (
+    "objective.intermediate.attention",
+    "data.max_train_examples",
+    "objective.mapping.kind",
+    "objective.intermediate.alpha",
+)
 BASELINE = {ATT: "mse", KIND: "uniform", ALPHA: "0.5"}
 pytestmark = pytest.mark.skipif(not PARQUET.is_file(), reason="tests/data/ablation-cpu-0.1.parquet not present")
 
@@ -61,7 +65,14 @@ def test_pivot_table_labels_are_levels_alone_with_marks_and_one_baseline(ablatio
     cells = md.split("## Cells")[1].split("## ")[0]
     header = next(line for line in cells.splitlines() if line.startswith("| attention"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "attention", "kind", "alpha", "cola 200", "cola 400", "stsb 200", "stsb 400"]
+        "attention",
+        "kind",
+        "alpha",
+        "cola 200",
+        "cola 400",
+        "stsb 200",
+        "stsb 400",
+    ]
     rows = [line for line in cells.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows[0].startswith("| mse | uniform | 0.5 |") and rows[0].count("ᵇ") == 4  # baseline first, marked
     assert not any("=" in r for r in rows)  # never name=value chains
@@ -71,10 +82,14 @@ def test_pivot_table_labels_are_levels_alone_with_marks_and_one_baseline(ablatio
     assert kl_learn_1.rstrip(" |").endswith("*")
     summary = json.loads(texts["json"])["summary"]
     assert summary["question"] == "Which loss?"
-    assert summary["decisive"] and all(" is worse than the baseline (Δ " in d or "better" in d or "equivalent" in d
-                                       for d in summary["decisive"] if not d.startswith("…"))
-    assert re.match(r"\d+ different, \d+ equivalent, \d+ undecided of \d+ comparisons; largest: stsb",
-                    summary["headline"])
+    assert summary["decisive"] and all(
+        " is worse than the baseline (Δ " in d or "better" in d or "equivalent" in d
+        for d in summary["decisive"]
+        if not d.startswith("…")
+    )
+    assert re.match(
+        r"\d+ different, \d+ equivalent, \d+ undecided of \d+ comparisons; largest: stsb", summary["headline"]
+    )
 
 
 def test_terminal_fits_80_columns_and_brief_shows_only_the_decisive(ablation) -> None:
@@ -96,8 +111,16 @@ def test_every_figure_is_one_or_two_columns_wide_with_short_legends(ablation) ->
 
     plots = build_figures(ablation) + build_figures(make_analysis())
     names = {p.name for p in plots}
-    assert {"interaction_cola", "interaction_stsb", "forest_cola", "forest_stsb", "delta_heatmap",
-            "critical_difference", "mapping_cola", "sensitivity_retention"} <= names
+    assert {
+        "interaction_cola",
+        "interaction_stsb",
+        "forest_cola",
+        "forest_stsb",
+        "delta_heatmap",
+        "critical_difference",
+        "mapping_cola",
+        "sensitivity_retention",
+    } <= names
     for p in plots:
         width = p.figure.get_figwidth()
         assert width <= 2 * 3.4 + 0.01, (p.name, width)  # one or two paper columns
@@ -133,9 +156,23 @@ def test_index_links_every_report_with_its_headline(ablation, tmp_path: Path) ->
 @pytest.mark.slow
 def test_cli_brief_rows_cols_and_index(tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["report", "--from", str(PARQUET), "--factors", ",".join([ATT, SIZE, KIND, ALPHA]),
-            "--baseline", ",".join(f"{k}={v}" for k, v in BASELINE.items()), "--no-plots",
-            "--out", str(tmp_path / "ablation"), "--brief", "--rows", "attention,kind", "--cols", "task,alpha"]
+    args = [
+        "report",
+        "--from",
+        str(PARQUET),
+        "--factors",
+        ",".join([ATT, SIZE, KIND, ALPHA]),
+        "--baseline",
+        ",".join(f"{k}={v}" for k, v in BASELINE.items()),
+        "--no-plots",
+        "--out",
+        str(tmp_path / "ablation"),
+        "--brief",
+        "--rows",
+        "attention,kind",
+        "--cols",
+        "task,alpha",
+    ]
     res = runner.invoke(app, args, env={"COLUMNS": "80"})
     assert res.exit_code == 0, res.output
     assert "Decisive comparisons" in res.output and "ANOVA" not in res.output

@@ -14,7 +14,9 @@ from kdgrid.train.run import run_one
 
 def make_runs(model: Path, data: Path, **blocks: Any) -> list[Any]:
     base: dict[str, Any] = {
-        "name": "t", "tasks": ["cola"], "seeds": [0],
+        "name": "t",
+        "tasks": ["cola"],
+        "seeds": [0],
         "teacher": {"model": str(model), "finetune": {"epochs": 1, "batch_size": 8}},
         "student": {"layers": 2},
         "data": {"dir": str(data), "max_seq_length": 32},
@@ -44,7 +46,9 @@ INTERMEDIATE = [
 
 
 @pytest.mark.parametrize("inter", INTERMEDIATE, ids=lambda d: "+".join(f"{k}={v}" for k, v in d.items()))
-def test_each_objective_trains_and_logs_its_terms(tiny_model_dir: Path, data: Path, tmp_path: Path, inter: dict) -> None:
+def test_each_objective_trains_and_logs_its_terms(
+    tiny_model_dir: Path, data: Path, tmp_path: Path, inter: dict
+) -> None:
     run = make_runs(tiny_model_dir, data, objective={"intermediate": inter})[0]
     res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
     terms = {m["name"] for m in res["metrics"] if m.get("split") == "train"}
@@ -64,23 +68,36 @@ def test_each_objective_trains_and_logs_its_terms(tiny_model_dir: Path, data: Pa
 @pytest.mark.parametrize(
     "student",
     [
-        {"layers": 1}, {"layers": 3}, {"layers": 2, "init_layers": [1, 4]},
-        {"layers": 2, "heads": 2},                                      # fewer heads, teacher weights re-split
+        {"layers": 1},
+        {"layers": 3},
+        {"layers": 2, "init_layers": [1, 4]},
+        {"layers": 2, "heads": 2},  # fewer heads, teacher weights re-split
         {"layers": 2, "heads": 2, "hidden_size": 16, "intermediate_size": 32, "init": "width_slice"},
         {"layers": 5, "init": "random"},
     ],
     ids=["1L", "3L", "init-list", "2AH", "16D-slice", "5L-random"],
 )
 def test_student_shapes_run(tiny_model_dir: Path, data: Path, tmp_path: Path, student: dict) -> None:
-    run = make_runs(tiny_model_dir, data, student=student,
-                    objective={"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"})[0]
+    run = make_runs(
+        tiny_model_dir,
+        data,
+        student=student,
+        objective={"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"},
+    )[0]
     res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
     assert res["status"] == "done"
 
 
 def test_learnable_mapping_weights_are_logged_each_epoch(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
-    run = make_runs(tiny_model_dir, data, train={"epochs": 2},
-                    objective={"intermediate": {"attention": "kl", "hidden": "seq"}, "mapping": {"kind": "learnable", "init": "diagonal"}})[0]
+    run = make_runs(
+        tiny_model_dir,
+        data,
+        train={"epochs": 2},
+        objective={
+            "intermediate": {"attention": "kl", "hidden": "seq"},
+            "mapping": {"kind": "learnable", "init": "diagonal"},
+        },
+    )[0]
     res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
     w = [m for m in res["metrics"] if m.get("split") == "mapping"]
     assert {m["epoch"] for m in w} == {0, 1, 2}  # 0: the initial weights
@@ -94,8 +111,13 @@ def test_learnable_mapping_weights_are_logged_each_epoch(tiny_model_dir: Path, d
 
 
 def test_two_stage_shares_stage_one_between_cells(tiny_model_dir: Path, data: Path, tmp_path: Path) -> None:
-    runs = make_runs(tiny_model_dir, data, train={"schedule": "two_stage", "epochs": {"intermediate": 1, "prediction": 1}},
-                     objective={"intermediate": {"attention": "kl"}}, grid={"objective.prediction.temperature": [1.0, 3.0]})
+    runs = make_runs(
+        tiny_model_dir,
+        data,
+        train={"schedule": "two_stage", "epochs": {"intermediate": 1, "prediction": 1}},
+        objective={"intermediate": {"attention": "kl"}},
+        grid={"objective.prediction.temperature": [1.0, 3.0]},
+    )
     assert len({r.run_id for r in runs}) == 2
     first = run_one(runs[0].config, tmp_path / "runs" / runs[0].run_id, workdir=tmp_path)
     second = run_one(runs[1].config, tmp_path / "runs" / runs[1].run_id, workdir=tmp_path)
@@ -109,8 +131,11 @@ def test_same_run_twice_gives_the_same_metrics(tiny_model_dir: Path, data: Path,
     run = make_runs(tiny_model_dir, data, objective={"intermediate": {"attention": "kl", "hidden": "seq"}})[0]
     a = run_one(run.config, tmp_path / "a", workdir=tmp_path)
     b = run_one(run.config, tmp_path / "b", workdir=tmp_path)
-    keep = lambda r: [(m["stage"], m.get("epoch"), m["split"], m["name"], m["value"]) for m in r["metrics"]  # noqa: E731
-                      if m["split"] in ("train", "dev", "teacher")]
+    keep = lambda r: [  # noqa: E731
+        (m["stage"], m.get("epoch"), m["split"], m["name"], m["value"])
+        for m in r["metrics"]
+        if m["split"] in ("train", "dev", "teacher")
+    ]
     assert keep(a) == keep(b)
 
 
@@ -132,8 +157,9 @@ def test_on_epoch_sees_dev_metrics_and_can_stop_the_run(tiny_model_dir: Path, da
     assert "mcc" in seen[0][2]
 
 
-def test_final_dev_metrics_are_the_last_epochs_scored_once(tiny_model_dir: Path, data: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_final_dev_metrics_are_the_last_epochs_scored_once(
+    tiny_model_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import kdgrid.train.loop as loop
     import kdgrid.train.run as run_mod
 
@@ -148,8 +174,11 @@ def test_final_dev_metrics_are_the_last_epochs_scored_once(tiny_model_dir: Path,
     monkeypatch.setattr(run_mod, "evaluate", counting)
     run = make_runs(tiny_model_dir, data, train={"epochs": 2})[0]
     result = run_one(run.config, tmp_path / "r", workdir=tmp_path)
-    last = {m["name"]: m["value"] for m in result["metrics"]
-            if m["stage"] == "joint" and m["split"] == "dev" and m.get("epoch") == 2}
+    last = {
+        m["name"]: m["value"]
+        for m in result["metrics"]
+        if m["stage"] == "joint" and m["split"] == "dev" and m.get("epoch") == 2
+    }
     assert final(result) == last and "mcc" in last
     assert len(calls) == 2  # once per epoch, not again for the final row
 
@@ -177,11 +206,17 @@ def test_result_records_copied_and_mapped_layers(tiny_model_dir: Path, data: Pat
     """The tiny teacher has 4 layers: first_last on 2 student layers maps 1, 4 and (by the rule) copies 1, 4;
     init_layers makes them differ on purpose; vanilla KD copies every k-th and maps nothing."""
     cases = [
-        ({"objective": {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"}},
-         {"copied.s1": 1, "copied.s2": 4, "mapped.s1": 1, "mapped.s2": 4, "learnable": 0}),
-        ({"objective": {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"},
-          "student": {"layers": 2, "init_layers": [1, 2]}},
-         {"copied.s1": 1, "copied.s2": 2, "mapped.s1": 1, "mapped.s2": 4, "learnable": 0}),
+        (
+            {"objective": {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"}},
+            {"copied.s1": 1, "copied.s2": 4, "mapped.s1": 1, "mapped.s2": 4, "learnable": 0},
+        ),
+        (
+            {
+                "objective": {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": "first_last"},
+                "student": {"layers": 2, "init_layers": [1, 2]},
+            },
+            {"copied.s1": 1, "copied.s2": 2, "mapped.s1": 1, "mapped.s2": 4, "learnable": 0},
+        ),
         ({}, {"copied.s1": 2, "copied.s2": 4}),
     ]
     for blocks, want in cases:
@@ -237,8 +272,9 @@ def test_cached_teacher_logits_use_the_runs_precision(tiny_model_dir: Path, data
     positions = np.arange(len(full))
     cpu = torch.device("cpu")
     bf16 = _autocast(cpu, "bf16")
-    table = cached_teacher_logits(teacher, "k", full, positions, tmp_path, cpu, 0, batch_size=1,
-                                  precision="bf16", autocast=bf16)
+    table = cached_teacher_logits(
+        teacher, "k", full, positions, tmp_path, cpu, 0, batch_size=1, precision="bf16", autocast=bf16
+    )
     fp32 = cached_teacher_logits(teacher, "k", full, positions, tmp_path, cpu, 0, batch_size=1)
     collate = Collator(0)
     with torch.no_grad():
@@ -252,11 +288,16 @@ def test_cached_teacher_logits_use_the_runs_precision(tiny_model_dir: Path, data
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_a_run_with_and_without_the_activation_cache_gives_the_same_metrics(
-        tiny_model_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    tiny_model_dir: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
     """Stored activations (kdgrid.train.activation_cache) change only the rounding: fp32 storage gives the
     recomputed run's losses to 1e-5 (or 1e-8 absolute) and its dev metrics exactly; fp16 its losses to 1e-2 (tests/test_activation_cache.py)."""
-    run = make_runs(tiny_model_dir, data, train={"epochs": 2},
-                    objective={"intermediate": {"attention": "kl", "hidden": "seq", "value": "kl"}})[0]
+    run = make_runs(
+        tiny_model_dir,
+        data,
+        train={"epochs": 2},
+        objective={"intermediate": {"attention": "kl", "hidden": "seq", "value": "kl"}},
+    )[0]
     monkeypatch.setenv("KDGRID_ACTIVATION_DTYPE", dtype)
     monkeypatch.setenv("KDGRID_ACTIVATION_CACHE_GB", "0")
     plain = run_one(run.config, tmp_path / "a" / run.run_id, workdir=tmp_path)

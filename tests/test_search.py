@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import optuna
 import pytest
-
 from search_fakes import CALLS, fake_runner
+
 from kdgrid.errors import KdgridError, StudyError
 from kdgrid.search import check_search
 from kdgrid.search.command import search_main
@@ -31,12 +31,20 @@ from kdgrid.study import load_study
 from kdgrid.study.schema import Execute
 
 TESTS = Path(__file__).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       # the checkout under test first: an installed kdgrid from another tree would sign the search differently
-       "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    # the checkout under test first: an installed kdgrid from another tree would sign the search differently
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+}
 
-def fake_runner_without_hook(config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
-                             on_epoch: Any = None) -> dict[str, Any]:
+
+def fake_runner_without_hook(
+    config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+) -> dict[str, Any]:
     """Reports no epoch while it trains (as a Slurm job): pruning then acts between runs, from the stored epochs."""
     return fake_runner(config, rdir, workdir=workdir, on_progress=on_progress)
 
@@ -104,9 +112,12 @@ def test_tiny_search_end_to_end_with_report(tmp_path: Path) -> None:
     assert len(CALLS) == 8
     for number, run_id, params, value, _ in trials:
         alpha = json.loads(params)["objective.intermediate.alpha"]
-        members = rows(db, "SELECT r.seed FROM study_runs s JOIN runs r USING (run_id) "
-                           "JOIN factors f USING (study, cell, run_id) "
-                           f"WHERE s.study = 's.search' AND f.name = 'trial' AND f.value = '{number}' ORDER BY r.seed")
+        members = rows(
+            db,
+            "SELECT r.seed FROM study_runs s JOIN runs r USING (run_id) "
+            "JOIN factors f USING (study, cell, run_id) "
+            f"WHERE s.study = 's.search' AND f.name = 'trial' AND f.value = '{number}' ORDER BY r.seed",
+        )
         assert [m[0] for m in members] == [0, 1]
         # the value is the mean over the trial's seeds of the final dev metric
         assert value == pytest.approx(0.5 - (alpha - 0.3) ** 2 + 0.005)
@@ -122,7 +133,14 @@ def test_tiny_search_end_to_end_with_report(tmp_path: Path) -> None:
     assert set(rep.importances) == {"objective.intermediate.alpha", "objective.prediction.temperature"}
     files = write_search_report(rep, tmp_path / "rep", plots=True)
     names = {f.name for f in files}
-    assert {"search.md", "trials.csv", "search.json", "importances.csv", "search_history.png", "search_slices.png"} <= names
+    assert {
+        "search.md",
+        "trials.csv",
+        "search.json",
+        "importances.csv",
+        "search_history.png",
+        "search_slices.png",
+    } <= names
     assert "## Best parameters" in (tmp_path / "rep" / "search.md").read_text()
 
 
@@ -162,10 +180,17 @@ def test_trial_of_a_killed_process_is_queued_again(tmp_path: Path) -> None:
     marker = tmp_path / "hanging"
     env = {**ENV, "KDGRID_FAKE_HANG_AT": "3", "KDGRID_FAKE_MARKER": str(marker)}
     # A search session (what 'kdgrid search' runs), killed -9 in trial 1's first run.
-    code = ("import sys; from pathlib import Path; from test_search import fake_runner, job; "
-            "from kdgrid.search.loop import run_search; run_search(job(Path(sys.argv[1])), runner=fake_runner)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    code = (
+        "import sys; from pathlib import Path; from test_search import fake_runner, job; "
+        "from kdgrid.search.loop import run_search; run_search(job(Path(sys.argv[1])), runner=fake_runner)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         for _ in range(1200):
             if marker.exists() or proc.poll() is not None:
@@ -181,13 +206,21 @@ def test_trial_of_a_killed_process_is_queued_again(tmp_path: Path) -> None:
     assert states[:2] == [(0, "complete"), (1, "interrupted")] and len(states) == 5
     assert [s for _, s in states[2:]] == ["complete"] * 3 and out.complete == 3
     # the killed trial's two runs ran again (as trial 2), then trials 3 and 4; trial 0's runs did not
-    trial0 = {r[0] for r in rows(db, "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
-                                     "WHERE name = 'trial' AND value = '0'")}
+    trial0 = {
+        r[0]
+        for r in rows(
+            db,
+            "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
+            "WHERE name = 'trial' AND value = '0'",
+        )
+    }
     assert marker.read_text() in CALLS and not trial0 & set(CALLS) and len(CALLS) == 2 + 2 + 2
     assert rows(db, "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'done'") == [(8, 8)]
 
 
-def test_two_workers_run_the_trials_and_store_every_trial_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_workers_run_the_trials_and_store_every_trial_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_study(tmp_path, SEARCH)
     loaded = load_study(tmp_path / "s.yaml")
     db = tmp_path / "k.duckdb"
@@ -204,19 +237,25 @@ def test_two_workers_run_the_trials_and_store_every_trial_once(tmp_path: Path, c
     assert rows(db, "SELECT count(*) FROM study_runs WHERE study = 's.search'") == [(8,)]  # every round's runs kept
 
 
-def test_a_killed_worker_is_retried_within_retries_and_its_trial_completes(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_worker_is_retried_within_retries_and_its_trial_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_study(tmp_path, SEARCH.replace("trials: 4", "trials: 2"))
     monkeypatch.setenv("KDGRID_FAULT", "kill:seed=1@1")  # seed 1's first attempt dies, as under the OOM killer
     out = run_search(job(tmp_path), runner=fake_runner, execute=Execute(workers=2, retries=1))
     assert (out.complete, out.failed) == (2, 0)
     db = tmp_path / "k.duckdb"
-    assert sorted(rows(db, "SELECT seed, status, attempt FROM runs")) == [(0, "done", 1), (0, "done", 1),
-                                                                        (1, "done", 2), (1, "done", 2)]
+    assert sorted(rows(db, "SELECT seed, status, attempt FROM runs")) == [
+        (0, "done", 1),
+        (0, "done", 1),
+        (1, "done", 2),
+        (1, "done", 2),
+    ]
     # without a retry the trial fails
     j = job(tmp_path, target=3)
-    open_search(j.db_path, j.study, n_trials=3).enqueue_trial({"objective.intermediate.alpha": 0.2,
-                                                               "objective.prediction.temperature": 2.0})
+    open_search(j.db_path, j.study, n_trials=3).enqueue_trial(
+        {"objective.intermediate.alpha": 0.2, "objective.prediction.temperature": 2.0}
+    )
     out = run_search(j, runner=fake_runner, execute=Execute(workers=2, retries=0))
     assert out.failed == 1 and "worker process killed by SIGKILL" in out.errors[0][1]
 
@@ -236,22 +275,37 @@ def test_search_and_grid_runs_keep_off_each_others_store(tmp_path: Path) -> None
     study = load_study(tmp_path / "s.yaml").study
     with coordinator(db), pytest.raises(StoreError, match="another 'kdgrid run' is using this store"):
         # what a search session holds while it searches
-        run_grid(db, study_name="g", study_path="s.yaml", study_text="", study_sha="", planned=expand(study),
-                 runner=fake_runner)
+        run_grid(
+            db,
+            study_name="g",
+            study_path="s.yaml",
+            study_text="",
+            study_sha="",
+            planned=expand(study),
+            runner=fake_runner,
+        )
 
 
 def test_pruned_trial_is_stored_as_pruned(tmp_path: Path) -> None:
-    write_study(tmp_path, SEARCH.replace("pruner: none", "pruner: median").replace("seeds_per_trial: 2", "seeds_per_trial: 1"))
+    write_study(
+        tmp_path, SEARCH.replace("pruner: none", "pruner: median").replace("seeds_per_trial: 2", "seeds_per_trial: 1")
+    )
     j = job(tmp_path)
     ostudy = open_search(j.db_path, j.study, n_trials=j.target)
     for alpha in (0.3, 0.31, 0.7):  # the third is worse at every epoch than the median of the first two
         ostudy.enqueue_trial({"objective.intermediate.alpha": alpha, "objective.prediction.temperature": 2.0})
     run_search(SearchJob(j.db_path, j.loaded, 3), runner=fake_runner)
     db = tmp_path / "k.duckdb"
-    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [(0, "complete"), (1, "complete"), (2, "pruned")]
+    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [
+        (0, "complete"),
+        (1, "complete"),
+        (2, "pruned"),
+    ]
     pruned_run = rows(db, "SELECT run_id FROM trials WHERE number = 2")[0][0]
     # stopped after its first epoch: the run is 'interrupted' (a later grid or trial runs it again), no result.json
-    assert rows(db, f"SELECT status, error FROM runs WHERE run_id = '{pruned_run}'") == [("interrupted", "pruned by the search")]
+    assert rows(db, f"SELECT status, error FROM runs WHERE run_id = '{pruned_run}'") == [
+        ("interrupted", "pruned by the search")
+    ]
     assert not (tmp_path / ".kdgrid" / "runs" / pruned_run / "result.json").exists()
     reloaded = existing_search(db, "s")
     assert reloaded is not None and reloaded.trials[2].state == optuna.trial.TrialState.PRUNED
@@ -266,7 +320,11 @@ def test_pruning_without_the_epoch_hook_acts_between_runs(tmp_path: Path) -> Non
         ostudy.enqueue_trial({"objective.intermediate.alpha": alpha, "objective.prediction.temperature": 2.0})
     run_search(SearchJob(j.db_path, j.loaded, 3), runner=fake_runner_without_hook)
     db = tmp_path / "k.duckdb"
-    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [(0, "complete"), (1, "complete"), (2, "pruned")]
+    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [
+        (0, "complete"),
+        (1, "complete"),
+        (2, "pruned"),
+    ]
     assert len(CALLS) == 2 + 2 + 1  # the pruned trial's second seed never ran
 
 
@@ -281,12 +339,20 @@ def test_pruning_stops_a_trials_runs_in_the_worker_processes(tmp_path: Path, mon
     out = run_search(SearchJob(j.db_path, j.loaded, 3), runner=fake_runner, execute=Execute(workers=2))
     assert (out.complete, out.pruned) == (2, 1)
     db = tmp_path / "k.duckdb"
-    pruned = {r[0] for r in rows(db, "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
-                                     "WHERE name = 'trial' AND value = '2'")}
+    pruned = {
+        r[0]
+        for r in rows(
+            db,
+            "SELECT run_id FROM study_runs JOIN factors USING (study, cell, run_id) "
+            "WHERE name = 'trial' AND value = '2'",
+        )
+    }
     # both runs of trial 2 were started at once (two slots) and both were stopped, not left to finish
     assert len(pruned) == 2 and set(calls(db)) & pruned
     for run_id in pruned:
-        assert rows(db, f"SELECT status, error FROM runs WHERE run_id = '{run_id}'") == [("interrupted", "pruned by the search")]
+        assert rows(db, f"SELECT status, error FROM runs WHERE run_id = '{run_id}'") == [
+            ("interrupted", "pruned by the search")
+        ]
         assert not (tmp_path / ".kdgrid" / "runs" / run_id / "result.json").exists()
     reloaded = existing_search(db, "s")
     assert reloaded is not None and reloaded.trials[2].state == optuna.trial.TrialState.PRUNED
@@ -305,10 +371,18 @@ def test_trials_run_as_a_slurm_array_on_submitits_debug_executor(tmp_path: Path)
 
 def test_search_takes_runs_execution_options_with_their_checks(tmp_path: Path) -> None:
     write_study(tmp_path, SEARCH)
-    proc = subprocess.run([sys.executable, "-m", "kdgrid", "search", "s.yaml", "--workers", "0", "--timeout", "5"],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdgrid", "search", "s.yaml", "--workers", "0", "--timeout", "5"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (proc.returncode, proc.stderr.strip()) == (
-        1, "Error: --timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped")
+        1,
+        "Error: --timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped",
+    )
     assert not (tmp_path / "kdgrid.duckdb").exists()
 
 
@@ -321,7 +395,11 @@ def test_failed_run_fails_its_trial_and_the_search_goes_on(tmp_path: Path) -> No
     out = run_search(j, runner=fake_runner)
     assert (out.complete, out.failed) == (2, 1)
     db = tmp_path / "k.duckdb"
-    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [(0, "complete"), (1, "failed"), (2, "complete")]
+    assert rows(db, "SELECT number, state FROM trials ORDER BY number") == [
+        (0, "complete"),
+        (1, "failed"),
+        (2, "complete"),
+    ]
     assert out.errors[0][0] == 1 and "loss became nan" in out.errors[0][1]
     assert rows(db, "SELECT count(*) FROM runs WHERE status = 'failed'") == [(1,)]
     failed = existing_search(db, "s")
@@ -329,12 +407,15 @@ def test_failed_run_fails_its_trial_and_the_search_goes_on(tmp_path: Path) -> No
 
 
 def test_grid_sampler_stops_at_the_grid_size(tmp_path: Path) -> None:
-    write_study(tmp_path, """  params:
+    write_study(
+        tmp_path,
+        """  params:
     objective.intermediate.alpha: {low: 0.1, high: 0.3, step: 0.1}
   sampler: grid
   trials: 10
   pruner: none
-""")
+""",
+    )
     j = job(tmp_path)
     assert j.target == 10
     from kdgrid.search.journal import budget
@@ -366,18 +447,26 @@ def test_cmaes_without_its_package_is_a_clear_error(tmp_path: Path, monkeypatch:
     write_study(tmp_path, SEARCH.replace("pruner: none", "sampler: cmaes"))
     with pytest.raises(KdgridError) as err:
         run_search(job(tmp_path), runner=fake_runner)
-    assert str(err.value) == ("search.sampler 'cmaes' needs the 'cmaes' package (pip install cmaes), "
-                              "or choose another sampler (allowed: tpe, random, grid, cmaes)")
+    assert str(err.value) == (
+        "search.sampler 'cmaes' needs the 'cmaes' package (pip install cmaes), "
+        "or choose another sampler (allowed: tpe, random, grid, cmaes)"
+    )
 
 
 def test_confirmation_uses_fresh_seeds_and_compares_paired(tmp_path: Path) -> None:
-    write_study(tmp_path, SEARCH.replace("trials: 4", "trials: 2") + "  baseline: {objective.intermediate.alpha: 0.7}\n", seeds=2)
+    write_study(
+        tmp_path,
+        SEARCH.replace("trials: 4", "trials: 2") + "  baseline: {objective.intermediate.alpha: 0.7}\n",
+        seeds=2,
+    )
     loaded = load_study(tmp_path / "s.yaml")
     check_search(loaded)
     code = search_main(tmp_path / "k.duckdb", loaded, confirm=3, runner=fake_runner)
     assert code == 0
     db = tmp_path / "k.duckdb"
-    seeds = rows(db, "SELECT DISTINCT r.seed FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = 's.confirm' ORDER BY 1")
+    seeds = rows(
+        db, "SELECT DISTINCT r.seed FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = 's.confirm' ORDER BY 1"
+    )
     assert [s[0] for s in seeds] == [2, 3, 4]  # the trials used seeds 0 and 1
     rep = build_search_report(db, "s")
     conf = rep.confirmation
@@ -405,44 +494,77 @@ search:
 """
 
 
-@pytest.mark.parametrize("block, message", [
-    ("    objective.prediction.temprature: {low: 1.0, high: 4.0}\n",
-     "s.yaml:8: search.params.objective.prediction.temprature: unknown setting 'objective.prediction.temprature' "
-     "(allowed under objective.prediction: beta, t_squared, temperature)"),
-    ("    objective.intermediate.alpha: {low: 0.9, high: 0.1}\n",
-     "s.yaml:8: search.params.objective.intermediate.alpha: low 0.9 is greater than high 0.1"),
-    ("    objective.prediction.temperature: {low: 0.0, high: 8.0, log: true}\n",
-     "s.yaml:8: search.params.objective.prediction.temperature: log scale needs low > 0 (got 0.0)"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  sampler: bayes\n",
-     "s.yaml:9: search.sampler: 'bayes' is not allowed (allowed: tpe, random, grid, cmaes)"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  pruner: hyperband\n",
-     "s.yaml:9: search.pruner: 'hyperband' is not allowed (allowed: median, successive_halving, none)"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  sampler: grid\n",
-     "s.yaml:6: search: sampler 'grid' needs 'choices' or a 'step' for every parameter; "
-     "objective.intermediate.alpha is a float without step"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.5}\n",
-     "s.yaml:8: search.params.objective.intermediate.alpha: objective.intermediate.alpha=1.5 makes an invalid run: "
-     "objective.intermediate.alpha: Input should be less than or equal to 1"),
-    ("    objective.intermediate.attention: {type: categorical, choices: [mse, cosine]}\n",
-     "s.yaml:8: search.params.objective.intermediate.attention: objective.intermediate.attention='cosine' makes an "
-     "invalid run: objective.intermediate.attention: 'cosine' is not allowed (allowed: none, mse, kl)"),
-    ("    seed: {type: int, low: 0, high: 3}\n",
-     "s.yaml:8: search.params.seed: 'seed' cannot be searched (trials use the study's tasks and the first "
-     "seeds_per_trial seeds)"),
-    ("    train.epochs: {type: int, low: 1, high: 3.5}\n",
-     "s.yaml:8: search.params.train.epochs: int parameter needs an integer high (got 3.5)"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  task: rte\n",
-     "s.yaml:9: search.task: 'rte' is not a task of this study (allowed: mean, cola)"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  metric: f1\n",
-     "s.yaml:9: search.metric: 'f1' is not a dev metric of cola (allowed: auto, mcc)"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  seeds_per_trial: 3\n",
-     "s.yaml:9: search.seeds_per_trial: 3 but the study has only 2 seed(s) (raise 'seeds')"),
-    ("    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  baseline: {objective.intermediate.alfa: 0.5}\n",
-     "s.yaml:9: search.baseline: unknown setting 'objective.intermediate.alfa' (allowed under objective.intermediate: "
-     "alpha, att_mse_padding, attention, contrast_momentum, contrast_negatives, contrast_temperature, embedding, head_match, hidden, "
-     "value, weight)"),
-])
-def test_bad_search_block_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (
+            "    objective.prediction.temprature: {low: 1.0, high: 4.0}\n",
+            "s.yaml:8: search.params.objective.prediction.temprature: unknown setting 'objective.prediction.temprature' "
+            "(allowed under objective.prediction: beta, t_squared, temperature)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.9, high: 0.1}\n",
+            "s.yaml:8: search.params.objective.intermediate.alpha: low 0.9 is greater than high 0.1",
+        ),
+        (
+            "    objective.prediction.temperature: {low: 0.0, high: 8.0, log: true}\n",
+            "s.yaml:8: search.params.objective.prediction.temperature: log scale needs low > 0 (got 0.0)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  sampler: bayes\n",
+            "s.yaml:9: search.sampler: 'bayes' is not allowed (allowed: tpe, random, grid, cmaes)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  pruner: hyperband\n",
+            "s.yaml:9: search.pruner: 'hyperband' is not allowed (allowed: median, successive_halving, none)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  sampler: grid\n",
+            "s.yaml:6: search: sampler 'grid' needs 'choices' or a 'step' for every parameter; "
+            "objective.intermediate.alpha is a float without step",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.5}\n",
+            "s.yaml:8: search.params.objective.intermediate.alpha: objective.intermediate.alpha=1.5 makes an invalid run: "
+            "objective.intermediate.alpha: Input should be less than or equal to 1",
+        ),
+        (
+            "    objective.intermediate.attention: {type: categorical, choices: [mse, cosine]}\n",
+            "s.yaml:8: search.params.objective.intermediate.attention: objective.intermediate.attention='cosine' makes an "
+            "invalid run: objective.intermediate.attention: 'cosine' is not allowed (allowed: none, mse, kl)",
+        ),
+        (
+            "    seed: {type: int, low: 0, high: 3}\n",
+            "s.yaml:8: search.params.seed: 'seed' cannot be searched (trials use the study's tasks and the first "
+            "seeds_per_trial seeds)",
+        ),
+        (
+            "    train.epochs: {type: int, low: 1, high: 3.5}\n",
+            "s.yaml:8: search.params.train.epochs: int parameter needs an integer high (got 3.5)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  task: rte\n",
+            "s.yaml:9: search.task: 'rte' is not a task of this study (allowed: mean, cola)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  metric: f1\n",
+            "s.yaml:9: search.metric: 'f1' is not a dev metric of cola (allowed: auto, mcc)",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  seeds_per_trial: 3\n",
+            "s.yaml:9: search.seeds_per_trial: 3 but the study has only 2 seed(s) (raise 'seeds')",
+        ),
+        (
+            "    objective.intermediate.alpha: {low: 0.0, high: 1.0}\n  baseline: {objective.intermediate.alfa: 0.5}\n",
+            "s.yaml:9: search.baseline: unknown setting 'objective.intermediate.alfa' (allowed under objective.intermediate: "
+            "alpha, att_mse_padding, attention, contrast_momentum, contrast_negatives, contrast_temperature, embedding, head_match, hidden, "
+            "value, weight)",
+        ),
+    ],
+)
+def test_bad_search_block_gives_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: str, message: str
+) -> None:
     monkeypatch.chdir(tmp_path)
     Path("s.yaml").write_text(BASE + block)
     with pytest.raises(StudyError) as err:
@@ -452,11 +574,18 @@ def test_bad_search_block_gives_one_clear_line(tmp_path: Path, monkeypatch: pyte
 
 def test_cli_validate_rejects_a_bad_search_block_and_search_needs_one(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(BASE + "    objective.intermediate.alpha: {low: 0.9, high: 0.1}\n")
-    proc = subprocess.run([sys.executable, "-m", "kdgrid", "validate", "bad.yaml"], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdgrid", "validate", "bad.yaml"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("Error: bad.yaml:8: search.params.objective.intermediate.alpha: "
-                                   "low 0.9 is greater than high 0.1")
+    assert proc.stderr.strip() == (
+        "Error: bad.yaml:8: search.params.objective.intermediate.alpha: low 0.9 is greater than high 0.1"
+    )
 
 
 def test_shipped_search_study_validates() -> None:
@@ -470,8 +599,9 @@ def test_shipped_search_study_validates() -> None:
 
 # --------------------------------------------------------------------------- a tiny real model, end to end
 @pytest.mark.slow
-def test_real_search_and_confirmation_on_a_tiny_bert(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      make_cola_dir: Callable[..., Path]) -> None:
+def test_real_search_and_confirmation_on_a_tiny_bert(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, make_cola_dir: Callable[..., Path]
+) -> None:
     data = make_cola_dir(tmp_path / "glue", n_train=32, n_dev=12)
     study = tmp_path / "tiny.yaml"
     study.write_text(f"""name: tiny
@@ -516,7 +646,8 @@ search:
 
 
 def test_an_out_of_memory_trial_run_is_retried_like_any_run_and_never_reused_as_failed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A trial's run goes through the grid's scheduler: out of memory is retryable, within --retries."""
     search = SEARCH.replace("trials: 4", "trials: 1").replace("seeds_per_trial: 2", "seeds_per_trial: 1")
     write_study(tmp_path, search)
@@ -527,7 +658,7 @@ def test_an_out_of_memory_trial_run_is_retried_like_any_run_and_never_reused_as_
     monkeypatch.setenv("KDGRID_FAULT", "oom")  # every attempt runs out of memory
     out = run_search(j, runner=fake_runner, execute=Execute(workers=0, retries=0))
     assert out.failed == 1 and "out of memory" in out.errors[0][1]
-    (run_id, status), = rows(db, "SELECT run_id, status FROM runs")
+    ((run_id, status),) = rows(db, "SELECT run_id, status FROM runs")
     assert status == "failed"
     from kdgrid.execute.rundir import result_path, workdir_for
 

@@ -32,13 +32,17 @@ MVN_POCOCK_5 = (2.4379766880500116, 2.426813850487338, 2.410193839416799, 2.3966
 MVN_OBF_4_BONFERRONI8 = (5.468737573241845, 3.867024883259864, 3.165228666987749, 2.766332741754554)
 
 
-@pytest.mark.parametrize(("info", "alpha", "kind", "ref"), [
-    ((0.2, 0.4, 0.6, 0.8, 1.0), 0.05, "obrien_fleming", MVN_OBF_5),
-    ((0.2, 0.4, 0.6, 0.8, 1.0), 0.05, "pocock", MVN_POCOCK_5),
-    ((0.25, 0.5, 0.75, 1.0), 0.05 / 8, "obrien_fleming", MVN_OBF_4_BONFERRONI8),
-])
-def test_boundaries_match_scipy_multivariate_normal(info: tuple[float, ...], alpha: float, kind: str,
-                                                    ref: tuple[float, ...]) -> None:
+@pytest.mark.parametrize(
+    ("info", "alpha", "kind", "ref"),
+    [
+        ((0.2, 0.4, 0.6, 0.8, 1.0), 0.05, "obrien_fleming", MVN_OBF_5),
+        ((0.2, 0.4, 0.6, 0.8, 1.0), 0.05, "pocock", MVN_POCOCK_5),
+        ((0.25, 0.5, 0.75, 1.0), 0.05 / 8, "obrien_fleming", MVN_OBF_4_BONFERRONI8),
+    ],
+)
+def test_boundaries_match_scipy_multivariate_normal(
+    info: tuple[float, ...], alpha: float, kind: str, ref: tuple[float, ...]
+) -> None:
     assert boundaries(info, alpha, kind, 2) == pytest.approx(ref, abs=2e-4)
 
 

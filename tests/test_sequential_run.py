@@ -42,16 +42,23 @@ class SeqRunner:
         self.calls = 0
         self.interrupt_after = interrupt_after
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None,
-                 on_epoch: Any = None) -> dict[str, Any]:
+    def __call__(
+        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+    ) -> dict[str, Any]:
         if self.interrupt_after is not None and self.calls == self.interrupt_after:
             raise KeyboardInterrupt
         self.calls += 1
         t = config["objective"]["prediction"]["temperature"]
         seed = config["seed"]
         value = 0.4 + 0.2 * _noise("seed", seed) + {1.0: 0.0, 2.0: 0.0, 4.0: 0.1}[t] + 0.01 * _noise(t, seed)
-        return {"run_id": rdir.name, "task": config["task"], "seed": seed, "config": config, "status": "done",
-                "metrics": [{"stage": "final", "split": "dev", "name": "mcc", "value": value}]}
+        return {
+            "run_id": rdir.name,
+            "task": config["task"],
+            "seed": seed,
+            "config": config,
+            "status": "done",
+            "metrics": [{"stage": "final", "split": "dev", "name": "mcc", "value": value}],
+        }
 
 
 def _loaded(tmp_path: Path, text: str = STUDY) -> Any:
@@ -85,7 +92,8 @@ def test_looks_until_each_comparison_is_decided(tmp_path: Path) -> None:
         plan, states = study_states(store, "seq")  # type: ignore[misc]
     assert members == runner.calls  # the study's membership is every look it ran
     assert [(s.comparison.condition, s.verdict, s.result.n) for s in states] == [
-        (k, v[0], v[2]) for k, v in got.items()]
+        (k, v[0], v[2]) for k, v in got.items()
+    ]
     # running again runs nothing and decides the same way
     again = _run(db, loaded, SeqRunner())
     assert again.done == 0 and _verdicts(again) == got
@@ -116,19 +124,29 @@ def test_bad_sequential_settings_are_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_comparisons_choose_the_conditions(tmp_path: Path) -> None:
-    loaded = _loaded(tmp_path, STUDY.replace("margin: {mcc: 0.05}", "margin: {mcc: 0.05}, comparisons: [{temperature: 4.0}]"))
+    loaded = _loaded(
+        tmp_path, STUDY.replace("margin: {mcc: 0.05}", "margin: {mcc: 0.05}, comparisons: [{temperature: 4.0}]")
+    )
     plan = plan_sequential(loaded.study, expand(loaded.study))
     assert [(c.condition, c.baseline) for c in plan.comparisons] == [
-        ("objective.prediction.temperature=4.0", "objective.prediction.temperature=1.0")]
+        ("objective.prediction.temperature=4.0", "objective.prediction.temperature=1.0")
+    ]
     assert plan.comparisons[0].design.alpha == 0.05  # one comparison in the family: no split
-    assert {r.cell for r in plan.first_look_runs()} == {c for c in (plan.comparisons[0].condition, plan.comparisons[0].baseline)}
+    assert {r.cell for r in plan.first_look_runs()} == {
+        c for c in (plan.comparisons[0].condition, plan.comparisons[0].baseline)
+    }
 
 
 @pytest.mark.slow
 def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_cola_dir(tmp_path / "glue", n_train=48, n_dev=16)
-    study = tiny_study(tmp_path, tiny_model_dir, data, seeds=6,
-                       extra="analysis:\n  sequential: {first: 2, step: 2, margin: {mcc: 0.5}}\n")
+    study = tiny_study(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        seeds=6,
+        extra="analysis:\n  sequential: {first: 2, step: 2, margin: {mcc: 0.5}}\n",
+    )
     plan = kdgrid("plan", str(study), cwd=tmp_path)
     assert "4 runs, 4 unique" in plan.stdout and "at most 12 runs" in plan.stdout
     run = kdgrid("run", str(study), "--workers", "0", cwd=tmp_path)
@@ -145,11 +163,14 @@ def test_sequential_study_end_to_end_through_the_cli(tmp_path: Path, tiny_model_
     refused = kdgrid("run", str(study), "--retry-failed", cwd=tmp_path, check=False)
     assert refused.returncode == 1 and "--retry-failed: not allowed for a sequential study" in refused.stderr
     json.loads(kdgrid("schema", cwd=tmp_path).stdout)["$defs"]["Sequential"]  # documented in the schema
-    bad = tiny_study(tmp_path, tiny_model_dir, data, seeds=6,
-                     extra="analysis:\n  sequential: {first: 2, max_seeds: 8}\n")
+    bad = tiny_study(
+        tmp_path, tiny_model_dir, data, seeds=6, extra="analysis:\n  sequential: {first: 2, max_seeds: 8}\n"
+    )
     out = kdgrid("validate", str(bad), cwd=tmp_path, check=False)
     assert out.returncode == 1
-    assert out.stderr.strip().endswith("analysis.sequential.max_seeds: 8 but the study lists 6 seeds (allowed: 2 to 6; raise 'seeds')")
+    assert out.stderr.strip().endswith(
+        "analysis.sequential.max_seeds: 8 but the study lists 6 seeds (allowed: 2 to 6; raise 'seeds')"
+    )
 
 
 def test_ablation_seq_cpu_is_ablation_cpu_in_looks() -> None:

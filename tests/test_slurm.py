@@ -69,20 +69,32 @@ def test_a_coordinator_re_attaches_to_jobs_still_running(tmp_path: Path) -> None
     # A job the previous coordinator submitted is still running (a process named like a submitit job).
     job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
     try:
-        write_json_atomic(job_path(wd, held.run_id), {"executor": "local", "job_id": str(job.pid), "folder": str(wd),
-                                                      "attempt": 1})
+        write_json_atomic(
+            job_path(wd, held.run_id), {"executor": "local", "job_id": str(job.pid), "folder": str(wd), "attempt": 1}
+        )
         with open_store(db) as s:
             s.mark_running(held.run_id, str(wd / "runs" / held.run_id))
         # A local pool leaves it to its job and runs the rest.
         out = go(db, study, execute=Execute(workers=1))
         assert out.elsewhere == 1 and out.done == 1
         assert table(db)[held.run_id][1] == "running"
-        status = subprocess.run([sys.executable, "-m", "kdgrid", "status", "--db", str(db)], capture_output=True,
-                                text=True, env={**os.environ, "KDGRID_FAULT": ""})
+        status = subprocess.run(
+            [sys.executable, "-m", "kdgrid", "status", "--db", str(db)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KDGRID_FAULT": ""},
+        )
         assert "1 run(s) submitted to a cluster and not finished yet" in status.stdout
         # The job finishes; the cluster coordinator collects its result without submitting anything.
-        res = {"run_id": held.run_id, "task": held.task, "seed": held.seed, "config": held.config, "status": "done",
-               "attempt": 1, "metrics": [{"stage": "final", "split": "dev", "name": "mcc", "value": 0.5}]}
+        res = {
+            "run_id": held.run_id,
+            "task": held.task,
+            "seed": held.seed,
+            "config": held.config,
+            "status": "done",
+            "attempt": 1,
+            "metrics": [{"stage": "final", "split": "dev", "name": "mcc", "value": 0.5}],
+        }
         write_json_atomic(result_path(wd, held.run_id), res)
     finally:
         job.kill()
@@ -103,8 +115,9 @@ def test_a_job_submitted_just_before_the_coordinator_died_is_not_submitted_again
     wd = workdir_for(db)
     job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
     try:
-        write_json_atomic(job_path(wd, held.run_id), {"executor": "local", "job_id": str(job.pid), "folder": str(wd),
-                                                      "attempt": 1})
+        write_json_atomic(
+            job_path(wd, held.run_id), {"executor": "local", "job_id": str(job.pid), "folder": str(wd), "attempt": 1}
+        )
         out = go(db, study, execute=Execute(workers=1))
         assert out.elsewhere == 1 and out.done == 1  # left to its job, not run a second time
         calls = (wd / "calls.log").read_text().split()
@@ -119,8 +132,17 @@ def test_status_reports_finished_results_that_are_not_stored_yet(tmp_path: Path)
     study = fake_study(seeds=1)
     go(db, study, execute=Execute(workers=0), max_runs=0)
     run = expand(study)[0]
-    write_json_atomic(result_path(workdir_for(db), run.run_id), {
-        "run_id": run.run_id, "task": run.task, "seed": run.seed, "config": run.config, "status": "done", "metrics": []})
+    write_json_atomic(
+        result_path(workdir_for(db), run.run_id),
+        {
+            "run_id": run.run_id,
+            "task": run.task,
+            "seed": run.seed,
+            "config": run.config,
+            "status": "done",
+            "metrics": [],
+        },
+    )
     out = subprocess.run([sys.executable, "-m", "kdgrid", "status", "--db", str(db)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "1 finished result(s) in run directories are not in the store yet" in out.stdout
@@ -195,9 +217,28 @@ def cluster() -> None:
 def coordinator(db: Path, name: str, *, delay: float, retries: int = 1, fault: str = "") -> subprocess.Popen[str]:
     """A `kdgrid run`-equivalent coordinator (run_grid, fake runner) submitting the 12-run grid as a job array."""
     env = {**os.environ, "KDGRID_FAULT": fault, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(FAKES), str(db), "--seeds", "6", "--delay", str(delay), "--name", name,
-                             "--retries", str(retries), "--slurm", ON_CLUSTER],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(FAKES),
+            str(db),
+            "--seeds",
+            "6",
+            "--delay",
+            str(delay),
+            "--name",
+            name,
+            "--retries",
+            str(retries),
+            "--slurm",
+            ON_CLUSTER,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
@@ -220,7 +261,9 @@ def stored_once(db: Path, runs: int = 12) -> dict[str, tuple]:
     assert len(rows) == runs and {r[1] for r in rows.values()} == {"done"}, rows
     con = duckdb.connect(str(db), read_only=True)
     try:
-        per_run = con.execute("SELECT run_id, count(*), count(DISTINCT (stage, split, name)) FROM metrics GROUP BY run_id").fetchall()
+        per_run = con.execute(
+            "SELECT run_id, count(*), count(DISTINCT (stage, split, name)) FROM metrics GROUP BY run_id"
+        ).fetchall()
     finally:
         con.close()
     assert len(per_run) == runs and all(n == distinct == 2 for _, n, distinct in per_run), per_run
@@ -228,7 +271,9 @@ def stored_once(db: Path, runs: int = 12) -> dict[str, tuple]:
 
 
 @pytest.mark.slurm
-def test_a_12_run_grid_runs_as_one_job_array_through_the_cli(cluster: None, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_a_12_run_grid_runs_as_one_job_array_through_the_cli(
+    cluster: None, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     """The real CLI, the real trainer on a tiny BERT: 12 runs, one sbatch, every run stored once."""
     from conftest import write_cola_dir
     from slurm_local import sacct, wait_for
@@ -247,10 +292,23 @@ train: {{epochs: 1, batch_size: 8, lr: 1.0e-3}}
 grid:
   objective.prediction.temperature: [1.0, 4.0]
 """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO), "KDGRID_FAULT": ""}
-    out = subprocess.run([sys.executable, "-m", "kdgrid", "run", str(study), "--executor", "slurm", "--slurm", ON_CLUSTER],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+        "KDGRID_FAULT": "",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "kdgrid", "run", str(study), "--executor", "slurm", "--slurm", ON_CLUSTER],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "12 run(s) done now" in out.stdout
     db = tmp_path / "kdgrid.duckdb"
@@ -262,9 +320,12 @@ grid:
     wait_for("every task COMPLETED", lambda: {s for _, s in sacct(f"kdgrid-{name}")} == {"COMPLETED"}, timeout=60)
     con = duckdb.connect(str(db), read_only=True)
     try:
-        dup = con.execute("SELECT run_id, stage, epoch, step, split, name, count(*) FROM metrics "
-                          "GROUP BY ALL HAVING count(*) > 1").fetchall()
-        finals = con.execute("SELECT count(DISTINCT run_id) FROM metrics WHERE stage = 'final' AND name = 'mcc'").fetchone()
+        dup = con.execute(
+            "SELECT run_id, stage, epoch, step, split, name, count(*) FROM metrics GROUP BY ALL HAVING count(*) > 1"
+        ).fetchall()
+        finals = con.execute(
+            "SELECT count(DISTINCT run_id) FROM metrics WHERE stage = 'final' AND name = 'mcc'"
+        ).fetchone()
     finally:
         con.close()
     assert dup == [] and finals == (12,)
@@ -300,7 +361,9 @@ def test_scancelled_array_tasks_are_interruptions_resubmitted_within_retries(clu
 
 
 @pytest.mark.slurm
-def test_a_killed_coordinator_is_replaced_by_one_that_re_attaches_to_the_live_jobs(cluster: None, tmp_path: Path) -> None:
+def test_a_killed_coordinator_is_replaced_by_one_that_re_attaches_to_the_live_jobs(
+    cluster: None, tmp_path: Path
+) -> None:
     from slurm_local import sacct, squeue, wait_for
 
     db, name = tmp_path / "k.duckdb", f"reattach{os.getpid()}"
@@ -336,13 +399,17 @@ def test_a_drained_node_holds_the_array_and_a_requeued_task_is_stored_once(clust
     try:
         wait_for("the array queued", lambda: bool(squeue(f"kdgrid-{name}")))
         time.sleep(5)
-        assert {s for _, s in squeue(f"kdgrid-{name}")} == {"PENDING"} and not calls(db)  # nothing runs on a drained node
+        assert {s for _, s in squeue(f"kdgrid-{name}")} == {"PENDING"} and not calls(
+            db
+        )  # nothing runs on a drained node
         set_node("resume")
         wait_for("a running task", lambda: any(s == "RUNNING" for _, s in squeue(f"kdgrid-{name}")))
         victim = next(j for j, s in squeue(f"kdgrid-{name}") if s == "RUNNING")
         subprocess.run(["scontrol", "requeue", victim], check=True)  # as Slurm does for a failed node
         wait_for("the requeued task pending", lambda: dict(squeue(f"kdgrid-{name}")).get(victim) == "PENDING")
-        subprocess.run(["scontrol", "update", f"jobid={victim}", "starttime=now"], check=True)  # skip the 2 min requeue delay
+        subprocess.run(
+            ["scontrol", "update", f"jobid={victim}", "starttime=now"], check=True
+        )  # skip the 2 min requeue delay
         out = finish(proc)
     finally:
         proc.kill()
@@ -391,7 +458,9 @@ def test_a_search_runs_its_trials_as_array_tasks_on_the_cluster(cluster: None, t
     out = run_search(job(tmp_path), runner=fake_runner, execute=ex)
     assert (out.complete, out.failed, out.interrupted) == (3, 0, False), out.errors
     db = tmp_path / "k.duckdb"
-    assert rows(db, "SELECT count(*), count(DISTINCT run_id), max(attempt) FROM runs WHERE status = 'done'") == [(6, 6, 1)]
+    assert rows(db, "SELECT count(*), count(DISTINCT run_id), max(attempt) FROM runs WHERE status = 'done'") == [
+        (6, 6, 1)
+    ]
     # 3 trials x 2 seeds fill one round (16 slots): one array of 6 tasks
     jobs = sacct(f"kdgrid-{name}.search")
     assert len(jobs) == 6 and len({j.split("_")[0] for j, _ in jobs}) == 1, jobs

@@ -20,7 +20,12 @@ from kdgrid.study.schema import Study
 
 def grid_study(seeds: int = 3) -> Study:
     return Study.model_validate(
-        {"name": "g", "tasks": ["cola", "stsb"], "seeds": seeds, "grid": {"objective.prediction.temperature": [1.0, 4.0]}}
+        {
+            "name": "g",
+            "tasks": ["cola", "stsb"],
+            "seeds": seeds,
+            "grid": {"objective.prediction.temperature": [1.0, 4.0]},
+        }
     )
 
 
@@ -33,8 +38,9 @@ class FakeRunner:
         self.fail = fail
         self.interrupt_after = interrupt_after
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any,
-                 on_epoch: Any = None) -> dict[str, Any]:
+    def __call__(
+        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any, on_epoch: Any = None
+    ) -> dict[str, Any]:
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
             raise KeyboardInterrupt
         self.calls.append(config["task"] + str(config["seed"]))
@@ -45,7 +51,11 @@ class FakeRunner:
         value = 0.5 + 0.01 * config["seed"] + 0.1 * (t > 1)
         name = "mcc" if config["task"] == "cola" else "pearson"
         return {
-            "run_id": rdir.name, "task": config["task"], "seed": config["seed"], "config": config, "status": "done",
+            "run_id": rdir.name,
+            "task": config["task"],
+            "seed": config["seed"],
+            "config": config,
+            "status": "done",
             "metrics": [
                 {"stage": "final", "split": "dev", "name": name, "value": value},
                 {"stage": "train", "epoch": 1, "split": "train", "name": "loss", "value": 1.0},
@@ -54,8 +64,16 @@ class FakeRunner:
 
 
 def go(db: Path, study: Study, runner: FakeRunner, **kw: Any):
-    return run_grid(db, study_name=study.name, study_path="g.yaml", study_text="text", study_sha="sha",
-                    planned=expand(study), runner=runner, **kw)
+    return run_grid(
+        db,
+        study_name=study.name,
+        study_path="g.yaml",
+        study_text="text",
+        study_sha="sha",
+        planned=expand(study),
+        runner=runner,
+        **kw,
+    )
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -120,8 +138,14 @@ def test_crashed_coordinator_results_are_recovered_not_redone(tmp_path: Path) ->
 
 def test_ingest_is_idempotent(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
-    result = {"run_id": "abc", "task": "cola", "seed": 0, "config": {}, "status": "done",
-              "metrics": [{"name": "mcc", "value": 0.3}, {"name": "loss", "epoch": 1, "stage": "train", "value": 2.0}]}
+    result = {
+        "run_id": "abc",
+        "task": "cola",
+        "seed": 0,
+        "config": {},
+        "status": "done",
+        "metrics": [{"name": "mcc", "value": 0.3}, {"name": "loss", "epoch": 1, "stage": "train", "value": 2.0}],
+    }
     with open_store(db) as s:
         s.ingest_result(result)
         s.ingest_result(result)
@@ -178,8 +202,15 @@ def test_data_hashes_are_stored_and_an_older_store_gains_the_column(tmp_path: Pa
     db = tmp_path / "k.duckdb"
     with open_store(db) as s:
         s.con.execute("ALTER TABLE runs DROP COLUMN data")  # a store written before the column existed
-    result = {"run_id": "abc", "task": "cola", "seed": 0, "config": {}, "status": "done", "metrics": [],
-              "data": {"train": "sha256:aa", "dev": "sha256:bb"}}
+    result = {
+        "run_id": "abc",
+        "task": "cola",
+        "seed": 0,
+        "config": {},
+        "status": "done",
+        "metrics": [],
+        "data": {"train": "sha256:aa", "dev": "sha256:bb"},
+    }
     with open_store(db) as s:
         s.ingest_result(result)
         s.ingest_result({**result, "run_id": "old", "data": None})
@@ -198,8 +229,9 @@ def test_teachers_first_starts_one_run_per_teacher_then_keeps_plan_order() -> No
     assert [r.task for r in ordered[:2]] == ["cola", "stsb"]
     assert ordered[0] is planned[0] and ordered[2:] == [r for r in planned if r not in ordered[:2]]
     # A teacher setting other than the task also makes another teacher.
-    other = Study.model_validate({"name": "h", "tasks": ["cola"], "seeds": 2,
-                                  "grid": {"teacher.finetune.epochs": [1, 2]}})
+    other = Study.model_validate(
+        {"name": "h", "tasks": ["cola"], "seeds": 2, "grid": {"teacher.finetune.epochs": [1, 2]}}
+    )
     runs = expand(other)
     assert len({teacher_of(r) for r in runs}) == 2
     assert len({teacher_of(r) for r in teachers_first(runs)[:2]}) == 2
@@ -217,8 +249,16 @@ def test_reader_waits_for_a_writer_instead_of_failing(tmp_path: Path, monkeypatc
     go(db, grid_study(seeds=1), FakeRunner())
     # Another process holds the write lock for a moment, as the coordinator does while it ingests a result.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-         "time.sleep(1.5); c.close()", str(db)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "time.sleep(1.5); c.close()",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
@@ -228,8 +268,15 @@ def test_reader_waits_for_a_writer_instead_of_failing(tmp_path: Path, monkeypatc
         # A lock that outlasts the wait is still the one clear error.
         holder.wait(timeout=30)
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-             "time.sleep(30)", str(db)], stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(30)",
+                str(db),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(db_mod, "READER_WAIT_S", 0.3)
         with pytest.raises(StoreError, match="in use by another kdgrid process"):
@@ -244,8 +291,9 @@ def test_two_stores_in_one_folder_do_not_take_each_others_results(tmp_path: Path
     # Both stores keep their runs under tmp_path/.kdgrid/runs; a store recovers only runs it planned.
     a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
     go(a, grid_study(seeds=1), FakeRunner())
-    other = Study.model_validate({"name": "h", "tasks": ["cola"], "seeds": 1,
-                                  "grid": {"objective.prediction.temperature": [2.0]}})
+    other = Study.model_validate(
+        {"name": "h", "tasks": ["cola"], "seeds": 1, "grid": {"objective.prediction.temperature": [2.0]}}
+    )
     out = go(b, other, FakeRunner())
     assert out.recovered == 0
     with open_store(b, read_only=True) as s:
@@ -256,11 +304,15 @@ def test_two_stores_in_one_folder_do_not_take_each_others_results(tmp_path: Path
 class MappingRunner(FakeRunner):
     """Also logs two epochs of a 1 x 2 mapping, so the mapping query has rows."""
 
-    def __call__(self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any,
-                 on_epoch: Any = None) -> dict[str, Any]:
+    def __call__(
+        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any, on_epoch: Any = None
+    ) -> dict[str, Any]:
         res = super().__call__(config, rdir, workdir=workdir, on_progress=on_progress)
-        res["metrics"] += [{"stage": "joint", "epoch": e, "split": "mapping", "name": f"s1.t{k}", "value": 0.5}
-                           for e in (1, 0) for k in (2, 1)]
+        res["metrics"] += [
+            {"stage": "joint", "epoch": e, "split": "mapping", "name": f"s1.t{k}", "value": 0.5}
+            for e in (1, 0)
+            for k in (2, 1)
+        ]
         return res
 
 

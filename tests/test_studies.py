@@ -20,7 +20,15 @@ def test_study_file_validates(path: Path) -> None:
 
 def test_expected_studies_exist() -> None:
     names = {p.stem for p in STUDIES}
-    assert {"demo", "ablation", "ablation-cpu", "objectives", "objectives-cpu", "what_is_lost", "what_is_lost-cpu"} <= names
+    assert {
+        "demo",
+        "ablation",
+        "ablation-cpu",
+        "objectives",
+        "objectives-cpu",
+        "what_is_lost",
+        "what_is_lost-cpu",
+    } <= names
 
 
 def test_ablation_is_the_full_factorial_of_paper_1() -> None:
@@ -35,8 +43,15 @@ def test_ablation_is_the_full_factorial_of_paper_1() -> None:
 def test_objectives_has_paper_2_table_1_rows() -> None:
     study = load_study(STUDIES[0].parent / "objectives.yaml").study
     assert list(study.variants["method"]) == [
-        "vanilla-kd", "hid-cls-contrast", "hid-cls", "hid-seq", "att-mse", "att-mse+hid-seq",
-        "att-kl", "att-kl+hid-seq", "att-kl+hid-seq+val-kl",
+        "vanilla-kd",
+        "hid-cls-contrast",
+        "hid-cls",
+        "hid-seq",
+        "att-mse",
+        "att-mse+hid-seq",
+        "att-kl",
+        "att-kl+hid-seq",
+        "att-kl+hid-seq+val-kl",
     ]
     runs = {r.factors["method"]: r.config for r in plan_study(study) if r.task == "rte" and r.seed == 0}
     assert runs["vanilla-kd"]["train"]["schedule"] == "joint"

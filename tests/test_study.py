@@ -43,16 +43,40 @@ def test_seed_list_kept_in_order(tmp_path: Path) -> None:
         ("name: s\ntasks: [cola]\ntrain: {lr: fast}\n", "study.yaml:3: train.lr: Input should be a valid number"),
         ("name: s\ntasks: [cola]\ntrain: {lr: -1.0}\n", "study.yaml:3: train.lr: Input should be greater than 0"),
         ("name: s\ntasks: [cola]\ntrain: {epochs: 0}\n", "study.yaml:3: train.epochs: Input should be greater than 0"),
-        ("name: s\ntasks: [cola]\ntrain: {batch_size: 0}\n", "study.yaml:3: train.batch_size: Input should be greater than 0"),
-        ("name: s\ntasks: [cola]\nobjective:\n  intermediate: {alpha: 1.5}\n", "study.yaml:4: objective.intermediate.alpha: Input should be less than or equal to 1"),
-        ("name: s\ntasks: [cola]\nobjective:\n  prediction: {beta: -0.1}\n", "study.yaml:4: objective.prediction.beta: Input should be greater than or equal to 0"),
-        ("name: s\ntasks: [cola]\nobjective:\n  prediction: {temperature: 0}\n", "study.yaml:4: objective.prediction.temperature: Input should be greater than 0"),
-        ("name: s\ntasks: [cola, qqq]\n", "study.yaml:2: tasks.1: 'qqq' is not allowed (allowed: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte)"),
-        ("name: s\ntasks: [cola]\nobjective:\n  intermediate: {attention: l1}\n", "study.yaml:4: objective.intermediate.attention: 'l1' is not allowed (allowed: none, mse, kl)"),
+        (
+            "name: s\ntasks: [cola]\ntrain: {batch_size: 0}\n",
+            "study.yaml:3: train.batch_size: Input should be greater than 0",
+        ),
+        (
+            "name: s\ntasks: [cola]\nobjective:\n  intermediate: {alpha: 1.5}\n",
+            "study.yaml:4: objective.intermediate.alpha: Input should be less than or equal to 1",
+        ),
+        (
+            "name: s\ntasks: [cola]\nobjective:\n  prediction: {beta: -0.1}\n",
+            "study.yaml:4: objective.prediction.beta: Input should be greater than or equal to 0",
+        ),
+        (
+            "name: s\ntasks: [cola]\nobjective:\n  prediction: {temperature: 0}\n",
+            "study.yaml:4: objective.prediction.temperature: Input should be greater than 0",
+        ),
+        (
+            "name: s\ntasks: [cola, qqq]\n",
+            "study.yaml:2: tasks.1: 'qqq' is not allowed (allowed: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte)",
+        ),
+        (
+            "name: s\ntasks: [cola]\nobjective:\n  intermediate: {attention: l1}\n",
+            "study.yaml:4: objective.intermediate.attention: 'l1' is not allowed (allowed: none, mse, kl)",
+        ),
         ("name: s\ntasks: [cola]\nseeds: [1, 2, 1]\n", "study.yaml:3: seeds: duplicate seeds [1]"),
         ("name: s\ntasks: []\n", "study.yaml:2: tasks: List should have at least 1 item"),
-        ("name: s\ntasks: [cola]\ngrid:\n  train.lr: []\n", "study.yaml:4: grid.train.lr: List should have at least 1 item"),
-        ("name: s\ntasks: [cola]\nstudent: {hidden_size: 100, heads: 3}\n", "study.yaml:3: student: hidden_size 100 is not divisible by heads 3"),
+        (
+            "name: s\ntasks: [cola]\ngrid:\n  train.lr: []\n",
+            "study.yaml:4: grid.train.lr: List should have at least 1 item",
+        ),
+        (
+            "name: s\ntasks: [cola]\nstudent: {hidden_size: 100, heads: 3}\n",
+            "study.yaml:3: student: hidden_size 100 is not divisible by heads 3",
+        ),
         ("name: s\ntasks: [cola\n", "study.yaml:3: not valid YAML"),
         ("- just\n- a list\n", "study.yaml:1: a study file must be a YAML mapping"),
     ],
@@ -85,4 +109,5 @@ def test_analysis_block_seed_defaults_on_and_is_a_bool(tmp_path: Path) -> None:
     off = load_study(write(tmp_path, "name: s\ntasks: [cola]\nanalysis: {block_seed: false}\n")).study
     assert off.analysis.block_seed is False
     assert "analysis.block_seed: Input should be a valid boolean" in error_of(
-        tmp_path, "name: s\ntasks: [cola]\nanalysis: {block_seed: maybe}\n")
+        tmp_path, "name: s\ntasks: [cola]\nanalysis: {block_seed: maybe}\n"
+    )

@@ -16,11 +16,27 @@ from kdgrid.tasks import TASKS, compute_metrics, get_task, majority_baseline
 def test_catalogue_facts() -> None:
     assert list(TASKS) == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
     sizes = {t: s.train_size for t, s in TASKS.items()}
-    assert sizes == {"cola": 8551, "sst2": 67349, "mrpc": 3668, "qqp": 363846, "stsb": 5749,
-                     "mnli": 392702, "qnli": 104743, "rte": 2490}
+    assert sizes == {
+        "cola": 8551,
+        "sst2": 67349,
+        "mrpc": 3668,
+        "qqp": 363846,
+        "stsb": 5749,
+        "mnli": 392702,
+        "qnli": 104743,
+        "rte": 2490,
+    }
     official = {t: s.official_metric for t, s in TASKS.items()}
-    assert official == {"cola": "mcc", "sst2": "accuracy", "mrpc": "f1", "qqp": "f1", "stsb": "pearson",
-                        "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy"}
+    assert official == {
+        "cola": "mcc",
+        "sst2": "accuracy",
+        "mrpc": "f1",
+        "qqp": "f1",
+        "stsb": "pearson",
+        "mnli": "accuracy",
+        "qnli": "accuracy",
+        "rte": "accuracy",
+    }
     for spec in TASKS.values():
         assert spec.official_metric in spec.metrics
         assert spec.hub == ("nyu-mll/glue", spec.name)

@@ -43,7 +43,8 @@ def main(out: Path) -> None:
     (out / "plugin_example-tiny.yaml").write_text(
         "# studies/plugin_example.yaml on the tests' tiny random BERT (4 layers, width 32), fine-tuned as teacher on\n"
         "# synthetic CoLA-layout rows whose label follows a word rule; students train on 100 of them (10% label noise)\n"
-        + yaml.safe_dump(study, sort_keys=False))
+        + yaml.safe_dump(study, sort_keys=False)
+    )
 
 
 if __name__ == "__main__":

@@ -210,7 +210,9 @@ def _fit_one(
     for f in factors:
         lv = data[f].unique()
         if lv.size < 2:
-            warnings.append(f"ANOVA {label}: factor {f} has a single level ({lv[0] if lv.size else 'none'}) and was dropped")
+            warnings.append(
+                f"ANOVA {label}: factor {f} has a single level ({lv[0] if lv.size else 'none'}) and was dropped"
+            )
         else:
             used.append(f)
     if not used:
@@ -243,7 +245,9 @@ def _fit_one(
                 f"design, so interactions were fitted up to order {eff_order} only"
             )
         if not factor_rank_ok(terms):
-            warnings.append(f"ANOVA {label}: design is rank-deficient even with main effects only (confounded factors); no ANOVA")
+            warnings.append(
+                f"ANOVA {label}: design is rank-deficient even with main effects only (confounded factors); no ANOVA"
+            )
             return None, warnings
         x_full = design(blocks + terms)
         rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
@@ -284,15 +288,21 @@ def _fit_one(
             if 0 < df_t < nominal and t != block:
                 reduced.append(f"{':'.join(t)} ({df_t} of {nominal})")
             if df_t == 0:
-                warnings.append(f"ANOVA {label}: term {':'.join(t)} is not estimable (no data in the cells it needs) and is left out")
+                warnings.append(
+                    f"ANOVA {label}: term {':'.join(t)} is not estimable (no data in the cells it needs) and is left out"
+                )
                 continue
             rows.append({"term": ":".join(t), "df": df_t, "sum_sq": max(ss, 0.0)})
         if reduced:
-            warnings.append(f"ANOVA {label}: empty cells leave fewer estimable contrasts, df reduced for " + ", ".join(reduced))
+            warnings.append(
+                f"ANOVA {label}: empty cells leave fewer estimable contrasts, df reduced for " + ", ".join(reduced)
+            )
     df_res_i = int(round(df_res))
     ms_res = rss_full / df_res_i if df_res_i > 0 else np.nan
     if df_res_i <= 0:
-        warnings.append(f"ANOVA {label}: no residual degrees of freedom (one run per cell?): F and p undefined; lower the order")
+        warnings.append(
+            f"ANOVA {label}: no residual degrees of freedom (one run per cell?): F and p undefined; lower the order"
+        )
     for r in rows:
         ss_t, df_t = float(cast(float, r["sum_sq"])), int(cast(int, r["df"]))
         f_val = (ss_t / df_t) / ms_res if df_res_i > 0 and ms_res > 0 else np.nan
@@ -300,7 +310,9 @@ def _fit_one(
         r["p"] = float(stats.f.sf(f_val, df_t, df_res_i)) if np.isfinite(f_val) else np.nan
         denom = ss_t + rss_full
         r["partial_eta2"] = ss_t / denom if denom > 0 else np.nan
-    rows.append({"term": RESIDUAL, "df": df_res_i, "sum_sq": rss_full, "F": np.nan, "p": np.nan, "partial_eta2": np.nan})
+    rows.append(
+        {"term": RESIDUAL, "df": df_res_i, "sum_sq": rss_full, "F": np.nan, "p": np.nan, "partial_eta2": np.nan}
+    )
     table = pd.DataFrame(rows, columns=ANOVA_COLUMNS[1:])
     table["df"] = table["df"].astype("int64")
     return _Fit(table=table, residuals=resid, order=eff_order, factors=used, contrast=form.contrast_name), warnings
@@ -315,7 +327,9 @@ def _shapiro(r: np.ndarray) -> tuple[float, str]:
     note = f"Shapiro-Wilk on {r.size} OLS residuals (small p: non-normal residuals)"
     if r.size > 5000 or caught:
         # scipy: "For N > 5000, computed p-value may not be accurate."
-        note += "; with more than 5000 residuals the p value is approximate (scipy) and any test rejects small departures"
+        note += (
+            "; with more than 5000 residuals the p value is approximate (scipy) and any test rejects small departures"
+        )
     return p, note
 
 
@@ -325,34 +339,56 @@ def _diagnostics(
     rows: list[dict[str, object]] = []
     used = fit.factors if fit is not None else [f for f in factors if data[f].nunique() > 1]
     n_shared = int((data["cells"].map(len) > 1).sum()) if "cells" in data.columns else 0
-    rows.append({
-        "task": label, "check": "runs", "value": float(len(data)),
-        "note": f"{len(data)} runs, each counted once"
-        + (f" ({n_shared} shared by several cells)" if n_shared else ""),
-    })
+    rows.append(
+        {
+            "task": label,
+            "check": "runs",
+            "value": float(len(data)),
+            "note": f"{len(data)} runs, each counted once"
+            + (f" ({n_shared} shared by several cells)" if n_shared else ""),
+        }
+    )
     if not used:
         return rows
     counts = data.groupby(used, sort=True).size()
     lo, hi = int(counts.min()), int(counts.max())
-    rows.append({
-        "task": label, "check": "balance", "value": lo / hi,
-        "note": (f"balanced: every cell has {lo} run(s)" if lo == hi else f"unbalanced: cells have {lo} to {hi} runs")
-        + f" ({len(counts)} cells)",
-    })
+    rows.append(
+        {
+            "task": label,
+            "check": "balance",
+            "value": lo / hi,
+            "note": (
+                f"balanced: every cell has {lo} run(s)" if lo == hi else f"unbalanced: cells have {lo} to {hi} runs"
+            )
+            + f" ({len(counts)} cells)",
+        }
+    )
     levels = [[lv for lv in orders[f] if lv in set(data[f])] for f in used]
     observed = set(counts.index if len(used) > 1 else [(i,) for i in counts.index])
     missing = [c for c in itertools.product(*levels) if c not in observed]
     shown = "; ".join(", ".join(f"{f}={v}" for f, v in zip(used, c)) for c in missing[:5])
-    rows.append({
-        "task": label, "check": "missing_cells", "value": float(len(missing)),
-        "note": "every combination of levels has runs" if not missing
-        else f"{len(missing)} of {len(observed) + len(missing)} combinations have no runs: {shown}" + (" ..." if len(missing) > 5 else ""),
-    })
+    rows.append(
+        {
+            "task": label,
+            "check": "missing_cells",
+            "value": float(len(missing)),
+            "note": "every combination of levels has runs"
+            if not missing
+            else f"{len(missing)} of {len(observed) + len(missing)} combinations have no runs: {shown}"
+            + (" ..." if len(missing) > 5 else ""),
+        }
+    )
     if fit is not None:
-        rows.append({"task": label, "check": "anova_order", "value": float(fit.order),
-                     "note": f"interactions up to order {fit.order} among {len(fit.factors)} factor(s)"})
+        rows.append(
+            {
+                "task": label,
+                "check": "anova_order",
+                "value": float(fit.order),
+                "note": f"interactions up to order {fit.order} among {len(fit.factors)} factor(s)",
+            }
+        )
         r = fit.residuals
-        if r.size >= 3 and np.ptp(r) > 1e-12 * max(1.0, float(np.abs(data['value']).max())):
+        if r.size >= 3 and np.ptp(r) > 1e-12 * max(1.0, float(np.abs(data["value"]).max())):
             p, note = _shapiro(r)
         else:
             p, note = np.nan, "Shapiro-Wilk needs at least 3 residuals that are not all equal"
@@ -393,7 +429,8 @@ def _design_notes(prep: Prepared, *, typ: int, block_seed: bool, blocked: bool, 
     runs = prep.runs
     n_shared = int((runs["cells"].map(len) > 1).sum())
     notes = [
-        f"One row per run: {len(runs)} runs" + (f", {n_shared} of them shared by several cells and counted once" if n_shared else "")
+        f"One row per run: {len(runs)} runs"
+        + (f", {n_shared} of them shared by several cells and counted once" if n_shared else "")
         + "."
     ]
     col = prep.collapse
@@ -419,15 +456,20 @@ def _design_notes(prep: Prepared, *, typ: int, block_seed: bool, blocked: bool, 
     elif not prep.has_seed:
         notes.append("No seed column: runs are treated as independent replicates (no block).")
     elif not block_seed:
-        notes.append("Seed block off (analysis.block_seed: false or --no-block-seed): runs are treated as independent "
-                     "replicates within each cell.")
+        notes.append(
+            "Seed block off (analysis.block_seed: false or --no-block-seed): runs are treated as independent "
+            "replicates within each cell."
+        )
     else:
         notes.append("Every task has a single seed: no seed block.")
     notes.append(
-        "Type II sums of squares (each term adjusted for the terms that do not contain it)" if typ == 2
+        "Type II sums of squares (each term adjusted for the terms that do not contain it)"
+        if typ == 2
         else "Type III sums of squares with sum-to-zero contrasts (each term adjusted for all others)"
     )
-    notes[-1] += "; OLS with categorical factors, errors assumed independent, normal, of equal variance (see Diagnostics)."
+    notes[-1] += (
+        "; OLS with categorical factors, errors assumed independent, normal, of equal variance (see Diagnostics)."
+    )
     return notes
 
 
@@ -474,11 +516,19 @@ def _anova(
                 continue
             part = data.loc[data["task"].isin(tasks)]
             use = block_seed and prep.has_seed and part.groupby("task")[SEED].nunique().max() > 1
-            slices.append((ALL_TASKS if single else f"{ALL_TASKS} {metric}", part, ["task", *facs],
-                           ("task", SEED) if use else None))
+            slices.append(
+                (
+                    ALL_TASKS if single else f"{ALL_TASKS} {metric}",
+                    part,
+                    ["task", *facs],
+                    ("task", SEED) if use else None,
+                )
+            )
         if not single and all(len(ts) < 2 for ts in by_metric.values()):
-            warnings.append(f"no ANOVA pooled over tasks: each task has its own metric ({', '.join(sorted(by_metric))}), "
-                            "and points of different metrics are not pooled")
+            warnings.append(
+                f"no ANOVA pooled over tasks: each task has its own metric ({', '.join(sorted(by_metric))}), "
+                "and points of different metrics are not pooled"
+            )
     for label, part, fs, block in slices:
         if not facs:
             warnings.append("no factor columns: no ANOVA")
@@ -486,8 +536,16 @@ def _anova(
         with pywarnings.catch_warnings():
             # 0/0 when a fit is exact: F and p become NaN and the no-residual-df warning says why.
             pywarnings.simplefilter("ignore", RuntimeWarning)
-            fit, fit_warnings = _fit_one(part, fs, orders, typ=typ, order=order, block=block, label=f"task {label}",
-                                         collapse=prep.collapse if collapsed == "contrast" else None)
+            fit, fit_warnings = _fit_one(
+                part,
+                fs,
+                orders,
+                typ=typ,
+                order=order,
+                block=block,
+                label=f"task {label}",
+                collapse=prep.collapse if collapsed == "contrast" else None,
+            )
         warnings += fit_warnings
         if fit is not None:
             tables.append(fit.table.assign(task=label)[ANOVA_COLUMNS])
@@ -662,8 +720,9 @@ def mixed_model(
             coded[f] = (mat, [levels[i] for i in idx])
         non_task = [f for f in used if f != "task"]
         factor_terms = _terms_up_to(non_task, min(order, len(non_task))) if non_task else []
-        terms: list[Term] = ([("task",)] if pooled else []) + factor_terms + (
-            [("task", *t) for t in factor_terms] if pooled else [])
+        terms: list[Term] = (
+            ([("task",)] if pooled else []) + factor_terms + ([("task", *t) for t in factor_terms] if pooled else [])
+        )
         for t in terms:
             block = _term_columns([coded[f][0] for f in t])
             labs = list(itertools.product(*[coded[f][1] for f in t]))
@@ -703,8 +762,19 @@ def mixed_model(
             z = coef / s if s > 0 else np.nan
             p = float(2 * stats.norm.sf(abs(z))) if np.isfinite(z) else np.nan
             term, level = names[str(key)]
-            out.append({"task": label, "term": term, "level": level, "coef": coef, "se": s, "z": z, "p": p,
-                        "ci_low": coef - 1.959963984540054 * s, "ci_high": coef + 1.959963984540054 * s})
+            out.append(
+                {
+                    "task": label,
+                    "term": term,
+                    "level": level,
+                    "coef": coef,
+                    "se": s,
+                    "z": z,
+                    "p": p,
+                    "ci_low": coef - 1.959963984540054 * s,
+                    "ci_high": coef + 1.959963984540054 * s,
+                }
+            )
         random_effects[label] = {"residual_var": scale, ("seed_within_task_var" if pooled else f"{groups}_var"): cov_re}
     result = pd.DataFrame(out, columns=MIXED_COLUMNS)
     result.attrs["random_effects"] = random_effects

@@ -116,12 +116,26 @@ def analyze_table(
         # becomes one report warning here.
         pywarnings.simplefilter("always")
         analysis = _analyze(
-            df, metric=metric, factors=factors, baseline=baseline, correction=correction, anova_type=anova_type,
-            anova_order=anova_order, block_seed=block_seed, teacher_scores=teacher_scores, train_sizes=train_sizes,
-            target_dz=target_dz, family=family, margin=margin, alpha=alpha,
+            df,
+            metric=metric,
+            factors=factors,
+            baseline=baseline,
+            correction=correction,
+            anova_type=anova_type,
+            anova_order=anova_order,
+            block_seed=block_seed,
+            teacher_scores=teacher_scores,
+            train_sizes=train_sizes,
+            target_dz=target_dz,
+            family=family,
+            margin=margin,
+            alpha=alpha,
         )
-    unexpected = [f"analysis: {w.category.__name__} from {w.filename.rsplit('/', 1)[-1]}: {w.message}" for w in caught
-                  if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))]
+    unexpected = [
+        f"analysis: {w.category.__name__} from {w.filename.rsplit('/', 1)[-1]}: {w.message}"
+        for w in caught
+        if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))
+    ]
     analysis.warnings = dedupe([*analysis.warnings, *unexpected])
     return analysis
 
@@ -149,11 +163,22 @@ def _analyze(
     floors = teacher_floors(teacher_scores, prep.metric_of)
     no_floor = [t for t in prep.tasks if t not in floors]
     if no_floor and prep.has_seed:
-        warnings.append(f"no majority-class score for task(s) {', '.join(no_floor)} (accuracy and F1 need it; give "
-                        "teacher_scores a floor column): their comparisons are not checked against the floor")
+        warnings.append(
+            f"no majority-class score for task(s) {', '.join(no_floor)} (accuracy and F1 need it; give "
+            "teacher_scores a floor column): their comparisons are not checked against the floor"
+        )
     keys = run_keys(prep, df)
-    full, w = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=1 - alpha,
-                      margin=margin, floors=floors, internal=True, keys=keys)
+    full, w = _paired(
+        prep,
+        baseline=baseline,
+        correction=correction,
+        family=family,
+        confidence=1 - alpha,
+        margin=margin,
+        floors=floors,
+        internal=True,
+        keys=keys,
+    )
     warnings += w
     paired = full[PAIRED_COLUMNS].copy()
     if full.empty:

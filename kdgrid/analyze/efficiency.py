@@ -61,14 +61,23 @@ def efficiency_table(
             st = stats[cell]
             med = float(st["median"])
             bmed = float(stats[bcell]["median"]) if bcell in stats else np.nan
-            rows.append({
-                "cell": cell, "measure": measure, "n": int(st["size"]), "median": med,
-                "min": float(st["min"]), "max": float(st["max"]), "baseline": bcell,
-                "ratio": med / bmed if np.isfinite(bmed) and bmed != 0 else np.nan,
-            })
+            rows.append(
+                {
+                    "cell": cell,
+                    "measure": measure,
+                    "n": int(st["size"]),
+                    "median": med,
+                    "min": float(st["min"]),
+                    "max": float(st["max"]),
+                    "baseline": bcell,
+                    "ratio": med / bmed if np.isfinite(bmed) and bmed != 0 else np.nan,
+                }
+            )
     frame = pd.DataFrame(rows, columns=list(EFFICIENCY_COLUMNS))
     if not frame.empty and frame["ratio"].isna().any():
         missing = sorted(set(frame.loc[frame["ratio"].isna(), "baseline"]))
-        warnings.append("efficiency: no ratio for cells whose baseline cell has no runs or a zero median "
-                        f"({'; '.join(missing[:5])})")
+        warnings.append(
+            "efficiency: no ratio for cells whose baseline cell has no runs or a zero median "
+            f"({'; '.join(missing[:5])})"
+        )
     return frame, warnings

@@ -25,7 +25,14 @@ from kdgrid.analyze.tidy import cell_label, level_key, short_names
 __all__ = ["CONVERGENCE_COLUMNS", "as_analysis_cells", "mapping_convergence", "mapping_distance"]
 
 CONVERGENCE_COLUMNS: tuple[str, ...] = (
-    "task", "cell_a", "cell_b", "n_a", "n_b", "start_distance", "end_distance", "moved",
+    "task",
+    "cell_a",
+    "cell_b",
+    "n_a",
+    "n_b",
+    "start_distance",
+    "end_distance",
+    "moved",
 )
 
 
@@ -38,8 +45,10 @@ def as_analysis_cells(weights: pd.DataFrame, table: pd.DataFrame, factors: Seque
     """
     facs = [f for f in factors if f in table.columns]
     short = short_names(facs)
-    names = {str(r["cell"]): cell_label({f: level_key(r[f]) for f in facs}, facs, short)
-             for _, r in table.drop_duplicates("cell").iterrows()}
+    names = {
+        str(r["cell"]): cell_label({f: level_key(r[f]) for f in facs}, facs, short)
+        for _, r in table.drop_duplicates("cell").iterrows()
+    }
     return weights.assign(cell=weights["cell"].astype(str).map(lambda c: names.get(c, c)))
 
 
@@ -59,8 +68,12 @@ def _matrices(g: pd.DataFrame, which: str) -> dict[object, np.ndarray]:
         if which == "start" and epoch != 0:
             continue  # runs stored before epoch 0 was recorded have no start
         at = s[s["epoch"] == epoch]
-        out[seed] = at.pivot_table(index="student_layer", columns="teacher_layer", values="weight",
-                                   aggfunc="mean").sort_index().sort_index(axis=1).to_numpy()
+        out[seed] = (
+            at.pivot_table(index="student_layer", columns="teacher_layer", values="weight", aggfunc="mean")
+            .sort_index()
+            .sort_index(axis=1)
+            .to_numpy()
+        )
     return out
 
 
@@ -81,8 +94,9 @@ def _one_apart(a: Mapping[str, str] | None, b: Mapping[str, str] | None) -> bool
     return sum(a.get(k) != b.get(k) for k in set(a) | set(b)) == 1
 
 
-def mapping_convergence(weights: pd.DataFrame,
-                        cell_levels: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+def mapping_convergence(
+    weights: pd.DataFrame, cell_levels: Mapping[str, Mapping[str, str]] | None = None
+) -> pd.DataFrame:
     """Distances between the learned mappings of pairs of cells of a task, at the start and the end.
 
     ``weights``: task, cell, seed, epoch, student_layer, teacher_layer, weight (the report's mapping
@@ -104,15 +118,33 @@ def mapping_convergence(weights: pd.DataFrame,
         for a in cells:
             n_a = len(end[a])
             moved = [mapping_distance(start[a][s], end[a][s]) for s in end[a] if s in start[a]]
-            rows.append({"task": task, "cell_a": a, "cell_b": a, "n_a": n_a, "n_b": n_a,
-                         "start_distance": _within(start[a]), "end_distance": _within(end[a]),
-                         "moved": float(np.mean(moved)) if moved else np.nan})
+            rows.append(
+                {
+                    "task": task,
+                    "cell_a": a,
+                    "cell_b": a,
+                    "n_a": n_a,
+                    "n_b": n_a,
+                    "start_distance": _within(start[a]),
+                    "end_distance": _within(end[a]),
+                    "moved": float(np.mean(moved)) if moved else np.nan,
+                }
+            )
         if len(shapes) > 1:
             continue  # students of different depths: their mappings cannot be compared entry by entry
         for a, b in combinations(cells, 2):
             if not _one_apart(levels.get(a), levels.get(b)):
                 continue
-            rows.append({"task": task, "cell_a": a, "cell_b": b, "n_a": len(end[a]), "n_b": len(end[b]),
-                         "start_distance": _between(start[a], start[b]), "end_distance": _between(end[a], end[b]),
-                         "moved": np.nan})
+            rows.append(
+                {
+                    "task": task,
+                    "cell_a": a,
+                    "cell_b": b,
+                    "n_a": len(end[a]),
+                    "n_b": len(end[b]),
+                    "start_distance": _between(start[a], start[b]),
+                    "end_distance": _between(end[a], end[b]),
+                    "moved": np.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=list(CONVERGENCE_COLUMNS))

@@ -70,9 +70,33 @@ __all__ = [
 ]
 
 PAIRED_COLUMNS = [
-    "task", "metric", "condition", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sci_low", "sci_high",
-    "t", "df", "p", "test", "p_adj", "family", "family_size", "dz", "wilcoxon_p",
-    "margin", "p_equiv", "p_equiv_adj", "verdict", "baseline_mean", "floor", "baseline_at_floor", "note",
+    "task",
+    "metric",
+    "condition",
+    "baseline",
+    "n",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "sci_low",
+    "sci_high",
+    "t",
+    "df",
+    "p",
+    "test",
+    "p_adj",
+    "family",
+    "family_size",
+    "dz",
+    "wilcoxon_p",
+    "margin",
+    "p_equiv",
+    "p_equiv_adj",
+    "verdict",
+    "baseline_mean",
+    "floor",
+    "baseline_at_floor",
+    "note",
 ]
 #: Allowed ``correction`` names (the statsmodels ``multipletests`` method names).
 CORRECTIONS: tuple[str, ...] = ("holm", "fdr_bh", "bonferroni", "none")
@@ -159,7 +183,11 @@ def wilcoxon_signed_rank(diffs: Sequence[float] | np.ndarray) -> tuple[float, st
     nonzero = d[d != 0]
     if nonzero.size == 0:
         return np.nan, "Wilcoxon undefined: all differences are zero"
-    note = "" if nonzero.size <= EXACT_MAX_N else f"Wilcoxon p from scipy's default method (more than {EXACT_MAX_N} non-zero pairs)"
+    note = (
+        ""
+        if nonzero.size <= EXACT_MAX_N
+        else f"Wilcoxon p from scipy's default method (more than {EXACT_MAX_N} non-zero pairs)"
+    )
     return exact_wilcoxon(nonzero), note
 
 
@@ -177,8 +205,9 @@ def _paired_stats(cond: np.ndarray, base: np.ndarray, confidence: float) -> dict
     d = cond - base
     n = int(d.size)
     nan = np.nan
-    row: dict[str, object] = dict(n=n, mean_diff=nan, ci_low=nan, ci_high=nan, t=nan, df=nan, p=nan, test="",
-                                  dz=nan, wilcoxon_p=nan)
+    row: dict[str, object] = dict(
+        n=n, mean_diff=nan, ci_low=nan, ci_high=nan, t=nan, df=nan, p=nan, test="", dz=nan, wilcoxon_p=nan
+    )
     notes: list[str] = []
     if n == 0:
         notes.append("no seed present in both cells")
@@ -197,8 +226,10 @@ def _paired_stats(cond: np.ndarray, base: np.ndarray, confidence: float) -> dict
         res = stats.ttest_rel(cond, base)
         row.update(t=float(res.statistic), ci_low=lo, ci_high=hi, dz=float(d.mean()) / float(d.std(ddof=1)))
     elif np.any(np.round(d, 12) != 0):
-        notes.append("differences are constant (sd = 0): t, its interval and d_z undefined; p from the exact "
-                     "Wilcoxon signed-rank test, the smallest p these pairs allow")
+        notes.append(
+            "differences are constant (sd = 0): t, its interval and d_z undefined; p from the exact "
+            "Wilcoxon signed-rank test, the smallest p these pairs allow"
+        )
     else:
         notes.append("all differences are zero")
     wp, wnote = wilcoxon_signed_rank(d)
@@ -312,7 +343,9 @@ def resolve_baseline(prep: Prepared, baseline: Mapping[str, object] | None) -> t
     for key, value in baseline.items():
         name = key if key in prep.factors else by_short.get(str(key))
         if name is None:
-            raise AnalysisError(f"baseline factor {key!r} is not a factor; factors are: {', '.join(prep.factors) or '(none)'}")
+            raise AnalysisError(
+                f"baseline factor {key!r} is not a factor; factors are: {', '.join(prep.factors) or '(none)'}"
+            )
         lv = level_key(value)
         if lv not in prep.levels[name]:
             raise AnalysisError(
@@ -368,10 +401,14 @@ def _paired(
     dup = data.groupby(["task", "cell", "seed"]).size()
     dup = dup[dup > 1]
     if not dup.empty:
-        shown = "; ".join(f"{t} / {c} / seed {s}: {k} runs"
-                          for t, c, s, k in dup.reset_index().head(5).itertuples(index=False, name=None))
+        shown = "; ".join(
+            f"{t} / {c} / seed {s}: {k} runs"
+            for t, c, s, k in dup.reset_index().head(5).itertuples(index=False, name=None)
+        )
         warnings.append(f"{len(dup)} (task, cell, seed) with more than one run were averaged before pairing ({shown})")
-    per_seed: dict[str, dict[str, dict[Any, float]]] = {}  # seed keys: ints from the store, any sortable value from a table
+    per_seed: dict[
+        str, dict[str, dict[Any, float]]
+    ] = {}  # seed keys: ints from the store, any sortable value from a table
     means = data.groupby(["task", "cell", "seed"], sort=True)["value"].mean().reset_index()
     for task, cell, seed, v in means.itertuples(index=False, name=None):
         per_seed.setdefault(task, {}).setdefault(cell, {})[seed] = float(v)
@@ -422,19 +459,32 @@ def _paired(
             m = margin_of(margin, metric)
             floor, at_floor = _floor_check(bv, (floors or {}).get(task), confidence)
             if at_floor:
-                notes.append(f"baseline student at the floor ({floor:.3g}): the difference says little about the methods")
+                notes.append(
+                    f"baseline student at the floor ({floor:.3g}): the difference says little about the methods"
+                )
             key = (task, ckey, bkey)
             dup_of = seen.get(key)
             if dup_of is not None:
                 notes.append(f"same runs as the comparison of {rows[dup_of]['condition']}: counted once in the family")
             else:
                 seen[key] = len(rows)
-            rows.append({
-                "task": task, "metric": metric, "condition": cell, "baseline": bcell, **stats_row,
-                "margin": m, "p_equiv": equivalence_p(cv - bv, m), "baseline_mean": float(bv.mean()) if bv.size else np.nan,
-                "floor": floor, "baseline_at_floor": at_floor, "note": "; ".join(notes), "_dup_of": dup_of,
-                "_diffs": cv - bv,
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "condition": cell,
+                    "baseline": bcell,
+                    **stats_row,
+                    "margin": m,
+                    "p_equiv": equivalence_p(cv - bv, m),
+                    "baseline_mean": float(bv.mean()) if bv.size else np.nan,
+                    "floor": floor,
+                    "baseline_at_floor": at_floor,
+                    "note": "; ".join(notes),
+                    "_dup_of": dup_of,
+                    "_diffs": cv - bv,
+                }
+            )
     if no_base:
         warnings.append(
             f"{len(no_base)} comparison(s) skipped because the baseline cell has no runs: " + "; ".join(no_base[:5])
@@ -475,13 +525,21 @@ def _paired(
     tiny = own[own["n"] < 3]
     if not tiny.empty:
         examples = "; ".join(f"{r.task}: {r.condition} (n={r.n})" for r in tiny.head(3).itertuples())
-        warnings.append(f"{len(tiny)} comparison(s) have fewer than 3 pairs: their tests are unreliable or undefined ({examples})")
+        warnings.append(
+            f"{len(tiny)} comparison(s) have fewer than 3 pairs: their tests are unreliable or undefined ({examples})"
+        )
     return out.reset_index(drop=True), warnings
 
 
 def family_adjust(
-    p: np.ndarray, p_equiv: np.ndarray, n: np.ndarray, mean: np.ndarray, ci_low: np.ndarray, *,
-    correction: str, alpha: float,
+    p: np.ndarray,
+    p_equiv: np.ndarray,
+    n: np.ndarray,
+    mean: np.ndarray,
+    ci_low: np.ndarray,
+    *,
+    correction: str,
+    alpha: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One family: (p_adj, p_equiv_adj, sci_low, sci_high) from each comparison's p, TOST p, n, mean and
     unadjusted (1 − α) t interval's lower limit.
@@ -529,12 +587,16 @@ def _adjust_families(out: pd.DataFrame, *, correction: str, family: str, alpha: 
         member = np.ones(nrow, dtype=bool) if family == "all" else tasks == name
         sel = member & own
         m = int(np.isfinite(p[sel]).sum())
-        label = ("all comparisons vs the baseline, every task" if family == "all"
-                 else f"{name}: every condition vs the baseline")
+        label = (
+            "all comparisons vs the baseline, every task"
+            if family == "all"
+            else f"{name}: every condition vs the baseline"
+        )
         fam_label[member] = label + f" ({m} comparison{'s' if m != 1 else ''}, {correction})"
         fam_size[member] = m
         p_adj[sel], pe_adj[sel], sci_low[sel], sci_high[sel] = family_adjust(
-            p[sel], pe[sel], n[sel], mean[sel], lo[sel], correction=correction, alpha=alpha)
+            p[sel], pe[sel], n[sel], mean[sel], lo[sel], correction=correction, alpha=alpha
+        )
     for i in np.flatnonzero(~own):
         j = int(dup[i])
         p_adj[i], pe_adj[i], sci_low[i], sci_high[i] = p_adj[j], pe_adj[j], sci_low[j], sci_high[j]
@@ -545,12 +607,16 @@ def _adjust_families(out: pd.DataFrame, *, correction: str, family: str, alpha: 
     if late.any():
         notes = out["note"].astype(str).to_numpy(dtype=object)
         for i in np.flatnonzero(late):
-            extra = (f"{correction} rejects at a later step (level above α/m) while the Bonferroni interval, which "
-                     f"covers all {fam_size[i]} comparisons at once, still touches 0")
+            extra = (
+                f"{correction} rejects at a later step (level above α/m) while the Bonferroni interval, which "
+                f"covers all {fam_size[i]} comparisons at once, still touches 0"
+            )
             notes[i] = f"{notes[i]}; {extra}" if notes[i] else extra
         out["note"] = notes
-    out["verdict"] = [classify(float(pa), float(pq), alpha)[0] if math.isfinite(float(pv)) else ""
-                      for pv, pa, pq in zip(p, p_adj, pe_adj)]
+    out["verdict"] = [
+        classify(float(pa), float(pq), alpha)[0] if math.isfinite(float(pv)) else ""
+        for pv, pa, pq in zip(p, p_adj, pe_adj)
+    ]
 
 
 def paired_tests(
@@ -589,7 +655,15 @@ def paired_tests(
     Reference (R): ``t.test(extra ~ group, data = sleep, paired = TRUE)``.
     """
     prep = prepare(df, metric=metric, factors=factors)
-    out, warnings = _paired(prep, baseline=baseline, correction=correction, family=family, confidence=confidence,
-                            margin=margin, floors=floors, keys=run_keys(prep, df))
+    out, warnings = _paired(
+        prep,
+        baseline=baseline,
+        correction=correction,
+        family=family,
+        confidence=confidence,
+        margin=margin,
+        floors=floors,
+        keys=run_keys(prep, df),
+    )
     out.attrs["warnings"] = prep.warnings + warnings
     return out

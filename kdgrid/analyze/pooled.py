@@ -40,12 +40,40 @@ from scipy import stats
 
 from kdgrid.analyze.tidy import Prepared
 
-__all__ = ["NEMENYI_COLUMNS", "RANK_COLUMNS", "STRATIFIED_COLUMNS", "friedman_ranks", "stratified_effect", "stratified_tests"]
+__all__ = [
+    "NEMENYI_COLUMNS",
+    "RANK_COLUMNS",
+    "STRATIFIED_COLUMNS",
+    "friedman_ranks",
+    "stratified_effect",
+    "stratified_tests",
+]
 
 STRATIFIED_COLUMNS = [
-    "metric", "condition", "baseline", "tasks", "n", "estimate", "se", "df", "ci_low", "ci_high", "sci_low", "sci_high",
-    "t", "p", "p_adj", "family", "family_size", "heterogeneity_F", "heterogeneity_p", "margin", "p_equiv",
-    "p_equiv_adj", "verdict", "note",
+    "metric",
+    "condition",
+    "baseline",
+    "tasks",
+    "n",
+    "estimate",
+    "se",
+    "df",
+    "ci_low",
+    "ci_high",
+    "sci_low",
+    "sci_high",
+    "t",
+    "p",
+    "p_adj",
+    "family",
+    "family_size",
+    "heterogeneity_F",
+    "heterogeneity_p",
+    "margin",
+    "p_equiv",
+    "p_equiv_adj",
+    "verdict",
+    "note",
 ]
 RANK_COLUMNS = ["cell", "mean_rank", "n_blocks", "same_as"]
 NEMENYI_COLUMNS = ["cell_a", "cell_b", "rank_diff", "p"]
@@ -61,11 +89,20 @@ def stratified_effect(diffs: Mapping[str, np.ndarray]) -> dict[str, float]:
     import statsmodels.formula.api as smf
 
     parts = {t: np.asarray(d, dtype=float) for t, d in diffs.items() if len(d)}
-    frame = pd.DataFrame({"d": np.concatenate(list(parts.values())) if parts else [],
-                          "task": [t for t, d in parts.items() for _ in d]})
+    frame = pd.DataFrame(
+        {"d": np.concatenate(list(parts.values())) if parts else [], "task": [t for t, d in parts.items() for _ in d]}
+    )
     n, k = len(frame), len(parts)
-    out = dict(estimate=np.nan, se=np.nan, df=np.nan, t=np.nan, p=np.nan, heterogeneity_F=np.nan,
-               heterogeneity_p=np.nan, n=float(n))
+    out = dict(
+        estimate=np.nan,
+        se=np.nan,
+        df=np.nan,
+        t=np.nan,
+        p=np.nan,
+        heterogeneity_F=np.nan,
+        heterogeneity_p=np.nan,
+        n=float(n),
+    )
     if k < 2 or n - k < 1:
         return out
     fit = smf.ols("d ~ C(task, Sum)", data=frame).fit()
@@ -92,7 +129,11 @@ def _tost_t(estimate: float, se: float, df: float, margin: float) -> float:
 
 
 def stratified_tests(
-    paired: pd.DataFrame, diffs: Mapping[tuple[str, str], np.ndarray], *, correction: str, alpha: float = 0.05,
+    paired: pd.DataFrame,
+    diffs: Mapping[tuple[str, str], np.ndarray],
+    *,
+    correction: str,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """One row per (metric, condition) compared on two or more tasks of that metric.
 
@@ -111,13 +152,25 @@ def stratified_tests(
         eff = stratified_effect(parts)
         margin = float(grp["margin"].iloc[0])
         note = "" if math.isfinite(eff["se"]) else "differences constant within every task: no residual variance"
-        rows.append({
-            "metric": metric, "condition": cond, "baseline": "; ".join(dict.fromkeys(grp["baseline"].astype(str))),
-            "tasks": ", ".join(parts), "n": int(eff["n"]), "estimate": eff["estimate"], "se": eff["se"], "df": eff["df"],
-            "t": eff["t"], "p": eff["p"], "heterogeneity_F": eff["heterogeneity_F"],
-            "heterogeneity_p": eff["heterogeneity_p"], "margin": margin,
-            "p_equiv": _tost_t(eff["estimate"], eff["se"], eff["df"], margin), "note": note,
-        })
+        rows.append(
+            {
+                "metric": metric,
+                "condition": cond,
+                "baseline": "; ".join(dict.fromkeys(grp["baseline"].astype(str))),
+                "tasks": ", ".join(parts),
+                "n": int(eff["n"]),
+                "estimate": eff["estimate"],
+                "se": eff["se"],
+                "df": eff["df"],
+                "t": eff["t"],
+                "p": eff["p"],
+                "heterogeneity_F": eff["heterogeneity_F"],
+                "heterogeneity_p": eff["heterogeneity_p"],
+                "margin": margin,
+                "p_equiv": _tost_t(eff["estimate"], eff["se"], eff["df"], margin),
+                "note": note,
+            }
+        )
     if not rows:
         return pd.DataFrame(columns=STRATIFIED_COLUMNS)
     out = pd.DataFrame(rows)
@@ -127,16 +180,23 @@ def stratified_tests(
         out.loc[idx, "p_adj"] = adjust_pvalues(out.loc[idx, "p"].to_numpy(dtype=float), correction)
         out.loc[idx, "p_equiv_adj"] = adjust_pvalues(out.loc[idx, "p_equiv"].to_numpy(dtype=float), correction)
         m = int(np.isfinite(out.loc[idx, "p"].to_numpy(dtype=float)).sum())
-        out.loc[idx, "family"] = f"{metric}, task as a fixed effect: every condition vs the baseline ({m}, {correction})"
+        out.loc[idx, "family"] = (
+            f"{metric}, task as a fixed effect: every condition vs the baseline ({m}, {correction})"
+        )
         out.loc[idx, "family_size"] = m
     for lvl, lo, hi in ((1 - alpha, "ci_low", "ci_high"), (None, "sci_low", "sci_high")):
-        level = out["family_size"].map(lambda m: 1 - alpha / max(int(m), 1) if correction != "none" else 1 - alpha) \
-            if lvl is None else pd.Series(lvl, index=out.index)
+        level = (
+            out["family_size"].map(lambda m: 1 - alpha / max(int(m), 1) if correction != "none" else 1 - alpha)
+            if lvl is None
+            else pd.Series(lvl, index=out.index)
+        )
         q = [float(stats.t.ppf(0.5 + lv / 2, df)) if math.isfinite(df) else np.nan for lv, df in zip(level, out["df"])]
         out[lo] = out["estimate"] - np.asarray(q) * out["se"]
         out[hi] = out["estimate"] + np.asarray(q) * out["se"]
-    out["verdict"] = [classify(float(pa), float(pe), alpha)[0] if math.isfinite(float(p)) else ""
-                      for p, pa, pe in zip(out["p"], out["p_adj"], out["p_equiv_adj"])]
+    out["verdict"] = [
+        classify(float(pa), float(pe), alpha)[0] if math.isfinite(float(p)) else ""
+        for p, pa, pe in zip(out["p"], out["p_adj"], out["p_equiv_adj"])
+    ]
     out["family_size"] = out["family_size"].astype("int64")
     return out[STRATIFIED_COLUMNS].reset_index(drop=True)
 
@@ -162,7 +222,10 @@ def nemenyi_p(ranks: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
 
 
 def friedman_ranks(
-    prep: Prepared, run_keys: Mapping[tuple[str, str], tuple[object, ...]], *, alpha: float = 0.05,
+    prep: Prepared,
+    run_keys: Mapping[tuple[str, str], tuple[object, ...]],
+    *,
+    alpha: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object], list[str]]:
     """(ranks, nemenyi, summary, warnings) of every distinct cell over (task, seed) blocks.
 
@@ -171,7 +234,9 @@ def friedman_ranks(
     ``summary``: statistic, p, k, n_blocks, cd, alpha, method, note.
     """
     empty: tuple[pd.DataFrame, pd.DataFrame, dict[str, object]] = (
-        pd.DataFrame(columns=RANK_COLUMNS), pd.DataFrame(columns=NEMENYI_COLUMNS), {}
+        pd.DataFrame(columns=RANK_COLUMNS),
+        pd.DataFrame(columns=NEMENYI_COLUMNS),
+        {},
     )
     if not prep.has_seed or not prep.factors:
         return (*empty, [])
@@ -186,15 +251,22 @@ def friedman_ranks(
         if first != cell:
             same_as.setdefault(first, []).append(cell)
     distinct = [c for c in cells if identity[tuple(run_keys.get((t, c), ()) for t in prep.tasks)] == c]
-    wide = (data[data["cell"].isin(distinct)].groupby(["task", "seed", "cell"])["value"].mean()
-            .unstack("cell").reindex(columns=distinct))
+    wide = (
+        data[data["cell"].isin(distinct)]
+        .groupby(["task", "seed", "cell"])["value"]
+        .mean()
+        .unstack("cell")
+        .reindex(columns=distinct)
+    )
     full_cells = [c for c in distinct if wide[c].notna().sum() > 0]
     wide = wide[full_cells]
     complete_cells = [c for c in full_cells if wide[c].notna().all()]
     warnings: list[str] = []
     if len(complete_cells) < len(full_cells):
-        warnings.append(f"Friedman test: {len(full_cells) - len(complete_cells)} cell(s) without a run in every "
-                        "(task, seed) block were left out")
+        warnings.append(
+            f"Friedman test: {len(full_cells) - len(complete_cells)} cell(s) without a run in every "
+            "(task, seed) block were left out"
+        )
     wide = wide[complete_cells].dropna()
     k, nb = wide.shape[1], wide.shape[0]
     if k < 3 or nb < 2:
@@ -205,22 +277,41 @@ def friedman_ranks(
     q = float(stats.studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
     cd = q * math.sqrt(k * (k + 1) / (6 * nb))
     mean_rank = ranks.mean()
-    rank_frame = pd.DataFrame({
-        "cell": list(wide.columns), "mean_rank": mean_rank.to_numpy(dtype=float), "n_blocks": nb,
-        "same_as": ["; ".join(same_as.get(c, [])) for c in wide.columns],
-    }).sort_values("mean_rank", kind="mergesort").reset_index(drop=True)
+    rank_frame = (
+        pd.DataFrame(
+            {
+                "cell": list(wide.columns),
+                "mean_rank": mean_rank.to_numpy(dtype=float),
+                "n_blocks": nb,
+                "same_as": ["; ".join(same_as.get(c, [])) for c in wide.columns],
+            }
+        )
+        .sort_values("mean_rank", kind="mergesort")
+        .reset_index(drop=True)
+    )
     # Every pair a < b in column order, read from arrays: a .loc per pair took 250 s for the 499,500
     # pairs of 1,000 cells.
     names = list(wide.columns)
     ia, ib = np.triu_indices(k, 1)
     mr = mean_rank.to_numpy(dtype=float)
-    pairs = {"cell_a": [names[i] for i in ia], "cell_b": [names[j] for j in ib],
-             "rank_diff": (mr[ia] - mr[ib]).tolist(), "p": nemenyi_p(ranks.to_numpy(dtype=float), ia, ib).tolist()}
-    blocks = ", ".join(f"{t}: {int((wide.index.get_level_values('task') == t).sum())}" for t in
-                       dict.fromkeys(wide.index.get_level_values("task")))
+    pairs = {
+        "cell_a": [names[i] for i in ia],
+        "cell_b": [names[j] for j in ib],
+        "rank_diff": (mr[ia] - mr[ib]).tolist(),
+        "p": nemenyi_p(ranks.to_numpy(dtype=float), ia, ib).tolist(),
+    }
+    blocks = ", ".join(
+        f"{t}: {int((wide.index.get_level_values('task') == t).sum())}"
+        for t in dict.fromkeys(wide.index.get_level_values("task"))
+    )
     summary: dict[str, object] = {
-        "statistic": float(res.statistic), "p": float(res.pvalue), "k": int(k), "n_blocks": int(nb), "cd": cd,
-        "alpha": alpha, "method": "Friedman over (task, seed) blocks, Nemenyi post-hoc (Demšar 2006)",
+        "statistic": float(res.statistic),
+        "p": float(res.pvalue),
+        "k": int(k),
+        "n_blocks": int(nb),
+        "cd": cd,
+        "alpha": alpha,
+        "method": "Friedman over (task, seed) blocks, Nemenyi post-hoc (Demšar 2006)",
         "note": f"blocks per task: {blocks}; rank 1 = best on the task's own metric",
     }
     return rank_frame, pd.DataFrame(pairs, columns=NEMENYI_COLUMNS), summary, warnings

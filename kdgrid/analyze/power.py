@@ -29,11 +29,29 @@ from statsmodels.stats.power import TTestPower
 
 from kdgrid.analyze.tidy import AnalysisError
 
-__all__ = ["PLAN_COLUMNS", "POWER_COLUMNS", "achieved_power", "dz_interval", "family_alpha", "power_plan", "power_table",
-           "seeds_needed"]
+__all__ = [
+    "PLAN_COLUMNS",
+    "POWER_COLUMNS",
+    "achieved_power",
+    "dz_interval",
+    "family_alpha",
+    "power_plan",
+    "power_table",
+    "seeds_needed",
+]
 
-POWER_COLUMNS = ["task", "condition", "n", "dz", "dz_ci_low", "dz_ci_high", "family_size", "alpha_used", "target_dz",
-                 "n_for_target"]
+POWER_COLUMNS = [
+    "task",
+    "condition",
+    "n",
+    "dz",
+    "dz_ci_low",
+    "dz_ci_high",
+    "family_size",
+    "alpha_used",
+    "target_dz",
+    "n_for_target",
+]
 PLAN_COLUMNS = ["family", "family_size", "alpha_used", "target_dz", "power", "n_needed"]
 _MAX_SEEDS = 10**7
 
@@ -85,8 +103,13 @@ def seeds_needed(dz: float, *, power: float = 0.8, alpha: float = 0.05) -> int |
     with pywarnings.catch_warnings():
         pywarnings.simplefilter("ignore")
         try:
-            n = float(np.squeeze(TTestPower().solve_power(
-                effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided")))
+            n = float(
+                np.squeeze(
+                    TTestPower().solve_power(
+                        effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided"
+                    )
+                )
+            )
         except Exception:  # the root finder raises several types
             n = math.nan
     if math.isfinite(n) and n <= _MAX_SEEDS:
@@ -182,14 +205,27 @@ def power_table(
         if a not in cache:
             cache[a] = seeds_needed(target_dz, power=power, alpha=a)
         lo, hi = dz_interval(dz, int(r["n"]))
-        rows.append({"task": r["task"], "condition": r["condition"], "n": int(r["n"]), "dz": dz, "dz_ci_low": lo,
-                     "dz_ci_high": hi, "family_size": m, "alpha_used": a, "target_dz": float(target_dz),
-                     "n_for_target": cache[a]})
+        rows.append(
+            {
+                "task": r["task"],
+                "condition": r["condition"],
+                "n": int(r["n"]),
+                "dz": dz,
+                "dz_ci_low": lo,
+                "dz_ci_high": hi,
+                "family_size": m,
+                "alpha_used": a,
+                "target_dz": float(target_dz),
+                "n_for_target": cache[a],
+            }
+        )
     out = pd.DataFrame(rows, columns=POWER_COLUMNS)
     out["n"] = out["n"].astype("int64")
     out["family_size"] = out["family_size"].astype("int64")
-    out["n_for_target"] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-                                    for v in out["n_for_target"]], dtype="Int64")
+    out["n_for_target"] = pd.array(
+        [None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v) for v in out["n_for_target"]],
+        dtype="Int64",
+    )
     for c in ("dz", "dz_ci_low", "dz_ci_high", "alpha_used", "target_dz"):
         out[c] = out[c].astype(float)
     return out
@@ -212,8 +248,16 @@ def power_plan(
     for r in fams.to_dict("records"):
         a = family_alpha(alpha, int(r["family_size"]), correction)
         for d in targets:
-            rows.append({"family": r["family"], "family_size": int(r["family_size"]), "alpha_used": a, "target_dz": float(d),
-                         "power": power, "n_needed": seeds_needed(d, power=power, alpha=a)})
+            rows.append(
+                {
+                    "family": r["family"],
+                    "family_size": int(r["family_size"]),
+                    "alpha_used": a,
+                    "target_dz": float(d),
+                    "power": power,
+                    "n_needed": seeds_needed(d, power=power, alpha=a),
+                }
+            )
     out = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     out["n_needed"] = pd.array(list(out["n_needed"]), dtype="Int64")
     return out

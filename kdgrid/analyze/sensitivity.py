@@ -31,8 +31,22 @@ from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 __all__ = ["SENSITIVITY_COLUMNS", "sensitivity", "sensitivity_summary", "spearman_exact", "teacher_floors"]
 
 SENSITIVITY_COLUMNS = [
-    "task", "metric", "cell", "teacher", "floor", "student_mean", "student_sd", "gap", "gap_ci_low", "gap_ci_high",
-    "retention", "retention_ci_low", "retention_ci_high", "n", "rank", "train_size",
+    "task",
+    "metric",
+    "cell",
+    "teacher",
+    "floor",
+    "student_mean",
+    "student_sd",
+    "gap",
+    "gap_ci_low",
+    "gap_ci_high",
+    "retention",
+    "retention_ci_low",
+    "retention_ci_high",
+    "n",
+    "rank",
+    "train_size",
 ]
 _EXACT_MAX_N = 9  # 9! = 362,880 permutations: exact enumeration stays under a second
 
@@ -50,9 +64,16 @@ def teacher_floors(teacher_scores: TeacherScores | None, metric_of: Mapping[str,
         c = chance_floor(metric)
         if c is not None:
             out[task] = float(c)
-    if isinstance(teacher_scores, pd.DataFrame) and "floor" in teacher_scores.columns and "task" in teacher_scores.columns:
-        f = teacher_scores.assign(floor=pd.to_numeric(teacher_scores["floor"], errors="coerce")).groupby(
-            teacher_scores["task"].astype(str))["floor"].mean()
+    if (
+        isinstance(teacher_scores, pd.DataFrame)
+        and "floor" in teacher_scores.columns
+        and "task" in teacher_scores.columns
+    ):
+        f = (
+            teacher_scores.assign(floor=pd.to_numeric(teacher_scores["floor"], errors="coerce"))
+            .groupby(teacher_scores["task"].astype(str))["floor"]
+            .mean()
+        )
         out.update({str(t): float(v) for t, v in f.items() if math.isfinite(v)})
     return out
 
@@ -71,14 +92,18 @@ def _teacher_table(teacher_scores: TeacherScores) -> tuple[dict[str, float], lis
     if isinstance(teacher_scores, Mapping):
         return {str(k): float(v) for k, v in teacher_scores.items()}, warnings
     if not isinstance(teacher_scores, pd.DataFrame):
-        raise AnalysisError(f"teacher_scores must be a DataFrame (task, teacher[, seed]) or a dict, got {type(teacher_scores).__name__}")
+        raise AnalysisError(
+            f"teacher_scores must be a DataFrame (task, teacher[, seed]) or a dict, got {type(teacher_scores).__name__}"
+        )
     missing = [c for c in ("task", "teacher") if c not in teacher_scores.columns]
     if missing:
         raise AnalysisError(
             f"teacher_scores needs columns task and teacher; missing {', '.join(missing)} "
             f"(columns are: {', '.join(map(str, teacher_scores.columns))})"
         )
-    t = teacher_scores.assign(task=teacher_scores["task"].astype(str), teacher=pd.to_numeric(teacher_scores["teacher"], errors="coerce"))
+    t = teacher_scores.assign(
+        task=teacher_scores["task"].astype(str), teacher=pd.to_numeric(teacher_scores["teacher"], errors="coerce")
+    )
     counts = t.groupby("task")["teacher"].count()
     if "seed" not in t.columns and (counts > 1).any():
         warnings.append("teacher_scores has several rows for some task(s) without a seed column; their mean is used")
@@ -107,13 +132,25 @@ def _sensitivity(
         gap = t - v
         with np.errstate(divide="ignore", invalid="ignore"):
             ret = (v - f) / (t - f) if math.isfinite(t) and math.isfinite(f) and t != f else np.full(v.shape, np.nan)
-        rows.append({
-            "task": str(task), "metric": prep.metric_of[str(task)], "cell": cell, "teacher": t, "floor": f,
-            "student_mean": float(v.mean()), "student_sd": float(v.std(ddof=1)) if v.size > 1 else np.nan,
-            "gap": float(gap.mean()), "gap_ci_low": _t_ci(gap)[0], "gap_ci_high": _t_ci(gap)[1],
-            "retention": float(ret.mean()), "retention_ci_low": _t_ci(ret)[0], "retention_ci_high": _t_ci(ret)[1],
-            "n": int(v.size), "_rank": int(grp["cell_rank"].iloc[0]),
-        })
+        rows.append(
+            {
+                "task": str(task),
+                "metric": prep.metric_of[str(task)],
+                "cell": cell,
+                "teacher": t,
+                "floor": f,
+                "student_mean": float(v.mean()),
+                "student_sd": float(v.std(ddof=1)) if v.size > 1 else np.nan,
+                "gap": float(gap.mean()),
+                "gap_ci_low": _t_ci(gap)[0],
+                "gap_ci_high": _t_ci(gap)[1],
+                "retention": float(ret.mean()),
+                "retention_ci_low": _t_ci(ret)[0],
+                "retention_ci_high": _t_ci(ret)[1],
+                "n": int(v.size),
+                "_rank": int(grp["cell_rank"].iloc[0]),
+            }
+        )
     out = pd.DataFrame(rows)
     # Rank tasks within their metric: most sensitive (lowest mean normalised retention; largest gap without a floor) first.
     per_task = out.groupby("task").agg(metric=("metric", "first"), retention=("retention", "mean"), gap=("gap", "mean"))

@@ -144,11 +144,15 @@ def boundaries(info: tuple[float, ...], alpha: float, kind: str, sides: int = 2)
         if inc <= 1e-15:  # nothing to spend: a boundary no statistic reaches
             c = math.inf
         elif sides == 2:
+
             def both(c: float, state: _State = state, st: float = st, t: float = t, inc: float = inc) -> float:
-                return state.prob_between(-math.inf, -c * st, t, 0.0) + state.prob_between(c * st, math.inf, t, 0.0) - inc
+                return (
+                    state.prob_between(-math.inf, -c * st, t, 0.0) + state.prob_between(c * st, math.inf, t, 0.0) - inc
+                )
 
             c = _solve(both)
         else:
+
             def upper_only(c: float, state: _State = state, st: float = st, t: float = t, inc: float = inc) -> float:
                 return state.prob_between(c * st, math.inf, t, 0.0) - inc
 
@@ -290,8 +294,13 @@ def _look_stats(d: np.ndarray, margin: float | None, p_eq_bound: float) -> tuple
     return mean, sd, t, p, p_eq, lo, hi
 
 
-def sequential_test(diffs: Sequence[Sequence[float] | np.ndarray], design: Design, margin: float | None = None,
-                    *, complete: int | None = None) -> SequentialResult:
+def sequential_test(
+    diffs: Sequence[Sequence[float] | np.ndarray],
+    design: Design,
+    margin: float | None = None,
+    *,
+    complete: int | None = None,
+) -> SequentialResult:
     """Apply the design to the paired differences available at each look.
 
     ``diffs[k]``: the differences (condition − baseline) of look k+1's seeds that have both runs
@@ -327,8 +336,9 @@ def sequential_test(diffs: Sequence[Sequence[float] | np.ndarray], design: Desig
             decision = "inconclusive"
         else:
             decision = "undecided"
-        results.append(LookResult(k + 1, len(a), infos[-1], mean, sd, t, p, p_bound, c, p_eq, p_eq_bound, lo, hi,
-                                  decision))
+        results.append(
+            LookResult(k + 1, len(a), infos[-1], mean, sd, t, p, p_bound, c, p_eq, p_eq_bound, lo, hi, decision)
+        )
         if decision != "undecided":
             return SequentialResult(decision, tuple(results), _reason(decision, results[-1], margin))
     if k_done == len(design.looks):
@@ -338,15 +348,19 @@ def sequential_test(diffs: Sequence[Sequence[float] | np.ndarray], design: Desig
         r = results[-1]
         eq = "" if margin is None else f", TOST p = {r.p_equiv:.3g} > {r.p_equiv_bound:.3g}"
         last = f"look {r.look} (n = {r.n}): p = {r.p:.3g} > {r.p_bound:.3g}{eq}; "
-    return SequentialResult("undecided", tuple(results), f"{last}waiting for look {k_done + 1} ({design.looks[k_done]} seeds)")
+    return SequentialResult(
+        "undecided", tuple(results), f"{last}waiting for look {k_done + 1} ({design.looks[k_done]} seeds)"
+    )
 
 
 def _reason(decision: str, r: LookResult, margin: float | None) -> str:
     if decision == "different":
         return f"p = {r.p:.3g} ≤ {r.p_bound:.3g} (boundary |z| ≥ {r.z_bound:.3f}) at look {r.look}, n = {r.n}"
     if decision == "equivalent":
-        return (f"TOST p = {r.p_equiv:.3g} ≤ {r.p_equiv_bound:.3g}: CI [{r.ci_low:.4g}, {r.ci_high:.4g}] inside "
-                f"±{margin:g} at look {r.look}, n = {r.n}")
+        return (
+            f"TOST p = {r.p_equiv:.3g} ≤ {r.p_equiv_bound:.3g}: CI [{r.ci_low:.4g}, {r.ci_high:.4g}] inside "
+            f"±{margin:g} at look {r.look}, n = {r.n}"
+        )
     return f"neither boundary crossed at the last look (n = {r.n})"
 
 

@@ -163,7 +163,9 @@ def load_table(path: str | Path, *, metric: MetricSpec | None = None) -> pd.Data
     present = [c for c in wanted if c in df.columns]
     if metric is not None and metric != "auto" and len(present) < len(wanted):
         missing = sorted(set(wanted) - set(present))
-        raise AnalysisError(f"no metric column {', '.join(missing)} in {p}; columns are: {', '.join(map(str, df.columns))}")
+        raise AnalysisError(
+            f"no metric column {', '.join(missing)} in {p}; columns are: {', '.join(map(str, df.columns))}"
+        )
     if not present:
         raise AnalysisError(
             f"no metric column in {p}: expected one of {', '.join(KNOWN_METRICS)}; columns are: {', '.join(map(str, df.columns))}"
@@ -374,7 +376,9 @@ def prepare(df: pd.DataFrame, *, metric: MetricSpec, factors: Sequence[str] | No
     if missing_value.any():
         by_task = work.loc[missing_value, "task"].value_counts().sort_index()
         detail = ", ".join(f"{t}: {n}" for t, n in by_task.items())
-        warnings.append(f"{int(missing_value.sum())} run(s) with a missing or non-finite metric were dropped ({detail})")
+        warnings.append(
+            f"{int(missing_value.sum())} run(s) with a missing or non-finite metric were dropped ({detail})"
+        )
         work = work.loc[~missing_value]
     if work.empty:
         raise AnalysisError("no run has a finite metric value")
@@ -389,7 +393,9 @@ def prepare(df: pd.DataFrame, *, metric: MetricSpec, factors: Sequence[str] | No
         combos = combos.assign(
             _sort=pd.Series([tuple(rank[f][r[f]] for f in facs) for _, r in combos.iterrows()], index=combos.index)
         ).sort_values("_sort")
-        labels = {tuple(r[f] for f in facs): cell_label({f: r[f] for f in facs}, facs, short) for _, r in combos.iterrows()}
+        labels = {
+            tuple(r[f] for f in facs): cell_label({f: r[f] for f in facs}, facs, short) for _, r in combos.iterrows()
+        }
         order = {lab: i for i, lab in enumerate(labels.values())}
         keys = list(zip(*(work[f] for f in facs)))
         work["cell"] = [labels[k] for k in keys]
@@ -451,7 +457,8 @@ def run_level(
     warnings: list[str] = []
     rid = (
         pd.Series(list(run_ids), index=data.index, dtype=object)
-        if run_ids is not None else pd.Series([None] * len(data), index=data.index, dtype=object)
+        if run_ids is not None
+        else pd.Series([None] * len(data), index=data.index, dtype=object)
     )
     missing = rid.isna()
     rid[missing] = [f"row{i}" for i in np.flatnonzero(missing.to_numpy())]

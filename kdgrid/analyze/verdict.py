@@ -36,7 +36,16 @@ from statsmodels.stats.weightstats import ttost_paired
 
 Alternative = Literal["two-sided", "less", "greater"]
 
-__all__ = ["EXACT_MAX_N", "VERDICTS", "Verdict", "classify", "difference_p", "equivalence_p", "exact_wilcoxon", "verdict"]
+__all__ = [
+    "EXACT_MAX_N",
+    "VERDICTS",
+    "Verdict",
+    "classify",
+    "difference_p",
+    "equivalence_p",
+    "exact_wilcoxon",
+    "verdict",
+]
 
 VerdictName = Literal["different", "equivalent", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("different", "equivalent", "inconclusive")

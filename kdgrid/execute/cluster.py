@@ -33,8 +33,21 @@ from kdgrid.records import RunResult
 from kdgrid.study.schema import Execute
 
 # sacct states of a job that is still queued or running (or not yet known to sacct)
-LIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
-               "READY", "UNKNOWN", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+LIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "READY",
+    "UNKNOWN",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+)
 
 
 def time_limit_min(execute: Execute) -> int:
@@ -50,20 +63,35 @@ def make_executor(execute: Execute, workdir: Path, study_name: str) -> Any:
     try:
         ex = submitit.AutoExecutor(folder=workdir / "submitit" / "%j", cluster=s.cluster)
     except (RuntimeError, ValueError) as exc:
-        hint = "; submit from a Slurm login node, or try the setup here with --slurm cluster=local" if s.cluster == "slurm" else ""
+        hint = (
+            "; submit from a Slurm login node, or try the setup here with --slurm cluster=local"
+            if s.cluster == "slurm"
+            else ""
+        )
         raise KdgridError(f"executor slurm: cannot use submitit's '{s.cluster}' executor here ({exc}){hint}") from None
     params: dict[str, Any] = {
-        "name": f"kdgrid-{study_name}", "timeout_min": time_limit_min(execute), "nodes": 1, "tasks_per_node": 1,
-        "gpus_per_node": s.gpus_per_run, "cpus_per_task": s.cpus_per_run, "mem_gb": s.mem_gb,
-        "slurm_partition": s.partition, "slurm_array_parallelism": s.array_parallelism, "slurm_account": s.account,
-        "slurm_qos": s.qos, "slurm_constraint": s.constraint, "slurm_setup": s.setup or None,
+        "name": f"kdgrid-{study_name}",
+        "timeout_min": time_limit_min(execute),
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": s.gpus_per_run,
+        "cpus_per_task": s.cpus_per_run,
+        "mem_gb": s.mem_gb,
+        "slurm_partition": s.partition,
+        "slurm_array_parallelism": s.array_parallelism,
+        "slurm_account": s.account,
+        "slurm_qos": s.qos,
+        "slurm_constraint": s.constraint,
+        "slurm_setup": s.setup or None,
         "slurm_additional_parameters": s.additional or None,
     }
     if s.cluster == "slurm":
         # The job must import the same kdgrid as this coordinator (a checkout on PYTHONPATH, not an older
         # install), even where sbatch does not pass the environment on (--export=NONE).
-        params["slurm_setup"] = [f"export PYTHONPATH={shlex.quote(_kdgrid_root())}${{PYTHONPATH:+:$PYTHONPATH}}",
-                                 *s.setup]
+        params["slurm_setup"] = [
+            f"export PYTHONPATH={shlex.quote(_kdgrid_root())}${{PYTHONPATH:+:$PYTHONPATH}}",
+            *s.setup,
+        ]
     if s.cluster == "local":
         params["local_setup"] = s.setup or None
         params["gpus_per_node"] = 0 if s.gpus_per_run == 0 else s.gpus_per_run
@@ -103,8 +131,12 @@ def slurm_final_states(job_ids: Sequence[str]) -> dict[str, str]:
     if not arrays:
         return {}
     try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
@@ -120,7 +152,9 @@ def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     slurm = {rid: info for rid, info in infos.items() if info.get("executor") == "slurm"}
     if slurm:
         queue = slurm_queue()
-        live.update({rid: info for rid, info in slurm.items() if queue is None or is_live(queue.get(str(info["job_id"])))})
+        live.update(
+            {rid: info for rid, info in slurm.items() if queue is None or is_live(queue.get(str(info["job_id"])))}
+        )
     live.update({rid: info for rid, info in infos.items() if info.get("executor") == "local" and job_alive(info)})
     return live
 
@@ -185,8 +219,16 @@ def _job_detail(handle: Any) -> tuple[str, bool]:
 
 
 class ClusterRunner:
-    def __init__(self, *, executor: Any, workdir: Path, execute: Execute, runner_ref: dict[str, Any] | None,
-                 ledger: Ledger, reporter: Any) -> None:
+    def __init__(
+        self,
+        *,
+        executor: Any,
+        workdir: Path,
+        execute: Execute,
+        runner_ref: dict[str, Any] | None,
+        ledger: Ledger,
+        reporter: Any,
+    ) -> None:
         self.workdir = workdir
         self.execute = execute
         self.runner_ref = runner_ref
@@ -200,7 +242,9 @@ class ClusterRunner:
         self.inflight: dict[str, _ClusterJob] = {}
         self.submitted = 0
 
-    def run(self, todo: Sequence[PlannedRun], reattach: dict[str, tuple[PlannedRun, dict[str, Any]]], stop: Any) -> bool:
+    def run(
+        self, todo: Sequence[PlannedRun], reattach: dict[str, tuple[PlannedRun, dict[str, Any]]], stop: Any
+    ) -> bool:
         """Submit and wait; False when the wait was stopped (jobs keep running and are re-attached later)."""
         for rid, (run, info) in reattach.items():
             handle: Any = None
@@ -241,8 +285,18 @@ class ClusterRunner:
                 batch.append((run, attempt))
         if not batch:
             return
-        specs = [{"run_id": r.run_id, "task": r.task, "seed": r.seed, "config": r.config, "attempt": a,
-                  "run_dir": str(run_dir(self.workdir, r.run_id)), "workdir": str(self.workdir)} for r, a in batch]
+        specs = [
+            {
+                "run_id": r.run_id,
+                "task": r.task,
+                "seed": r.seed,
+                "config": r.config,
+                "attempt": a,
+                "run_dir": str(run_dir(self.workdir, r.run_id)),
+                "workdir": str(self.workdir),
+            }
+            for r, a in batch
+        ]
         try:
             with self.executor.batch():
                 handles = [self.executor.submit(cluster_task, self.runner_ref, spec) for spec in specs]
@@ -255,8 +309,13 @@ class ClusterRunner:
         jobs = []
         for (run, attempt), handle in zip(batch, handles):
             rdir = run_dir(self.workdir, run.run_id)
-            info = {"executor": self.cluster, "job_id": str(handle.job_id), "folder": folder, "attempt": attempt,
-                    "submitted": now()}
+            info = {
+                "executor": self.cluster,
+                "job_id": str(handle.job_id),
+                "folder": folder,
+                "attempt": attempt,
+                "submitted": now(),
+            }
             try:
                 rdir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(job_path(self.workdir, run.run_id), info)

@@ -44,11 +44,29 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
 
 
-def failed_record(run_id: str, task: str | None, seed: int | None, config: dict[str, Any] | None, error: str, *,
-                  status: ResultStatus = "failed", started: str | None = None, retryable: bool = False) -> RunResult:
+def failed_record(
+    run_id: str,
+    task: str | None,
+    seed: int | None,
+    config: dict[str, Any] | None,
+    error: str,
+    *,
+    status: ResultStatus = "failed",
+    started: str | None = None,
+    retryable: bool = False,
+) -> RunResult:
     return {
-        "run_id": run_id, "task": task, "seed": seed, "config": config, "status": status, "error": error,
-        "retryable": retryable, "started": started, "finished": now(), "host": socket.gethostname(), "metrics": [],
+        "run_id": run_id,
+        "task": task,
+        "seed": seed,
+        "config": config,
+        "status": status,
+        "error": error,
+        "retryable": retryable,
+        "started": started,
+        "finished": now(),
+        "host": socket.gethostname(),
+        "metrics": [],
     }
 
 
@@ -73,8 +91,17 @@ def classify(exc: BaseException) -> tuple[str, bool]:
 
 
 def execute_job(
-    runner: Runner, *, run_id: str, task: str | None, seed: int | None, config: dict[str, Any],
-    run_dir: Path, workdir: Path, attempt: int = 1, on_progress: Any = None, on_epoch: EpochFn | None = None,
+    runner: Runner,
+    *,
+    run_id: str,
+    task: str | None,
+    seed: int | None,
+    config: dict[str, Any],
+    run_dir: Path,
+    workdir: Path,
+    attempt: int = 1,
+    on_progress: Any = None,
+    on_epoch: EpochFn | None = None,
 ) -> RunResult:
     """Run one attempt and write its ``result.json``; return the record written (or that could not be)."""
     started = now()
@@ -120,8 +147,14 @@ def cluster_task(runner_ref: dict[str, Any] | None, spec: dict[str, Any]) -> str
     if cpus.isdigit() and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(cpus))
     result = execute_job(
-        runner, run_id=spec["run_id"], task=spec["task"], seed=spec["seed"], config=spec["config"],
-        run_dir=Path(spec["run_dir"]), workdir=Path(spec["workdir"]), attempt=int(spec["attempt"]),
+        runner,
+        run_id=spec["run_id"],
+        task=spec["task"],
+        seed=spec["seed"],
+        config=spec["config"],
+        run_dir=Path(spec["run_dir"]),
+        workdir=Path(spec["workdir"]),
+        attempt=int(spec["attempt"]),
     )
     return str(result["status"])
 
@@ -148,6 +181,7 @@ def _write_traceback(rdir: Path) -> None:
 
 
 # -- shipping a runner to another process ------------------------------------------------------
+
 
 def pack_runner(runner: Runner | None) -> dict[str, Any] | None:
     """A JSON-able reference to an injected runner (None: kdgrid's own ``run_one``).

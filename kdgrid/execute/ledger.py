@@ -92,7 +92,9 @@ class Ledger:
     the record to :meth:`settle` (retried or final). It also writes the store and keeps the grid's tally.
     """
 
-    def __init__(self, db_path: Path, outcome: GridOutcome, reporter: Reporter, workdir: Path, retries: int = 0) -> None:
+    def __init__(
+        self, db_path: Path, outcome: GridOutcome, reporter: Reporter, workdir: Path, retries: int = 0
+    ) -> None:
         self.db_path = db_path
         self.outcome = outcome
         self.reporter = reporter

@@ -32,7 +32,16 @@ from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, 
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.study.schema import Execute
 
-__all__ = ["GridOutcome", "NullReporter", "Reporter", "Runner", "coordinator", "coordinator_lock", "recover", "run_grid"]
+__all__ = [
+    "GridOutcome",
+    "NullReporter",
+    "Reporter",
+    "Runner",
+    "coordinator",
+    "coordinator_lock",
+    "recover",
+    "run_grid",
+]
 
 IN_PROCESS = Execute(workers=0, retries=0)
 
@@ -128,9 +137,15 @@ def run_grid(
         with writable_store(db_path) as store:
             store.register_study(study_name, study_path, study_text, study_sha, planned, replace=not add_members)
             statuses = store.run_statuses(r.run_id for r in unique)
-        todo = [r for r in unique if r.run_id not in live and (
-            statuses.get(r.run_id) not in ("done", "failed")
-            or (statuses.get(r.run_id) == "failed" and (retry_failed or _may_pass(workdir, r.run_id))))]
+        todo = [
+            r
+            for r in unique
+            if r.run_id not in live
+            and (
+                statuses.get(r.run_id) not in ("done", "failed")
+                or (statuses.get(r.run_id) == "failed" and (retry_failed or _may_pass(workdir, r.run_id)))
+            )
+        ]
         reattach = {r.run_id: (r, live[r.run_id]) for r in unique if r.run_id in live}
         outcome.already_done = sum(1 for r in unique if statuses.get(r.run_id) == "done")
         if max_runs is not None:
@@ -138,7 +153,9 @@ def run_grid(
         ledger = Ledger(db_path, outcome, reporter, workdir, retries=ex.retries)
         if ex.executor == "slurm":
             reporter.grid_start(len(unique), len(todo) + len(reattach))
-            _run_cluster(cluster_executor, workdir, teachers_first(todo), reattach, ex, runner, ledger, reporter, outcome)
+            _run_cluster(
+                cluster_executor, workdir, teachers_first(todo), reattach, ex, runner, ledger, reporter, outcome
+            )
         else:
             outcome.elsewhere = len(reattach)  # still running as cluster jobs: left to them
             reporter.grid_start(len(unique), len(todo))
@@ -159,7 +176,9 @@ def coordinator(db_path: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise StoreError(f"{db_path}: another 'kdgrid run' is using this store (lock {lock.lock_file}); wait for it or use another --db") from None
+        raise StoreError(
+            f"{db_path}: another 'kdgrid run' is using this store (lock {lock.lock_file}); wait for it or use another --db"
+        ) from None
     try:
         yield
     finally:
@@ -177,7 +196,9 @@ def teacher_of(run: PlannedRun) -> str:
     """What decides which fine-tuned teacher a run needs (the inputs of its teacher cache key)."""
     c = run.config
     data = c.get("data") or {}
-    return json.dumps([run.task, c.get("teacher"), data.get("max_seq_length"), data.get("dir")], sort_keys=True, default=str)
+    return json.dumps(
+        [run.task, c.get("teacher"), data.get("max_seq_length"), data.get("dir")], sort_keys=True, default=str
+    )
 
 
 def teachers_first(todo: Sequence[PlannedRun]) -> list[PlannedRun]:
@@ -197,25 +218,51 @@ def teachers_first(todo: Sequence[PlannedRun]) -> list[PlannedRun]:
     return first + rest
 
 
-def _run_pool(db_path: Path, workdir: Path, todo: list[PlannedRun], ex: Execute, runner: Runner | None,
-              ledger: Ledger, reporter: Any, outcome: GridOutcome) -> None:
+def _run_pool(
+    db_path: Path,
+    workdir: Path,
+    todo: list[PlannedRun],
+    ex: Execute,
+    runner: Runner | None,
+    ledger: Ledger,
+    reporter: Any,
+    outcome: GridOutcome,
+) -> None:
     from kdgrid.execute.pool import Pool
     from kdgrid.execute.settings import threads_per_worker
 
     slots: list[str | None] = list(ex.gpus) if ex.gpus else [None] * ex.workers
-    pool = Pool(db_path=db_path, workdir=workdir, ledger=ledger, reporter=reporter, runner_ref=pack_runner(runner),
-                slots=slots, threads=threads_per_worker(len(slots)), timeout_s=ex.timeout_s)
+    pool = Pool(
+        db_path=db_path,
+        workdir=workdir,
+        ledger=ledger,
+        reporter=reporter,
+        runner_ref=pack_runner(runner),
+        slots=slots,
+        threads=threads_per_worker(len(slots)),
+        timeout_s=ex.timeout_s,
+    )
     if not pool.run(teachers_first(todo) if len(slots) > 1 else todo):
         outcome.interrupted = True
 
 
-def _run_cluster(executor: Any, workdir: Path, todo: list[PlannedRun], reattach: dict[str, Any], ex: Execute,
-                 runner: Runner | None, ledger: Ledger, reporter: Any, outcome: GridOutcome) -> None:
+def _run_cluster(
+    executor: Any,
+    workdir: Path,
+    todo: list[PlannedRun],
+    reattach: dict[str, Any],
+    ex: Execute,
+    runner: Runner | None,
+    ledger: Ledger,
+    reporter: Any,
+    outcome: GridOutcome,
+) -> None:
     from kdgrid.execute.cluster import ClusterRunner
     from kdgrid.execute.pool import StopFlag, stop_on_signals
 
-    cr = ClusterRunner(executor=executor, workdir=workdir, execute=ex, runner_ref=pack_runner(runner),
-                       ledger=ledger, reporter=reporter)
+    cr = ClusterRunner(
+        executor=executor, workdir=workdir, execute=ex, runner_ref=pack_runner(runner), ledger=ledger, reporter=reporter
+    )
     stop = StopFlag()
     with stop_on_signals(stop):
         try:
@@ -243,8 +290,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, ledger: Ledger, reporter: Any,
-                    outcome: GridOutcome) -> None:
+def _run_in_process(
+    workdir: Path, todo: list[PlannedRun], runner: Runner, ledger: Ledger, reporter: Any, outcome: GridOutcome
+) -> None:
     with _sigterm_as_interrupt():
         for i, run in enumerate(todo):
             reporter.run_start(i, run)
@@ -260,9 +308,18 @@ def _run_in_process(workdir: Path, todo: list[PlannedRun], runner: Runner, ledge
                         raise RunStopped(why)
 
                 try:
-                    result = execute_job(runner, run_id=run.run_id, task=run.task, seed=run.seed, config=run.config,
-                                         run_dir=rdir, workdir=workdir, attempt=attempt,
-                                         on_progress=reporter.run_progress, on_epoch=on_epoch)
+                    result = execute_job(
+                        runner,
+                        run_id=run.run_id,
+                        task=run.task,
+                        seed=run.seed,
+                        config=run.config,
+                        run_dir=rdir,
+                        workdir=workdir,
+                        attempt=attempt,
+                        on_progress=reporter.run_progress,
+                        on_epoch=on_epoch,
+                    )
                 except RunStopped as stop:
                     ledger.stopped(run, stop.why)
                     break

@@ -124,8 +124,18 @@ def _last_line(path: Path | None) -> str:
 
 
 class Pool:
-    def __init__(self, *, db_path: Path, workdir: Path, ledger: Ledger, reporter: Any, runner_ref: dict[str, Any] | None,
-                 slots: Sequence[str | None], threads: int, timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        db_path: Path,
+        workdir: Path,
+        ledger: Ledger,
+        reporter: Any,
+        runner_ref: dict[str, Any] | None,
+        slots: Sequence[str | None],
+        threads: int,
+        timeout_s: float | None,
+    ) -> None:
         self.db_path = db_path
         self.workdir = workdir
         self.ledger = ledger
@@ -175,17 +185,36 @@ class Pool:
         assert slot.proc is not None
         try:  # best effort: an unwritable run directory is the worker's to report
             rdir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(job_path(self.workdir, run.run_id), {
-                "executor": "pool", "job_id": str(slot.proc.pid), "host": os.uname().nodename,
-                "slot": slot.index, "gpu": slot.gpu, "attempt": attempt, "submitted": now(),
-            })
+            write_json_atomic(
+                job_path(self.workdir, run.run_id),
+                {
+                    "executor": "pool",
+                    "job_id": str(slot.proc.pid),
+                    "host": os.uname().nodename,
+                    "slot": slot.index,
+                    "gpu": slot.gpu,
+                    "attempt": attempt,
+                    "submitted": now(),
+                },
+            )
         except Exception:
             pass
         slot.job = _Job(run, attempt, time.monotonic())
         self.reporter.run_start(self.dispatched, run)
         self.dispatched += 1
-        self._send(slot, {"op": "run", "run_id": run.run_id, "task": run.task, "seed": run.seed, "config": run.config,
-                          "run_dir": str(rdir), "workdir": str(self.workdir), "attempt": attempt})
+        self._send(
+            slot,
+            {
+                "op": "run",
+                "run_id": run.run_id,
+                "task": run.task,
+                "seed": run.seed,
+                "config": run.config,
+                "run_dir": str(rdir),
+                "workdir": str(self.workdir),
+                "attempt": attempt,
+            },
+        )
         self.ledger.mark_running(run, rdir)  # after the send: the worker starts while the store is written
 
     def _spawn(self, slot: _Slot) -> None:
@@ -203,8 +232,12 @@ class Pool:
             slot.log, log_fh = None, subprocess.DEVNULL
         try:
             slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "kdgrid.execute.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log_fh, env=env, start_new_session=True,
+                [sys.executable, "-m", "kdgrid.execute.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_fh,
+                env=env,
+                start_new_session=True,
             )
         finally:
             if log_fh is not subprocess.DEVNULL:
@@ -262,9 +295,14 @@ class Pool:
             slot.job = None
             record = msg.get("record") or read_result(result_path(self.workdir, job.run.run_id))
             if record is None or record.get("status") != msg["status"]:
-                record = failed_record(job.run.run_id, job.run.task, job.run.seed, job.run.config,
-                                       msg.get("error") or "the run ended without a readable result.json",
-                                       retryable=bool(msg.get("retryable")))
+                record = failed_record(
+                    job.run.run_id,
+                    job.run.task,
+                    job.run.seed,
+                    job.run.config,
+                    msg.get("error") or "the run ended without a readable result.json",
+                    retryable=bool(msg.get("retryable")),
+                )
             if record["status"] != "done":
                 self._retire(slot)  # a failed run may leave the process in a bad state
             self._dispatch()  # the freed slot starts its next run while the store is written

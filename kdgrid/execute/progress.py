@@ -23,9 +23,14 @@ class RichReporter(Reporter):
         self.console = console or Console(stderr=True)
         self.label = label  # what the overall bar counts ('grid'; a search's round of trials)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.grid: TaskID | None = None
         self.runs: dict[str, tuple[TaskID, str]] = {}  # run_id -> (bar, description)
@@ -48,8 +53,10 @@ class RichReporter(Reporter):
         self.progress.update(bar[0], description=f"{bar[1]} | {stage} epoch {epoch}", completed=step, total=total_steps)
 
     def run_retry(self, run: PlannedRun, result: RunResult, attempt: int) -> None:
-        self.console.print(f"[yellow]run {run.run_id} failed, trying again (attempt {attempt}):[/yellow] {result.get('error')}",
-                           highlight=False)
+        self.console.print(
+            f"[yellow]run {run.run_id} failed, trying again (attempt {attempt}):[/yellow] {result.get('error')}",
+            highlight=False,
+        )
 
     def run_end(self, run: PlannedRun, result: RunResult) -> None:
         self._drop(run.run_id)

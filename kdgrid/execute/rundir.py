@@ -85,8 +85,11 @@ def _keep_existing_result(path: Path, payload: Any) -> None:
     existing, damage = check_result(path)
     if damage is not None and path.is_file():  # a folder in the way is not a result: the write then fails
         os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
-    elif existing is not None and existing["status"] == "done" and not (
-            isinstance(payload, dict) and payload.get("status") == "done"):
+    elif (
+        existing is not None
+        and existing["status"] == "done"
+        and not (isinstance(payload, dict) and payload.get("status") == "done")
+    ):
         raise RunFailed(f"{path} holds a finished result; it is kept and will be stored by the next 'kdgrid run'")
 
 
@@ -107,8 +110,11 @@ def check_result(path: Path) -> tuple[RunResult | None, str | None]:
         data = json.loads(text)
     except ValueError as exc:
         return None, f"not JSON or cut short ({exc})" if text.strip() else "empty"
-    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str) or data.get("status") not in (
-            "done", "failed"):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("run_id"), str)
+        or data.get("status") not in ("done", "failed")
+    ):
         return None, "not a kdgrid result (no run_id, or a status other than done/failed)"
     if data["run_id"] != path.parent.name:
         return None, f"names run {data['run_id']}, not the run {path.parent.name} whose directory holds it"
@@ -140,7 +146,9 @@ def recoverable(result: RunResult | None) -> bool:
 
     A failure that can pass (a killed worker, out of memory) is left to the next attempt.
     """
-    return result is not None and (result["status"] == "done" or (result["status"] == "failed" and not result.get("retryable")))
+    return result is not None and (
+        result["status"] == "done" or (result["status"] == "failed" and not result.get("retryable"))
+    )
 
 
 def _jsonable(obj: Any) -> Any:

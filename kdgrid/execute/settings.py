@@ -29,14 +29,22 @@ def parse_slurm_option(text: str) -> dict[str, Any]:
             raise KdgridError(f"--slurm: '{part}' is not key=value (example: --slurm partition=gpu,time_min=120)")
         if key not in SLURM_KEYS or key in ("setup", "additional"):
             allowed = [k for k in SLURM_KEYS if k not in ("setup", "additional")]
-            raise KdgridError(f"--slurm: unknown setting '{key}' (allowed: {', '.join(allowed)}; setup and additional: in the study file)")
+            raise KdgridError(
+                f"--slurm: unknown setting '{key}' (allowed: {', '.join(allowed)}; setup and additional: in the study file)"
+            )
         out[key] = value.strip()
     return out
 
 
 def resolve_execute(
-    base: Execute | None = None, *, executor: str | None = None, workers: int | None = None,
-    gpus: str | None = None, timeout_s: float | None = None, retries: int | None = None, slurm: str | None = None,
+    base: Execute | None = None,
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    gpus: str | None = None,
+    timeout_s: float | None = None,
+    retries: int | None = None,
+    slurm: str | None = None,
 ) -> Execute:
     """The study's ``execute`` block with the given command-line values on top (one clean error otherwise)."""
     data = (base or Execute()).model_dump()
@@ -57,10 +65,14 @@ def resolve_execute(
         raise KdgridError(f"{_option(tuple(err['loc']))}: {msg}") from None
     if ex.gpus is not None and ex.executor == "local":
         if workers is not None and workers != len(ex.gpus):
-            raise KdgridError(f"--workers: {workers} does not match --gpus {','.join(ex.gpus)} (one worker per listed GPU)")
+            raise KdgridError(
+                f"--workers: {workers} does not match --gpus {','.join(ex.gpus)} (one worker per listed GPU)"
+            )
         ex = ex.model_copy(update={"workers": len(ex.gpus)})
     if ex.executor == "local" and ex.workers == 0 and ex.timeout_s is not None:
-        raise KdgridError("--timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped")
+        raise KdgridError(
+            "--timeout: needs worker processes (--workers 1 or more); an in-process run cannot be stopped"
+        )
     return ex
 
 

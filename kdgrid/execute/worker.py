@@ -127,21 +127,41 @@ def main() -> None:
 
         def on_epoch(stage: str, epoch: int, metrics: dict[str, float], _rid: str = run_id) -> None:
             # The coordinator decides whether the run goes on (a search's pruner); it kills this worker if not.
-            channel.send({"ev": "epoch", "run_id": _rid, "stage": stage, "epoch": epoch,
-                          "metrics": {k: float(v) for k, v in metrics.items()}})
+            channel.send(
+                {
+                    "ev": "epoch",
+                    "run_id": _rid,
+                    "stage": stage,
+                    "epoch": epoch,
+                    "metrics": {k: float(v) for k, v in metrics.items()},
+                }
+            )
 
         try:
             result = execute_job(
-                runner, run_id=run_id, task=msg.get("task"), seed=msg.get("seed"), config=msg["config"],
-                run_dir=run_dir, workdir=Path(msg["workdir"]), attempt=int(msg.get("attempt", 1)),
-                on_progress=on_progress, on_epoch=on_epoch,
+                runner,
+                run_id=run_id,
+                task=msg.get("task"),
+                seed=msg.get("seed"),
+                config=msg["config"],
+                run_dir=run_dir,
+                workdir=Path(msg["workdir"]),
+                attempt=int(msg.get("attempt", 1)),
+                on_progress=on_progress,
+                on_epoch=on_epoch,
             )
         finally:
             _redirect_output(None, own_stderr)
-        channel.send({
-            "ev": "end", "run_id": run_id, "status": result["status"], "error": result.get("error"),
-            "retryable": bool(result.get("retryable")), "record": result if result.get("unsaved") else None,
-        })
+        channel.send(
+            {
+                "ev": "end",
+                "run_id": run_id,
+                "status": result["status"],
+                "error": result.get("error"),
+                "retryable": bool(result.get("retryable")),
+                "record": result if result.get("unsaved") else None,
+            }
+        )
 
 
 if __name__ == "__main__":

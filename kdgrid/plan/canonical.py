@@ -25,13 +25,20 @@ def named_layer_terms(objective: dict[str, Any]) -> bool:
         return False
     from kdgrid.plugins import registry
 
-    return any(float(v.get("weight", 1.0)) > 0 and registry().spec("losses", name).stage == "intermediate"
-               for name, v in terms.items())
+    return any(
+        float(v.get("weight", 1.0)) > 0 and registry().spec("losses", name).stage == "intermediate"
+        for name, v in terms.items()
+    )
 
 
 # Where the data is read from, on which device, and how often the dev set is scored do not define the experiment.
-_IDENTITY_EXCLUDED = (("data", "dir"), ("train", "device"), ("train", "teacher_cache"), ("train", "eval_every_epoch"),
-                      ("teacher", "trust_remote_code"))
+_IDENTITY_EXCLUDED = (
+    ("data", "dir"),
+    ("train", "device"),
+    ("train", "teacher_cache"),
+    ("train", "eval_every_epoch"),
+    ("teacher", "trust_remote_code"),
+)
 _NEUTRAL_INTERMEDIATE = Intermediate().model_dump(mode="json")
 _NEUTRAL_PREDICTION = Prediction().model_dump(mode="json")
 _NEUTRAL_MAPPING = Mapping().model_dump(mode="json")
@@ -71,7 +78,12 @@ def canonicalize(out: dict[str, Any]) -> dict[str, Any]:
         for key in ("contrast_temperature", "contrast_momentum", "contrast_negatives"):
             inter[key] = _NEUTRAL_INTERMEDIATE[key]
     layer_terms = inter["attention"] != "none" or inter["value"] != "none" or inter["hidden"] != "none"
-    if not layer_terms and inter["embedding"] == 0 and out["train"]["schedule"] == "joint" and not named_layer_terms(obj):
+    if (
+        not layer_terms
+        and inter["embedding"] == 0
+        and out["train"]["schedule"] == "joint"
+        and not named_layer_terms(obj)
+    ):
         # No layer loss at all: alpha, weight and the mapping cannot matter.
         out["objective"]["intermediate"] = dict(_NEUTRAL_INTERMEDIATE)
         out["objective"]["mapping"] = Mapping().model_dump(mode="json")

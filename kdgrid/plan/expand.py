@@ -80,14 +80,17 @@ def get_path(tree: dict[str, Any], dotted: str) -> Any:
 
 
 # Blocks whose keys are plug-in names or a plug-in's settings, not fields of the schema.
-FREE_FORM: tuple[tuple[str, ...], ...] = (("objective", "terms"), ("objective", "mapping", "settings"),
-                                          ("student", "settings"))
+FREE_FORM: tuple[tuple[str, ...], ...] = (
+    ("objective", "terms"),
+    ("objective", "mapping", "settings"),
+    ("student", "settings"),
+)
 
 
 def check_path(dotted: str, base: dict[str, Any], where: str, loc: tuple[Any, ...] = ()) -> None:
     """Reject a dotted path that names no setting, listing the keys allowed at the failing level."""
     parts = tuple(dotted.split("."))
-    if any(parts[:len(free)] == free for free in FREE_FORM):
+    if any(parts[: len(free)] == free for free in FREE_FORM):
         return  # plug-in names and settings: the registry's settings models check them when runs validate
     node: Any = base
     walked: list[str] = []
@@ -162,8 +165,12 @@ def expand(study: Study, *, plan_limit: int | None = None) -> list[PlannedRun]:
     for group, levels in study.variants.items():
         for level, overrides in levels.items():
             for key in overrides:
-                check_path(_variant_path(group, key, template), template, f"variants.{group}.{level}",
-                           ("variants", group, level, key))
+                check_path(
+                    _variant_path(group, key, template),
+                    template,
+                    f"variants.{group}.{level}",
+                    ("variants", group, level, key),
+                )
     _check_filter_keys(study, template)
 
     # The cached path shares the five blocks; top-level run fields (metrics, and the plug-ins recorded from
@@ -212,7 +219,9 @@ def _expand_reference(study: Study, template: dict[str, Any]) -> list[PlannedRun
                     factors[group] = level_name
                 for seed in study.seed_list:
                     run_cfg = {**cfg, "task": task, "seed": seed}
-                    if study.include and not any(_matches(f, {**factors, "task": task, "seed": str(seed)}, run_cfg) for f in study.include):
+                    if study.include and not any(
+                        _matches(f, {**factors, "task": task, "seed": str(seed)}, run_cfg) for f in study.include
+                    ):
                         continue
                     if any(_matches(f, {**factors, "task": task, "seed": str(seed)}, run_cfg) for f in study.exclude):
                         continue
@@ -291,8 +300,10 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
     grid_items = list(study.grid.items())
     variant_items = list(study.variants.items())
     grid_block = [path.split(".", 1)[0] for path, _ in grid_items]
-    variant_blocks = [sorted({_variant_path(g, k, template).split(".", 1)[0] for lv in levels.values() for k in lv})
-                      for g, levels in variant_items]
+    variant_blocks = [
+        sorted({_variant_path(g, k, template).split(".", 1)[0] for lv in levels.values() for k in lv})
+        for g, levels in variant_items
+    ]
     filters = bool(study.include or study.exclude)
     runs: list[PlannedRun] = []
     for task in study.tasks:
@@ -324,21 +335,30 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                             continue
                         if any(_matches(f, at, run_cfg) for f in study.exclude):
                             continue
-                    if type(seed) is not int or seed < 0 or (cell is None and (
-                            cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None):
+                    if (
+                        type(seed) is not int
+                        or seed < 0
+                        or (cell is None and (cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None)
+                    ):
                         resolved = _validate({**cfg, "task": task, "seed": seed}, factors, task, seed)
                         canon = canonical_config(resolved)
                         runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))
                         continue
                     head, tail, canon = cell
                     # json.dumps writes an int seed as str(seed): the text the reference path hashes.
-                    runs.append(PlannedRun(hash_blob(f"{head}{seed}{tail}"), task, seed, factors, {**canon, "seed": seed}))
+                    runs.append(
+                        PlannedRun(hash_blob(f"{head}{seed}{tail}"), task, seed, factors, {**canon, "seed": seed})
+                    )
     return runs
 
 
-def _cell(task: str, seed: int, bkeys: dict[str, tuple[int, ...]], blocks: dict[str, _Blocks],
-          canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str]],
-          ) -> tuple[str, str, dict[str, Any]] | None:
+def _cell(
+    task: str,
+    seed: int,
+    bkeys: dict[str, tuple[int, ...]],
+    blocks: dict[str, _Blocks],
+    canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str]],
+) -> tuple[str, str, dict[str, Any]] | None:
     """The cell's identity text before and after the seed, and its canonical config (seed: the first
     seed's); None: validate this run the reference way (it fails there, with the reference's message)."""
     valid = {name: blocks[name].validated(bkeys[name]) for name in _BLOCKS}

@@ -53,13 +53,21 @@ def check_run(config: dict[str, Any], teacher: Shape) -> None:
             "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size "
             f"({teacher.hidden}, {teacher.intermediate}; allowed for other shapes: width_slice, random)"
         )
-    if st["init"] == "width_slice" and (s.hidden > teacher.hidden or s.intermediate > teacher.intermediate or s.heads > teacher.heads):
-        raise PlanError("student.init: 'width_slice' needs a student no wider than the teacher (hidden, heads, intermediate)")
+    if st["init"] == "width_slice" and (
+        s.hidden > teacher.hidden or s.intermediate > teacher.intermediate or s.heads > teacher.heads
+    ):
+        raise PlanError(
+            "student.init: 'width_slice' needs a student no wider than the teacher (hidden, heads, intermediate)"
+        )
     for i, layer in enumerate(st.get("init_layers") or []):
         if layer > teacher.layers:
             raise PlanError(f"student.init_layers[{i}]: layer {layer} out of range (allowed: 1..{teacher.layers})")
     inter = config["objective"]["intermediate"]
-    if (inter["attention"] != "none" or inter["value"] != "none") and s.heads != teacher.heads and inter["head_match"] == "equal":
+    if (
+        (inter["attention"] != "none" or inter["value"] != "none")
+        and s.heads != teacher.heads
+        and inter["head_match"] == "equal"
+    ):
         raise PlanError(
             f"objective.intermediate.head_match: attention/value losses compare {s.heads} student heads with "
             f"{teacher.heads} teacher heads; set head_match: mean (allowed: equal, mean)"
@@ -67,7 +75,9 @@ def check_run(config: dict[str, Any], teacher: Shape) -> None:
     mapping = config["objective"]["mapping"]
     for i, layer in enumerate(mapping.get("layers") or []):
         if layer > teacher.layers:
-            raise PlanError(f"objective.mapping.layers[{i}]: teacher layer {layer} out of range (allowed: 1..{teacher.layers})")
+            raise PlanError(
+                f"objective.mapping.layers[{i}]: teacher layer {layer} out of range (allowed: 1..{teacher.layers})"
+            )
     check_plugins(config, teacher, s)
 
 
@@ -95,8 +105,10 @@ def check_plugins(config: dict[str, Any], teacher: Shape, student: Shape) -> Non
     builder = registry().get("students", cfg.student.init)
     if not builder.source.builtin:
         if builder.spec.copies_layers and student.layers > teacher.layers:
-            raise PlanError(f"student.layers: {student.layers} layers but the teacher has {teacher.layers}; "
-                            f"init '{cfg.student.init}' copies teacher layers")
+            raise PlanError(
+                f"student.layers: {student.layers} layers but the teacher has {teacher.layers}; "
+                f"init '{cfg.student.init}' copies teacher layers"
+            )
         if builder.spec.check is not None:
             try:
                 builder.spec.check(builder.spec.settings.model_validate(cfg.student.settings), shapes)

@@ -152,8 +152,12 @@ class MetricSpec:
 
 
 Spec = LossSpec | MappingSpec | StudentSpec | MetricSpec
-_SPEC_TYPE: dict[Kind, type] = {"losses": LossSpec, "mappings": MappingSpec, "students": StudentSpec,
-                                 "metrics": MetricSpec}
+_SPEC_TYPE: dict[Kind, type] = {
+    "losses": LossSpec,
+    "mappings": MappingSpec,
+    "students": StudentSpec,
+    "metrics": MetricSpec,
+}
 
 
 @dataclass(frozen=True)
@@ -213,9 +217,11 @@ def _distribution_of(ep: metadata.EntryPoint) -> tuple[str, str]:
 
 
 def _load_entry_points(reg: Registry, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
-    eps = list(entry_points) if entry_points is not None else [
-        ep for kind in KINDS for ep in metadata.entry_points(group=GROUPS[kind])
-    ]
+    eps = (
+        list(entry_points)
+        if entry_points is not None
+        else [ep for kind in KINDS for ep in metadata.entry_points(group=GROUPS[kind])]
+    )
     kind_of = {g: k for k, g in GROUPS.items()}
     for ep in sorted(eps, key=lambda e: (e.group, e.name, _distribution_of(e))):
         package, version = _distribution_of(ep)
@@ -300,8 +306,10 @@ def plugin_layer_map(kind: str, n_teacher: int, n_student: int, settings: Any = 
     try:
         out = list(load_impl(spec.impl)(n_teacher, n_student, settings))
     except ValueError as exc:  # a mapping says why it cannot map these shapes
-        raise PlanError(f"objective.mapping.kind: mapping '{kind}' cannot map {n_student} student onto "
-                        f"{n_teacher} teacher layers: {exc}") from None
+        raise PlanError(
+            f"objective.mapping.kind: mapping '{kind}' cannot map {n_student} student onto "
+            f"{n_teacher} teacher layers: {exc}"
+        ) from None
     bad = [n for n in out if n is not None and not (isinstance(n, int) and 1 <= n <= n_teacher)]
     if len(out) != n_student or bad:
         raise PlanError(

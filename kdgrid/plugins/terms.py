@@ -49,8 +49,9 @@ def legacy_prediction_terms(objective: Objective) -> list[TermUse]:
     if pred.beta < 1.0:
         out.append(_use("kd_hard", 1.0 - pred.beta, NoSettings(), "hard"))
     if pred.beta > 0.0:
-        out.append(_use("kd_soft", pred.beta, SoftSettings(temperature=pred.temperature, t_squared=pred.t_squared),
-                        "soft"))
+        out.append(
+            _use("kd_soft", pred.beta, SoftSettings(temperature=pred.temperature, t_squared=pred.t_squared), "soft")
+        )
     return out
 
 
@@ -60,8 +61,14 @@ def legacy_layer_terms(objective: Objective, scale: float) -> list[TermUse]:
     out = []
     if inter.alpha > 0.0:
         if inter.attention == "mse":
-            out.append(_use("att_mse", scale * inter.alpha,
-                            AttMseSettings(head_match=inter.head_match, padding=inter.att_mse_padding), "att"))
+            out.append(
+                _use(
+                    "att_mse",
+                    scale * inter.alpha,
+                    AttMseSettings(head_match=inter.head_match, padding=inter.att_mse_padding),
+                    "att",
+                )
+            )
         elif inter.attention == "kl":
             out.append(_use("att_kl", scale * inter.alpha, HeadSettings(head_match=inter.head_match), "att"))
         if inter.value == "kl":
@@ -70,9 +77,18 @@ def legacy_layer_terms(objective: Objective, scale: float) -> list[TermUse]:
         if inter.hidden in ("cls", "seq"):
             out.append(_use(f"hid_{inter.hidden}", scale * (1.0 - inter.alpha), NoSettings(), "hid"))
         elif inter.hidden == "cls_contrast":
-            out.append(_use("hid_contrast", scale * (1.0 - inter.alpha), ContrastSettings(
-                temperature=inter.contrast_temperature, momentum=inter.contrast_momentum,
-                negatives=inter.contrast_negatives), "contrast"))
+            out.append(
+                _use(
+                    "hid_contrast",
+                    scale * (1.0 - inter.alpha),
+                    ContrastSettings(
+                        temperature=inter.contrast_temperature,
+                        momentum=inter.contrast_momentum,
+                        negatives=inter.contrast_negatives,
+                    ),
+                    "contrast",
+                )
+            )
     if inter.embedding > 0.0:
         out.append(_use("emb_mse", scale * inter.embedding, NoSettings(), "emb"))
     return out
@@ -84,8 +100,9 @@ def named_terms(objective: Objective) -> list[TermUse]:
     for name, values in objective.terms.items():
         spec = registry().spec("losses", name)
         rest = {k: v for k, v in values.items() if k != "weight"}
-        out.append(TermUse(name, float(values.get("weight", 1.0)), validate_settings(spec, rest, f"terms.{name}"),
-                           spec, name))
+        out.append(
+            TermUse(name, float(values.get("weight", 1.0)), validate_settings(spec, rest, f"terms.{name}"), spec, name)
+        )
     return out
 
 
@@ -137,6 +154,9 @@ def plugins_used(cfg: RunConfig) -> dict[str, dict[str, str]]:
     for kind, name, settings in used:
         src = reg.get(kind, name).source  # type: ignore[arg-type]
         if not src.builtin:
-            out[f"{kind}.{name}"] = {"package": src.package, "version": src.version,
-                                     "settings_sha": settings_hash(settings)}
+            out[f"{kind}.{name}"] = {
+                "package": src.package,
+                "version": src.version,
+                "settings_sha": settings_hash(settings),
+            }
     return out

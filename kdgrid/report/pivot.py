@@ -86,8 +86,13 @@ def resolve_factor(name: str, factors: Sequence[str], where: str) -> str:
     raise KdgridError(f"{where}: '{name}' is not a factor of this study (allowed: {allowed})")
 
 
-def choose_layout(cells: pd.DataFrame, rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
-                  *, where: str = "analysis.table") -> Layout:
+def choose_layout(
+    cells: pd.DataFrame,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    *,
+    where: str = "analysis.table",
+) -> Layout:
     """The table layout: the given rows/cols (names checked), the rest filled in by the default rule."""
     factors = factor_columns(cells)
     r = [resolve_factor(n, factors, f"{where}.rows") for n in (rows or [])]
@@ -151,7 +156,8 @@ def _marks(paired: pd.DataFrame | None) -> tuple[dict[tuple[str, str, str], str]
     for r in paired.itertuples(index=False):
         v = str(r.verdict)
         marks[(str(r.task), str(r.metric), str(r.condition))] = (
-            MARK_DIFFERENT if v == "different" else MARK_EQUIVALENT if v == "equivalent" else "")
+            MARK_DIFFERENT if v == "different" else MARK_EQUIVALENT if v == "equivalent" else ""
+        )
         bases.add((str(r.task), str(r.baseline)))
     return marks, bases
 
@@ -168,8 +174,16 @@ def _reference(sens: pd.DataFrame | None, column: str) -> dict[str, float]:
     return out
 
 
-def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.DataFrame | None, layout: Layout, *,
-                 scale100: bool = True, alpha: float = 0.05, decimals: int = 1) -> list[DisplayTable]:
+def pivot_tables(
+    cells: pd.DataFrame,
+    paired: pd.DataFrame | None,
+    sens: pd.DataFrame | None,
+    layout: Layout,
+    *,
+    scale100: bool = True,
+    alpha: float = 0.05,
+    decimals: int = 1,
+) -> list[DisplayTable]:
     """One pivot table per metric group (:func:`metric_groups`): mean ± sd, verdict marks, teacher row."""
     marks, bases = _marks(paired)
     teacher, floor = _reference(sens, "teacher"), _reference(sens, "floor")
@@ -182,8 +196,9 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
         scales = metric_scales(sub, scale100=scale100)
         one_metric = len(set(sub["metric"].astype(str))) == 1
         # Column keys: tasks in order of appearance, factor levels in their natural order.
-        col_levels = {f: (list(dict.fromkeys(sub[f].astype(str))) if f == TASK else ordered_levels(list(sub[f])))
-                      for f in col_f}
+        col_levels = {
+            f: (list(dict.fromkeys(sub[f].astype(str))) if f == TASK else ordered_levels(list(sub[f]))) for f in col_f
+        }
         seen_cols = set(_key(r, col_f) for _, r in sub.iterrows())
         col_keys = [k for k in _product(col_levels, col_f) if k in seen_cols]
         row_levels = {f: ordered_levels(list(sub[f])) for f in row_f}
@@ -193,8 +208,14 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
         for _, r in sub.iterrows():
             lookup.setdefault((_key(r, row_f), _key(r, col_f)), r)
         # Baseline rows first: the reference the marks refer to.
-        is_base_row = {rk: any((str(lookup[(rk, ck)]["task"]), str(lookup[(rk, ck)]["cell"])) in bases
-                               for ck in col_keys if (rk, ck) in lookup) for rk in row_keys}
+        is_base_row = {
+            rk: any(
+                (str(lookup[(rk, ck)]["task"]), str(lookup[(rk, ck)]["cell"])) in bases
+                for ck in col_keys
+                if (rk, ck) in lookup
+            )
+            for rk in row_keys
+        }
         row_keys = [rk for rk in row_keys if is_base_row[rk]] + [rk for rk in row_keys if not is_base_row[rk]]
 
         def header(ck: tuple[str, ...]) -> str:
@@ -227,8 +248,11 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
                 task = ck[col_f.index(TASK)] if TASK in col_f else None
                 metric = next(iter({m for t, m in scales if t == task}), "")
                 v = ref.get(task) if task is not None else None
-                row[h] = MISSING if v is None else fmt_metric(v, scale=scales.get((task or "", metric), 1.0),
-                                                               decimals=decimals)
+                row[h] = (
+                    MISSING
+                    if v is None
+                    else fmt_metric(v, scale=scales.get((task or "", metric), 1.0), decimals=decimals)
+                )
             rows.append(row)
         frame = pd.DataFrame(rows, columns=label_cols + headers, dtype=object)
         # Blank a level that repeats the row above under the same outer levels: blocks read as groups.
@@ -248,14 +272,25 @@ def pivot_tables(cells: pd.DataFrame, paired: pd.DataFrame | None, sens: pd.Data
         caption = (
             f"{per_task}: mean ± sd over seeds ({n_text}). {scale_phrase(scales.values())} Rows: {row_names}; "
             f"columns: {col_names}. "
-            + (f"Baseline {MARK_BASELINE}: {base_text}" + (f" (at each {', '.join(base_varies)})" if base_varies else "")
-               + f". {MARK_DIFFERENT} different from the baseline of its task (paired test, adjusted p < {alpha:g}); "
-               f"{MARK_EQUIVALENT} equivalent within the margin (TOST); unmarked: inconclusive. "
-               if base_text or paired is not None else "")
-            + ("teacher: the fine-tuned teacher's score; floor: the majority-class score (0 for a correlation). "
-               if teacher else "")
-            + ("A level joined by '|' (kl|mse) marks runs shared by cells that differ only in a factor without "
-               "effect there, shown once." if any("|" in k for rk in row_keys for k in rk) else "")
+            + (
+                f"Baseline {MARK_BASELINE}: {base_text}"
+                + (f" (at each {', '.join(base_varies)})" if base_varies else "")
+                + f". {MARK_DIFFERENT} different from the baseline of its task (paired test, adjusted p < {alpha:g}); "
+                f"{MARK_EQUIVALENT} equivalent within the margin (TOST); unmarked: inconclusive. "
+                if base_text or paired is not None
+                else ""
+            )
+            + (
+                "teacher: the fine-tuned teacher's score; floor: the majority-class score (0 for a correlation). "
+                if teacher
+                else ""
+            )
+            + (
+                "A level joined by '|' (kl|mse) marks runs shared by cells that differ only in a factor without "
+                "effect there, shown once."
+                if any("|" in k for rk in row_keys for k in rk)
+                else ""
+            )
         ).strip()
         out.append(DisplayTable(f"cells-{slug(label)}", caption, frame, left=tuple(label_cols)))
     return out
@@ -341,8 +376,7 @@ def findings(paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale10
         else:
             what = "undecided"
         unit = f"{r.metric}{' ×100' if s == 100.0 else ''}"
-        text = (f"{r.task}{' · ' + where if where else ''}: {diff} is {what} "
-                f"(Δ {delta} {unit}, simultaneous CI {ci})")
+        text = f"{r.task}{' · ' + where if where else ''}: {diff} is {what} (Δ {delta} {unit}, simultaneous CI {ci})"
         out.append(Finding(str(r.task), diff, where, verdict, text))
     size = {id(f): abs(_num(r.mean_diff) or 0.0) for f, r in zip(out, paired.itertuples(index=False))}
     # Comparisons of cells that share their runs (a collapsed factor) give the very same numbers:
@@ -368,26 +402,30 @@ def headline(paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale10
     return lead + (f"; largest: {decisive[0].text}" if decisive else "")
 
 
-def summary_lines(question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *,
-                  scale100: bool = True, limit: int = 8) -> tuple[str, list[str], list[str]]:
+def summary_lines(
+    question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale100: bool = True, limit: int = 8
+) -> tuple[str, list[str], list[str]]:
     """(question, decisive sentences, undecided summary) for the report's opening box."""
     fs = findings(paired, cells, scale100=scale100)
     decisive = [f.text for f in fs if f.verdict in ("different", "equivalent")]
     undecided = [f for f in fs if f.verdict not in ("different", "equivalent")]
-    shown = decisive[:limit] + ([f"… and {len(decisive) - limit} more (paired tests below)"]
-                                if len(decisive) > limit else [])
+    shown = decisive[:limit] + (
+        [f"… and {len(decisive) - limit} more (paired tests below)"] if len(decisive) > limit else []
+    )
     und = []
     if undecided:
         by_task: dict[str, int] = {}
         for f in undecided:
             by_task[f.task] = by_task.get(f.task, 0) + 1
-        und.append(f"{len(undecided)} of {len(fs)} comparisons undecided (neither different nor equivalent): "
-                   + ", ".join(f"{t} {n}" for t, n in by_task.items()) + ". More seeds would decide them "
-                   "(see the power section).")
+        und.append(
+            f"{len(undecided)} of {len(fs)} comparisons undecided (neither different nor equivalent): "
+            + ", ".join(f"{t} {n}" for t, n in by_task.items())
+            + ". More seeds would decide them "
+            "(see the power section)."
+        )
     elif not fs:
         und.append("No paired comparisons: no baseline, or no seeds to pair by.")
     return question or "(the study states no question: add 'description:' to the study file)", shown, und
-
 
 
 def condition_level_columns(paired: pd.DataFrame, cells: pd.DataFrame | None) -> dict[str, list[str]]:

@@ -124,8 +124,14 @@ def _f(x: Any) -> float:
 COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper: every report figure is drawn at this width or 2×
 MAX_LINES = 5  # lines per panel of an interaction plot
 MAX_LEGEND_ENTRIES = 8  # no legend of a report figure has more (tests hold every figure to it)
-_SMALL: dict[RcKeyType, Any] = {"font.size": 7.0, "axes.titlesize": 7.0, "axes.labelsize": 7.0, "xtick.labelsize": 6.5,
-          "ytick.labelsize": 6.5, "legend.fontsize": 6.5}
+_SMALL: dict[RcKeyType, Any] = {
+    "font.size": 7.0,
+    "axes.titlesize": 7.0,
+    "axes.labelsize": 7.0,
+    "xtick.labelsize": 6.5,
+    "ytick.labelsize": 6.5,
+    "legend.fontsize": 6.5,
+}
 
 
 def _matches(level: str, wanted: str) -> bool:
@@ -162,7 +168,12 @@ def _parts(values: Iterable[Any]) -> list[str]:
 
 
 def interaction_figure(
-    cells: pd.DataFrame, task: str, metric: str, *, scale: float = 1.0, teacher: float | None = None,
+    cells: pd.DataFrame,
+    task: str,
+    metric: str,
+    *,
+    scale: float = 1.0,
+    teacher: float | None = None,
     floor: float | None = None,
 ) -> Figure:
     """Interaction plot for one task as small multiples: x = the factor with the most levels,
@@ -207,16 +218,30 @@ def interaction_figure(
                 off = (j - (len(line_levels) - 1) / 2) * 0.06
                 xs = np.array([p[0] for p in pts], dtype=float) + off
                 ys = np.array([p[1] for p in pts])
-                yerr = np.vstack([np.nan_to_num(ys - np.array([p[2] for p in pts])),
-                                  np.nan_to_num(np.array([p[3] for p in pts]) - ys)])
-                h = ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=3, capsize=2, linewidth=1.1,
-                                elinewidth=0.8, color=f"C{j % 10}")
+                yerr = np.vstack(
+                    [
+                        np.nan_to_num(ys - np.array([p[2] for p in pts])),
+                        np.nan_to_num(np.array([p[3] for p in pts]) - ys),
+                    ]
+                )
+                h = ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=yerr,
+                    marker="o",
+                    markersize=3,
+                    capsize=2,
+                    linewidth=1.1,
+                    elinewidth=0.8,
+                    color=f"C{j % 10}",
+                )
                 handles.setdefault(f"{short[line_name]} {ll}" if line_name else "mean", h)
             if teacher is not None and math.isfinite(teacher):
                 handles["teacher"] = ax.axhline(teacher, color="0.3", linestyle="--", linewidth=0.8)
             if floor is not None and math.isfinite(floor):
                 handles["majority class" if floor != 0 else "floor (0)"] = ax.axhline(
-                    floor, color="0.5", linestyle=":", linewidth=0.9)
+                    floor, color="0.5", linestyle=":", linewidth=0.9
+                )
             if pk:
                 ax.set_title(" · ".join(pk))  # levels alone; the factors are named once, in the title
             ax.grid(axis="y", alpha=0.3, linewidth=0.5)
@@ -228,8 +253,13 @@ def interaction_figure(
         for ax in axes[:, 0]:
             ax.set_ylabel(f"{metric}{' ×100' if scale == 100.0 else ''}")
         if handles:
-            fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                       ncol=min(4, len(handles)), frameon=False)
+            fig.legend(
+                list(handles.values()),
+                list(handles),
+                loc="outside lower center",
+                ncol=min(4, len(handles)),
+                frameon=False,
+            )
         panels = f"; panels: {' · '.join(short[f] for f in panel_f)}" if panel_f else ""
         fig.suptitle(f"{task}: mean and 95% CI over seeds{panels}", fontsize=7.5)
     return fig
@@ -286,16 +316,20 @@ def forest_figure(
         m = re.search(r", (holm|fdr_bh|bonferroni|none)\)$", families[0]) if families else None
         correction = m.group(1) if m else None
         metric = "/".join(dict.fromkeys(paired["metric"].astype(str)))
-        ax.set_xlabel(f"Δ {metric} vs baseline" + (" (×100)" if scales == {100.0} else "")
-                      + f"\nthick: {interval_label(correction)}; thin: unadjusted 95% CI")
+        ax.set_xlabel(
+            f"Δ {metric} vs baseline"
+            + (" (×100)" if scales == {100.0} else "")
+            + f"\nthick: {interval_label(correction)}; thin: unadjusted 95% CI"
+        )
         ax.set_title(f"{paired['task'].iloc[0]}: paired differences, sorted" if n else "")
         ax.grid(axis="x", alpha=0.3, linewidth=0.5)
         # Proxy artists: a legend that explains colour even when only one kind is present.
         ax.plot([], [], marker="o", linestyle="", color=SIG_COLOR, label=f"different (p_adj < {alpha:g})")
         ax.plot([], [], marker="o", linestyle="", color=EQUIV_COLOR, label="equivalent (TOST)")
         ax.plot([], [], marker="o", linestyle="", color=NONSIG_COLOR, markerfacecolor="white", label="inconclusive")
-        ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, handletextpad=0.2,
-                  columnspacing=0.8)
+        ax.legend(
+            frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=3, handletextpad=0.2, columnspacing=0.8
+        )
     return fig
 
 
@@ -310,8 +344,14 @@ def _levels_of(cells: pd.DataFrame | None, name: str) -> str:
     return " · ".join(found[f] for f in varying)
 
 
-def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Sequence[str] | None = None,
-                         cols: Sequence[str] | None = None, scale100: bool = True) -> Figure:
+def delta_heatmap_figure(
+    paired: pd.DataFrame,
+    cells: pd.DataFrame,
+    *,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    scale100: bool = True,
+) -> Figure:
     """Heat map of Δ vs baseline for grids with many cells: the pivot table's layout (row factors ×
     task and column factors), colour = Δ on a scale centred on 0, '*' = different, '≈' = equivalent."""
     import matplotlib as mpl
@@ -328,9 +368,14 @@ def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Seq
         lv = dict(found)
         lv["task"] = str(r.task)
         mark = "*" if str(r.verdict) == "different" else "≈" if str(r.verdict) == "equivalent" else ""
-        recs.append({"row": " · ".join(lv[f] for f in layout.rows) or "all",
-                     "col": " ".join(lv[f] for f in layout.cols),
-                     "d": _f(r.mean_diff) * metric_scale(r.metric, scale100=scale100), "mark": mark})
+        recs.append(
+            {
+                "row": " · ".join(lv[f] for f in layout.rows) or "all",
+                "col": " ".join(lv[f] for f in layout.cols),
+                "d": _f(r.mean_diff) * metric_scale(r.metric, scale100=scale100),
+                "mark": mark,
+            }
+        )
     df = pd.DataFrame(recs)
     row_order = list(dict.fromkeys(df["row"]))
     col_order = list(dict.fromkeys(df["col"]))
@@ -339,9 +384,11 @@ def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Seq
     except ValueError:
         pass
     grid = df.pivot_table(index="row", columns="col", values="d", aggfunc="first").reindex(
-        index=row_order, columns=col_order)
+        index=row_order, columns=col_order
+    )
     marks = df.pivot_table(index="row", columns="col", values="mark", aggfunc="first").reindex(
-        index=row_order, columns=col_order)
+        index=row_order, columns=col_order
+    )
     data = grid.to_numpy(dtype=float)
     lim = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
     with mpl.rc_context(_SMALL):
@@ -354,10 +401,15 @@ def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Seq
                 mk = cell_mark if isinstance(cell_mark, str) else ""
                 rgba = im.cmap(im.norm(v))
                 dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
-                ax.text(j, i, f"{v:.1f}{mk}", ha="center", va="center", fontsize=5.5,
-                        color="white" if dark else "black")
-        ax.set_xticks(range(len(col_order)), col_order, rotation=30 if len(col_order) > 4 else 0,
-                      ha="right" if len(col_order) > 4 else "center")
+                ax.text(
+                    j, i, f"{v:.1f}{mk}", ha="center", va="center", fontsize=5.5, color="white" if dark else "black"
+                )
+        ax.set_xticks(
+            range(len(col_order)),
+            col_order,
+            rotation=30 if len(col_order) > 4 else 0,
+            ha="right" if len(col_order) > 4 else "center",
+        )
         ax.set_yticks(range(len(row_order)), row_order)
         ax.set_ylabel(" · ".join(short[f] for f in layout.rows))
         ax.set_xlabel(" × ".join("task" if f == "task" else short[f] for f in layout.cols))
@@ -366,8 +418,9 @@ def delta_heatmap_figure(paired: pd.DataFrame, cells: pd.DataFrame, *, rows: Seq
     return fig
 
 
-def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: pd.DataFrame | None = None,
-              *, alpha: float = 0.05) -> Figure:
+def cd_figure(
+    ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: pd.DataFrame | None = None, *, alpha: float = 0.05
+) -> Figure:
     """Critical-difference diagram (Demšar 2006) drawn by ``scikit_posthocs.critical_difference_diagram``:
     conditions joined by a bar are not distinguishable by the Nemenyi test at ``alpha``."""
     import matplotlib as mpl
@@ -384,9 +437,11 @@ def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: p
         fig = _figure(2 * COLUMN_WIDTH_IN, 0.16 * len(names) + 1.2)
         ax = fig.add_subplot()
         sp.critical_difference_diagram(rank, sig, ax=ax, alpha=alpha, label_props={"fontsize": 6.0})
-    ax.set_title(f"Mean ranks over (task, seed) blocks; bars: no Nemenyi difference at α = {alpha:g} "
-                 f"(Friedman p = {float(summary.get('p', float('nan'))):.3g})"
-                 + (f"\nlabels: {key}" if key else ""), fontsize=7.0)
+    ax.set_title(
+        f"Mean ranks over (task, seed) blocks; bars: no Nemenyi difference at α = {alpha:g} "
+        f"(Friedman p = {float(summary.get('p', float('nan'))):.3g})" + (f"\nlabels: {key}" if key else ""),
+        fontsize=7.0,
+    )
     return fig
 
 
@@ -394,7 +449,10 @@ def cd_figure(ranks: pd.DataFrame, nemenyi: pd.DataFrame, summary: Any, cells: p
 
 
 def sensitivity_figure(
-    sens: pd.DataFrame, cells: pd.DataFrame | None = None, *, value: SensitivityValue = "retention",
+    sens: pd.DataFrame,
+    cells: pd.DataFrame | None = None,
+    *,
+    value: SensitivityValue = "retention",
     scale100: bool = True,
 ) -> Figure:
     """Heatmap tasks × conditions of normalised retention (default) or of the teacher–student gap.
@@ -406,8 +464,10 @@ def sensitivity_figure(
     scales = {metric_scale(m, scale100=scale100) for m in sens["metric"]}
     df = sens.assign(
         _cond=[labels.get(str(c), str(c)) for c in sens["cell"]],
-        _v=[_f(v) * (metric_scale(m, scale100=scale100) if value == "gap" else 1.0)
-            for m, v in zip(sens["metric"], sens[value])],
+        _v=[
+            _f(v) * (metric_scale(m, scale100=scale100) if value == "gap" else 1.0)
+            for m, v in zip(sens["metric"], sens[value])
+        ],
     )
     grid = df.pivot_table(index="task", columns="_cond", values="_v", aggfunc="mean", sort=False)
     grid = grid[[c for c in dict.fromkeys(df["_cond"]) if c in grid.columns]]
@@ -417,8 +477,11 @@ def sensitivity_figure(
 
     import matplotlib as mpl
 
-    what = "retention (student − floor)/(teacher − floor)" if value == "retention" else "gap (teacher − student)" + (
-        " ×100" if scales == {100.0} else "")
+    what = (
+        "retention (student − floor)/(teacher − floor)"
+        if value == "retention"
+        else "gap (teacher − student)" + (" ×100" if scales == {100.0} else "")
+    )
     with mpl.rc_context(_SMALL):  # one paper column up to 8 conditions, else two
         width = COLUMN_WIDTH_IN if data.shape[1] <= 8 else 2 * COLUMN_WIDTH_IN
         fig = _figure(width, 0.28 * data.shape[0] + 1.6)
@@ -435,8 +498,9 @@ def sensitivity_figure(
     return fig
 
 
-def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str, *, fontsize: Any = "small",
-              lead_zero: bool = True) -> None:
+def _annotate(
+    ax: Axes, im: AxesImage, data: np.ndarray, fmt: str, *, fontsize: Any = "small", lead_zero: bool = True
+) -> None:
     """Write each heatmap value in its cell, white on dark colours and black on light ones
     (``lead_zero=False``: ".14" for weights in [0, 1], which fit narrow cells)."""
     if data.size == 0 or data.shape[0] > 16 or data.shape[1] > 16:
@@ -449,8 +513,7 @@ def _annotate(ax: Axes, im: AxesImage, data: np.ndarray, fmt: str, *, fontsize: 
         text = fmt.format(v)
         if not lead_zero and text.startswith("0."):
             text = text[1:]
-        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
-                color="white" if luminance < 0.5 else "black")
+        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color="white" if luminance < 0.5 else "black")
 
 
 # --------------------------------------------------------------------------- mapping weights
@@ -475,7 +538,9 @@ def mapping_figure(weights: pd.DataFrame, task: str, cells: pd.DataFrame | None 
         axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
         for ax, (cell, grid) in zip(axes.flat, grids.items()):
             data = grid.to_numpy(dtype=float)
-            im = ax.imshow(data, cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None, aspect="auto")
+            im = ax.imshow(
+                data, cmap="viridis", vmin=0 if bounded else None, vmax=1 if bounded else None, aspect="auto"
+            )
             if data.shape[1] <= 8:
                 _annotate(ax, im, data, "{:.2f}", fontsize=5.5, lead_zero=not bounded)
             ax.set_xticks(range(data.shape[1]), [str(c) for c in grid.columns])
@@ -489,8 +554,10 @@ def mapping_figure(weights: pd.DataFrame, task: str, cells: pd.DataFrame | None 
             ax.set_axis_off()
         if im is not None:
             fig.colorbar(im, ax=axes, label="weight", shrink=0.8)
-        fig.suptitle(f"{task}: learned mapping weights (last epoch, mean over seeds)" + (f"\npanels: {key}" if key else ""),
-                     fontsize=7.5)
+        fig.suptitle(
+            f"{task}: learned mapping weights (last epoch, mean over seeds)" + (f"\npanels: {key}" if key else ""),
+            fontsize=7.5,
+        )
     return fig
 
 
@@ -501,8 +568,13 @@ HEATMAP_MIN_CONDITIONS = 8  # more compared conditions per task than this: add t
 
 
 def build_figures(
-    analysis: Analysis, *, scale100: bool = True, alpha: float = 0.05, sensitivity_value: SensitivityValue = "retention",
-    rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
+    analysis: Analysis,
+    *,
+    scale100: bool = True,
+    alpha: float = 0.05,
+    sensitivity_value: SensitivityValue = "retention",
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
 ) -> list[Plot]:
     """Every plot the analysis supports, each tagged with the report section it belongs to.
     ``rows``/``cols``: the pivot layout, which the Δ heat map follows."""
@@ -525,33 +597,69 @@ def build_figures(
                     floor = float(fv.iloc[0]) * scales[(task, metric)]
             name = f"interaction_{slug(task)}" + (f"_{slug(metric)}" if task in tasks_with_many else "")
             fig = interaction_figure(cells, task, metric, scale=scales[(task, metric)], teacher=teacher, floor=floor)
-            plots.append(Plot(name, "cells", f"{task} ({metric}): cell means with 95% CI, a panel per level of the "
-                              "other factors; dashed: teacher, dotted: majority class", fig))
+            plots.append(
+                Plot(
+                    name,
+                    "cells",
+                    f"{task} ({metric}): cell means with 95% CI, a panel per level of the "
+                    "other factors; dashed: teacher, dotted: majority class",
+                    fig,
+                )
+            )
     paired = section_frame(analysis, "paired_tests")
     if paired is not None:
         for task, g in paired.groupby(paired["task"].astype(str), sort=False):
-            plots.append(Plot(f"forest_{slug(task)}", "paired_tests",
-                              f"{task}: paired differences vs baseline sorted by effect; simultaneous (thick) and "
-                              "unadjusted 95% (thin) intervals, coloured by verdict",
-                              forest_figure(g, cells, alpha=alpha, scale100=scale100)))
+            plots.append(
+                Plot(
+                    f"forest_{slug(task)}",
+                    "paired_tests",
+                    f"{task}: paired differences vs baseline sorted by effect; simultaneous (thick) and "
+                    "unadjusted 95% (thin) intervals, coloured by verdict",
+                    forest_figure(g, cells, alpha=alpha, scale100=scale100),
+                )
+            )
         per_task = paired.groupby(paired["task"].astype(str)).size()
         if cells is not None and per_task.max() > HEATMAP_MIN_CONDITIONS:
-            plots.append(Plot("delta_heatmap", "paired_tests", "Δ vs baseline in the pivot table's layout",
-                              delta_heatmap_figure(paired, cells, rows=rows, cols=cols, scale100=scale100)))
+            plots.append(
+                Plot(
+                    "delta_heatmap",
+                    "paired_tests",
+                    "Δ vs baseline in the pivot table's layout",
+                    delta_heatmap_figure(paired, cells, rows=rows, cols=cols, scale100=scale100),
+                )
+            )
     ranks = section_frame(analysis, "ranks")
     nemenyi = section_frame(analysis, "nemenyi")
     friedman = getattr(analysis, "friedman", None)
     if ranks is not None and nemenyi is not None and friedman:
-        plots.append(Plot("critical_difference", "ranks", "Critical-difference diagram (Friedman, Nemenyi)",
-                          cd_figure(ranks, nemenyi, friedman, cells, alpha=alpha)))
+        plots.append(
+            Plot(
+                "critical_difference",
+                "ranks",
+                "Critical-difference diagram (Friedman, Nemenyi)",
+                cd_figure(ranks, nemenyi, friedman, cells, alpha=alpha),
+            )
+        )
     if sens is not None and sens[sensitivity_value].notna().any():
-        plots.append(Plot(f"sensitivity_{sensitivity_value}", "sensitivity", "Per-task sensitivity",
-                          sensitivity_figure(sens, cells, value=sensitivity_value, scale100=scale100)))
+        plots.append(
+            Plot(
+                f"sensitivity_{sensitivity_value}",
+                "sensitivity",
+                "Per-task sensitivity",
+                sensitivity_figure(sens, cells, value=sensitivity_value, scale100=scale100),
+            )
+        )
     weights = section_frame(analysis, "mapping_weights")
     if weights is not None:
         for task in dict.fromkeys(weights["task"].astype(str)):
-            plots.append(Plot(f"mapping_{slug(task)}", "mapping_weights", f"{task}: learned mapping weights",
-                              mapping_figure(weights, task, cells)))
+            plots.append(
+                Plot(
+                    f"mapping_{slug(task)}",
+                    "mapping_weights",
+                    f"{task}: learned mapping weights",
+                    mapping_figure(weights, task, cells),
+                )
+            )
     return plots
 
 
@@ -590,14 +698,23 @@ def _search_frame(history_df: pd.DataFrame, params_df: pd.DataFrame | None) -> t
     if "state" not in hist:
         hist["state"] = "COMPLETE"
     hist["state"] = [_state(s) for s in hist["state"]]
-    hist = hist.rename(columns={c: c[len("params_"):] for c in hist.columns if c.startswith("params_")})
+    hist = hist.rename(columns={c: c[len("params_") :] for c in hist.columns if c.startswith("params_")})
     if params_df is not None:
-        p = params_df.rename(columns={c: c[len("params_"):] for c in params_df.columns if c.startswith("params_")})
+        p = params_df.rename(columns={c: c[len("params_") :] for c in params_df.columns if c.startswith("params_")})
         p = p.drop(columns=[c for c in ("value", "state") if c in p.columns and c in hist.columns])
         dup = [c for c in p.columns if c in hist.columns and c != "number"]
         hist = hist.drop(columns=dup).merge(p, on="number", how="left")
-    fixed = {"number", "value", "state", "datetime_start", "datetime_complete", "duration", "run_id",
-             "user_attrs", "system_attrs"}
+    fixed = {
+        "number",
+        "value",
+        "state",
+        "datetime_start",
+        "datetime_complete",
+        "duration",
+        "run_id",
+        "user_attrs",
+        "system_attrs",
+    }
     params = [c for c in hist.columns if c not in fixed and not c.startswith(("user_attrs_", "system_attrs_"))]
     return hist.sort_values("number", kind="stable"), params
 
@@ -704,8 +821,9 @@ def search_plots(
     missing = [p for p in params if p not in trials.columns]
     if missing:
         # A user names these (e.g. on the command line): a KdgridError, one clean line.
-        raise KdgridError(f"no search parameter(s) {', '.join(map(str, missing))}; "
-                          f"allowed: {', '.join(all_params) or 'none'}")
+        raise KdgridError(
+            f"no search parameter(s) {', '.join(map(str, missing))}; allowed: {', '.join(all_params) or 'none'}"
+        )
     if params and not complete.empty:
         paths += save_figure(slice_figure(trials, list(params)), plot_dir, "search_slices", formats)
     return paths

@@ -70,7 +70,11 @@ if TYPE_CHECKING:
 Format = Literal["table", "md", "csv", "latex", "html", "json"]
 FORMATS: tuple[str, ...] = get_args(Format)
 REPORT_FILES: dict[str, str] = {
-    "table": "report.txt", "md": "report.md", "latex": "report.tex", "html": "report.html", "json": "report.json",
+    "table": "report.txt",
+    "md": "report.md",
+    "latex": "report.tex",
+    "html": "report.html",
+    "json": "report.json",
 }
 CSV_SECTIONS: tuple[str, ...] = ("cells", "paired_tests", "anova", "sensitivity", "power", "diagnostics")
 #: Keys of each ``paired_tests`` / ``anova`` record in the JSON report (a stable schema).
@@ -78,8 +82,23 @@ JSON_PAIRED_KEYS: tuple[str, ...] = tuple(c for c in PAIRED_COLUMNS if c != "not
 JSON_ANOVA_KEYS: tuple[str, ...] = SECTION_COLUMNS["anova"]
 _LIST_COLUMNS = {"seeds", "values", "stands_for"}  # list-valued cells columns, JSON-encoded inside CSV
 _BOOL_COLUMNS = {"baseline_at_floor"}
-_STRING_COLUMNS = {"task", "metric", "cell", "condition", "baseline", "term", "check", "note", "test", "family", "verdict",
-                   "tasks", "same_as", "cell_a", "cell_b"}
+_STRING_COLUMNS = {
+    "task",
+    "metric",
+    "cell",
+    "condition",
+    "baseline",
+    "term",
+    "check",
+    "note",
+    "test",
+    "family",
+    "verdict",
+    "tasks",
+    "same_as",
+    "cell_a",
+    "cell_b",
+}
 
 
 def render(
@@ -113,9 +132,21 @@ def render(
     tables (:func:`kdgrid.report.pivot.choose_layout`); ``question`` (the study's description)
     opens the Summary.
     """
-    return render_many(analysis, fmts=[fmt], out_dir=out_dir, title=title, meta=meta, scale100=scale100,
-                       alpha=alpha, plots=plots, width=width, reproducibility=reproducibility, rows=rows,
-                       cols=cols, question=question)[fmt]
+    return render_many(
+        analysis,
+        fmts=[fmt],
+        out_dir=out_dir,
+        title=title,
+        meta=meta,
+        scale100=scale100,
+        alpha=alpha,
+        plots=plots,
+        width=width,
+        reproducibility=reproducibility,
+        rows=rows,
+        cols=cols,
+        question=question,
+    )[fmt]
 
 
 def render_many(
@@ -155,14 +186,22 @@ def render_many(
                 linked.setdefault(p.section, []).append((p.caption, f"plots/{png.name}"))
             if "html" in fmts:
                 # Reuse the written PNG rather than drawing the figure a second time.
-                b64 = (base64.b64encode(png.read_bytes()).decode("ascii") if out is not None
-                       else figure_png_base64(p.figure))
+                b64 = (
+                    base64.b64encode(png.read_bytes()).decode("ascii")
+                    if out is not None
+                    else figure_png_base64(p.figure)
+                )
                 embedded.setdefault(p.section, []).append((p.caption, b64))
 
     display = {"table", "md", "latex", "html"} & set(fmts)
     convergence = convergence_frame(analysis)  # shown in tables, JSON and CSV: computed once
-    sections = (build_sections(analysis, scale100=scale100, alpha=alpha, convergence=convergence, rows=rows,
-                               cols=cols, question=question) if display else [])
+    sections = (
+        build_sections(
+            analysis, scale100=scale100, alpha=alpha, convergence=convergence, rows=rows, cols=cols, question=question
+        )
+        if display
+        else []
+    )
     full = sections + _reproducibility_sections(reproducibility, full=True)
     short = sections + _reproducibility_sections(reproducibility, full=False)
     texts: dict[str, str] = {}
@@ -171,8 +210,14 @@ def render_many(
             texts[fmt] = _csv(analysis, out, convergence)
             continue
         if fmt == "json":
-            obj = analysis_json(analysis, title=title, meta=meta, reproducibility=reproducibility,
-                                convergence=convergence, question=question)
+            obj = analysis_json(
+                analysis,
+                title=title,
+                meta=meta,
+                reproducibility=reproducibility,
+                convergence=convergence,
+                question=question,
+            )
             text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
         elif fmt == "table":
             group = rich_report(analysis, title=title, meta=meta, sections=short, brief=brief)
@@ -213,8 +258,9 @@ def _reproducibility_sections(info: Reproducibility | None, *, full: bool) -> li
 
 def _meta_items(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     # Nested values (seed lists, the baseline dict) are shown as compact JSON.
-    return [(str(k), v if isinstance(v, str) else json.dumps(_jsonable(v), ensure_ascii=False))
-            for k, v in meta.items()]
+    return [
+        (str(k), v if isinstance(v, str) else json.dumps(_jsonable(v), ensure_ascii=False)) for k, v in meta.items()
+    ]
 
 
 # --------------------------------------------------------------------------- rich
@@ -243,13 +289,14 @@ def rich_report(
     then leaves out its optional columns, and only then prints one line per row.
     """
     if sections is None:
-        sections = [*build_sections(analysis, scale100=scale100, alpha=alpha, rows=rows, cols=cols,
-                                    question=question),
-                    *_reproducibility_sections(reproducibility, full=False)]
+        sections = [
+            *build_sections(analysis, scale100=scale100, alpha=alpha, rows=rows, cols=cols, question=question),
+            *_reproducibility_sections(reproducibility, full=False),
+        ]
     if brief:
         sections = _brief_sections(sections)
     parts: list[RenderableType] = [Text(title, style="bold")]
-    for k, v in ([] if brief else _meta_items(meta or {})):
+    for k, v in [] if brief else _meta_items(meta or {}):
         parts.append(Text.assemble((f"{k}: ", "dim"), v))
     for s in sections:
         parts.append(Text(""))
@@ -294,8 +341,14 @@ def _brief_sections(sections: Sequence[Section]) -> list[Section]:
             # The caption's first sentence (what Δ and the baseline are); the rest is in the full report.
             caption = t.caption.split(". ", 1)[0] + "."
             table = DisplayTable(t.key, caption, frame, t.left, emph, t.optional)
-            out.append(Section(s.key, "Decisive comparisons", tables=(table,) if keep else (),
-                               empty_note=None if keep else "No comparison was decided."))
+            out.append(
+                Section(
+                    s.key,
+                    "Decisive comparisons",
+                    tables=(table,) if keep else (),
+                    empty_note=None if keep else "No comparison was decided.",
+                )
+            )
     return out
 
 
@@ -324,12 +377,20 @@ def _min_widths(t: DisplayTable) -> list[int]:
 def _rich_table(t: DisplayTable) -> Table:
     # One space of padding plus the box's column gap: the paired-test table (12 columns)
     # then fits 120 characters with full condition labels.
-    table = Table(box=box.SIMPLE_HEAD, caption=t.caption, caption_justify="left", header_style="bold",
-                  pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        caption=t.caption,
+        caption_justify="left",
+        header_style="bold",
+        pad_edge=False,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for c, w in zip(t.frame.columns, _min_widths(t)):
         label = c in t.left
-        table.add_column(Text(str(c)), justify="left" if label else "right", no_wrap=not label,
-                         overflow="fold", min_width=w)
+        table.add_column(
+            Text(str(c)), justify="left" if label else "right", no_wrap=not label, overflow="fold", min_width=w
+        )
     for i, row in enumerate(t.frame.itertuples(index=False)):
         emph = bool(t.emphasis and t.emphasis[i])
         table.add_row(*(Text(str(v)) for v in row), style="bold green" if emph else None)
@@ -363,16 +424,18 @@ class _FitTable:
             if fits(short):
                 break
             if c in short.frame.columns:
-                short = DisplayTable(short.key, short.caption, short.frame.drop(columns=[c]), short.left,
-                                     short.emphasis, short.optional)
+                short = DisplayTable(
+                    short.key, short.caption, short.frame.drop(columns=[c]), short.left, short.emphasis, short.optional
+                )
                 dropped.append(c)
         if fits(short):
             yield _rich_table(short)
             if key:
                 yield Text("Key: " + "; ".join(f"{a} = {b}" for a, b in key.items()), style="dim")
             if dropped:
-                yield Text(f"Left out at this width: {', '.join(dropped)} (in report.md and the CSV files).",
-                           style="dim")
+                yield Text(
+                    f"Left out at this width: {', '.join(dropped)} (in report.md and the CSV files).", style="dim"
+                )
             return
         cols = [str(c) for c in self.t.frame.columns]
         for i, row in enumerate(self.t.frame.itertuples(index=False)):
@@ -403,8 +466,11 @@ def _abbrev(word: str, taken: set[str], *, header: bool) -> str:
     cands = ["".join(p[0] for p in parts)] if header and len(parts) > 1 else []
     # A prefix that ends on a consonant before a vowel reads as a word: "unif", "learn", "att".
     vowels = set("aeiouAEIOU")
-    cands += [word[:k] for k in range(3, ABBREV_LEN + 1) if k < len(word) and word[k - 1].isalpha()
-              and word[k - 1] not in vowels and word[k] in vowels]
+    cands += [
+        word[:k]
+        for k in range(3, ABBREV_LEN + 1)
+        if k < len(word) and word[k - 1].isalpha() and word[k - 1] not in vowels and word[k] in vowels
+    ]
     if header:
         cands += [word[:k] for k in range(ABBREV_LEN - 1, len(word))]
     for c in cands:
@@ -438,8 +504,15 @@ def abbreviate(t: DisplayTable) -> tuple[DisplayTable, dict[str, str]]:
 
 
 def _console_text(renderable: RenderableType, width: int) -> str:
-    console = Console(file=io.StringIO(), width=width, record=True, color_system=None, force_terminal=False,
-                      legacy_windows=False, soft_wrap=False)
+    console = Console(
+        file=io.StringIO(),
+        width=width,
+        record=True,
+        color_system=None,
+        force_terminal=False,
+        legacy_windows=False,
+        soft_wrap=False,
+    )
     console.print(renderable)
     return console.export_text()
 
@@ -461,8 +534,10 @@ def markdown_table(t: DisplayTable) -> str:
     """A GitHub pipe table: label columns left-aligned, numbers right-aligned, the labels of
     significant rows in bold (the ``sig`` column carries the marker)."""
     cols = list(t.frame.columns)
-    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |",
-             "|" + "|".join(":--" if c in t.left else "--:" for c in cols) + "|"]
+    lines = [
+        "| " + " | ".join(_md_cell(c) for c in cols) + " |",
+        "|" + "|".join(":--" if c in t.left else "--:" for c in cols) + "|",
+    ]
     for i, row in enumerate(t.frame.itertuples(index=False)):
         cells = [_md_cell(v) for v in row]
         if t.emphasis and t.emphasis[i]:  # bold labels only: whole bold rows are hard to scan
@@ -482,8 +557,9 @@ def _markdown_code(c: CodeBlock) -> list[str]:
     return [f"*{_md_cell(c.caption)}*", "", f"{fence}{c.lang}", c.text.rstrip("\n"), fence, ""]
 
 
-def _markdown(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
-              plots: Mapping[str, list[tuple[str, str]]]) -> str:
+def _markdown(
+    sections: Sequence[Section], title: str, meta: Mapping[str, Any], plots: Mapping[str, list[tuple[str, str]]]
+) -> str:
     out = [f"# {_md_cell(title)}", ""]
     for k, v in _meta_items(meta):
         out.append(f"- **{_md_cell(k)}**: {_md_cell(v)}")
@@ -515,22 +591,65 @@ def _markdown(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
 # --------------------------------------------------------------------------- latex
 
 _LATEX_MAP = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---",
-    "−": "$-$", "×": r"$\times$", "η²": r"$\eta^2$", "η": r"$\eta$", "²": r"$^2$", "Δ": r"$\Delta$",
-    "ρ": r"$\rho$", "∞": r"$\infty$", "<": "$<$", ">": "$>$", "≤": r"$\le$", "≥": r"$\ge$", "·": r"$\cdot$",
-    "•": r"\textbullet{}", "α": r"$\alpha$", "β": r"$\beta$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "–": "--",
+    "—": "---",
+    "−": "$-$",
+    "×": r"$\times$",
+    "η²": r"$\eta^2$",
+    "η": r"$\eta$",
+    "²": r"$^2$",
+    "Δ": r"$\Delta$",
+    "ρ": r"$\rho$",
+    "∞": r"$\infty$",
+    "<": "$<$",
+    ">": "$>$",
+    "≤": r"$\le$",
+    "≥": r"$\ge$",
+    "·": r"$\cdot$",
+    "•": r"\textbullet{}",
+    "α": r"$\alpha$",
+    "β": r"$\beta$",
     # the paired, stratified and rank sections' symbols
-    "š": r"\v{s}", "μ": r"$\mu$", "τ": r"$\tau$", "ε": r"$\varepsilon$", "χ": r"$\chi$", "√": r"$\surd$", "ᵂ": r"$^{W}$",
+    "š": r"\v{s}",
+    "μ": r"$\mu$",
+    "τ": r"$\tau$",
+    "ε": r"$\varepsilon$",
+    "χ": r"$\chi$",
+    "√": r"$\surd$",
+    "ᵂ": r"$^{W}$",
     # the pivot tables' marks
-    "ᵇ": r"$^{b}$", "≈": r"$\approx$",
+    "ᵇ": r"$^{b}$",
+    "≈": r"$\approx$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_LATEX_MAP, key=len, reverse=True)))
-_LATEX_HEADERS = {"dz": "$d_z$", "p_adj": r"$p_{\mathrm{adj}}$", "p": "$p$", "t": "$t$", "F": "$F$",
-                  "n": "$n$", "Observed dz": "Observed $d_z$", "n for observed dz": r"$n$ for obs.\ $d_z$",
-                  "Target dz": "Target $d_z$", "n for target dz": r"$n$ for target $d_z$",
-                  "Wilcoxon p": "Wilcoxon $p$", "partial η²": r"partial $\eta^2$", "Power at n": "Power at $n$",
-                  "dz 95% CI": r"$d_z$ 95\% CI", "α used": r"$\alpha$ used"}
+_LATEX_HEADERS = {
+    "dz": "$d_z$",
+    "p_adj": r"$p_{\mathrm{adj}}$",
+    "p": "$p$",
+    "t": "$t$",
+    "F": "$F$",
+    "n": "$n$",
+    "Observed dz": "Observed $d_z$",
+    "n for observed dz": r"$n$ for obs.\ $d_z$",
+    "Target dz": "Target $d_z$",
+    "n for target dz": r"$n$ for target $d_z$",
+    "Wilcoxon p": "Wilcoxon $p$",
+    "partial η²": r"partial $\eta^2$",
+    "Power at n": "Power at $n$",
+    "dz 95% CI": r"$d_z$ 95\% CI",
+    "α used": r"$\alpha$ used",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -542,8 +661,11 @@ def latex_table(t: DisplayTable) -> str:
     """A booktabs ``table`` float; wide tables are scaled to the line width."""
     cols = list(t.frame.columns)
     spec = "".join("l" if c in t.left else "r" for c in cols)
-    body = [r"\toprule", " & ".join(_LATEX_HEADERS.get(str(c), latex_escape(str(c))) for c in cols) + r" \\",
-            r"\midrule"]
+    body = [
+        r"\toprule",
+        " & ".join(_LATEX_HEADERS.get(str(c), latex_escape(str(c))) for c in cols) + r" \\",
+        r"\midrule",
+    ]
     for i, row in enumerate(t.frame.itertuples(index=False)):
         cells = [latex_escape(str(v)) for v in row]
         if t.emphasis and t.emphasis[i]:
@@ -553,26 +675,54 @@ def latex_table(t: DisplayTable) -> str:
     tabular = "\n".join([rf"\begin{{tabular}}{{{spec}}}", *body, r"\end{tabular}"])
     if len(cols) > 8:
         tabular = r"\resizebox{\linewidth}{!}{%" + "\n" + tabular + "}"
-    return "\n".join([r"\begin{table}[htbp]", r"\centering", r"\small",
-                      rf"\caption{{{latex_escape(t.caption)}}}", rf"\label{{tab:{t.key}}}", tabular,
-                      r"\end{table}"])
+    return "\n".join(
+        [
+            r"\begin{table}[htbp]",
+            r"\centering",
+            r"\small",
+            rf"\caption{{{latex_escape(t.caption)}}}",
+            rf"\label{{tab:{t.key}}}",
+            tabular,
+            r"\end{table}",
+        ]
+    )
 
 
-def _latex(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
-           plots: Mapping[str, list[tuple[str, str]]]) -> str:
-    out = [r"\documentclass[10pt]{article}", r"\usepackage[T1]{fontenc}", r"\usepackage[utf8]{inputenc}",
-           r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage[margin=2cm]{geometry}",
-           rf"\title{{{latex_escape(title)}}}", r"\author{}", r"\date{}", r"\begin{document}", r"\maketitle", ""]
+def _latex(
+    sections: Sequence[Section], title: str, meta: Mapping[str, Any], plots: Mapping[str, list[tuple[str, str]]]
+) -> str:
+    out = [
+        r"\documentclass[10pt]{article}",
+        r"\usepackage[T1]{fontenc}",
+        r"\usepackage[utf8]{inputenc}",
+        r"\usepackage{booktabs}",
+        r"\usepackage{graphicx}",
+        r"\usepackage[margin=2cm]{geometry}",
+        rf"\title{{{latex_escape(title)}}}",
+        r"\author{}",
+        r"\date{}",
+        r"\begin{document}",
+        r"\maketitle",
+        "",
+    ]
     if meta:
-        out += [r"\begin{itemize}"] + [rf"\item \textbf{{{latex_escape(k)}}}: {latex_escape(v)}"
-                                       for k, v in _meta_items(meta)] + [r"\end{itemize}", ""]
+        out += (
+            [r"\begin{itemize}"]
+            + [rf"\item \textbf{{{latex_escape(k)}}}: {latex_escape(v)}" for k, v in _meta_items(meta)]
+            + [r"\end{itemize}", ""]
+        )
     for s in sections:
         out += [rf"\section*{{{latex_escape(s.title)}}}", ""]
         if s.empty_note:
             out += [rf"\emph{{{latex_escape(s.empty_note)}}}", ""]
         for c in s.code:
-            out += [rf"\paragraph*{{{latex_escape(c.caption)}}}", r"\begin{verbatim}", c.text.rstrip("\n"),
-                    r"\end{verbatim}", ""]
+            out += [
+                rf"\paragraph*{{{latex_escape(c.caption)}}}",
+                r"\begin{verbatim}",
+                c.text.rstrip("\n"),
+                r"\end{verbatim}",
+                "",
+            ]
         for t in s.tables:
             out += [latex_table(t), ""]
         for n in s.notes:
@@ -580,9 +730,14 @@ def _latex(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
         if s.bullets:
             out += [r"\begin{itemize}"] + [rf"\item {latex_escape(b)}" for b in s.bullets] + [r"\end{itemize}", ""]
         for caption, path in plots.get(s.key, []):
-            out += [r"\begin{figure}[htbp]", r"\centering",
-                    rf"\includegraphics[width=0.8\linewidth]{{{path}}}",
-                    rf"\caption{{{latex_escape(caption)}}}", r"\end{figure}", ""]
+            out += [
+                r"\begin{figure}[htbp]",
+                r"\centering",
+                rf"\includegraphics[width=0.8\linewidth]{{{path}}}",
+                rf"\caption{{{latex_escape(caption)}}}",
+                r"\end{figure}",
+                "",
+            ]
     out.append(r"\end{document}")
     return "\n".join(out) + "\n"
 
@@ -627,8 +782,10 @@ def html_table(t: DisplayTable) -> str:
         cls = ' class="sig"' if t.emphasis and t.emphasis[i] else ""
         tds = "".join(f'<td class="{"l" if c in t.left else "r"}">{esc(str(v))}</td>' for c, v in zip(cols, row))
         rows.append(f"<tr{cls}>{tds}</tr>")
-    return (f'<div class="tablewrap"><table id="{esc(t.key)}"><caption>{esc(t.caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        f'<div class="tablewrap"><table id="{esc(t.key)}"><caption>{esc(t.caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def html_code(c: CodeBlock) -> str:
@@ -655,28 +812,44 @@ def _html_summary(s: Section) -> str:
     esc = html.escape
     question = s.notes[0] if s.notes else ""
     q_label, _, q_text = question.partition(": ")
-    parts = [f'<section id="summary" class="summary"><h2>{esc(s.title)}</h2>',
-             f'<p class="question"><b>{esc(q_label)}:</b> {esc(q_text)}</p>']
+    parts = [
+        f'<section id="summary" class="summary"><h2>{esc(s.title)}</h2>',
+        f'<p class="question"><b>{esc(q_label)}:</b> {esc(q_text)}</p>',
+    ]
     if s.bullets:
-        parts.append('<p class="decided"><b>Decided</b> (different or equivalent, adjusted for the family):</p>'
-                     '<ul class="decisive">' + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
+        parts.append(
+            '<p class="decided"><b>Decided</b> (different or equivalent, adjusted for the family):</p>'
+            '<ul class="decisive">' + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>"
+        )
     parts += [f'<p class="undecided">{esc(n)}</p>' for n in s.notes[1:]]
     parts.append("</section>")
     return "".join(parts)
 
 
-def _html(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
-          images: Mapping[str, list[tuple[str, str]]]) -> str:
+def _html(
+    sections: Sequence[Section], title: str, meta: Mapping[str, Any], images: Mapping[str, list[tuple[str, str]]]
+) -> str:
     esc = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{esc(title)}</title>",
-           f"<style>{_CSS}</style>", "</head>", "<body>", "<main>", f"<h1>{esc(title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+        f"<h1>{esc(title)}</h1>",
+    ]
     # The summary opens the page, before the settings: what was asked and what came out.
     out += [_html_summary(s) for s in sections if s.key == "summary"]
     sections = [s for s in sections if s.key != "summary"]
     if meta:
-        out.append('<dl class="meta">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _meta_items(meta))
-                   + "</dl>")
+        out.append(
+            '<dl class="meta">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _meta_items(meta)) + "</dl>"
+        )
     out.append("<nav>" + "".join(f'<a href="#{s.key}">{esc(s.title)}</a>' for s in sections) + "</nav>")
     for s in sections:
         out.append(f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>')
@@ -688,9 +861,11 @@ def _html(sections: Sequence[Section], title: str, meta: Mapping[str, Any],
         if s.bullets:
             out.append('<ul class="warn">' + "".join(f"<li>{esc(b)}</li>" for b in s.bullets) + "</ul>")
         out += [html_code(c) for c in s.trailing_code]
-        figs = [f'<figure><img alt="{esc(caption)}" style="width:{_css_width(b64)}px" '
-                f'src="data:image/png;base64,{b64}"><figcaption>{esc(caption)}</figcaption></figure>'
-                for caption, b64 in images.get(s.key, [])]
+        figs = [
+            f'<figure><img alt="{esc(caption)}" style="width:{_css_width(b64)}px" '
+            f'src="data:image/png;base64,{b64}"><figcaption>{esc(caption)}</figcaption></figure>'
+            for caption, b64 in images.get(s.key, [])
+        ]
         if figs:
             out.append('<div class="figs">' + "".join(figs) + "</div>")
         out.append("</section>")
@@ -732,8 +907,13 @@ def _records(df: pd.DataFrame | None, keys: Sequence[str] | None = None) -> list
 
 
 def analysis_json(
-    analysis: Analysis, *, title: str = "kdgrid report", meta: Mapping[str, Any] | None = None,
-    reproducibility: Reproducibility | None = None, convergence: pd.DataFrame | None = None, question: str = "",
+    analysis: Analysis,
+    *,
+    title: str = "kdgrid report",
+    meta: Mapping[str, Any] | None = None,
+    reproducibility: Reproducibility | None = None,
+    convergence: pd.DataFrame | None = None,
+    question: str = "",
 ) -> dict[str, Any]:
     """The JSON report as a dict: ``cells``, ``paired_tests``, ``anova``, ``sensitivity``,
     ``power``, ``warnings``, ``meta``, ``reproducibility`` (null without a store) (plus ``title``,
@@ -760,11 +940,17 @@ def analysis_json(
         "title": title,
         "meta": _jsonable(dict(meta or {})),
         # What the HTML summary box shows, and the one line reports/index.html lists.
-        "summary": {"question": question, "headline": headline(paired, cells), "decisive": decisive,
-                    "undecided": undecided},
+        "summary": {
+            "question": question,
+            "headline": headline(paired, cells),
+            "decisive": decisive,
+            "undecided": undecided,
+        },
         # The factor each metric is shown with in the tables (values here stay raw): one per metric, never per task.
-        "display_scale": {str(m): display_scale(str(m))
-                          for m in dict.fromkeys(getattr(section_frame(analysis, "cells"), "metric", pd.Series([])))},
+        "display_scale": {
+            str(m): display_scale(str(m))
+            for m in dict.fromkeys(getattr(section_frame(analysis, "cells"), "metric", pd.Series([])))
+        },
         "cells": _records(section_frame(analysis, "cells")),
         "paired_tests": _records(paired, JSON_PAIRED_KEYS),
         "paired_test_notes": notes,

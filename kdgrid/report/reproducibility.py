@@ -50,8 +50,10 @@ def rerun_commands(info: Reproducibility, cwd: Path) -> dict[str, str]:
     """The shell lines to check the study file, rerun the study and rebuild this report."""
     study = shlex.quote(shown_path(info.path, cwd)) if info.path else "STUDY.yaml"
     db = shlex.quote(shown_path(info.db, cwd))
-    out = {"run": f"kdgrid run {study} --db {db}",
-           "report": f"kdgrid report --study {shlex.quote(info.study)} --db {db}"}
+    out = {
+        "run": f"kdgrid run {study} --db {db}",
+        "report": f"kdgrid report --study {shlex.quote(info.study)} --db {db}",
+    }
     if info.path and info.sha256:
         out = {"check": f"sha256sum {study}  # expect {info.sha256}", **out}
     return out
@@ -94,8 +96,10 @@ def _status_text(info: Reproducibility) -> str:
 def _code_text(info: Reproducibility) -> str:
     if not info.code:
         return NOT_RECORDED
-    return "; ".join(f"kdgrid {c.version or NOT_RECORDED} @ {c.commit or 'commit ' + NOT_RECORDED} ({c.runs} runs)"
-                     for c in info.code)
+    return "; ".join(
+        f"kdgrid {c.version or NOT_RECORDED} @ {c.commit or 'commit ' + NOT_RECORDED} ({c.runs} runs)"
+        for c in info.code
+    )
 
 
 def _sha_text(info: Reproducibility) -> str:
@@ -117,8 +121,11 @@ def _data_text(info: Reproducibility) -> str:
 
 
 def _facts(info: Reproducibility, cwd: Path) -> DisplayTable:
-    wall = (f"{_fmt_time(info.first_started)} to {_fmt_time(info.last_finished)} UTC "
-            f"({fmt_duration(info.wall_s)})") if info.wall_s is not None else MISSING
+    wall = (
+        (f"{_fmt_time(info.first_started)} to {_fmt_time(info.last_finished)} UTC ({fmt_duration(info.wall_s)})")
+        if info.wall_s is not None
+        else MISSING
+    )
     # Labels stay short so a 64-character hash still fits beside them on an 80-column terminal.
     rows = [
         ("Study", info.study),
@@ -128,16 +135,17 @@ def _facts(info: Reproducibility, cwd: Path) -> DisplayTable:
         ("Code", _code_text(info)),
         ("Runs", _status_text(info)),
         ("Wall time", wall),
-        ("Run time", f"{fmt_duration(info.run_time_s)} (sum of the runs' durations)"
-         if info.run_time_s is not None else MISSING),
+        (
+            "Run time",
+            f"{fmt_duration(info.run_time_s)} (sum of the runs' durations)" if info.run_time_s is not None else MISSING,
+        ),
         ("Data files", _data_text(info)),
     ]
     remote = remote_code_trusted(info.text)
     if remote:
         rows.append(("Remote code", f"trusted ({', '.join(remote)}): the teacher model's own Python code ran"))
     frame = _frame(["Item", "Value"], rows)
-    caption = ("This study's runs only. Wall time: first start to last finish; "
-               "run time: the sum of the runs' durations.")
+    caption = "This study's runs only. Wall time: first start to last finish; run time: the sum of the runs' durations."
     return DisplayTable("reproducibility-facts", caption, frame, left=("Item", "Value"))
 
 
@@ -165,10 +173,12 @@ def remote_code_trusted(text: str | None) -> list[str]:
     if isinstance(grid, dict) and True in (grid.get("teacher.trust_remote_code") or []):
         where.append("grid")
     variants = data.get("variants")
-    for group, levels in (variants.items() if isinstance(variants, dict) else []):
-        for level, overrides in (levels.items() if isinstance(levels, dict) else []):
-            if isinstance(overrides, dict) and True in (overrides.get("trust_remote_code"),
-                                                        overrides.get("teacher.trust_remote_code")):
+    for group, levels in variants.items() if isinstance(variants, dict) else []:
+        for level, overrides in levels.items() if isinstance(levels, dict) else []:
+            if isinstance(overrides, dict) and True in (
+                overrides.get("trust_remote_code"),
+                overrides.get("teacher.trust_remote_code"),
+            ):
                 where.append(f"variants.{group}.{level}")
     return where
 
@@ -190,12 +200,16 @@ def _libraries_table(info: Reproducibility) -> DisplayTable | None:
         return None
     names = _library_names(info)
     if not names:  # no run recorded its versions (runs from before kdgrid did)
-        return DisplayTable("reproducibility-libraries", "Library versions of the done runs.",
-                            _frame(["Libraries", "Runs"], [(NOT_RECORDED, s.runs) for s in info.libraries]),
-                            left=("Libraries",))
+        return DisplayTable(
+            "reproducibility-libraries",
+            "Library versions of the done runs.",
+            _frame(["Libraries", "Runs"], [(NOT_RECORDED, s.runs) for s in info.libraries]),
+            left=("Libraries",),
+        )
     rows: list[tuple[Any, ...]] = [
         (*(s.versions.get(n, NOT_RECORDED if not s.versions else MISSING) for n in names), s.runs)
-        for s in info.libraries]
+        for s in info.libraries
+    ]
     caption = "Library versions of the done runs: one row per distinct set, with how many runs used it."
     return DisplayTable("reproducibility-libraries", caption, _frame([*names, "Runs"], rows), left=tuple(names))
 
@@ -204,8 +218,12 @@ def _machines_table(info: Reproducibility) -> DisplayTable | None:
     if not info.machines:
         return None
     rows = [(m.host or NOT_RECORDED, m.device or NOT_RECORDED, m.runs) for m in info.machines]
-    return DisplayTable("reproducibility-machines", "Hosts and devices the done runs ran on.",
-                        _frame(["Host", "Device", "Runs"], rows), left=("Host", "Device"))
+    return DisplayTable(
+        "reproducibility-machines",
+        "Hosts and devices the done runs ran on.",
+        _frame(["Host", "Device", "Runs"], rows),
+        left=("Host", "Device"),
+    )
 
 
 def _data_row(d: DataFile) -> tuple[Any, ...]:
@@ -215,34 +233,57 @@ def _data_row(d: DataFile) -> tuple[Any, ...]:
 def _data_table(info: Reproducibility) -> DisplayTable | None:
     if not info.data:
         return None
-    caption = ("Data files the done runs read, as each run fingerprinted them (sha256 of the file, or the "
-               "hub dataset/config/split): the same task and split must show one hash.")
-    return DisplayTable("reproducibility-data", caption,
-                        _frame(["Task", "Split", "Fingerprint", "Runs"], [_data_row(d) for d in info.data]),
-                        left=("Task", "Split", "Fingerprint"))
+    caption = (
+        "Data files the done runs read, as each run fingerprinted them (sha256 of the file, or the "
+        "hub dataset/config/split): the same task and split must show one hash."
+    )
+    return DisplayTable(
+        "reproducibility-data",
+        caption,
+        _frame(["Task", "Split", "Fingerprint", "Runs"], [_data_row(d) for d in info.data]),
+        left=("Task", "Split", "Fingerprint"),
+    )
 
 
 def _teachers_table(info: Reproducibility) -> DisplayTable | None:
     if not info.teachers:
         return None
-    rows = [(t.task, t.model, MISSING if t.seed is None else t.seed, t.key, fmt_num(t.majority, 3),
-             "yes" if t.flagged else "no", t.runs) for t in info.teachers]
-    caption = ("Fine-tuned teachers of the done runs (cache key = hash of model, fine-tune settings and data); "
-               "majority = the majority-class score a teacher must beat; flagged = it does not.")
+    rows = [
+        (
+            t.task,
+            t.model,
+            MISSING if t.seed is None else t.seed,
+            t.key,
+            fmt_num(t.majority, 3),
+            "yes" if t.flagged else "no",
+            t.runs,
+        )
+        for t in info.teachers
+    ]
+    caption = (
+        "Fine-tuned teachers of the done runs (cache key = hash of model, fine-tune settings and data); "
+        "majority = the majority-class score a teacher must beat; flagged = it does not."
+    )
     cols = ["Task", "Model", "Fine-tune seed", "Cache key", "Majority", "Flagged", "Runs"]
-    return DisplayTable("reproducibility-teachers", caption, _frame(cols, rows),
-                        left=("Task", "Model", "Cache key", "Flagged"))
+    return DisplayTable(
+        "reproducibility-teachers", caption, _frame(cols, rows), left=("Task", "Model", "Cache key", "Flagged")
+    )
 
 
 def _plugins_table(info: Reproducibility) -> DisplayTable | None:
     if not info.plugins:
         return None
     rows = [(p.key, p.package, p.version, p.settings_sha, p.runs) for p in info.plugins]
-    caption = ("Plug-ins the done runs used (docs/plugins.md): install the same package versions to rerun; "
-               "a run id covers each plug-in's package, version and settings hash.")
-    return DisplayTable("reproducibility-plugins", caption,
-                        _frame(["Plug-in", "Package", "Version", "Settings hash", "Runs"], rows),
-                        left=("Plug-in", "Package", "Version", "Settings hash"))
+    caption = (
+        "Plug-ins the done runs used (docs/plugins.md): install the same package versions to rerun; "
+        "a run id covers each plug-in's package, version and settings hash."
+    )
+    return DisplayTable(
+        "reproducibility-plugins",
+        caption,
+        _frame(["Plug-in", "Package", "Version", "Settings hash", "Runs"], rows),
+        left=("Plug-in", "Package", "Version", "Settings hash"),
+    )
 
 
 # --------------------------------------------------------------------------- notes
@@ -253,10 +294,14 @@ _RERUN_NOTE = (
     "(its .kdgrid/ caches are then new too)."
 )
 _COMMIT_NOTE = "A commit does not show uncommitted changes to kdgrid; the study file's sha256 covers its text exactly."
-_SHORT_NOTE = ("Library versions, machines, data fingerprints, teachers and the study file: "
-               "report.md, report.html and report.json.")
-_TEACHER_NOTE = ("Teacher dev scores are in the Sensitivity section; teachers are matched to runs by task, model and "
-                 "fine-tune seed (runs do not store the cache key).")
+_SHORT_NOTE = (
+    "Library versions, machines, data fingerprints, teachers and the study file: "
+    "report.md, report.html and report.json."
+)
+_TEACHER_NOTE = (
+    "Teacher dev scores are in the Sensitivity section; teachers are matched to runs by task, model and "
+    "fine-tune seed (runs do not store the cache key)."
+)
 
 
 def _mixture_notes(info: Reproducibility) -> list[str]:
@@ -280,8 +325,11 @@ def _teacher_notes(info: Reproducibility) -> list[str]:
     groups = Counter((t.task, t.model, t.seed) for t in info.teachers)
     ambiguous = [f"{task} ({model}, seed {seed})" for (task, model, seed), n in groups.items() if n > 1]
     if ambiguous:
-        notes.append("Several cached teachers match " + ", ".join(ambiguous)
-                     + " (other fine-tune settings or data): the store cannot tell which one each run used.")
+        notes.append(
+            "Several cached teachers match "
+            + ", ".join(ambiguous)
+            + " (other fine-tune settings or data): the store cannot tell which one each run used."
+        )
     return notes
 
 
@@ -298,16 +346,23 @@ def _notes(info: Reproducibility, *, full: bool) -> tuple[str, ...]:
 
 
 def _commands_block(info: Reproducibility, cwd: Path) -> CodeBlock:
-    return CodeBlock("Check the study file, rerun the study, rebuild this report",
-                     "\n".join(rerun_commands(info, cwd).values()), lang="bash")
+    return CodeBlock(
+        "Check the study file, rerun the study, rebuild this report",
+        "\n".join(rerun_commands(info, cwd).values()),
+        lang="bash",
+    )
 
 
 def _study_block(info: Reproducibility, cwd: Path) -> CodeBlock | None:
     if info.text is None:
         return None
     where = shown_path(info.path, cwd) if info.path else info.study
-    return CodeBlock(f"Study file {where} as stored (sha256 {(info.sha256 or NOT_RECORDED)[:12]})",
-                     info.text, lang="yaml", collapsed=True)
+    return CodeBlock(
+        f"Study file {where} as stored (sha256 {(info.sha256 or NOT_RECORDED)[:12]})",
+        info.text,
+        lang="yaml",
+        collapsed=True,
+    )
 
 
 def reproducibility_section(info: Reproducibility, *, full: bool = True, cwd: Path | None = None) -> Section:
@@ -316,8 +371,17 @@ def reproducibility_section(info: Reproducibility, *, full: bool = True, cwd: Pa
     tables = [_facts(info, cwd)]
     code = [_commands_block(info, cwd)]
     if full:
-        tables += [t for t in (_libraries_table(info), _plugins_table(info), _machines_table(info),
-                               _data_table(info), _teachers_table(info)) if t is not None]
+        tables += [
+            t
+            for t in (
+                _libraries_table(info),
+                _plugins_table(info),
+                _machines_table(info),
+                _data_table(info),
+                _teachers_table(info),
+            )
+            if t is not None
+        ]
         study = _study_block(info, cwd)
         code += [study] if study is not None else []
     return Section(KEY, TITLE, tables=tuple(tables), notes=_notes(info, full=full), code=tuple(code))
@@ -333,24 +397,46 @@ def reproducibility_json(info: Reproducibility, *, cwd: Path | None = None) -> d
     return {
         "study": info.study,
         "store": info.db,
-        "study_file": {"path": info.path, "sha256": info.sha256, "sha256_matches_text": text_matches_sha(info),
-                       "text": info.text},
+        "study_file": {
+            "path": info.path,
+            "sha256": info.sha256,
+            "sha256_matches_text": text_matches_sha(info),
+            "text": info.text,
+        },
         "commands": rerun_commands(info, cwd),
         "runs": {"total": info.runs, "by_status": dict(info.status_counts)},
-        "time": {"first_started_utc": _iso(info.first_started), "last_finished_utc": _iso(info.last_finished),
-                 "wall_s": info.wall_s, "run_time_s": info.run_time_s},
+        "time": {
+            "first_started_utc": _iso(info.first_started),
+            "last_finished_utc": _iso(info.last_finished),
+            "wall_s": info.wall_s,
+            "run_time_s": info.run_time_s,
+        },
         "kdgrid": [{"version": c.version, "commit": c.commit, "runs": c.runs} for c in info.code],
         "libraries": [{"versions": dict(s.versions), "runs": s.runs} for s in info.libraries],
         "machines": [{"host": m.host, "device": m.device, "runs": m.runs} for m in info.machines],
         "data": {
             "recorded": info.data_recorded,
-            "files": [{"task": d.task, "split": d.split, "hash": d.hash, "runs": d.runs}
-                      for d in info.data if d.hash is not None],
+            "files": [
+                {"task": d.task, "split": d.split, "hash": d.hash, "runs": d.runs}
+                for d in info.data
+                if d.hash is not None
+            ],
             "not_recorded": [{"task": d.task, "runs": d.runs} for d in info.data if d.hash is None],
         },
-        "plugins": [{"key": p.key, "package": p.package, "version": p.version, "settings_sha": p.settings_sha,
-                     "runs": p.runs} for p in info.plugins],
-        "teachers": [{"key": t.key, "task": t.task, "model": t.model, "seed": t.seed, "majority": t.majority,
-                      "flagged": t.flagged, "runs": t.runs} for t in info.teachers],
+        "plugins": [
+            {"key": p.key, "package": p.package, "version": p.version, "settings_sha": p.settings_sha, "runs": p.runs}
+            for p in info.plugins
+        ],
+        "teachers": [
+            {
+                "key": t.key,
+                "task": t.task,
+                "model": t.model,
+                "seed": t.seed,
+                "majority": t.majority,
+                "flagged": t.flagged,
+                "runs": t.runs,
+            }
+            for t in info.teachers
+        ],
     }
-

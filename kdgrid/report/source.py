@@ -46,7 +46,9 @@ def from_store(db: Path, study: str | None) -> ReportInput:
             raise KdgridError(f"{db}: the store has no studies yet (run 'kdgrid run STUDY' first)")
         if study is None:
             if len(names) > 1:
-                raise KdgridError(f"{db}: the store has several studies; choose one with --study (allowed: {', '.join(names)})")
+                raise KdgridError(
+                    f"{db}: the store has several studies; choose one with --study (allowed: {', '.join(names)})"
+                )
             study = names[0]
         if study not in names:
             raise KdgridError(f"--study: no study '{study}' in {db} (allowed: {', '.join(names)})")
@@ -72,12 +74,30 @@ def from_store(db: Path, study: str | None) -> ReportInput:
         first.update({k: next(iter(v)) for k, v in (data.get("variants") or {}).items() if v})
         settings["baseline"] = first or None
     meta = {"study": study, "store": str(db), "runs done": f"{done} of {total}"}
-    flagged = long_scores[(long_scores["name"] == "no_better_than_majority") & (long_scores["value"] > 0)] if not long_scores.empty else long_scores
-    warnings = [f"the teacher of task {t} scores no better than always predicting the majority class: "
-                "its students' numbers say little" for t in flagged.get("task", [])]
+    flagged = (
+        long_scores[(long_scores["name"] == "no_better_than_majority") & (long_scores["value"] > 0)]
+        if not long_scores.empty
+        else long_scores
+    )
+    warnings = [
+        f"the teacher of task {t} scores no better than always predicting the majority class: "
+        "its students' numbers say little"
+        for t in flagged.get("task", [])
+    ]
     question = str(data.get("description") or "").strip() if isinstance(data, dict) else ""
-    return ReportInput(study, table, factors, teacher, None if mapping.empty else mapping,
-                       None if layers.empty else layers, settings, meta, warnings, provenance, question)
+    return ReportInput(
+        study,
+        table,
+        factors,
+        teacher,
+        None if mapping.empty else mapping,
+        None if layers.empty else layers,
+        settings,
+        meta,
+        warnings,
+        provenance,
+        question,
+    )
 
 
 def _teacher_frame(long: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame | None:
@@ -130,7 +150,9 @@ def read_teachers(path: Path) -> pd.DataFrame:
     df = read_table(path, "--teachers: file", comment="#")
     missing = [c for c in ("task", "teacher") if c not in df.columns]
     if missing:
-        raise KdgridError(f"--teachers: {path} has no column {', '.join(missing)} (needed: task, teacher; optional: floor)")
+        raise KdgridError(
+            f"--teachers: {path} has no column {', '.join(missing)} (needed: task, teacher; optional: floor)"
+        )
     out = df[["task", "teacher", *(["floor"] if "floor" in df.columns else [])]].copy()
     out["task"] = out["task"].astype(str)
     for col in out.columns[1:]:
@@ -139,7 +161,9 @@ def read_teachers(path: Path) -> pd.DataFrame:
         if not bad.empty:
             raise KdgridError(f"--teachers: {path}, column {col}: {bad.iloc[0]!r} is not a number")
         if (values.abs() > 1).any():
-            raise KdgridError(f"--teachers: {path}, column {col}: {values.abs().max():g} is outside [-1, 1] "
-                              "(give scores in the metric's raw units, e.g. 0.861 not 86.1)")
+            raise KdgridError(
+                f"--teachers: {path}, column {col}: {values.abs().max():g} is outside [-1, 1] "
+                "(give scores in the metric's raw units, e.g. 0.861 not 86.1)"
+            )
         out[col] = values
     return out

@@ -42,7 +42,17 @@ MISSING = "–"  # en dash: a number that does not exist (n = 1 sd, a test that 
 #: Contract column names (docs/CONTRACTS.md). Factor columns of ``cells`` are whatever
 #: else the frame holds, so they are found by subtracting these.
 CELL_COLUMNS: tuple[str, ...] = (
-    "task", "metric", "cell", "n", "mean", "sd", "ci_low", "ci_high", "seeds", "values", "stands_for",
+    "task",
+    "metric",
+    "cell",
+    "n",
+    "mean",
+    "sd",
+    "ci_low",
+    "ci_high",
+    "seeds",
+    "values",
+    "stands_for",
 )
 PAIRED_COLUMNS: tuple[str, ...] = tuple(_PAIRED)
 ANOVA_COLUMNS: tuple[str, ...] = ("task", "term", "df", "sum_sq", "F", "p", "partial_eta2")
@@ -54,7 +64,13 @@ RANK_COLUMNS: tuple[str, ...] = tuple(_RANKS)
 NEMENYI_COLUMNS: tuple[str, ...] = tuple(_NEMENYI)
 PLAN_COLUMNS: tuple[str, ...] = tuple(_PLAN)
 MAPPING_COLUMNS: tuple[str, ...] = (
-    "task", "cell", "seed", "epoch", "student_layer", "teacher_layer", "weight",
+    "task",
+    "cell",
+    "seed",
+    "epoch",
+    "student_layer",
+    "teacher_layer",
+    "weight",
 )
 EFFICIENCY_COLUMNS: tuple[str, ...] = ("cell", "measure", "n", "median", "min", "max", "baseline", "ratio")
 #: Section name -> contract columns; used to validate inputs and to give empty CSVs a header.
@@ -253,7 +269,7 @@ def short_name(name: str) -> str:
 def _short_names(names: Sequence[str]) -> dict[str, str]:
     depth = dict.fromkeys(names, 1)
     while True:
-        cur = {n: ".".join(n.split(".")[-depth[n]:]) for n in names}
+        cur = {n: ".".join(n.split(".")[-depth[n] :]) for n in names}
         clashes = [n for n in names if list(cur.values()).count(cur[n]) > 1]
         grown = [n for n in clashes if depth[n] < len(n.split("."))]
         if not grown:
@@ -331,8 +347,9 @@ def paper_table(
         cell_order.insert(0, baseline)
     labels = condition_labels(cells) if short_labels else {c: c for c in cell_order}
 
-    index = pd.Index([labels.get(c, c) + (" (baseline)" if c == baseline else "") for c in cell_order],
-                     name="condition")
+    index = pd.Index(
+        [labels.get(c, c) + (" (baseline)" if c == baseline else "") for c in cell_order], name="condition"
+    )
     out = pd.DataFrame(index=index, columns=[header(t, m) for t, m in pairs] + ["Avg"], dtype=object)
     lookup = {(str(r.task), str(r.metric), str(r.cell)): r for r in cells.itertuples(index=False)}
     any_blank_avg = False
@@ -359,8 +376,7 @@ def paper_table(
     n_text = (f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}") if ns else "n unknown"
     caption = (
         f"{metric_label}: mean ± sd over seeds ({n_text}). {scale_phrase(scales.values())} "
-        "Avg = mean of the task means"
-        + (" (blank where a condition lacks a task)." if any_blank_avg else ".")
+        "Avg = mean of the task means" + (" (blank where a condition lacks a task)." if any_blank_avg else ".")
     )
     out.attrs["caption"] = caption
     return out
@@ -468,10 +484,17 @@ def _shown_task(tasks: Sequence[str]) -> list[str]:
     return out
 
 
-def cells_section(cells: pd.DataFrame | None, *, paired: pd.DataFrame | None = None,
-                  sens: pd.DataFrame | None = None, rows: Sequence[str] | None = None,
-                  cols: Sequence[str] | None = None, scale100: bool, alpha: float = 0.05,
-                  decimals: int = 1) -> Section:
+def cells_section(
+    cells: pd.DataFrame | None,
+    *,
+    paired: pd.DataFrame | None = None,
+    sens: pd.DataFrame | None = None,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    scale100: bool,
+    alpha: float = 0.05,
+    decimals: int = 1,
+) -> Section:
     """The paper-style pivot tables (:mod:`kdgrid.report.pivot`): factors in rows and columns,
     levels alone as labels, verdict marks and the teacher row."""
     # Imported here: pivot builds on this module's helpers (one direction at import time).
@@ -507,9 +530,7 @@ def _correction_of(families: Iterable[str]) -> str | None:
     return None
 
 
-def paired_section(
-    paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float, scale100: bool
-) -> Section:
+def paired_section(paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float, scale100: bool) -> Section:
     title = "Paired tests vs baseline"
     if paired is None:
         note = "No paired tests: no baseline, no seed column to pair by, or no cell to compare."
@@ -525,8 +546,22 @@ def paired_section(
     correction = _correction_of(families)
     adjusted = correction not in (None, "none")
     cond_cols = list(level_cols) or ["Condition"]
-    cols = ["Task", *cond_cols] + ([] if baseline or base_text else ["Baseline"]) + [
-        "n", "Δ", "95% CI (unadj.)", "Simult. CI" if adjusted else "CI", "p", "p_adj", "dz", "Wilcoxon p", "Verdict", "floor"]
+    cols = (
+        ["Task", *cond_cols]
+        + ([] if baseline or base_text else ["Baseline"])
+        + [
+            "n",
+            "Δ",
+            "95% CI (unadj.)",
+            "Simult. CI" if adjusted else "CI",
+            "p",
+            "p_adj",
+            "dz",
+            "Wilcoxon p",
+            "Verdict",
+            "floor",
+        ]
+    )
     rows, emph, row_notes = [], [], []
     for i, r in enumerate(paired.itertuples(index=False)):
         s = metric_scale(r.metric, scale100=scale100)
@@ -541,8 +576,7 @@ def paired_section(
             # One decimal on the ×100 scale, as the cells: five seeds do not resolve a hundredth of a point.
             "Δ": fmt_metric(r.mean_diff, scale=s, decimals=1 if s == 100.0 else 3),
             "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=s, decimals=1 if s == 100.0 else 3),
-            "Simult. CI" if adjusted else "CI": fmt_ci(r.sci_low, r.sci_high, scale=s,
-                                                        decimals=1 if s == 100.0 else 3),
+            "Simult. CI" if adjusted else "CI": fmt_ci(r.sci_low, r.sci_high, scale=s, decimals=1 if s == 100.0 else 3),
             "p": fmt_p(r.p) + ("ᵂ" if str(r.test).startswith("exact Wilcoxon") else ""),
             "p_adj": fmt_p(r.p_adj),
             "dz": fmt_num(r.dz, 2),
@@ -571,9 +605,12 @@ def paired_section(
         f"Paired comparisons by seed{base_txt}: Δ = condition − baseline "
         f"({scale_phrase(scales or {1.0})[:-1]}); p from the paired t-test (ᵂ: exact Wilcoxon, "
         f"differences constant); dz = mean(diff) / sd(diff). {level:.0%} CI (unadj.) is the unadjusted interval; "
-        + (f"Simult. CI is the {interval_label(correction)} interval at {level:.0%} family-wise coverage, "
-           f"consistent with p_adj ({correction}): it excludes 0 only where p_adj < {alpha:g}. "
-           if adjusted else "no correction was asked for, so every interval is unadjusted. ")
+        + (
+            f"Simult. CI is the {interval_label(correction)} interval at {level:.0%} family-wise coverage, "
+            f"consistent with p_adj ({correction}): it excludes 0 only where p_adj < {alpha:g}. "
+            if adjusted
+            else "no correction was asked for, so every interval is unadjusted. "
+        )
         + f"Verdict: different = p_adj < {alpha:g}; equivalent = TOST within ±margin with adjusted p < {alpha:g}; "
         "otherwise inconclusive. floor: the baseline student's CI reaches the majority-class or chance score. "
         "Families corrected together: " + "; ".join(families) + "."
@@ -583,36 +620,62 @@ def paired_section(
     if ns and min(ns) <= 6:
         n = min(ns)
         notes.append(
-            f"With {n} pairs the exact two-sided Wilcoxon p cannot go below {2.0 / 2 ** n:.4g}: "
+            f"With {n} pairs the exact two-sided Wilcoxon p cannot go below {2.0 / 2**n:.4g}: "
             "a non-significant Wilcoxon p there says little."
         )
-    table = DisplayTable("paired-tests", caption, frame, left=("Task", *cond_cols, "Baseline"),
-                         emphasis=tuple(emph),
-                         optional=("Wilcoxon p", "95% CI (unadj.)", "dz", "p", "n", "floor"))
+    table = DisplayTable(
+        "paired-tests",
+        caption,
+        frame,
+        left=("Task", *cond_cols, "Baseline"),
+        emphasis=tuple(emph),
+        optional=("Wilcoxon p", "95% CI (unadj.)", "dz", "p", "n", "floor"),
+    )
     return Section("paired_tests", title, tables=(table,), notes=tuple(notes))
 
 
-def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float,
-                       scale100: bool) -> Section | None:
+def stratified_section(
+    strat: pd.DataFrame | None, cells: pd.DataFrame | None, *, alpha: float, scale100: bool
+) -> Section | None:
     """Over the tasks of one metric, task as a fixed effect; None when no metric has two tasks."""
     if strat is None:
         return None
     from kdgrid.report.pivot import level_namer
 
     name_of, level_key = level_namer(cells)
-    cols = ["Metric", "Condition", "Tasks", "n", "Δ (mean over tasks)", "95% CI (unadj.)", "Simult. CI", "df", "p",
-            "p_adj", "Task × effect p", "Verdict"]
+    cols = [
+        "Metric",
+        "Condition",
+        "Tasks",
+        "n",
+        "Δ (mean over tasks)",
+        "95% CI (unadj.)",
+        "Simult. CI",
+        "df",
+        "p",
+        "p_adj",
+        "Task × effect p",
+        "Verdict",
+    ]
     rows, emph = [], []
     for r in strat.itertuples(index=False):
         sc = metric_scale(r.metric, scale100=scale100)
-        rows.append({
-            "Metric": str(r.metric), "Condition": name_of(str(r.condition)), "Tasks": str(r.tasks),
-            "n": fmt_count(r.n), "Δ (mean over tasks)": fmt_metric(r.estimate, scale=sc, decimals=2),
-            "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=sc, decimals=2),
-            "Simult. CI": fmt_ci(r.sci_low, r.sci_high, scale=sc, decimals=2), "df": fmt_count(r.df),
-            "p": fmt_p(r.p), "p_adj": fmt_p(r.p_adj), "Task × effect p": fmt_p(r.heterogeneity_p),
-            "Verdict": verdict_text(r.verdict, r.margin, sc),
-        })
+        rows.append(
+            {
+                "Metric": str(r.metric),
+                "Condition": name_of(str(r.condition)),
+                "Tasks": str(r.tasks),
+                "n": fmt_count(r.n),
+                "Δ (mean over tasks)": fmt_metric(r.estimate, scale=sc, decimals=2),
+                "95% CI (unadj.)": fmt_ci(r.ci_low, r.ci_high, scale=sc, decimals=2),
+                "Simult. CI": fmt_ci(r.sci_low, r.sci_high, scale=sc, decimals=2),
+                "df": fmt_count(r.df),
+                "p": fmt_p(r.p),
+                "p_adj": fmt_p(r.p_adj),
+                "Task × effect p": fmt_p(r.heterogeneity_p),
+                "Verdict": verdict_text(r.verdict, r.margin, sc),
+            }
+        )
         emph.append((_num(r.p_adj) or 1.0) < alpha)
     frame = _frame(rows, cols)
     frame["Metric"] = _shown_task(list(frame["Metric"]))
@@ -624,13 +687,29 @@ def stratified_section(strat: pd.DataFrame | None, cells: pd.DataFrame | None, *
         f"the per-task rows). Simultaneous intervals are Bonferroni over the family. Families: {families}. "
         "Raw differences of different metrics are never pooled."
     )
-    return Section("stratified", "Over tasks, within a metric",
-                   tables=(DisplayTable("stratified", _with_key(caption, level_key), frame, left=("Metric", "Condition", "Tasks"),
-                                        emphasis=tuple(emph)),))
+    return Section(
+        "stratified",
+        "Over tasks, within a metric",
+        tables=(
+            DisplayTable(
+                "stratified",
+                _with_key(caption, level_key),
+                frame,
+                left=("Metric", "Condition", "Tasks"),
+                emphasis=tuple(emph),
+            ),
+        ),
+    )
 
 
-def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summary: Mapping[str, Any] | None,
-                  cells: pd.DataFrame | None, *, alpha: float) -> Section | None:
+def ranks_section(
+    ranks: pd.DataFrame | None,
+    nemenyi: pd.DataFrame | None,
+    summary: Mapping[str, Any] | None,
+    cells: pd.DataFrame | None,
+    *,
+    alpha: float,
+) -> Section | None:
     """Friedman test and Nemenyi post-hoc over (task, seed) blocks; None without them."""
     if ranks is None or not summary:
         return None
@@ -641,11 +720,14 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
     cd = _num(summary.get("cd"))
     rows = []
     for r in ranks.itertuples(index=False):
-        rows.append({
-            "Condition": name_of(str(r.cell)), "Mean rank": fmt_num(r.mean_rank, 2),
-            "within CD of best": "yes" if cd is not None and float(cast(float, r.mean_rank)) - best <= cd else "",
-            "Same runs as": "; ".join(name_of(c) for c in str(r.same_as).split("; ") if c),
-        })
+        rows.append(
+            {
+                "Condition": name_of(str(r.cell)),
+                "Mean rank": fmt_num(r.mean_rank, 2),
+                "within CD of best": "yes" if cd is not None and float(cast(float, r.mean_rank)) - best <= cd else "",
+                "Same runs as": "; ".join(name_of(c) for c in str(r.same_as).split("; ") if c),
+            }
+        )
     frame = _frame(rows, ["Condition", "Mean rank", "within CD of best", "Same runs as"])
     n_sig = int((nemenyi["p"] < alpha).sum()) if nemenyi is not None else 0
     n_pairs = len(nemenyi) if nemenyi is not None else 0
@@ -657,8 +739,11 @@ def ranks_section(ranks: pd.DataFrame | None, nemenyi: pd.DataFrame | None, summ
         f"{n_sig} pair(s) differ. The null is exchangeability within each task and seed: a rejection says the "
         "conditions differ somewhere, not that the ranking generalises to other tasks."
     )
-    return Section("ranks", "Across tasks: ranks (Friedman, Nemenyi)",
-                   tables=(DisplayTable("ranks", _with_key(caption, level_key), frame, left=("Condition", "Same runs as")),))
+    return Section(
+        "ranks",
+        "Across tasks: ranks (Friedman, Nemenyi)",
+        tables=(DisplayTable("ranks", _with_key(caption, level_key), frame, left=("Condition", "Same runs as")),),
+    )
 
 
 def _with_key(caption: str, key: str) -> str:
@@ -673,6 +758,7 @@ def _note(x: Any) -> str:
 def _term_labels(terms: Sequence[str]) -> dict[str, str]:
     """Short names for ANOVA terms: each factor path shortened as in the condition labels,
     interactions re-joined with ':', a merged factor's members with '×'."""
+
     def pieces(t: str) -> list[list[str]]:
         return [p.split("×") for p in t.split(":")]
 
@@ -684,8 +770,10 @@ def _term_labels(terms: Sequence[str]) -> dict[str, str]:
         name, eq, rest = f.partition("=")
         return short[name] + eq + rest
 
-    return {t: "Residual" if t == "Residual" else ":".join("×".join(show(f) for f in p) for p in pieces(str(t)))
-            for t in terms}
+    return {
+        t: "Residual" if t == "Residual" else ":".join("×".join(show(f) for f in p) for p in pieces(str(t)))
+        for t in terms
+    }
 
 
 def anova_section(anova: pd.DataFrame | None, *, alpha: float, design: Sequence[str] = ()) -> Section:
@@ -698,11 +786,17 @@ def anova_section(anova: pd.DataFrame | None, *, alpha: float, design: Sequence[
     for r in anova.itertuples(index=False):
         p = _num(r.p)
         is_effect = str(r.term) != "Residual"
-        rows.append({
-            "Task": str(r.task), "Term": terms[str(r.term)], "df": fmt_count(r.df), "Sum sq": fmt_g(r.sum_sq),
-            "F": fmt_num(r.F, 2) if is_effect else "", "p": fmt_p(r.p) if is_effect else "",
-            "partial η²": fmt_num(r.partial_eta2, 3) if is_effect else "",
-        })
+        rows.append(
+            {
+                "Task": str(r.task),
+                "Term": terms[str(r.term)],
+                "df": fmt_count(r.df),
+                "Sum sq": fmt_g(r.sum_sq),
+                "F": fmt_num(r.F, 2) if is_effect else "",
+                "p": fmt_p(r.p) if is_effect else "",
+                "partial η²": fmt_num(r.partial_eta2, 3) if is_effect else "",
+            }
+        )
         emph.append(is_effect and p is not None and p < alpha)
     frame = _frame(rows, cols)
     frame["Task"] = _shown_task(list(frame["Task"]))
@@ -729,10 +823,13 @@ def diagnostics_section(diag: pd.DataFrame | None) -> Section:
         rows.append({"Task": str(r.task), "Check": str(r.check), "Value": shown, "Note": _note(getattr(r, "note", ""))})
     frame = _frame(rows, ["Task", "Check", "Value", "Note"])
     frame["Task"] = _shown_task(list(frame["Task"]))
-    caption = ("Runs in each fit (each once), balance and missing cells of the ANOVA's cells, and residual checks "
-               "(Shapiro–Wilk and Levene p values).")
-    return Section("diagnostics", title,
-                   tables=(DisplayTable("diagnostics", caption, frame, left=("Task", "Check", "Note")),))
+    caption = (
+        "Runs in each fit (each once), balance and missing cells of the ANOVA's cells, and residual checks "
+        "(Shapiro–Wilk and Levene p values)."
+    )
+    return Section(
+        "diagnostics", title, tables=(DisplayTable("diagnostics", caption, frame, left=("Task", "Check", "Note")),)
+    )
 
 
 def sensitivity_section(
@@ -745,22 +842,30 @@ def sensitivity_section(
 
     name_of, level_key = level_namer(cells)
     has_size = "train_size" in sens.columns and sens["train_size"].notna().any()
-    cols = ["Condition", "Rank", "Task"] + (["Train size"] if has_size else []) + [
-        "Teacher", "Floor", "Student", "Gap [95% CI]", "Retention [95% CI]", "n"]
+    cols = (
+        ["Condition", "Rank", "Task"]
+        + (["Train size"] if has_size else [])
+        + ["Teacher", "Floor", "Student", "Gap [95% CI]", "Retention [95% CI]", "n"]
+    )
     ordered = sens.assign(_c=pd.Categorical(sens["cell"], list(dict.fromkeys(sens["cell"]))))
     ordered = ordered.sort_values(["_c", "metric", "rank"], kind="stable")
     rows = []
     for r in ordered.itertuples(index=False):
         s = metric_scale(r.metric, scale100=scale100)
-        rows.append({
-            "Condition": name_of(str(r.cell)), "Rank": f"{fmt_count(r.rank)} ({r.metric})",
-            "Task": str(r.task), "Train size": fmt_count(getattr(r, "train_size", None)),
-            "Teacher": fmt_metric(r.teacher, scale=s), "Floor": fmt_metric(r.floor, scale=s),
-            "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
-            "Gap [95% CI]": f"{fmt_metric(r.gap, scale=s)} {fmt_ci(r.gap_ci_low, r.gap_ci_high, scale=s, decimals=1)}",
-            "Retention [95% CI]": f"{fmt_num(r.retention, 2)} {fmt_ci(r.retention_ci_low, r.retention_ci_high)}",
-            "n": fmt_count(r.n),
-        })
+        rows.append(
+            {
+                "Condition": name_of(str(r.cell)),
+                "Rank": f"{fmt_count(r.rank)} ({r.metric})",
+                "Task": str(r.task),
+                "Train size": fmt_count(getattr(r, "train_size", None)),
+                "Teacher": fmt_metric(r.teacher, scale=s),
+                "Floor": fmt_metric(r.floor, scale=s),
+                "Student": fmt_mean_sd(r.student_mean, r.student_sd, scale=s),
+                "Gap [95% CI]": f"{fmt_metric(r.gap, scale=s)} {fmt_ci(r.gap_ci_low, r.gap_ci_high, scale=s, decimals=1)}",
+                "Retention [95% CI]": f"{fmt_num(r.retention, 2)} {fmt_ci(r.retention_ci_low, r.retention_ci_high)}",
+                "n": fmt_count(r.n),
+            }
+        )
     frame = _frame(rows, cols)
     frame["Condition"] = _shown_task(list(frame["Condition"]))
     scales = {metric_scale(m, scale100=scale100) for m in sens["metric"]}
@@ -785,8 +890,9 @@ def _fmt_summary(key: str, v: Any) -> str:
     return fmt_p(v) if key == "p" or key.endswith("_p") or key.startswith("p_") else fmt_g(v, 3)
 
 
-def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
-                  plan: pd.DataFrame | None = None) -> Section:
+def power_section(
+    power: pd.DataFrame | None, cells: pd.DataFrame | None = None, plan: pd.DataFrame | None = None
+) -> Section:
     title = "Power (prospective)"
     if power is None:
         return Section("power", title, empty_note="No power analysis: it needs paired tests.")
@@ -800,9 +906,13 @@ def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
     rows = []
     for i, r in enumerate(power.itertuples(index=False)):
         row = {
-            "Task": str(r.task), "Condition": labels.get(str(r.condition), str(r.condition)), "n": fmt_count(r.n),
-            "dz": fmt_num(r.dz, 2), "dz 95% CI": fmt_ci(r.dz_ci_low, r.dz_ci_high),
-            "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
+            "Task": str(r.task),
+            "Condition": labels.get(str(r.condition), str(r.condition)),
+            "n": fmt_count(r.n),
+            "dz": fmt_num(r.dz, 2),
+            "dz 95% CI": fmt_ci(r.dz_ci_low, r.dz_ci_high),
+            "α used": fmt_g(r.alpha_used, 3),
+            "Target dz": fmt_num(r.target_dz, 2),
             "Seeds for target": _fmt_seeds(r.n_for_target),
         }
         row.update({c: levels[i] for c, levels in level_cols.items()})
@@ -814,15 +924,27 @@ def power_section(power: pd.DataFrame | None, cells: pd.DataFrame | None = None,
         "power at a target d_z chosen in advance, at the α the correction uses (α/m for a family of m). No power is "
         "computed from the observed effect (post-hoc power restates p)."
     )
-    tables = [DisplayTable("power", caption, frame, left=("Task", *cond_cols),
-                              optional=("n", "α used", "Target dz"))]
+    tables = [DisplayTable("power", caption, frame, left=("Task", *cond_cols), optional=("n", "α used", "Target dz"))]
     if plan is not None:
-        prow = [{"Family": str(r.family), "α used": fmt_g(r.alpha_used, 3), "Target dz": fmt_num(r.target_dz, 2),
-                 "Seeds for 80% power": _fmt_seeds(r.n_needed)} for r in plan.itertuples(index=False)]
+        prow = [
+            {
+                "Family": str(r.family),
+                "α used": fmt_g(r.alpha_used, 3),
+                "Target dz": fmt_num(r.target_dz, 2),
+                "Seeds for 80% power": _fmt_seeds(r.n_needed),
+            }
+            for r in plan.itertuples(index=False)
+        ]
         pframe = _frame(prow, ["Family", "α used", "Target dz", "Seeds for 80% power"])
         pframe["Family"] = _shown_task(list(pframe["Family"]))
-        tables.append(DisplayTable("power-plan", "Seeds needed per family for stated target effects (prospective).",
-                                   pframe, left=("Family",)))
+        tables.append(
+            DisplayTable(
+                "power-plan",
+                "Seeds needed per family for stated target effects (prospective).",
+                pframe,
+                left=("Family",),
+            )
+        )
     return Section("power", title, tables=tuple(tables))
 
 
@@ -843,14 +965,17 @@ def mapping_weight_grids(weights: pd.DataFrame, task: str) -> dict[str, pd.DataF
         # The last epoch per seed, not overall: a seed that stopped early still counts.
         last = g.groupby("seed")["epoch"].transform("max")
         final = g[g["epoch"] == last]
-        out[str(cell)] = final.pivot_table(
-            index="student_layer", columns="teacher_layer", values="weight", aggfunc="mean"
-        ).sort_index().sort_index(axis=1)
+        out[str(cell)] = (
+            final.pivot_table(index="student_layer", columns="teacher_layer", values="weight", aggfunc="mean")
+            .sort_index()
+            .sort_index(axis=1)
+        )
     return out
 
 
-def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None,
-                    convergence: pd.DataFrame | None = None) -> Section | None:
+def mapping_section(
+    weights: pd.DataFrame | None, cells: pd.DataFrame | None, convergence: pd.DataFrame | None = None
+) -> Section | None:
     """Learned mapping weights as student × teacher matrices, then their convergence tables
     (:func:`convergence_frame`); None (no section at all) when the study has no learnable
     mapping, since the contract makes them optional."""
@@ -864,10 +989,18 @@ def mapping_section(weights: pd.DataFrame | None, cells: pd.DataFrame | None,
             frame = grid.map(lambda v: fmt_num(v, 2)).astype(object)
             frame.columns = [f"T{c}" for c in frame.columns]
             frame.insert(0, "Student layer", [f"S{i}" for i in grid.index])
-            caption = (f"{task} · {labels.get(cell, cell)}: weight of each teacher layer (T) for each student "
-                       f"layer (S) at the last epoch, mean over {seeds.nunique()} seed(s).")
-            tables.append(DisplayTable(f"mapping-{slug(task)}-{slug(labels.get(cell, cell))}", caption,
-                                       frame.reset_index(drop=True), left=("Student layer",)))
+            caption = (
+                f"{task} · {labels.get(cell, cell)}: weight of each teacher layer (T) for each student "
+                f"layer (S) at the last epoch, mean over {seeds.nunique()} seed(s)."
+            )
+            tables.append(
+                DisplayTable(
+                    f"mapping-{slug(task)}-{slug(labels.get(cell, cell))}",
+                    caption,
+                    frame.reset_index(drop=True),
+                    left=("Student layer",),
+                )
+            )
     if convergence is None:
         convergence = mapping_convergence(weights, cell_factor_levels(cells))
     tables += convergence_tables(convergence, labels)
@@ -896,21 +1029,35 @@ def convergence_tables(conv: pd.DataFrame, labels: Mapping[str, str]) -> list[Di
     for task, g in conv.groupby("task", sort=False):
         if g["cell_a"].nunique() < 2 and g["end_distance"].isna().all():
             continue
-        rows = [{
-            "Cell": labels.get(str(r["cell_a"]), str(r["cell_a"])),
-            "vs": "(its own seeds)" if r["cell_a"] == r["cell_b"] else labels.get(str(r["cell_b"]), str(r["cell_b"])),
-            "Seeds": f"{r['n_a']}" if r["cell_a"] == r["cell_b"] else f"{r['n_a']} / {r['n_b']}",
-            "Start": fmt_num(r["start_distance"], 3), "End": fmt_num(r["end_distance"], 3),
-            "Moved": fmt_num(r["moved"], 3),
-        } for r in g.to_dict("records")]
-        caption = (f"{task}: distance between learned mappings, the mean over student layers of the total-variation "
-                   "distance of their weight rows (0 = the same mapping, 1 = no teacher layer in common), at the start "
-                   "(epoch 0) and after the last epoch. Two cells: between their seed-mean mappings; a cell with its "
-                   "own seeds: mean over seed pairs, the noise floor, and Moved, how far training took each seed's "
-                   "mapping from its start. Only cells that differ in one factor are "
-                   "paired. Mappings that converge whatever their start end closer than they began, near that floor.")
-        out.append(DisplayTable(f"mapping-convergence-{slug(str(task))}", caption,
-                                _frame(rows, ["Cell", "vs", "Seeds", "Start", "End", "Moved"]), left=("Cell", "vs")))
+        rows = [
+            {
+                "Cell": labels.get(str(r["cell_a"]), str(r["cell_a"])),
+                "vs": "(its own seeds)"
+                if r["cell_a"] == r["cell_b"]
+                else labels.get(str(r["cell_b"]), str(r["cell_b"])),
+                "Seeds": f"{r['n_a']}" if r["cell_a"] == r["cell_b"] else f"{r['n_a']} / {r['n_b']}",
+                "Start": fmt_num(r["start_distance"], 3),
+                "End": fmt_num(r["end_distance"], 3),
+                "Moved": fmt_num(r["moved"], 3),
+            }
+            for r in g.to_dict("records")
+        ]
+        caption = (
+            f"{task}: distance between learned mappings, the mean over student layers of the total-variation "
+            "distance of their weight rows (0 = the same mapping, 1 = no teacher layer in common), at the start "
+            "(epoch 0) and after the last epoch. Two cells: between their seed-mean mappings; a cell with its "
+            "own seeds: mean over seed pairs, the noise floor, and Moved, how far training took each seed's "
+            "mapping from its start. Only cells that differ in one factor are "
+            "paired. Mappings that converge whatever their start end closer than they began, near that floor."
+        )
+        out.append(
+            DisplayTable(
+                f"mapping-convergence-{slug(str(task))}",
+                caption,
+                _frame(rows, ["Cell", "vs", "Seeds", "Start", "End", "Moved"]),
+                left=("Cell", "vs"),
+            )
+        )
     return out
 
 
@@ -953,9 +1100,19 @@ def efficiency_section(eff: pd.DataFrame | None, cells: pd.DataFrame | None) -> 
         "pass of a batch of 32 × 64 tokens on the run's device, median of repeats; Train: examples per second "
         "of the whole distillation, teacher included. Times from runs that shared a machine compare best as ratios."
     )
-    return Section("efficiency", "Efficiency", tables=(DisplayTable("efficiency", _with_key(caption, level_key), frame, left=("Condition",),
-                                                         optional=("Peak memory (MB)", "Throughput (ex/s)",
-                                                                   "Params (M)", "Runs")),))
+    return Section(
+        "efficiency",
+        "Efficiency",
+        tables=(
+            DisplayTable(
+                "efficiency",
+                _with_key(caption, level_key),
+                frame,
+                left=("Condition",),
+                optional=("Peak memory (MB)", "Throughput (ex/s)", "Params (M)", "Runs"),
+            ),
+        ),
+    )
 
 
 def layers_section(layers: pd.DataFrame | None, cells: pd.DataFrame | None) -> Section | None:
@@ -969,18 +1126,30 @@ def layers_section(layers: pd.DataFrame | None, cells: pd.DataFrame | None) -> S
     # Two store cells that share runs (a collapsed setting) may have one name here: show it once.
     rows = list({(name_of(str(r.cell)), str(r.copied), str(r.mapped)): None for r in layers.itertuples(index=False)})
     rows = [{"Condition": c, "Copied": cp, "Mapped": mp} for c, cp, mp in rows]
-    caption = ("Teacher layers (1 = the first above the embeddings) copied into student layers 1, 2, ... and the teacher "
-               "layer each student layer is trained towards; a learnable mapping (\"learnable over\") by the fixed "
-               "map its layers name, where a fixed start peaks: its weights may move to any teacher layer (see the "
-               "mapping section). Different layers in the two columns mean the student learns towards layers it was "
-               "not copied from.")
-    return Section("layers", "Layers copied and mapped",
-                   tables=(DisplayTable("layers", _with_key(caption, level_key), _frame(rows, ["Condition", "Copied", "Mapped"]),
-                                        left=("Condition", "Copied", "Mapped")),))
+    caption = (
+        "Teacher layers (1 = the first above the embeddings) copied into student layers 1, 2, ... and the teacher "
+        'layer each student layer is trained towards; a learnable mapping ("learnable over") by the fixed '
+        "map its layers name, where a fixed start peaks: its weights may move to any teacher layer (see the "
+        "mapping section). Different layers in the two columns mean the student learns towards layers it was "
+        "not copied from."
+    )
+    return Section(
+        "layers",
+        "Layers copied and mapped",
+        tables=(
+            DisplayTable(
+                "layers",
+                _with_key(caption, level_key),
+                _frame(rows, ["Condition", "Copied", "Mapped"]),
+                left=("Condition", "Copied", "Mapped"),
+            ),
+        ),
+    )
 
 
-def summary_section(question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *,
-                    scale100: bool = True) -> Section:
+def summary_section(
+    question: str, paired: pd.DataFrame | None, cells: pd.DataFrame | None, *, scale100: bool = True
+) -> Section:
     """The opening box: the study's question, the decisive comparisons, the undecided ones."""
     from kdgrid.report.pivot import summary_lines
 
@@ -996,9 +1165,16 @@ def warnings_section(warnings: Sequence[str] | None) -> Section:
     return Section("warnings", "Warnings", bullets=items)
 
 
-def build_sections(analysis: Analysis, *, scale100: bool = True, alpha: float = 0.05,
-                   convergence: pd.DataFrame | None = None, rows: Sequence[str] | None = None,
-                   cols: Sequence[str] | None = None, question: str | None = None) -> list[Section]:
+def build_sections(
+    analysis: Analysis,
+    *,
+    scale100: bool = True,
+    alpha: float = 0.05,
+    convergence: pd.DataFrame | None = None,
+    rows: Sequence[str] | None = None,
+    cols: Sequence[str] | None = None,
+    question: str | None = None,
+) -> list[Section]:
     """Every report section in order, from any object with the ``Analysis`` attributes.
 
     ``convergence``: :func:`convergence_frame` of the analysis when the caller has it already
@@ -1010,16 +1186,32 @@ def build_sections(analysis: Analysis, *, scale100: bool = True, alpha: float = 
     summary = summary_section(question, paired, cells, scale100=scale100) if question is not None else None
     sections = [
         *([summary] if summary is not None else []),
-        cells_section(cells, paired=paired, sens=section_frame(analysis, "sensitivity"), rows=rows, cols=cols,
-                      scale100=scale100, alpha=alpha),
+        cells_section(
+            cells,
+            paired=paired,
+            sens=section_frame(analysis, "sensitivity"),
+            rows=rows,
+            cols=cols,
+            scale100=scale100,
+            alpha=alpha,
+        ),
         paired_section(paired, cells, alpha=alpha, scale100=scale100),
         stratified_section(section_frame(analysis, "stratified"), cells, alpha=alpha, scale100=scale100),
-        ranks_section(section_frame(analysis, "ranks"), section_frame(analysis, "nemenyi"),
-                      getattr(analysis, "friedman", None), cells, alpha=alpha),
+        ranks_section(
+            section_frame(analysis, "ranks"),
+            section_frame(analysis, "nemenyi"),
+            getattr(analysis, "friedman", None),
+            cells,
+            alpha=alpha,
+        ),
         anova_section(section_frame(analysis, "anova"), alpha=alpha, design=getattr(analysis, "design", None) or ()),
         diagnostics_section(section_frame(analysis, "diagnostics")),
-        sensitivity_section(section_frame(analysis, "sensitivity"), getattr(analysis, "sensitivity_summary", None),
-                            cells, scale100=scale100),
+        sensitivity_section(
+            section_frame(analysis, "sensitivity"),
+            getattr(analysis, "sensitivity_summary", None),
+            cells,
+            scale100=scale100,
+        ),
         power_section(section_frame(analysis, "power"), cells, section_frame(analysis, "power_plan")),
         mapping_section(section_frame(analysis, "mapping_weights"), cells, convergence),
         layers_section(section_frame(analysis, "layers"), cells),

@@ -28,13 +28,23 @@ def trial_line(end: TrialEnd) -> str:
     colour = {"complete": "green", "pruned": "yellow"}.get(end.state, "red")
     best = f"; best {end.best[1]:.4f} (trial {end.best[0]})" if end.best else ""
     why = f": {end.error}" if end.error else ""
-    return (f"{escape(f'trial {end.number}: {short_params(end.params)}')} -> [{colour}]{end.state}[/{colour}] "
-            f"{shown}{best}{escape(why)}")
+    return (
+        f"{escape(f'trial {end.number}: {short_params(end.params)}')} -> [{colour}]{end.state}[/{colour}] "
+        f"{shown}{best}{escape(why)}"
+    )
 
 
-def search_main(db: Path, loaded: LoadedStudy, *, trials: int | None = None, execute: Execute | None = None,
-                confirm: int | None = None, console: Console | None = None, err_console: Console | None = None,
-                runner: Runner | None = None) -> int:
+def search_main(
+    db: Path,
+    loaded: LoadedStudy,
+    *,
+    trials: int | None = None,
+    execute: Execute | None = None,
+    confirm: int | None = None,
+    console: Console | None = None,
+    err_console: Console | None = None,
+    runner: Runner | None = None,
+) -> int:
     """Run (or resume) the search to its budget, print the summary, then confirm if asked; the exit code.
 
     ``execute``: how the trials' runs execute, as for ``kdgrid run`` (None: in this process, no retries).
@@ -47,15 +57,22 @@ def search_main(db: Path, loaded: LoadedStudy, *, trials: int | None = None, exe
     deadline = time.time() + search.timeout_s if search.timeout_s else None
     job = SearchJob(db, loaded, budget(search, trials), deadline)
     try:
-        interrupted = run_search(job, runner=runner, execute=execute, reporter=RichReporter(err_console, "trial runs"),
-                                 on_trial=lambda end: err_console.print(trial_line(end), highlight=False)).interrupted
+        interrupted = run_search(
+            job,
+            runner=runner,
+            execute=execute,
+            reporter=RichReporter(err_console, "trial runs"),
+            on_trial=lambda end: err_console.print(trial_line(end), highlight=False),
+        ).interrupted
     except KeyboardInterrupt:
         interrupted = True
     rep = build_search_report(db, loaded.study.name, importances=False)
     for line in summary_lines(rep):
         console.print(line, highlight=False)
-    console.print(f"journal: {journal_path(db, loaded.study.name)}; report: kdgrid report --search {loaded.study.name}",
-                  highlight=False)
+    console.print(
+        f"journal: {journal_path(db, loaded.study.name)}; report: kdgrid report --search {loaded.study.name}",
+        highlight=False,
+    )
     if interrupted:
         err_console.print("interrupted: run 'kdgrid search' again to continue (finished trials are kept)")
         return EXIT_INTERRUPTED
@@ -64,12 +81,17 @@ def search_main(db: Path, loaded: LoadedStudy, *, trials: int | None = None, exe
         return EXIT_NO_RESULT
     if confirm is not None:
         try:
-            conf = run_confirmation(db, loaded, confirm, runner=runner, execute=execute, reporter=RichReporter(err_console))
+            conf = run_confirmation(
+                db, loaded, confirm, runner=runner, execute=execute, reporter=RichReporter(err_console)
+            )
         except KeyboardInterrupt:
             err_console.print("interrupted: run 'kdgrid search --confirm' again to continue")
             return EXIT_INTERRUPTED
-        console.print(f"confirmation: trial {conf.best_number}'s settings vs the baseline "
-                      f"({_baseline_text(conf.baseline)}) on fresh seeds {conf.seeds}", highlight=False)
+        console.print(
+            f"confirmation: trial {conf.best_number}'s settings vs the baseline "
+            f"({_baseline_text(conf.baseline)}) on fresh seeds {conf.seeds}",
+            highlight=False,
+        )
         for run_id, error in conf.errors[:5]:
             err_console.print(f"  failed {run_id}: {error}")
         result = confirmation_result(db, loaded.study.name, search.metric)

@@ -49,8 +49,15 @@ class Confirmation:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_confirmation(db_path: Path, loaded: LoadedStudy, k: int, *, runner: Runner | None = None,
-                     execute: Execute | None = None, reporter: Reporter | None = None) -> Confirmation:
+def run_confirmation(
+    db_path: Path,
+    loaded: LoadedStudy,
+    k: int,
+    *,
+    runner: Runner | None = None,
+    execute: Execute | None = None,
+    reporter: Reporter | None = None,
+) -> Confirmation:
     """Run the best trial's settings and the baseline on K fresh seeds (skipping runs already done)."""
     study = loaded.study
     assert study.search is not None
@@ -64,18 +71,33 @@ def run_confirmation(db_path: Path, loaded: LoadedStudy, k: int, *, runner: Runn
     tasks = search_tasks(study)
     baseline = dict(study.search.baseline or {})
     try:
-        planned = (plan_runs(study, best.params, tasks=tasks, seeds=seeds, factors={"config": "best"})
-                   + plan_runs(study, baseline, tasks=tasks, seeds=seeds, factors={"config": "baseline"}))
+        planned = plan_runs(study, best.params, tasks=tasks, seeds=seeds, factors={"config": "best"}) + plan_runs(
+            study, baseline, tasks=tasks, seeds=seeds, factors={"config": "baseline"}
+        )
     except PlanError as exc:
         raise SearchError(f"search '{study.name}': cannot plan the confirmation: {exc}") from None
     outcome = run_grid(
-        db_path, study_name=confirm_study_name(study.name), study_path=str(loaded.path), study_text=loaded.text,
-        study_sha=loaded.sha256, planned=planned, runner=runner, reporter=reporter, execute=execute,
+        db_path,
+        study_name=confirm_study_name(study.name),
+        study_path=str(loaded.path),
+        study_text=loaded.text,
+        study_sha=loaded.sha256,
+        planned=planned,
+        runner=runner,
+        reporter=reporter,
+        execute=execute,
     )
     if outcome.interrupted:
         raise KeyboardInterrupt
-    return Confirmation(best.number, dict(best.params), baseline, seeds, outcome.done + outcome.already_done,
-                        outcome.failed, list(outcome.errors))
+    return Confirmation(
+        best.number,
+        dict(best.params),
+        baseline,
+        seeds,
+        outcome.done + outcome.already_done,
+        outcome.failed,
+        list(outcome.errors),
+    )
 
 
 @dataclass
@@ -101,14 +123,17 @@ def confirmation_result(db_path: Path, name: str, metric: str) -> ConfirmationRe
     if df.empty or "config" not in df:
         return None
     metric_col = {t: (TASKS[t].official_metric if metric == "auto" else metric) for t in df["task"].unique()}
-    values = [row[metric_col[row["task"]]] if metric_col[row["task"]] in row else float("nan") for _, row in df.iterrows()]
+    values = [
+        row[metric_col[row["task"]]] if metric_col[row["task"]] in row else float("nan") for _, row in df.iterrows()
+    ]
     long = df.assign(value=values)
-    means = (long.groupby(["task", "config"])["value"].agg(n="count", mean="mean", sd="std").reset_index())
+    means = long.groupby(["task", "config"])["value"].agg(n="count", mean="mean", sd="std").reset_index()
     seeds = sorted(int(s) for s in df["seed"].unique())
     best_ids = set(df.loc[df["config"] == "best", "run_id"])
     if best_ids and best_ids == set(df.loc[df["config"] == "baseline", "run_id"]):
-        return ConfirmationResult(means, pd.DataFrame(), seeds,
-                                  "the best trial's settings are the baseline's: nothing to compare")
+        return ConfirmationResult(
+            means, pd.DataFrame(), seeds, "the best trial's settings are the baseline's: nothing to compare"
+        )
     tests = paired_tests(df, metric=metric, factors=["config"], baseline={"config": "baseline"}, correction="holm")
     warnings = tests.attrs.get("warnings") or []
     return ConfirmationResult(means, tests, seeds, "; ".join(str(w) for w in warnings))

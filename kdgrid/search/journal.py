@@ -50,8 +50,9 @@ class _GridSampler(GridSampler):
     """Optuna's grid sampler without its stop(): that only works inside ``optimize``, and kdgrid
     caps the budget at the grid size itself."""
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         return None
 
 
@@ -68,8 +69,10 @@ def make_sampler(search: Search, n_trials: int) -> BaseSampler:
         return _GridSampler(grid_space(search))
     if search.sampler == "cmaes":
         if importlib.util.find_spec("cmaes") is None:
-            raise SearchError("search.sampler 'cmaes' needs the 'cmaes' package (pip install cmaes), "
-                              "or choose another sampler (allowed: tpe, random, grid, cmaes)")
+            raise SearchError(
+                "search.sampler 'cmaes' needs the 'cmaes' package (pip install cmaes), "
+                "or choose another sampler (allowed: tpe, random, grid, cmaes)"
+            )
         return CmaEsSampler(n_startup_trials=_startup(n_trials), warn_independent_sampling=False)
     # TPE's default 10 random start-up trials would make a 10-trial search a random search.
     return TPESampler(n_startup_trials=_startup(n_trials))
@@ -99,8 +102,12 @@ def open_search(db_path: Path, study: Study, *, n_trials: int) -> optuna.Study:
     assert study.search is not None
     search = study.search
     ostudy = optuna.create_study(
-        storage=storage_for(db_path, study.name), study_name=study.name, direction=search.direction,
-        sampler=make_sampler(search, n_trials), pruner=make_pruner(search, n_trials), load_if_exists=True,
+        storage=storage_for(db_path, study.name),
+        study_name=study.name,
+        direction=search.direction,
+        sampler=make_sampler(search, n_trials),
+        pruner=make_pruner(search, n_trials),
+        load_if_exists=True,
     )
     fp = fingerprint(study)
     have = ostudy.user_attrs.get("kdgrid_fingerprint")
@@ -140,15 +147,23 @@ def store_state(ostudy: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any] 
     """The trials-table state of an Optuna trial (running, complete, pruned, failed, interrupted)."""
     if is_interrupted(ostudy, trial, attrs):
         return "interrupted"
-    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-            TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[trial.state]
+    return {
+        TrialState.COMPLETE: "complete",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+        TrialState.WAITING: "waiting",
+    }[trial.state]
 
 
 def used_budget(ostudy: optuna.Study) -> int:
     """Trials that count against the budget: all but queued ones and interrupted ones (queued again)."""
     attrs = ostudy.user_attrs
-    return sum(1 for t in ostudy.get_trials(deepcopy=False)
-               if t.state != TrialState.WAITING and not is_interrupted(ostudy, t, attrs))
+    return sum(
+        1
+        for t in ostudy.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and not is_interrupted(ostudy, t, attrs)
+    )
 
 
 def trial_rows(ostudy: optuna.Study) -> list[dict[str, Any]]:
@@ -160,14 +175,24 @@ def trial_rows(ostudy: optuna.Study) -> list[dict[str, Any]]:
             continue
         runs = t.user_attrs.get(RUNS) or [None]
         value = t.value if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) else None
-        rows.append({"number": t.number, "run_id": runs[0], "params": t.params, "value": value,
-                     "state": store_state(ostudy, t, attrs)})
+        rows.append(
+            {
+                "number": t.number,
+                "run_id": runs[0],
+                "params": t.params,
+                "value": value,
+                "state": store_state(ostudy, t, attrs),
+            }
+        )
     return rows
 
 
 def best_trial(ostudy: optuna.Study) -> FrozenTrial | None:
-    complete = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
+    complete = [
+        t
+        for t in ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
     if not complete:
         return None
     sign = 1.0 if ostudy.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0

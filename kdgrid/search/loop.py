@@ -34,7 +34,6 @@ from kdgrid.execute.job import Runner
 from kdgrid.execute.ledger import NullReporter, Reporter, writable_store
 from kdgrid.execute.local import coordinator, run_grid
 from kdgrid.plan.expand import PlannedRun
-from kdgrid.records import RunResult
 from kdgrid.search.journal import (
     ERROR,
     RETRY_OF,
@@ -209,8 +208,14 @@ class _TrialHooks(Reporter):
         return PRUNED if any(t.state == "pruned" for t in trials) else "its search trial failed"
 
 
-def run_search(job: SearchJob, *, runner: Runner | None = None, execute: Execute | None = None,
-               reporter: Reporter | None = None, on_trial: Callable[[TrialEnd], None] | None = None) -> SearchOutcome:
+def run_search(
+    job: SearchJob,
+    *,
+    runner: Runner | None = None,
+    execute: Execute | None = None,
+    reporter: Reporter | None = None,
+    on_trial: Callable[[TrialEnd], None] | None = None,
+) -> SearchOutcome:
     """Run trials until the search has ``job.target`` of them (or the deadline); resumable.
 
     ``execute`` says how runs execute, as for :func:`kdgrid.execute.run_grid` (None: in this process, no
@@ -241,15 +246,21 @@ def run_search(job: SearchJob, *, runner: Runner | None = None, execute: Execute
     return outcome
 
 
-def _ask(job: SearchJob, ostudy: optuna.Study, outcome: SearchOutcome,
-         on_trial: Callable[[TrialEnd], None] | None) -> _Trial | None:
+def _ask(
+    job: SearchJob, ostudy: optuna.Study, outcome: SearchOutcome, on_trial: Callable[[TrialEnd], None] | None
+) -> _Trial | None:
     """A new trial with its planned runs; None when its settings make an invalid run (then it failed)."""
     trial = ostudy.ask()
     outcome.started += 1
     params = suggest(trial, job.search)
     try:
-        runs = plan_runs(job.study, params, tasks=search_tasks(job.study), seeds=trial_seeds(job.study),
-                         factors=trial_factors(trial.number, params))
+        runs = plan_runs(
+            job.study,
+            params,
+            tasks=search_tasks(job.study),
+            seeds=trial_seeds(job.study),
+            factors=trial_factors(trial.number, params),
+        )
     except PlanError as exc:
         t = _Trial(trial, params, [], job.search)
         t.fail(f"invalid settings: {exc}")
@@ -259,14 +270,34 @@ def _ask(job: SearchJob, ostudy: optuna.Study, outcome: SearchOutcome,
     return _Trial(trial, params, runs, job.search)
 
 
-def _run_round(job: SearchJob, ostudy: optuna.Study, trials: list[_Trial], runner: Runner | None, ex: Execute,
-               display: Reporter, outcome: SearchOutcome, on_trial: Callable[[TrialEnd], None] | None) -> bool:
+def _run_round(
+    job: SearchJob,
+    ostudy: optuna.Study,
+    trials: list[_Trial],
+    runner: Runner | None,
+    ex: Execute,
+    display: Reporter,
+    outcome: SearchOutcome,
+    on_trial: Callable[[TrialEnd], None] | None,
+) -> bool:
     """Run a round of trials through the scheduler and tell their outcomes; False when it was interrupted."""
     runs = [r for t in trials for r in t.runs]
     ids = list(dict.fromkeys(r.run_id for r in runs))
     with writable_store(job.db_path) as store:
-        upsert_trials(store, job.name, [{"number": t.trial.number, "run_id": t.runs[0].run_id, "params": t.params,
-                                         "value": None, "state": "running"} for t in trials])
+        upsert_trials(
+            store,
+            job.name,
+            [
+                {
+                    "number": t.trial.number,
+                    "run_id": t.runs[0].run_id,
+                    "params": t.params,
+                    "value": None,
+                    "state": "running",
+                }
+                for t in trials
+            ],
+        )
         states = run_states(store, ids)
         done = [i for i in ids if states.get(i, ("", None))[0] == "done"]
         curves = dev_epochs(store, done)
@@ -276,9 +307,19 @@ def _run_round(job: SearchJob, ostudy: optuna.Study, trials: list[_Trial], runne
                 t.replay(r.run_id, curves.get(r.run_id, []))
     loaded = job.loaded
     try:
-        grid = run_grid(job.db_path, study_name=search_study_name(job.name), study_path=str(loaded.path),
-                        study_text=loaded.text, study_sha=loaded.sha256, planned=runs, runner=runner,
-                        reporter=_TrialHooks(display, trials), execute=ex, add_members=True, locked=True)
+        grid = run_grid(
+            job.db_path,
+            study_name=search_study_name(job.name),
+            study_path=str(loaded.path),
+            study_text=loaded.text,
+            study_sha=loaded.sha256,
+            planned=runs,
+            runner=runner,
+            reporter=_TrialHooks(display, trials),
+            execute=ex,
+            add_members=True,
+            locked=True,
+        )
     except BaseException:
         for t in trials:  # a store or cluster error, or a second Ctrl-C: the round's trials are queued again
             _interrupt(job, ostudy, t.trial.number, t.params)
@@ -312,8 +353,14 @@ def _value(t: _Trial, finals: Mapping[str, Mapping[str, float]]) -> float:
     return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
 
 
-def _finish(job: SearchJob, ostudy: optuna.Study, trials: list[_Trial], outcome: SearchOutcome,
-            on_trial: Callable[[TrialEnd], None] | None, finals: Mapping[str, Mapping[str, float]]) -> None:
+def _finish(
+    job: SearchJob,
+    ostudy: optuna.Study,
+    trials: list[_Trial],
+    outcome: SearchOutcome,
+    on_trial: Callable[[TrialEnd], None] | None,
+    finals: Mapping[str, Mapping[str, float]],
+) -> None:
     """Tell Optuna each trial's end, mirror it in the store's trials table (one opening), count it."""
     rows = []
     ends = []
@@ -326,16 +373,31 @@ def _finish(job: SearchJob, ostudy: optuna.Study, trials: list[_Trial], outcome:
         optuna_state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}[state]
         ostudy.tell(t.trial, value if state == "complete" else None, state=optuna_state)
         setattr(outcome, state, getattr(outcome, state) + 1)
-        rows.append({"number": t.trial.number, "run_id": t.runs[0].run_id if t.runs else None, "params": t.params,
-                     "value": value if state == "complete" else None, "state": state})
+        rows.append(
+            {
+                "number": t.trial.number,
+                "run_id": t.runs[0].run_id if t.runs else None,
+                "params": t.params,
+                "value": value if state == "complete" else None,
+                "state": state,
+            }
+        )
         ends.append(TrialEnd(t.trial.number, t.params, state, value if state == "complete" else None, t.error, None))
     with writable_store(job.db_path) as store:
         upsert_trials(store, job.name, rows)
     best = best_trial(ostudy)
     for end in ends:
         if on_trial is not None:
-            on_trial(TrialEnd(end.number, end.params, end.state, end.value, end.error,
-                              None if best is None else (best.number, float(best.value or 0.0))))
+            on_trial(
+                TrialEnd(
+                    end.number,
+                    end.params,
+                    end.state,
+                    end.value,
+                    end.error,
+                    None if best is None else (best.number, float(best.value or 0.0)),
+                )
+            )
 
 
 def _interrupt(job: SearchJob, ostudy: optuna.Study, number: int, params: dict[str, Any]) -> None:

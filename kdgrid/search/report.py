@@ -28,14 +28,21 @@ from kdgrid.study.schema import Search, Study
 
 def short_params(params: dict[str, Any]) -> str:
     """``alpha=0.31, temperature=2.4``: the last part of each dotted path, floats to 4 significant digits."""
+
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in params.items())
 
 
-_PLOT_STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "interrupted": "FAIL",
-                "running": "RUNNING", "waiting": "WAITING"}
+_PLOT_STATES = {
+    "complete": "COMPLETE",
+    "pruned": "PRUNED",
+    "failed": "FAIL",
+    "interrupted": "FAIL",
+    "running": "RUNNING",
+    "waiting": "WAITING",
+}
 
 
 @dataclass
@@ -88,16 +95,24 @@ def build_search_report(db: Path, name: str, *, importances: bool = True) -> Sea
     if trials.empty:
         raise KdgridError(f"search '{name}': no trials in {db} yet")
     search = _stored_search(text, name)
-    params = list(search.params) if search else [c for c in trials.columns if c not in ("number", "run_id", "value", "state")]
+    params = (
+        list(search.params)
+        if search
+        else [c for c in trials.columns if c not in ("number", "run_id", "value", "state")]
+    )
     counts = {s: int((trials["state"] == s).sum()) for s in ("complete", "pruned", "failed", "interrupted", "running")}
     complete = trials[(trials["state"] == "complete") & trials["value"].notna()]
     best = None
     if not complete.empty:
         values = complete["value"].to_numpy(dtype=float)
-        row = complete.iloc[int(values.argmax() if (search is None or search.direction == "maximize")
-                                else values.argmin())]
-        best = {"number": int(row["number"]), "value": float(row["value"]),
-                "params": {p: _plain(row[p]) for p in params if p in row}}
+        row = complete.iloc[
+            int(values.argmax() if (search is None or search.direction == "maximize") else values.argmin())
+        ]
+        best = {
+            "number": int(row["number"]),
+            "value": float(row["value"]),
+            "params": {p: _plain(row[p]) for p in params if p in row},
+        }
     imp, note = _importances(optuna, complete, params, search) if importances else (None, "")
     metric = search.metric if search else "auto"
     confirmation = confirmation_result(db, name, metric)
@@ -118,8 +133,9 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def _importances(optuna: Any, complete: pd.DataFrame, params: list[str],
-                 search: Search | None) -> tuple[dict[str, float] | None, str]:
+def _importances(
+    optuna: Any, complete: pd.DataFrame, params: list[str], search: Search | None
+) -> tuple[dict[str, float] | None, str]:
     if search is None:
         return None, "parameter importances need the search block (the stored study file cannot be read)"
     if len(complete) < 2:
@@ -132,8 +148,9 @@ def _importances(optuna: Any, complete: pd.DataFrame, params: list[str],
     dists = {p: distribution(search.params[p]) for p in params}
     ostudy = optuna.create_study(direction=search.direction)
     for _, row in complete.iterrows():
-        ostudy.add_trial(create_trial(params={p: _plain(row[p]) for p in params}, distributions=dists,
-                                      value=float(row["value"])))
+        ostudy.add_trial(
+            create_trial(params={p: _plain(row[p]) for p in params}, distributions=dists, value=float(row["value"]))
+        )
     try:
         imp = get_param_importances(ostudy, evaluator=FanovaImportanceEvaluator(seed=0))
     except (ValueError, RuntimeError) as exc:
@@ -153,7 +170,9 @@ def write_search_report(rep: SearchReport, out_dir: Path, *, plots: bool = True)
     files[2].write_text(json.dumps(as_json(rep), indent=1, default=str))
     if rep.importances:
         path = out_dir / "importances.csv"
-        pd.DataFrame({"param": list(rep.importances), "importance": list(rep.importances.values())}).to_csv(path, index=False)
+        pd.DataFrame({"param": list(rep.importances), "importance": list(rep.importances.values())}).to_csv(
+            path, index=False
+        )
         files.append(path)
     if rep.confirmation is not None and not rep.confirmation.tests.empty:
         path = out_dir / "confirmation.csv"
@@ -163,8 +182,13 @@ def write_search_report(rep: SearchReport, out_dir: Path, *, plots: bool = True)
         from kdgrid.report.plots import search_plots
 
         history = rep.trials.assign(state=[_PLOT_STATES.get(s, str(s).upper()) for s in rep.trials["state"]])
-        files += search_plots(history[["number", "value", "state"]], rep.importances, history[["number", *rep.params]],
-                              out_dir=out_dir, direction="minimize" if rep.direction == "minimize" else "maximize")
+        files += search_plots(
+            history[["number", "value", "state"]],
+            rep.importances,
+            history[["number", *rep.params]],
+            out_dir=out_dir,
+            direction="minimize" if rep.direction == "minimize" else "maximize",
+        )
     rep.files = files
     return files
 
@@ -172,11 +196,18 @@ def write_search_report(rep: SearchReport, out_dir: Path, *, plots: bool = True)
 def as_json(rep: SearchReport) -> dict[str, Any]:
     conf = rep.confirmation
     return {
-        "search": rep.name, "direction": rep.direction, "counts": rep.counts, "best": rep.best,
-        "importances": rep.importances, "importance_note": rep.importance_note,
+        "search": rep.name,
+        "direction": rep.direction,
+        "counts": rep.counts,
+        "best": rep.best,
+        "importances": rep.importances,
+        "importance_note": rep.importance_note,
         "trials": json.loads(rep.trials.to_json(orient="records")),
-        "confirmation": None if conf is None else {
-            "seeds": conf.seeds, "note": conf.note,
+        "confirmation": None
+        if conf is None
+        else {
+            "seeds": conf.seeds,
+            "note": conf.note,
             "means": json.loads(conf.means.to_json(orient="records")),
             "paired_tests": json.loads(conf.tests.to_json(orient="records")),
         },
@@ -191,12 +222,18 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def summary_lines(rep: SearchReport) -> list[str]:
     c = rep.counts
-    lines = [f"search {rep.name}: {len(rep.trials)} trials ({c['complete']} complete, {c['pruned']} pruned, "
-             f"{c['failed']} failed" + (f", {c['interrupted']} interrupted" if c["interrupted"] else "")
-             + (f", {c['running']} running" if c["running"] else "") + ")"]
+    lines = [
+        f"search {rep.name}: {len(rep.trials)} trials ({c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['failed']} failed"
+        + (f", {c['interrupted']} interrupted" if c["interrupted"] else "")
+        + (f", {c['running']} running" if c["running"] else "")
+        + ")"
+    ]
     if rep.best:
-        lines.append(f"best: trial {rep.best['number']}, value {rep.best['value']:.4f} ({rep.direction}): "
-                     f"{short_params(rep.best['params'])}")
+        lines.append(
+            f"best: trial {rep.best['number']}, value {rep.best['value']:.4f} ({rep.direction}): "
+            f"{short_params(rep.best['params'])}"
+        )
     else:
         lines.append("best: no complete trial yet")
     return lines
@@ -212,29 +249,51 @@ def confirmation_frame(conf: ConfirmationResult) -> pd.DataFrame:
 def confirmation_notes(conf: ConfirmationResult) -> list[str]:
     notes = []
     if not conf.tests.empty and "note" in conf.tests:
-        notes += [f"{row.task}: {row.note}" for row in conf.tests.itertuples() if isinstance(row.note, str) and row.note]
+        notes += [
+            f"{row.task}: {row.note}" for row in conf.tests.itertuples() if isinstance(row.note, str) and row.note
+        ]
     return notes + ([conf.note] if conf.note else [])
 
 
 def markdown(rep: SearchReport) -> str:
     out = [f"# kdgrid search report: {rep.name}", "", *[f"- {line}" for line in summary_lines(rep)], ""]
     if rep.best:
-        out += ["## Best parameters", "", "| parameter | value |", "|---|---|",
-                *[f"| {k} | {_fmt(v, 6)} |" for k, v in rep.best["params"].items()], ""]
+        out += [
+            "## Best parameters",
+            "",
+            "| parameter | value |",
+            "|---|---|",
+            *[f"| {k} | {_fmt(v, 6)} |" for k, v in rep.best["params"].items()],
+            "",
+        ]
     out += ["## Parameter importances (fANOVA)", ""]
     if rep.importances:
-        out += ["| parameter | importance |", "|---|---|",
-                *[f"| {k} | {v:.3f} |" for k, v in sorted(rep.importances.items(), key=lambda kv: -kv[1])], ""]
+        out += [
+            "| parameter | importance |",
+            "|---|---|",
+            *[f"| {k} | {v:.3f} |" for k, v in sorted(rep.importances.items(), key=lambda kv: -kv[1])],
+            "",
+        ]
     else:
         out += [rep.importance_note, ""]
     out += ["## Trials", "", rep.trials.to_markdown(index=False, floatfmt=".4g"), ""]
     conf = rep.confirmation
     if conf is not None:
-        out += [f"## Confirmation on fresh seeds {conf.seeds}", "",
-                "Best trial's settings vs the baseline, re-run on seeds no trial used, paired by seed.", "",
-                conf.means.to_markdown(index=False, floatfmt=".4g"), ""]
+        out += [
+            f"## Confirmation on fresh seeds {conf.seeds}",
+            "",
+            "Best trial's settings vs the baseline, re-run on seeds no trial used, paired by seed.",
+            "",
+            conf.means.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
         if not conf.tests.empty:
-            out += ["Difference best - baseline:", "", confirmation_frame(conf).to_markdown(index=False, floatfmt=".4g"), ""]
+            out += [
+                "Difference best - baseline:",
+                "",
+                confirmation_frame(conf).to_markdown(index=False, floatfmt=".4g"),
+                "",
+            ]
         out += [f"Note: {n}" for n in confirmation_notes(conf)] + [""]
     return "\n".join(out)
 
@@ -263,8 +322,12 @@ def rich_search_report(rep: SearchReport) -> Any:
 
     parts: list[Any] = [Text(line) for line in summary_lines(rep)]
     if rep.best:
-        parts.append(_table("Best parameters", pd.DataFrame({"parameter": list(rep.best["params"]),
-                                                             "value": list(rep.best["params"].values())})))
+        parts.append(
+            _table(
+                "Best parameters",
+                pd.DataFrame({"parameter": list(rep.best["params"]), "value": list(rep.best["params"].values())}),
+            )
+        )
     if rep.importances:
         imp = sorted(rep.importances.items(), key=lambda kv: -kv[1])
         parts.append(_table("Parameter importances (fANOVA)", pd.DataFrame(imp, columns=["parameter", "importance"])))

@@ -74,22 +74,32 @@ def _check(study: Study, search: Search) -> None:
         where = f"search.params.{path}"
         loc = ("search", "params", path)
         if path in _NOT_SEARCHABLE:
-            raise PlanError(f"{where}: '{path}' cannot be searched (trials use the study's tasks and the first "
-                            f"seeds_per_trial seeds)", loc=loc)
+            raise PlanError(
+                f"{where}: '{path}' cannot be searched (trials use the study's tasks and the first "
+                f"seeds_per_trial seeds)",
+                loc=loc,
+            )
         check_path(path, template, where, loc)
         for value in probe_values(param):
             _probe(base, {path: value}, where, loc)
     if search.task != "mean" and search.task not in study.tasks:
-        raise PlanError(f"search.task: '{search.task}' is not a task of this study (allowed: mean, "
-                        f"{', '.join(study.tasks)})", loc=("search", "task"))
+        raise PlanError(
+            f"search.task: '{search.task}' is not a task of this study (allowed: mean, {', '.join(study.tasks)})",
+            loc=("search", "task"),
+        )
     for task in search_tasks(study):
         allowed = TASKS[task].metrics
         if search.metric != "auto" and search.metric not in allowed:
-            raise PlanError(f"search.metric: '{search.metric}' is not a dev metric of {task} (allowed: auto, "
-                            f"{', '.join(allowed)})", loc=("search", "metric"))
+            raise PlanError(
+                f"search.metric: '{search.metric}' is not a dev metric of {task} (allowed: auto, {', '.join(allowed)})",
+                loc=("search", "metric"),
+            )
     if search.seeds_per_trial > len(study.seed_list):
-        raise PlanError(f"search.seeds_per_trial: {search.seeds_per_trial} but the study has only "
-                        f"{len(study.seed_list)} seed(s) (raise 'seeds')", loc=("search", "seeds_per_trial"))
+        raise PlanError(
+            f"search.seeds_per_trial: {search.seeds_per_trial} but the study has only "
+            f"{len(study.seed_list)} seed(s) (raise 'seeds')",
+            loc=("search", "seeds_per_trial"),
+        )
     for path, value in (search.baseline or {}).items():
         loc = ("search", "baseline", path)
         if path in _NOT_SEARCHABLE:
@@ -183,11 +193,17 @@ def fingerprint(study: Study) -> str:
     """
     assert study.search is not None
     s = study.search
-    return config_hash({
-        "params": {k: v.model_dump(mode="json") for k, v in s.params.items()},
-        "metric": s.metric, "task": s.task, "direction": s.direction, "seeds": trial_seeds(study),
-        "tasks": search_tasks(study), "base": study.base_config(),
-    })
+    return config_hash(
+        {
+            "params": {k: v.model_dump(mode="json") for k, v in s.params.items()},
+            "metric": s.metric,
+            "task": s.task,
+            "direction": s.direction,
+            "seeds": trial_seeds(study),
+            "tasks": search_tasks(study),
+            "base": study.base_config(),
+        }
+    )
 
 
 def describe_search(study: Study) -> str:
@@ -197,6 +213,8 @@ def describe_search(study: Study) -> str:
     seeds = trial_seeds(study)
     tasks = search_tasks(study)
     runs = len(seeds) * len(tasks)
-    return (f"search: {len(s.params)} parameter(s) ({', '.join(s.params)}); {s.trials} trials x {runs} run(s) "
-            f"({', '.join(tasks)}; seeds {', '.join(map(str, seeds))}); sampler {s.sampler}, pruner {s.pruner}; "
-            f"confirmation seeds from {max(seeds) + 1}")
+    return (
+        f"search: {len(s.params)} parameter(s) ({', '.join(s.params)}); {s.trials} trials x {runs} run(s) "
+        f"({', '.join(tasks)}; seeds {', '.join(map(str, seeds))}); sampler {s.sampler}, pruner {s.pruner}; "
+        f"confirmation seeds from {max(seeds) + 1}"
+    )

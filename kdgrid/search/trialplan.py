@@ -10,18 +10,30 @@ from kdgrid.plan.expand import PlannedRun, plan_study
 from kdgrid.study.schema import Study
 
 
-def plan_runs(study: Study, overrides: Mapping[str, Any], *, tasks: Sequence[str], seeds: Sequence[int],
-              factors: Mapping[str, str]) -> list[PlannedRun]:
+def plan_runs(
+    study: Study,
+    overrides: Mapping[str, Any],
+    *,
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    factors: Mapping[str, str],
+) -> list[PlannedRun]:
     """The base run with ``overrides`` for each task and seed, validated and shape-checked like a grid.
 
     Built as a one-cell study so that expansion, canonical configs and run ids are exactly the
     planner's: a trial whose settings equal a grid cell reuses that cell's runs. Raises PlanError
     when the settings make an invalid run.
     """
-    one_cell = study.model_copy(update={
-        "grid": {path: [value] for path, value in overrides.items()}, "variants": {}, "include": [], "exclude": [],
-        "tasks": list(tasks), "seeds": list(seeds),
-    })
+    one_cell = study.model_copy(
+        update={
+            "grid": {path: [value] for path, value in overrides.items()},
+            "variants": {},
+            "include": [],
+            "exclude": [],
+            "tasks": list(tasks),
+            "seeds": list(seeds),
+        }
+    )
     return [dataclasses.replace(run, factors=dict(factors)) for run in plan_study(one_cell)]
 
 

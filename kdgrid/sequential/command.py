@@ -13,19 +13,26 @@ from kdgrid.sequential.state import ComparisonState, looks_frame, states_frame
 
 def plan_summary(plan: SequentialPlan, console: Console) -> None:
     first, most = plan.first_look_runs(), plan.max_runs()
-    console.print(f"sequential: {len(plan.comparisons)} comparison(s); looks at {', '.join(map(str, plan.looks))} "
-                  f"seeds per cell (seeds {', '.join(map(str, plan.seeds))} in that order)", highlight=False)
-    console.print(f"first look: {len(first)} runs ({len({r.run_id for r in first})} unique); "
-                  f"at most {len(most)} runs ({len({r.run_id for r in most})} unique) if no comparison stops early",
-                  highlight=False)
+    console.print(
+        f"sequential: {len(plan.comparisons)} comparison(s); looks at {', '.join(map(str, plan.looks))} "
+        f"seeds per cell (seeds {', '.join(map(str, plan.seeds))} in that order)",
+        highlight=False,
+    )
+    console.print(
+        f"first look: {len(first)} runs ({len({r.run_id for r in first})} unique); "
+        f"at most {len(most)} runs ({len({r.run_id for r in most})} unique) if no comparison stops early",
+        highlight=False,
+    )
     for line in plan.design_lines():
         console.print(f"  {line}", highlight=False)
 
 
 def short_cell(cell: str) -> str:
     """'objective.mapping.kind=learnable, data.fraction=0.5' -> 'kind=learnable, fraction=0.5' (for terminals)."""
-    return ", ".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1] if "=" in part else part
-                     for part in cell.split(", "))
+    return ", ".join(
+        part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1] if "=" in part else part
+        for part in cell.split(", ")
+    )
 
 
 def states_table(states: list[ComparisonState], title: str) -> Table:
@@ -35,8 +42,15 @@ def states_table(states: list[ComparisonState], title: str) -> Table:
     for st in states:
         c, r = st.comparison, st.result
         state = r.verdict if r.verdict != "undecided" else f"running ({st.seeds_needed} seeds next)"
-        table.add_row(c.task, short_cell(c.condition), short_cell(c.baseline), state, str(r.n),
-                      f"{len(r.looks)}/{len(c.design.looks)}", r.reason)
+        table.add_row(
+            c.task,
+            short_cell(c.condition),
+            short_cell(c.baseline),
+            state,
+            str(r.n),
+            f"{len(r.looks)}/{len(c.design.looks)}",
+            r.reason,
+        )
     return table
 
 

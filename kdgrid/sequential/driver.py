@@ -42,9 +42,16 @@ class SequentialOutcome:
         return [e for g in self.grids for e in g.errors]
 
 
-def run_sequential(db: Path, loaded: LoadedStudy, plan: SequentialPlan, *, execute: Execute | None = None,
-                   reporter: Reporter | None = None, runner: Runner | None = None,
-                   max_runs: int | None = None) -> SequentialOutcome:
+def run_sequential(
+    db: Path,
+    loaded: LoadedStudy,
+    plan: SequentialPlan,
+    *,
+    execute: Execute | None = None,
+    reporter: Reporter | None = None,
+    runner: Runner | None = None,
+    max_runs: int | None = None,
+) -> SequentialOutcome:
     """Run looks until every comparison is different, equivalent or inconclusive at its last look."""
     out = SequentialOutcome()
     budget = max_runs
@@ -57,9 +64,18 @@ def run_sequential(db: Path, loaded: LoadedStudy, plan: SequentialPlan, *, execu
         if ids == previous:  # nothing new to run: every comparison is decided, or its runs cannot finish
             return out
         previous = ids
-        grid = run_grid(db, study_name=loaded.study.name, study_path=str(loaded.path), study_text=loaded.text,
-                        study_sha=loaded.sha256, planned=needed, runner=runner, reporter=reporter,
-                        max_runs=budget, execute=execute)
+        grid = run_grid(
+            db,
+            study_name=loaded.study.name,
+            study_path=str(loaded.path),
+            study_text=loaded.text,
+            study_sha=loaded.sha256,
+            planned=needed,
+            runner=runner,
+            reporter=reporter,
+            max_runs=budget,
+            execute=execute,
+        )
         out.grids.append(grid)
         out.passes += 1
         if budget is not None:

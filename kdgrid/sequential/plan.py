@@ -58,10 +58,12 @@ class SequentialPlan:
     def design_lines(self) -> list[str]:
         """The design in words: looks, spending, α split, and what the largest design detects."""
         s = self.settings
-        lines = [f"group-sequential paired t tests, {s.spending.replace('_', '-')} α-spending (Lan & DeMets 1983), "
-                 f"looks at {', '.join(map(str, self.looks))} seeds per cell; α = {s.alpha:g} per task "
-                 + ("split equally (Bonferroni) over its comparisons" if s.correction == "bonferroni" else "per comparison")
-                 + "; equivalence by repeated TOST at the spent α"]
+        lines = [
+            f"group-sequential paired t tests, {s.spending.replace('_', '-')} α-spending (Lan & DeMets 1983), "
+            f"looks at {', '.join(map(str, self.looks))} seeds per cell; α = {s.alpha:g} per task "
+            + ("split equally (Bonferroni) over its comparisons" if s.correction == "bonferroni" else "per comparison")
+            + "; equivalence by repeated TOST at the spent α"
+        ]
         seen: set[tuple[float, int]] = set()
         for c in self.comparisons:
             key = (c.design.alpha, len(c.design.looks))
@@ -70,10 +72,12 @@ class SequentialPlan:
             seen.add(key)
             dz = detectable(c.design, s.power)
             eq = detectable(c.design, s.power, equivalence=True)
-            lines.append(f"α = {c.design.alpha:.4g} per comparison ({c.task}; spent as α' = {c.design.alpha_different:.4g} "
-                         f"on the t tests for 'different', calibrated for estimated sd): power {s.power:g} to call |d_z| ≥ {dz:.2f} "
-                         f"different, and to call a zero difference equivalent when the margin is ≥ {eq:.2f} sd of the "
-                         "paired differences (σ known; with 2-11 df somewhat less, docs/sequential.md)")
+            lines.append(
+                f"α = {c.design.alpha:.4g} per comparison ({c.task}; spent as α' = {c.design.alpha_different:.4g} "
+                f"on the t tests for 'different', calibrated for estimated sd): power {s.power:g} to call |d_z| ≥ {dz:.2f} "
+                f"different, and to call a zero difference equivalent when the margin is ≥ {eq:.2f} sd of the "
+                "paired differences (σ known; with 2-11 df somewhat less, docs/sequential.md)"
+            )
         return lines
 
 
@@ -103,12 +107,16 @@ def plan_sequential(study: Study, runs: Sequence[PlannedRun], *, path: str = "st
     pool = study.seed_list
     n_max = s.max_seeds or len(pool)
     if n_max > len(pool):
-        raise StudyError(f"{path}: analysis.sequential.max_seeds: {n_max} but the study lists {len(pool)} seeds "
-                         f"(allowed: 2 to {len(pool)}; raise 'seeds')")
+        raise StudyError(
+            f"{path}: analysis.sequential.max_seeds: {n_max} but the study lists {len(pool)} seeds "
+            f"(allowed: 2 to {len(pool)}; raise 'seeds')"
+        )
     if n_max < 2:
         raise StudyError(f"{path}: seeds: a sequential study needs at least 2 seeds (got {n_max})")
     if s.first > n_max:
-        raise StudyError(f"{path}: analysis.sequential.first: {s.first} seeds but max_seeds is {n_max} (allowed: 2 to {n_max})")
+        raise StudyError(
+            f"{path}: analysis.sequential.first: {s.first} seeds but max_seeds is {n_max} (allowed: 2 to {n_max})"
+        )
     seeds = tuple(pool[:n_max])
     looks = _looks(s.first, s.step, n_max)
     names = list(runs[0].factors) if runs else []
@@ -117,7 +125,9 @@ def plan_sequential(study: Study, runs: Sequence[PlannedRun], *, path: str = "st
     metrics = sorted({m for t in study.tasks for m in TASKS[t].metrics})
     bad = [m for m in s.margin if m not in metrics]
     if bad:
-        raise StudyError(f"{path}: analysis.sequential.margin: unknown metric '{bad[0]}' (allowed: {', '.join(metrics)})")
+        raise StudyError(
+            f"{path}: analysis.sequential.margin: unknown metric '{bad[0]}' (allowed: {', '.join(metrics)})"
+        )
     if study.analysis.baseline:
         base = _levels(study.analysis.baseline, names, f"{path}: analysis.baseline")
     else:  # the first level the study file lists for each factor, as the report does
@@ -137,15 +147,19 @@ def plan_sequential(study: Study, runs: Sequence[PlannedRun], *, path: str = "st
             continue
         per_task.setdefault(task, []).append((cell, bcell))
     if not per_task:
-        raise StudyError(f"{path}: analysis.sequential: no cell to compare with its baseline "
-                         f"({', '.join(f'{k}={v}' for k, v in base.items())})")
+        raise StudyError(
+            f"{path}: analysis.sequential: no cell to compare with its baseline "
+            f"({', '.join(f'{k}={v}' for k, v in base.items())})"
+        )
     comparisons = []
     for task, pairs in per_task.items():
         alpha = s.alpha / len(pairs) if s.correction == "bonferroni" else s.alpha
         metric = TASKS[task].official_metric if study.analysis.metric == "auto" else study.analysis.metric
         if metric not in TASKS[task].metrics:
-            raise StudyError(f"{path}: analysis.metric: '{metric}' is not a metric of task {task} "
-                             f"(allowed: auto, {', '.join(TASKS[task].metrics)})")
+            raise StudyError(
+                f"{path}: analysis.metric: '{metric}' is not a metric of task {task} "
+                f"(allowed: auto, {', '.join(TASKS[task].metrics)})"
+            )
         design = Design(looks, alpha, s.spending)
         comparisons += [Comparison(task, c, b, metric, s.margin.get(metric), design) for c, b in pairs]
     return SequentialPlan(study.name, s, seeds, looks, tuple(comparisons), by_key)

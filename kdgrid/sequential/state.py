@@ -68,8 +68,10 @@ def comparison_states(plan: SequentialPlan, outcomes: dict[str, RunOutcome]) -> 
     for c in plan.comparisons:
         diffs: list[list[float]] = []
         for n in plan.looks:
-            pairs = [(plan.runs.get((c.task, c.condition, s)), plan.runs.get((c.task, c.baseline, s)))
-                     for s in plan.seeds[:n]]
+            pairs = [
+                (plan.runs.get((c.task, c.condition, s)), plan.runs.get((c.task, c.baseline, s)))
+                for s in plan.seeds[:n]
+            ]
             if not all(_finished(a, outcomes) and _finished(b, outcomes) for a, b in pairs):
                 break
             diffs.append([_value(a, outcomes, c.metric) - _value(b, outcomes, c.metric) for a, b in pairs])
@@ -133,8 +135,26 @@ def study_states(store: Store, name: str) -> tuple[SequentialPlan, list[Comparis
     return plan, comparison_states(plan, read_outcomes(store, all_plan_run_ids(plan)))
 
 
-STATE_COLUMNS = ["task", "condition", "baseline", "metric", "margin", "alpha", "verdict", "looks", "seeds",
-                 "mean_diff", "ci_low", "ci_high", "p", "p_bound", "z_bound", "p_equiv", "p_equiv_bound", "reason"]
+STATE_COLUMNS = [
+    "task",
+    "condition",
+    "baseline",
+    "metric",
+    "margin",
+    "alpha",
+    "verdict",
+    "looks",
+    "seeds",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_bound",
+    "z_bound",
+    "p_equiv",
+    "p_equiv_bound",
+    "reason",
+]
 
 
 def states_frame(states: list[ComparisonState]) -> pd.DataFrame:
@@ -143,29 +163,73 @@ def states_frame(states: list[ComparisonState]) -> pd.DataFrame:
     for st in states:
         c, r = st.comparison, st.result
         last = r.looks[-1] if r.looks else None
-        rows.append({
-            "task": c.task, "condition": c.condition, "baseline": c.baseline, "metric": c.metric,
-            "margin": c.margin if c.margin is not None else math.nan, "alpha": c.design.alpha,
-            "verdict": r.verdict, "looks": len(r.looks), "seeds": r.n,
-            "mean_diff": last.mean_diff if last else math.nan,
-            "ci_low": last.ci_low if last else math.nan, "ci_high": last.ci_high if last else math.nan,
-            "p": last.p if last else math.nan, "p_bound": last.p_bound if last else math.nan,
-            "z_bound": last.z_bound if last else math.nan,
-            "p_equiv": last.p_equiv if last else math.nan, "p_equiv_bound": last.p_equiv_bound if last else math.nan,
-            "reason": r.reason,
-        })
+        rows.append(
+            {
+                "task": c.task,
+                "condition": c.condition,
+                "baseline": c.baseline,
+                "metric": c.metric,
+                "margin": c.margin if c.margin is not None else math.nan,
+                "alpha": c.design.alpha,
+                "verdict": r.verdict,
+                "looks": len(r.looks),
+                "seeds": r.n,
+                "mean_diff": last.mean_diff if last else math.nan,
+                "ci_low": last.ci_low if last else math.nan,
+                "ci_high": last.ci_high if last else math.nan,
+                "p": last.p if last else math.nan,
+                "p_bound": last.p_bound if last else math.nan,
+                "z_bound": last.z_bound if last else math.nan,
+                "p_equiv": last.p_equiv if last else math.nan,
+                "p_equiv_bound": last.p_equiv_bound if last else math.nan,
+                "reason": r.reason,
+            }
+        )
     return pd.DataFrame(rows, columns=STATE_COLUMNS)
 
 
-LOOK_COLUMNS = ["task", "condition", "look", "n", "info", "mean_diff", "sd_diff", "t", "p", "p_bound", "z_bound",
-                "p_equiv", "p_equiv_bound", "ci_low", "ci_high", "decision"]
+LOOK_COLUMNS = [
+    "task",
+    "condition",
+    "look",
+    "n",
+    "info",
+    "mean_diff",
+    "sd_diff",
+    "t",
+    "p",
+    "p_bound",
+    "z_bound",
+    "p_equiv",
+    "p_equiv_bound",
+    "ci_low",
+    "ci_high",
+    "decision",
+]
 
 
 def looks_frame(states: list[ComparisonState]) -> pd.DataFrame:
     """One row per comparison and look taken: the look's statistics, boundaries and decision."""
-    rows = [{"task": st.comparison.task, "condition": st.comparison.condition, "look": r.look, "n": r.n,
-             "info": r.info, "mean_diff": r.mean_diff, "sd_diff": r.sd_diff, "t": r.t, "p": r.p,
-             "p_bound": r.p_bound, "z_bound": r.z_bound, "p_equiv": r.p_equiv, "p_equiv_bound": r.p_equiv_bound,
-             "ci_low": r.ci_low, "ci_high": r.ci_high, "decision": r.decision}
-            for st in states for r in st.result.looks]
+    rows = [
+        {
+            "task": st.comparison.task,
+            "condition": st.comparison.condition,
+            "look": r.look,
+            "n": r.n,
+            "info": r.info,
+            "mean_diff": r.mean_diff,
+            "sd_diff": r.sd_diff,
+            "t": r.t,
+            "p": r.p,
+            "p_bound": r.p_bound,
+            "z_bound": r.z_bound,
+            "p_equiv": r.p_equiv,
+            "p_equiv_bound": r.p_equiv_bound,
+            "ci_low": r.ci_low,
+            "ci_high": r.ci_high,
+            "decision": r.decision,
+        }
+        for st in states
+        for r in st.result.looks
+    ]
     return pd.DataFrame(rows, columns=LOOK_COLUMNS)

@@ -36,6 +36,7 @@ class StudyCounts(TypedDict):
     running: int
     pending: int
 
+
 SCHEMA_VERSION = "1"
 
 _DDL = """
@@ -91,8 +92,9 @@ class Store:
             raise
         self.con.execute("COMMIT")
 
-    def register_study(self, name: str, path: str, text: str, sha256: str, members: Iterable[Any], *,
-                       replace: bool = True) -> None:
+    def register_study(
+        self, name: str, path: str, text: str, sha256: str, members: Iterable[Any], *, replace: bool = True
+    ) -> None:
         """Record a study and its planned runs (``members``: PlannedRun-like objects); ``replace=False`` adds
         them to the study's members (a search's batches of trials) instead of making them its only ones."""
         members = list(members)
@@ -115,17 +117,24 @@ class Store:
             factor_rows = list({(m.cell, m.run_id, k): str(v) for m in members for k, v in m.factors.items()}.items())
             self._insert_arrow(
                 "INSERT OR IGNORE INTO factors SELECT * FROM {t}",
-                {"study": [name] * len(factor_rows), "cell": [k[0] for k, _ in factor_rows],
-                 "run_id": [k[1] for k, _ in factor_rows], "name": [k[2] for k, _ in factor_rows],
-                 "value": [v for _, v in factor_rows]},
+                {
+                    "study": [name] * len(factor_rows),
+                    "cell": [k[0] for k, _ in factor_rows],
+                    "run_id": [k[1] for k, _ in factor_rows],
+                    "name": [k[2] for k, _ in factor_rows],
+                    "value": [v for _, v in factor_rows],
+                },
             )
             unique = list({m.run_id: m for m in members}.values())
             self._insert_arrow(
                 """INSERT INTO runs (run_id, task, seed, config, status)
                    SELECT run_id, task, seed, config, 'pending' FROM {t} ON CONFLICT (run_id) DO NOTHING""",
-                {"run_id": [m.run_id for m in unique], "task": [m.task for m in unique],
-                 "seed": pa_ints([m.seed for m in unique]),
-                 "config": [json.dumps(m.config, sort_keys=True) for m in unique]},
+                {
+                    "run_id": [m.run_id for m in unique],
+                    "task": [m.task for m in unique],
+                    "seed": pa_ints([m.seed for m in unique]),
+                    "config": [json.dumps(m.config, sort_keys=True) for m in unique],
+                },
             )
 
     def _insert_arrow(self, sql: str, columns: dict[str, Any]) -> int:
@@ -163,7 +172,9 @@ class Store:
         where = "status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)"
         keep_ids = list(keep)
         n = self._scalar(f"SELECT count(*) FROM runs WHERE {where}", [keep_ids])
-        self.con.execute(f"UPDATE runs SET status = 'interrupted', error = 'coordinator stopped' WHERE {where}", [keep_ids])
+        self.con.execute(
+            f"UPDATE runs SET status = 'interrupted', error = 'coordinator stopped' WHERE {where}", [keep_ids]
+        )
         return int(n)
 
     def ingest_result(self, result: RunResult) -> None:
@@ -189,47 +200,64 @@ class Store:
             self._insert_arrow("DELETE FROM metrics WHERE run_id IN (SELECT run_id FROM {t})", {"run_id": ids})
             self._insert_arrow(
                 "INSERT INTO metrics SELECT * FROM {t}",
-                {"run_id": [rid for rid, _ in metrics],
-                 "stage": [m.get("stage", "final") for _, m in metrics],
-                 "epoch": pa_ints([m.get("epoch") for _, m in metrics]),
-                 "step": pa_ints([m.get("step") for _, m in metrics]),
-                 "split": [m.get("split", "dev") for _, m in metrics],
-                 "name": [m["name"] for _, m in metrics],
-                 "value": pa.array([_num(m["value"]) for _, m in metrics], type=pa.float64())},
+                {
+                    "run_id": [rid for rid, _ in metrics],
+                    "stage": [m.get("stage", "final") for _, m in metrics],
+                    "epoch": pa_ints([m.get("epoch") for _, m in metrics]),
+                    "step": pa_ints([m.get("step") for _, m in metrics]),
+                    "split": [m.get("split", "dev") for _, m in metrics],
+                    "name": [m["name"] for _, m in metrics],
+                    "value": pa.array([_num(m["value"]) for _, m in metrics], type=pa.float64()),
+                },
             )
             # Runs are nearly always registered already: update them, insert only the ones missing
             # (an INSERT ... ON CONFLICT costs more in DuckDB than the update itself).
-            row = {"run_id": ids, "status": [r["status"] for r in res],
-                   "error": pa.array([r.get("error") for r in res], type=pa.string()),
-                   "started": pa.array([_text(r.get("started")) for r in res], type=pa.string()),
-                   "finished": pa.array([_text(r.get("finished")) for r in res], type=pa.string()),
-                   "duration_s": pa.array([_num(r.get("duration_s")) for r in res], type=pa.float64()),
-                   "host": pa.array([r.get("host") for r in res], type=pa.string()),
-                   "device": pa.array([r.get("device") for r in res], type=pa.string()),
-                   "versions": [json.dumps(r.get("versions", {})) for r in res],
-                   "git_sha": pa.array([r.get("git_sha") for r in res], type=pa.string()),
-                   "data": pa.array([json.dumps(r["data"]) if r.get("data") else None for r in res], type=pa.string()),
-                   "task": pa.array([r.get("task") for r in res], type=pa.string()),
-                   "seed": pa_ints([r.get("seed") for r in res]),
-                   "config": [json.dumps(r.get("config"), sort_keys=True) for r in res]}
+            row = {
+                "run_id": ids,
+                "status": [r["status"] for r in res],
+                "error": pa.array([r.get("error") for r in res], type=pa.string()),
+                "started": pa.array([_text(r.get("started")) for r in res], type=pa.string()),
+                "finished": pa.array([_text(r.get("finished")) for r in res], type=pa.string()),
+                "duration_s": pa.array([_num(r.get("duration_s")) for r in res], type=pa.float64()),
+                "host": pa.array([r.get("host") for r in res], type=pa.string()),
+                "device": pa.array([r.get("device") for r in res], type=pa.string()),
+                "versions": [json.dumps(r.get("versions", {})) for r in res],
+                "git_sha": pa.array([r.get("git_sha") for r in res], type=pa.string()),
+                "data": pa.array([json.dumps(r["data"]) if r.get("data") else None for r in res], type=pa.string()),
+                "task": pa.array([r.get("task") for r in res], type=pa.string()),
+                "seed": pa_ints([r.get("seed") for r in res]),
+                "config": [json.dumps(r.get("config"), sort_keys=True) for r in res],
+            }
             updated = self._insert_arrow(
                 """UPDATE runs SET status = u.status, error = u.error, started = CAST(u.started AS TIMESTAMP),
                    finished = CAST(u.finished AS TIMESTAMP), duration_s = u.duration_s, host = u.host,
                    device = u.device, versions = u.versions, git_sha = u.git_sha, data = u.data
-                   FROM {t} AS u WHERE runs.run_id = u.run_id""", row)
+                   FROM {t} AS u WHERE runs.run_id = u.run_id""",
+                row,
+            )
             if updated != len(ids):
                 self._insert_arrow(
                     """INSERT INTO runs (run_id, task, seed, config, status, error, started, finished, duration_s,
                                          host, device, versions, git_sha, data)
                        SELECT run_id, task, seed, config, status, error, CAST(started AS TIMESTAMP),
                               CAST(finished AS TIMESTAMP), duration_s, host, device, versions, git_sha, data
-                       FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)""", row)
+                       FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)""",
+                    row,
+                )
             for t in teachers:
                 self.upsert_teacher(t)
 
     def upsert_teacher(self, t: TeacherRow) -> None:
-        values = [t["key"], t["task"], t["model"], t.get("seed"), t.get("path"), json.dumps(t.get("metrics", {})),
-                  _num(t.get("majority")), bool(t.get("flagged", False))]
+        values = [
+            t["key"],
+            t["task"],
+            t["model"],
+            t.get("seed"),
+            t.get("path"),
+            json.dumps(t.get("metrics", {})),
+            _num(t.get("majority")),
+            bool(t.get("flagged", False)),
+        ]
         # Every run's result carries its teacher: write a teacher once per session unless it changed
         # (an upsert costs ~10-20 ms in DuckDB; only this connection writes the store).
         seen = self.__dict__.setdefault("_teachers_written", {})
@@ -266,7 +294,9 @@ class Store:
             return {}
         rows = self.con.execute(
             """SELECT run_id, name, value FROM metrics
-               WHERE stage = 'final' AND split = 'dev' AND list_contains(?, run_id)""", [ids]).fetchall()
+               WHERE stage = 'final' AND split = 'dev' AND list_contains(?, run_id)""",
+            [ids],
+        ).fetchall()
         out: dict[str, dict[str, float]] = {}
         for run_id, name, value in rows:
             out.setdefault(run_id, {})[name] = float("nan") if value is None else float(value)
@@ -287,7 +317,9 @@ class Store:
         """(done, all) distinct runs of a study."""
         row = self.con.execute(
             """SELECT count(DISTINCT r.run_id) FILTER (WHERE r.status = 'done'), count(DISTINCT r.run_id)
-               FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""", [study]).fetchone()
+               FROM study_runs s JOIN runs r USING (run_id) WHERE s.study = ?""",
+            [study],
+        ).fetchone()
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def study_status(self) -> list[StudyCounts]:
@@ -299,8 +331,12 @@ class Store:
                       count(DISTINCT r.run_id) FILTER (WHERE r.status IN ('pending', 'interrupted')) AS pending
                FROM study_runs s JOIN runs r USING (run_id) GROUP BY s.study ORDER BY s.study"""
         ).fetchall()
-        return [StudyCounts(study=str(r[0]), runs=int(r[1]), done=int(r[2]), failed=int(r[3]), running=int(r[4]),
-                            pending=int(r[5])) for r in rows]
+        return [
+            StudyCounts(
+                study=str(r[0]), runs=int(r[1]), done=int(r[2]), failed=int(r[3]), running=int(r[4]), pending=int(r[5])
+            )
+            for r in rows
+        ]
 
     def last_errors(self, study: str | None = None, limit: int = 5) -> list[tuple[str, str, str]]:
         sql = """SELECT DISTINCT r.run_id, s.study, r.error, r.finished FROM runs r JOIN study_runs s USING (run_id)
@@ -378,8 +414,9 @@ def _connect(p: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnecti
 
 
 @contextmanager
-def open_store(path: str | Path | None = None, *, read_only: bool = False, create: bool = True,
-               wait_s: float | None = None) -> Iterator[Store]:
+def open_store(
+    path: str | Path | None = None, *, read_only: bool = False, create: bool = True, wait_s: float | None = None
+) -> Iterator[Store]:
     """Open (and create, unless ``read_only``) a kdgrid store; one clear StoreError otherwise.
 
     While another process holds the file it waits up to ``wait_s`` seconds (default: READER_WAIT_S for a
@@ -401,19 +438,26 @@ def open_store(path: str | Path | None = None, *, read_only: bool = False, creat
     try:
         try:
             if not _is_kdgrid(con):
-                raise StoreError(f"{p}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db")
+                raise StoreError(
+                    f"{p}: a DuckDB file that is not a kdgrid store (no kdgrid_meta table); choose another --db"
+                )
             _check_schema_version(con, p)
             if not read_only:
                 con.execute(_DDL)
-                con.execute("INSERT OR IGNORE INTO kdgrid_meta VALUES ('app', 'kdgrid'), ('schema_version', ?)", [SCHEMA_VERSION])
+                con.execute(
+                    "INSERT OR IGNORE INTO kdgrid_meta VALUES ('app', 'kdgrid'), ('schema_version', ?)",
+                    [SCHEMA_VERSION],
+                )
             yield Store(con, p)
         except duckdb.Error as exc:
             # A truncated or corrupt file often opens and fails only when a query reaches the damaged
             # blocks: any command, at any query, then says so in one line instead of a traceback.
             if _is_damage(exc):
-                raise StoreError(f"{p}: the store is damaged ({_first_line(exc)}); restore it from a copy, or "
-                                 "'kdgrid run' each study into a new --db (finished run directories are ingested "
-                                 "again)") from None
+                raise StoreError(
+                    f"{p}: the store is damaged ({_first_line(exc)}); restore it from a copy, or "
+                    "'kdgrid run' each study into a new --db (finished run directories are ingested "
+                    "again)"
+                ) from None
             if isinstance(exc, duckdb.IOException):  # a full disk, a file system gone read-only
                 raise StoreError(f"{p}: cannot read or write the store ({_first_line(exc)})") from None
             raise
@@ -429,7 +473,8 @@ def _is_damage(exc: duckdb.Error) -> bool:
     """DuckDB's errors for a file cut short or with bad blocks (not a mistake in a query)."""
     text = str(exc).lower()
     return isinstance(exc, duckdb.SerializationException) or any(
-        w in text for w in ("corrupt", "checksum", "could not read enough bytes", "not a valid duckdb"))
+        w in text for w in ("corrupt", "checksum", "could not read enough bytes", "not a valid duckdb")
+    )
 
 
 def _check_schema_version(con: duckdb.DuckDBPyConnection, p: Path) -> None:
@@ -444,5 +489,7 @@ def _check_schema_version(con: duckdb.DuckDBPyConnection, p: Path) -> None:
     if not version.isdigit():
         raise StoreError(f"{p}: the store is damaged (kdgrid_meta.schema_version is {version!r}, not a number)")
     if int(version) > int(SCHEMA_VERSION):
-        raise StoreError(f"{p}: written by a newer kdgrid (store schema version {version}; this kdgrid reads up to "
-                         f"{SCHEMA_VERSION}); upgrade kdgrid, or choose another --db")
+        raise StoreError(
+            f"{p}: written by a newer kdgrid (store schema version {version}; this kdgrid reads up to "
+            f"{SCHEMA_VERSION}); upgrade kdgrid, or choose another --db"
+        )

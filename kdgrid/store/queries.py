@@ -58,15 +58,21 @@ def _final_metrics_wide(store: Store, where: str, params: list[Any]) -> pd.DataF
     pandas' pivot_table(aggfunc="last") did on the scan order); a name null in every run is left out.
     """
     filt = f"stage = 'final' AND split IN ('dev', 'efficiency') AND {where.replace('m.run_id', 'run_id')}"
-    names = [r[0] for r in store.con.execute(
-        f"SELECT DISTINCT name FROM metrics WHERE {filt} AND value IS NOT NULL ORDER BY name", params).fetchall()]
+    names = [
+        r[0]
+        for r in store.con.execute(
+            f"SELECT DISTINCT name FROM metrics WHERE {filt} AND value IS NOT NULL ORDER BY name", params
+        ).fetchall()
+    ]
     if not names:
         return None
     wide = _frame(
         store,
         f"""PIVOT (SELECT run_id, name, value, rowid AS rid FROM metrics WHERE {filt} AND value IS NOT NULL)
-            ON name IN ({', '.join("'" + n.replace("'", "''") + "'" for n in names)})
-            USING arg_max(value, rid) GROUP BY run_id""", params)
+            ON name IN ({", ".join("'" + n.replace("'", "''") + "'" for n in names)})
+            USING arg_max(value, rid) GROUP BY run_id""",
+        params,
+    )
     return wide[["run_id", *sorted(names)]]
 
 
@@ -144,12 +150,15 @@ def layer_assignments(store: Store, study: str) -> pd.DataFrame:
     for (cell, _), g in rows.groupby(["cell", "run_id"], sort=False):
         mapped = chain(g, "mapped.s")
         learnable = bool((g.loc[g["name"] == "learnable", "value"] > 0).any())
-        per_run.append({"cell": cell, "copied": chain(g, "copied.s"),
-                        "mapped": f"learnable over {mapped}" if learnable and mapped != "-" else mapped})
+        per_run.append(
+            {
+                "cell": cell,
+                "copied": chain(g, "copied.s"),
+                "mapped": f"learnable over {mapped}" if learnable and mapped != "-" else mapped,
+            }
+        )
     runs = pd.DataFrame(per_run)
-    return (runs.groupby("cell", sort=True)
-            .agg(lambda v: " | ".join(dict.fromkeys(v)))
-            .reset_index()[columns])
+    return runs.groupby("cell", sort=True).agg(lambda v: " | ".join(dict.fromkeys(v))).reset_index()[columns]
 
 
 def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:
@@ -275,10 +284,21 @@ def study_reproducibility(store: Store, study: str) -> Reproducibility:
     code, libraries = _code_and_libraries(store, study)
     recorded, data = _data_files(store, study)
     return Reproducibility(
-        study=study, db=str(store.path), path=path, sha256=sha, text=text,
-        status_counts=_status_counts(store, study), first_started=first, last_finished=last,
-        run_time_s=run_time, code=code, libraries=libraries,
-        machines=_machines(store, study), data_recorded=recorded, data=data, teachers=_teachers_used(store, study),
+        study=study,
+        db=str(store.path),
+        path=path,
+        sha256=sha,
+        text=text,
+        status_counts=_status_counts(store, study),
+        first_started=first,
+        last_finished=last,
+        run_time_s=run_time,
+        code=code,
+        libraries=libraries,
+        machines=_machines(store, study),
+        data_recorded=recorded,
+        data=data,
+        teachers=_teachers_used(store, study),
         plugins=_plugins_used(store, study),
     )
 
@@ -297,7 +317,8 @@ def _timing(store: Store, study: str) -> tuple[datetime | None, datetime | None,
     """First start, last finish and summed duration over every run of the study, whatever its status:
     a failed run took time too."""
     row = store.con.execute(
-        f"SELECT min(started), max(finished), sum(duration_s) FROM runs WHERE {_OF_STUDY}", [study]).fetchone()
+        f"SELECT min(started), max(finished), sum(duration_s) FROM runs WHERE {_OF_STUDY}", [study]
+    ).fetchone()
     if row is None:
         return None, None, None
     return row[0], row[1], None if row[2] is None else float(row[2])
@@ -323,7 +344,9 @@ def _json_dict(text: Any) -> dict[str, Any]:
 def _code_and_libraries(store: Store, study: str) -> tuple[tuple[CodeVersion, ...], tuple[LibrarySet, ...]]:
     rows = store.con.execute(
         f"""SELECT versions, git_sha, count(*) FROM runs WHERE {_DONE_OF_STUDY}
-            GROUP BY versions, git_sha ORDER BY versions NULLS LAST, git_sha NULLS LAST""", [study]).fetchall()
+            GROUP BY versions, git_sha ORDER BY versions NULLS LAST, git_sha NULLS LAST""",
+        [study],
+    ).fetchall()
     code: Counter[tuple[str | None, str | None]] = Counter()
     libraries: Counter[tuple[tuple[str, str], ...]] = Counter()
     for versions, git_sha, n in rows:
@@ -333,14 +356,18 @@ def _code_and_libraries(store: Store, study: str) -> tuple[tuple[CodeVersion, ..
         # runs.git_sha is the column meant for the commit; the versions JSON carries it too (kdgrid_git).
         code[(version, git_sha or recorded_sha)] += int(n)
         libraries[tuple(sorted(libs.items()))] += int(n)
-    return (tuple(CodeVersion(v, c, n) for (v, c), n in code.most_common()),
-            tuple(LibrarySet(dict(k), n) for k, n in libraries.most_common()))
+    return (
+        tuple(CodeVersion(v, c, n) for (v, c), n in code.most_common()),
+        tuple(LibrarySet(dict(k), n) for k, n in libraries.most_common()),
+    )
 
 
 def _machines(store: Store, study: str) -> tuple[Machine, ...]:
     rows = store.con.execute(
         f"""SELECT host, device, count(*) AS n FROM runs WHERE {_DONE_OF_STUDY}
-            GROUP BY host, device ORDER BY n DESC, host NULLS LAST, device NULLS LAST""", [study]).fetchall()
+            GROUP BY host, device ORDER BY n DESC, host NULLS LAST, device NULLS LAST""",
+        [study],
+    ).fetchall()
     return tuple(Machine(h, d, int(n)) for h, d, n in rows)
 
 
@@ -391,7 +418,18 @@ def _teachers_used(store: Store, study: str) -> tuple[TeacherUsed, ...]:
                 FROM runs WHERE {_DONE_OF_STUDY} GROUP BY ALL)
             SELECT t.key, t.task, t.model, t.seed, t.majority, t.flagged, u.runs
             FROM used u JOIN teachers t ON t.task = u.task AND t.model = u.model AND t.seed IS NOT DISTINCT FROM u.seed
-            ORDER BY t.task, t.model, t.seed, t.key""", [study]).fetchall()
-    return tuple(TeacherUsed(str(k), str(t), str(m), None if s is None else int(s),
-                             None if maj is None else float(maj), bool(flag), int(n))
-                 for k, t, m, s, maj, flag, n in rows)
+            ORDER BY t.task, t.model, t.seed, t.key""",
+        [study],
+    ).fetchall()
+    return tuple(
+        TeacherUsed(
+            str(k),
+            str(t),
+            str(m),
+            None if s is None else int(s),
+            None if maj is None else float(maj),
+            bool(flag),
+            int(n),
+        )
+        for k, t, m, s, maj, flag, n in rows
+    )

@@ -36,18 +36,27 @@ def dev_epochs(store: Store, run_ids: Iterable[str]) -> dict[str, list[dict[str,
     rows = store.con.execute(
         """SELECT run_id, stage, epoch, name, value FROM metrics
            WHERE split = 'dev' AND epoch IS NOT NULL AND list_contains(?, run_id) ORDER BY run_id, epoch, step""",
-        [ids]).fetchall()
+        [ids],
+    ).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}
     for run_id, stage, epoch, name, value in rows:
-        out.setdefault(run_id, []).append({"stage": stage, "epoch": epoch, "split": "dev", "name": name, "value": value})
+        out.setdefault(run_id, []).append(
+            {"stage": stage, "epoch": epoch, "split": "dev", "name": name, "value": value}
+        )
     return out
 
 
 def upsert_trials(store: Store, search: str, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write trial rows (number, run_id, params, value, state); a later state replaces an earlier one."""
     data = [
-        [search, int(r["number"]), r.get("run_id"), json.dumps(r.get("params") or {}, sort_keys=True),
-         None if r.get("value") is None else float(r["value"]), r["state"]]
+        [
+            search,
+            int(r["number"]),
+            r.get("run_id"),
+            json.dumps(r.get("params") or {}, sort_keys=True),
+            None if r.get("value") is None else float(r["value"]),
+            r["state"],
+        ]
         for r in rows
     ]
     if not data:
@@ -62,10 +71,14 @@ def upsert_trials(store: Store, search: str, rows: Iterable[Mapping[str, Any]]) 
 
 def trials_frame(store: Store, search: str) -> pd.DataFrame:
     """One row per trial: number, run_id, value, state and one column per parameter (its dotted path)."""
-    df = store.query_df("SELECT number, run_id, params, value, state FROM trials WHERE search = ? ORDER BY number", [search])
+    df = store.query_df(
+        "SELECT number, run_id, params, value, state FROM trials WHERE search = ? ORDER BY number", [search]
+    )
     if df.empty:
         return df
-    params = pd.DataFrame([json.loads(p) if isinstance(p, str) else dict(p or {}) for p in df.pop("params")], index=df.index)
+    params = pd.DataFrame(
+        [json.loads(p) if isinstance(p, str) else dict(p or {}) for p in df.pop("params")], index=df.index
+    )
     return pd.concat([df, params], axis=1)
 
 

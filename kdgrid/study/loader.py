@@ -56,7 +56,9 @@ def line_of(lines: LineMap, loc: tuple[Any, ...]) -> int | None:
 
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (
-        "[" in part or part.startswith(("constrained-", "function-")) or part in {"int", "float", "str", "bool", "Epochs"}
+        "[" in part
+        or part.startswith(("constrained-", "function-"))
+        or part in {"int", "float", "str", "bool", "Epochs"}
     )
 
 
@@ -95,7 +97,9 @@ def format_validation_error(exc: ValidationError, *, path: Path, line_of: Any, m
             seen.add(key)
             unique.append(line)
     # One line for the user; the count says there is more to fix.
-    more = f" (and {len(unique) - 1} more error{'s' if len(unique) > 2 else ''} in this file)" if len(unique) > 1 else ""
+    more = (
+        f" (and {len(unique) - 1} more error{'s' if len(unique) > 2 else ''} in this file)" if len(unique) > 1 else ""
+    )
     return unique[0] + more
 
 
@@ -179,8 +183,12 @@ def _measure(root: yaml.Node, memo: dict[int, tuple[int, int]], line: int, loc: 
             size = min(1 + sum(s for s, _ in kids), MAX_NODES + 1)
             depth = 1 + max((d for _, d in kids), default=0)
             if size > MAX_NODES:
-                raise _TooBig(line, loc, f"expands to more than {MAX_NODES} values through YAML aliases "
-                                         "(&anchor / *alias); write the values out or use fewer aliases")
+                raise _TooBig(
+                    line,
+                    loc,
+                    f"expands to more than {MAX_NODES} values through YAML aliases "
+                    "(&anchor / *alias); write the values out or use fewer aliases",
+                )
             if depth > MAX_DEPTH:
                 raise _TooBig(line, loc, f"nested more than {MAX_DEPTH} levels deep once YAML aliases are expanded")
             memo[key] = (size, depth)
@@ -188,7 +196,9 @@ def _measure(root: yaml.Node, memo: dict[int, tuple[int, int]], line: int, loc: 
         if key in memo:
             continue
         if key in on_path:
-            raise _TooBig(node.start_mark.line + 1, loc, "a YAML alias refers to the block that contains it (a recursive alias)")
+            raise _TooBig(
+                node.start_mark.line + 1, loc, "a YAML alias refers to the block that contains it (a recursive alias)"
+            )
         on_path.add(key)
         stack.append((node, True))
         stack.extend((k, False) for k in _children(node) if id(k) not in memo)
@@ -205,8 +215,12 @@ def _check_size(node: yaml.Node) -> None:
         _measure(value_node, memo, line, loc)
         total += memo[id(value_node)][0]
         if total > MAX_NODES:
-            raise _TooBig(line, loc, f"the file expands to more than {MAX_NODES} values through YAML aliases "
-                                     "(&anchor / *alias); write the values out or use fewer aliases")
+            raise _TooBig(
+                line,
+                loc,
+                f"the file expands to more than {MAX_NODES} values through YAML aliases "
+                "(&anchor / *alias); write the values out or use fewer aliases",
+            )
 
 
 def _key_of(loader: yaml.SafeLoader, key_node: yaml.Node) -> Any:
@@ -237,8 +251,11 @@ def _compose_lines(node: yaml.Node, path: tuple[Any, ...], out: LineMap, loader:
             py_key = _key_of(loader, key_node)
             if py_key is not None and key != "<<":
                 if py_key in first:
-                    raise _TooBig(line, (*path, key), f"duplicate key '{key}' (first at line {first[py_key]}); "
-                                                      "YAML would keep only the last one")
+                    raise _TooBig(
+                        line,
+                        (*path, key),
+                        f"duplicate key '{key}' (first at line {first[py_key]}); YAML would keep only the last one",
+                    )
                 first[py_key] = line
             _compose_lines(value_node, (*path, key), out, loader)
             out[(*path, key)] = line
@@ -304,7 +321,7 @@ def load_study(path: str | Path) -> LoadedStudy:
     try:
         study = Study.model_validate(data)
     except ValidationError as exc:
-        raise StudyError(_one_line(
-            format_validation_error(exc, path=p, line_of=lambda loc: line_of(lines, loc), model=Study)
-        )) from None
+        raise StudyError(
+            _one_line(format_validation_error(exc, path=p, line_of=lambda loc: line_of(lines, loc), model=Study))
+        ) from None
     return LoadedStudy(study=study, path=p, text=text, lines=lines)

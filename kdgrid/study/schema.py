@@ -108,9 +108,7 @@ class Student(Strict):
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> Student:
         if self.heads is not None and self.hidden_size is not None and self.hidden_size % self.heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}"
-            )
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
         if self.init_layers is not None and len(self.init_layers) != self.layers:
             raise ValueError(
                 f"init_layers has {len(self.init_layers)} entries but the student has {self.layers} layers"
@@ -186,9 +184,8 @@ class Intermediate(Strict):
 
     @property
     def active(self) -> bool:
-        return (
-            self.weight > 0
-            and (self.attention != "none" or self.hidden != "none" or self.value != "none" or self.embedding > 0)
+        return self.weight > 0 and (
+            self.attention != "none" or self.hidden != "none" or self.value != "none" or self.embedding > 0
         )
 
 
@@ -222,8 +219,10 @@ class Mapping(Strict):
 
         if registry().get("mappings", self.kind).source.builtin:
             if self.settings:
-                raise ValueError(f"settings: mapping '{self.kind}' is built in and takes its settings from "
-                                 "kind/layers/init/init_weight/lr/schedule, not 'settings'")
+                raise ValueError(
+                    f"settings: mapping '{self.kind}' is built in and takes its settings from "
+                    "kind/layers/init/init_weight/lr/schedule, not 'settings'"
+                )
         else:
             self.__dict__["settings"] = _plugin_settings("mappings", self.kind, self.settings)
         return self
@@ -404,7 +403,9 @@ class Analysis(Strict):
     baseline: dict[str, Any] | None = None
     metric: str = "auto"
     factors: list[str] | None = None
-    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"  # = analyze.paired.CORRECTIONS (tests/test_contracts.py)
+    correction: Literal["holm", "fdr_bh", "bonferroni", "none"] = (
+        "holm"  # = analyze.paired.CORRECTIONS (tests/test_contracts.py)
+    )
     # Seed (within task) as a block in the ANOVA: the same seed means the same subset, order and init.
     block_seed: bool = True
     # Equivalence margin (TOST) in the metric's own units: one number for every metric, or metric -> margin.
@@ -503,8 +504,10 @@ class Search(Strict):
             # Counted, not listed: an int range of 10^12 points would exhaust memory before any answer.
             points = math.prod(p.grid_count() or 1 for p in self.params.values())
             if points > DEFAULT_PLAN_LIMIT:
-                raise ValueError(f"sampler 'grid' has {points} points, more than {DEFAULT_PLAN_LIMIT}; "
-                                 "use fewer values (a larger step) or another sampler")
+                raise ValueError(
+                    f"sampler 'grid' has {points} points, more than {DEFAULT_PLAN_LIMIT}; "
+                    "use fewer values (a larger step) or another sampler"
+                )
         return self
 
 

@@ -241,8 +241,9 @@ class ActivationCache:
                 hidden[layer] = out
             elif kind == "qk":
                 half = out.size(-1) // 2
-                parts.setdefault(layer, {}).update(q=split_heads(out[..., :half], self.heads),
-                                                   k=split_heads(out[..., half:], self.heads))
+                parts.setdefault(layer, {}).update(
+                    q=split_heads(out[..., :half], self.heads), k=split_heads(out[..., half:], self.heads)
+                )
             else:
                 parts.setdefault(layer, {})["v"] = split_heads(out, self.heads)
         qkv = {layer: (p.get("q", empty), p.get("k", empty), p.get("v", empty)) for layer, p in parts.items()}
@@ -266,10 +267,21 @@ def _batch_tensors(kind: str, layer: int, out: Any, qkv: dict[int, tuple[Tensor,
 
 @torch.no_grad()
 def cached_teacher_activations(
-    teacher: nn.Module, teacher_key: str, full: TokenizedSet, positions: np.ndarray, needs: ActivationNeeds,
-    cache_root: Path, device: torch.device, pad_id: int, *, precision: str = "fp32",
+    teacher: nn.Module,
+    teacher_key: str,
+    full: TokenizedSet,
+    positions: np.ndarray,
+    needs: ActivationNeeds,
+    cache_root: Path,
+    device: torch.device,
+    pad_id: int,
+    *,
+    precision: str = "fp32",
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-    budget: int | None = None, dtype: str | None = None, batch_size: int = 128, max_tokens: int | None = None,
+    budget: int | None = None,
+    dtype: str | None = None,
+    batch_size: int = 128,
+    max_tokens: int | None = None,
 ) -> ActivationCache | None:
     """The stored activations ``needs`` names for the rows ``positions`` of ``full``, filled where missing;
     None (logged) when they would not fit in the disk ``budget`` (default: ``KDGRID_ACTIVATION_CACHE_GB``) or
@@ -298,25 +310,45 @@ def cached_teacher_activations(
         if new_bytes:
             used = _used_bytes(folder.parent)
             if used + new_bytes > budget:
-                log.warning("teacher activations: recomputed every step: storing them needs %.1f MiB more, %.1f "
-                            "of the %.1f MiB budget (%s) are used", new_bytes / 2**20, used / 2**20, budget / 2**20,
-                            ENV_BUDGET_GB)
+                log.warning(
+                    "teacher activations: recomputed every step: storing them needs %.1f MiB more, %.1f "
+                    "of the %.1f MiB budget (%s) are used",
+                    new_bytes / 2**20,
+                    used / 2**20,
+                    budget / 2**20,
+                    ENV_BUDGET_GB,
+                )
                 return None
             filled = _fill(teacher, full, files, missing, device, pad_id, autocast, batch_size, max_tokens)
             if filled is None:
-                log.warning("teacher activations: recomputed every step: values overflow %s (set %s=bf16 or fp32)",
-                            dtype, ENV_DTYPE)
+                log.warning(
+                    "teacher activations: recomputed every step: values overflow %s (set %s=bf16 or fp32)",
+                    dtype,
+                    ENV_DTYPE,
+                )
                 return None
             # The same forward gave the logits: the logit table needs no pass of its own for these rows.
             add_teacher_logits(teacher_key, full, filled[0], filled[1], cache_root, precision)
-        log.info("teacher activations: read from %s (%d rows, %d new)", folder, len(positions),
-                 max((len(m) for m in missing.values()), default=0))
+        log.info(
+            "teacher activations: read from %s (%d rows, %d new)",
+            folder,
+            len(positions),
+            max((len(m) for m in missing.values()), default=0),
+        )
         return ActivationCache(files, heads, n_layers)
 
 
-def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: dict[int, np.ndarray],
-          device: torch.device, pad_id: int, autocast: Callable[[], contextlib.AbstractContextManager[Any]],
-          batch_size: int, max_tokens: int | None) -> tuple[np.ndarray, Tensor] | None:
+def _fill(
+    teacher: nn.Module,
+    full: TokenizedSet,
+    files: list[_File],
+    missing: dict[int, np.ndarray],
+    device: torch.device,
+    pad_id: int,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    batch_size: int,
+    max_tokens: int | None,
+) -> tuple[np.ndarray, Tensor] | None:
     """Append the missing rows of every file; return the rows computed and their logits, or None (indexes
     untouched) when a value overflows the dtype."""
     todo = np.unique(np.concatenate(list(missing.values())))
@@ -339,7 +371,7 @@ def _fill(teacher: nn.Module, full: TokenizedSet, files: list[_File], missing: d
                 end = int(f.index[-1]) * f.row_bytes
                 with open(f.data, "ab") as fh:  # a crashed filler may have left bytes past the index's end
                     fh.truncate(end)
-                handles[id(f)] = files_open.enter_context(open(f.data, "ab"))
+                handles[id(f)] = files_open.enter_context(open(f.data, "ab"))  # noqa: SIM115 (closed by the ExitStack)
         with capture_qkv(teacher, qkv_layers) as qkv:
             for rows in _length_batches(subset.lengths, batch_size, budget):
                 batch = collate([subset[int(i)] for i in rows])

@@ -48,6 +48,7 @@ class Example:
 
 # --- where the data comes from ------------------------------------------------------------------
 
+
 def resolve_data_dir(data_dir: str | None) -> Path | None:
     """Explicit directory > $KDGRID_DATA_DIR > None (the hub)."""
     if data_dir:
@@ -112,6 +113,7 @@ def data_fingerprint(task: str, split: str, data_dir: str | None) -> str:
 
 # --- reading ------------------------------------------------------------------------------------
 
+
 def _parse_label(spec: TaskSpec, raw: str, where: str) -> int | float:
     raw = raw.strip()
     if spec.is_regression:
@@ -162,12 +164,14 @@ def _read_tsv(spec: TaskSpec, path: Path) -> list[Example]:
                 continue  # a blank line (e.g. a trailing newline) is not a row
             if len(row) != width:
                 raise DataError(f"{where}: expected {width} tab-separated columns, got {len(row)} (task {spec.name})")
-            examples.append(Example(
-                text_a=row[ia],
-                text_b=row[ib] if ib is not None else None,
-                label=_parse_label(spec, row[il], where),
-                index=len(examples),
-            ))
+            examples.append(
+                Example(
+                    text_a=row[ia],
+                    text_b=row[ib] if ib is not None else None,
+                    label=_parse_label(spec, row[il], where),
+                    index=len(examples),
+                )
+            )
     if not examples:
         raise DataError(f"{path}: no data rows (task {spec.name})")
     return examples
@@ -193,12 +197,14 @@ def _read_hub(spec: TaskSpec, split: str) -> list[Example]:
                 f"hub {spec.hub[0]}/{spec.hub[1]}/{hub_split} row {n}: label {label} is not a label id "
                 f"0..{spec.num_labels - 1} (task {spec.name}; the test split is unlabeled)"
             )
-        examples.append(Example(
-            text_a=row[spec.text_a],
-            text_b=row[spec.text_b] if spec.text_b is not None else None,
-            label=float(label) if spec.is_regression else int(label),
-            index=int(row.get("idx", n)),
-        ))
+        examples.append(
+            Example(
+                text_a=row[spec.text_a],
+                text_b=row[spec.text_b] if spec.text_b is not None else None,
+                label=float(label) if spec.is_regression else int(label),
+                index=int(row.get("idx", n)),
+            )
+        )
     return examples
 
 
@@ -237,6 +243,7 @@ def subsample(examples: Sequence[Example], fraction: float, max_examples: int | 
 
 # --- tokenization, cached on disk -----------------------------------------------------------------
 
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """Hash of everything that decides token ids: the fast tokenizer's full JSON, else the vocab."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -259,8 +266,14 @@ class TokenizedSet:
     output caches and contrastive memory banks are keyed by.
     """
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, type_ids: np.ndarray | None,
-                 labels: np.ndarray, source_index: np.ndarray) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        type_ids: np.ndarray | None,
+        labels: np.ndarray,
+        source_index: np.ndarray,
+    ) -> None:
         self.ids = ids
         self.offsets = offsets
         self.type_ids = type_ids
@@ -290,18 +303,28 @@ class TokenizedSet:
         pos = np.asarray(positions, dtype=np.int64)
         lengths = self.lengths[pos]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        take = np.concatenate([np.arange(self.offsets[p], self.offsets[p + 1]) for p in pos]) if len(pos) else \
-            np.zeros(0, dtype=np.int64)
+        take = (
+            np.concatenate([np.arange(self.offsets[p], self.offsets[p + 1]) for p in pos])
+            if len(pos)
+            else np.zeros(0, dtype=np.int64)
+        )
         return TokenizedSet(
-            ids=self.ids[take], offsets=offsets,
+            ids=self.ids[take],
+            offsets=offsets,
             type_ids=self.type_ids[take] if self.type_ids is not None else None,
-            labels=self.labels[pos], source_index=self.source_index[pos],
+            labels=self.labels[pos],
+            source_index=self.source_index[pos],
         )
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file + os.replace): a crash never leaves a half cache."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, Any] = {"ids": self.ids, "offsets": self.offsets, "labels": self.labels, "source_index": self.source_index}
+        arrays: dict[str, Any] = {
+            "ids": self.ids,
+            "offsets": self.offsets,
+            "labels": self.labels,
+            "source_index": self.source_index,
+        }
         if self.type_ids is not None:
             arrays["type_ids"] = self.type_ids
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -317,13 +340,21 @@ class TokenizedSet:
     def load(cls, path: Path) -> TokenizedSet:
         with np.load(path, allow_pickle=False) as z:
             return cls(
-                ids=z["ids"], offsets=z["offsets"], labels=z["labels"], source_index=z["source_index"],
+                ids=z["ids"],
+                offsets=z["offsets"],
+                labels=z["labels"],
+                source_index=z["source_index"],
                 type_ids=z["type_ids"] if "type_ids" in z.files else None,
             )
 
 
-def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
-                      *, is_regression: bool | None = None) -> TokenizedSet:
+def tokenize_examples(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    *,
+    is_regression: bool | None = None,
+) -> TokenizedSet:
     """Tokenize pairs with 'longest_first' truncation to ``max_seq_length``; no padding."""
     if max_seq_length < 8:
         raise DataError(f"data.max_seq_length: {max_seq_length} is too short (allowed: >= 8)")
@@ -334,11 +365,18 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
     tts: list[np.ndarray] = []
     chunk = 4096  # bounds peak memory of the tokenizer's Python output on 400k-row sets
     for start in range(0, len(examples), chunk):
-        part = examples[start:start + chunk]
+        part = examples[start : start + chunk]
         texts_a = [e.text_a for e in part]
         texts_b = [e.text_b or "" for e in part] if part and part[0].text_b is not None else None
-        enc = tokenizer(texts_a, texts_b, truncation=True, max_length=max_seq_length, padding=False,
-                        return_attention_mask=False, return_token_type_ids=use_tt)
+        enc = tokenizer(
+            texts_a,
+            texts_b,
+            truncation=True,
+            max_length=max_seq_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=use_tt,
+        )
         ids.extend(np.asarray(x, dtype=np.int32) for x in enc["input_ids"])
         if use_tt:
             tts.extend(np.asarray(x, dtype=np.int8) for x in enc["token_type_ids"])
@@ -346,47 +384,64 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
     return TokenizedSet(
-        ids=flat, offsets=offsets,
+        ids=flat,
+        offsets=offsets,
         type_ids=(np.concatenate(tts) if tts else np.zeros(0, dtype=np.int8)) if use_tt else None,
         labels=np.array([e.label for e in examples], dtype=np.float32 if is_regression else np.int64),
         source_index=np.array([e.index for e in examples], dtype=np.int64),
     )
 
 
-def tokenized_cache_path(cache_dir: Path, task: str, split: str, tokenizer: PreTrainedTokenizerBase,
-                         max_seq_length: int, fingerprint: str) -> Path:
-    key = json.dumps({
-        "format": _TOKENIZED_FORMAT, "task": task, "split": split,
-        # No tokenizer path: the teacher's saved copy and its base model tokenize alike and share one file.
-        "tokenizer_sha": tokenizer_fingerprint(tokenizer),
-        "max_seq_length": max_seq_length, "data": fingerprint,
-    }, sort_keys=True)
+def tokenized_cache_path(
+    cache_dir: Path, task: str, split: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, fingerprint: str
+) -> Path:
+    key = json.dumps(
+        {
+            "format": _TOKENIZED_FORMAT,
+            "task": task,
+            "split": split,
+            # No tokenizer path: the teacher's saved copy and its base model tokenize alike and share one file.
+            "tokenizer_sha": tokenizer_fingerprint(tokenizer),
+            "max_seq_length": max_seq_length,
+            "data": fingerprint,
+        },
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache_dir) / f"{task}-{split}-{digest}.npz"
 
 
-def load_tokenized(task: str, split: str, data_dir: str | None, tokenizer: PreTrainedTokenizerBase,
-                   max_seq_length: int, cache_dir: Path) -> TokenizedSet:
+def load_tokenized(
+    task: str,
+    split: str,
+    data_dir: str | None,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    cache_dir: Path,
+) -> TokenizedSet:
     """The whole split tokenized, from ``cache_dir`` when present.
 
     Tokenize once per split, subset per run: ``tset.subset(subsample_positions(len(tset), ...))``.
     """
     spec = get_task(task)
     split = _canonical_split(spec, split)
-    path = tokenized_cache_path(Path(cache_dir), task, split, tokenizer, max_seq_length,
-                                data_fingerprint(task, split, data_dir))
+    path = tokenized_cache_path(
+        Path(cache_dir), task, split, tokenizer, max_seq_length, data_fingerprint(task, split, data_dir)
+    )
     if path.is_file():
         try:
             return TokenizedSet.load(path)
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a corrupt cache is rebuilt, not reported
-    tset = tokenize_examples(load_split(task, split, data_dir), tokenizer, max_seq_length,
-                             is_regression=spec.is_regression)
+    tset = tokenize_examples(
+        load_split(task, split, data_dir), tokenizer, max_seq_length, is_regression=spec.is_regression
+    )
     tset.save(path)
     return tset
 
 
 # --- batching -------------------------------------------------------------------------------------
+
 
 class Collator:
     """Pads a list of TokenizedSet items into tensors.
@@ -445,8 +500,17 @@ class LengthGroupedBatchSampler:
     rows come back out of order: use the batch's ``indices``).
     """
 
-    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *, seed: int = 0,
-                 shuffle: bool = True, group: int = 50, drop_last: bool = False, min_chunks: int = 8) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        group: int = 50,
+        drop_last: bool = False,
+        min_chunks: int = 8,
+    ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size: {batch_size} must be positive")
         self.lengths = np.asarray(lengths)
@@ -466,7 +530,7 @@ class LengthGroupedBatchSampler:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _cut(self, order: np.ndarray) -> list[np.ndarray]:
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
@@ -482,10 +546,16 @@ class LengthGroupedBatchSampler:
         self.epoch += 1
         perm = rng.permutation(n)
         chunk = self.batch_size * max(1, min(self.group, n // (self.batch_size * self.min_chunks)))
-        order = np.concatenate([
-            perm[i:i + chunk][np.argsort(-self.lengths[perm[i:i + chunk]], kind="stable")]
-            for i in range(0, n, chunk)
-        ]) if n else perm
+        order = (
+            np.concatenate(
+                [
+                    perm[i : i + chunk][np.argsort(-self.lengths[perm[i : i + chunk]], kind="stable")]
+                    for i in range(0, n, chunk)
+                ]
+            )
+            if n
+            else perm
+        )
         # Cut within the global order: only the final batch may be short.
         batches = self._cut(order)
         for j in rng.permutation(len(batches)):
@@ -505,9 +575,18 @@ class RandomBatchSampler(LengthGroupedBatchSampler):
         yield from (b.tolist() for b in self._cut(rng.permutation(n)))
 
 
-def make_loader(dataset: TokenizedSet, batch_size: int, *, pad_token_id: int, shuffle: bool, seed: int = 0,
-                group_by_length: bool = True, fixed_length: int | None = None, drop_last: bool = False,
-                is_regression: bool | None = None) -> torch.utils.data.DataLoader[Any]:
+def make_loader(
+    dataset: TokenizedSet,
+    batch_size: int,
+    *,
+    pad_token_id: int,
+    shuffle: bool,
+    seed: int = 0,
+    group_by_length: bool = True,
+    fixed_length: int | None = None,
+    drop_last: bool = False,
+    is_regression: bool | None = None,
+) -> torch.utils.data.DataLoader[Any]:
     """A DataLoader over ``dataset``; see :class:`LengthGroupedBatchSampler` for the order."""
     import torch
     from torch.utils.data import DataLoader
@@ -519,6 +598,9 @@ def make_loader(dataset: TokenizedSet, batch_size: int, *, pad_token_id: int, sh
     # num_workers=0: collation is a few numpy copies; worker processes would cost more than they save.
     # Own generator: DataLoader draws a base seed per iteration from it; from the global RNG that
     # draw would shift dropout masks whenever an extra evaluation pass happens.
-    return DataLoader(dataset, batch_sampler=sampler,  # type: ignore[arg-type]
-                      collate_fn=Collator(pad_token_id, fixed_length=fixed_length, is_regression=is_regression),
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,  # type: ignore[arg-type]
+        collate_fn=Collator(pad_token_id, fixed_length=fixed_length, is_regression=is_regression),
+        generator=torch.Generator().manual_seed(seed),
+    )

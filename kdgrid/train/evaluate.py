@@ -18,7 +18,9 @@ from kdgrid.train.models import model_inputs
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw outputs (logits, or scores for regression) and labels, in loader order.
 
     Outputs stay on the device until the end: one transfer instead of a host sync per batch.
@@ -36,8 +38,13 @@ def predict(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], device:
     return torch.cat(outs).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
-def evaluate(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], task: str, device: torch.device,
-             extra_metrics: Sequence[str] = ()) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    task: str,
+    device: torch.device,
+    extra_metrics: Sequence[str] = (),
+) -> dict[str, float]:
     """The task's official GLUE metrics on a dev loader, then the run's registered ``extra_metrics``."""
     logits, labels = predict(model, loader, device)
     spec = get_task(task)
@@ -51,8 +58,16 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.inference_mode()
 def inference_speed(
-    model: nn.Module, *, vocab_size: int, device: torch.device, batch_size: int = 32, seq_len: int = 64,
-    warmup: int = 2, min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 100,
+    model: nn.Module,
+    *,
+    vocab_size: int,
+    device: torch.device,
+    batch_size: int = 32,
+    seq_len: int = 64,
+    warmup: int = 2,
+    min_repeats: int = 5,
+    min_seconds: float = 0.3,
+    max_repeats: int = 100,
 ) -> dict[str, float]:
     """Latency of one batch and examples/s at a fixed batch and length, the same protocol for every shape.
 
@@ -84,9 +99,14 @@ def inference_speed(
         times.append(time.perf_counter() - t0)
     model.train(was_training)
     latency = float(np.median(times))
-    return {"latency_ms": 1000 * latency, "throughput_ex_s": batch_size / latency,
-            "bench_batch_size": float(batch_size), "bench_seq_len": float(seq_len),
-            "bench_repeats": float(len(times)), "bench_threads": float(torch.get_num_threads())}
+    return {
+        "latency_ms": 1000 * latency,
+        "throughput_ex_s": batch_size / latency,
+        "bench_batch_size": float(batch_size),
+        "bench_seq_len": float(seq_len),
+        "bench_repeats": float(len(times)),
+        "bench_threads": float(torch.get_num_threads()),
+    }
 
 
 def _rss_bytes() -> int | None:
@@ -145,8 +165,4 @@ class PeakMemory:
             peak = max(self.peak_rss, rss or 0)
             return {"peak_memory_mb": peak / 2**20, "rss_start_mb": self.start_rss / 2**20}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"peak_memory_mb": rss / 2**20 if sys.platform == "darwin" else rss / 2**10,
-                "peak_memory_lifetime": 1.0}
-
-
-
+        return {"peak_memory_mb": rss / 2**20 if sys.platform == "darwin" else rss / 2**10, "peak_memory_lifetime": 1.0}

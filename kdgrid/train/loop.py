@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from kdgrid.errors import RunFailed
-from kdgrid.train.activation_cache import ActivationCache
 from kdgrid.records import MetricRow, metric_row, metric_rows
+from kdgrid.train.activation_cache import ActivationCache
 from kdgrid.train.capture import QKV, capture_qkv
 from kdgrid.train.evaluate import evaluate
 from kdgrid.train.models import model_inputs
@@ -37,8 +37,6 @@ class StageSettings:
     # Stage 1 of two-stage training leaves the classifier untrained: scoring it on dev costs a pass and says little.
     evaluate_last_epoch: bool = True
     metrics: tuple[str, ...] = ()  # registered metrics scored besides the task's (RunConfig.metrics)
-
-
 
 
 def _fused_supported(params: list[nn.Parameter]) -> bool:
@@ -94,8 +92,9 @@ def _linear_warmup(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) 
         return 1.0
 
     own = {"constant": constant, "warmup": warmup_only}
-    return torch.optim.lr_scheduler.LambdaLR(opt, [own[g["schedule"]] if "schedule" in g else factor
-                                                   for g in opt.param_groups])
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, [own[g["schedule"]] if "schedule" in g else factor for g in opt.param_groups]
+    )
 
 
 class TeacherOutputs:
@@ -108,8 +107,14 @@ class TeacherOutputs:
     (train_stage: one epoch) instead of being added and removed around every forward.
     """
 
-    def __init__(self, teacher: nn.Module, objective: DistillObjective, device: torch.device,
-                 cached_logits: torch.Tensor | None, activations: ActivationCache | None = None) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        objective: DistillObjective,
+        device: torch.device,
+        cached_logits: torch.Tensor | None,
+        activations: ActivationCache | None = None,
+    ) -> None:
         self.teacher = teacher
         self.objective = objective
         self.device = device
@@ -141,16 +146,22 @@ class TeacherOutputs:
             if self.activations is not None:
                 return self.activations.captured(ids, batch["attention_mask"], inputs["attention_mask"], logits)
             return Captured(logits=logits, hidden_states=None, qkv={}, attention_mask=inputs["attention_mask"])
-        with contextlib.nullcontext(self._qkv) if self._qkv is not None else capture_qkv(self.teacher, self.layers) as qkv:
+        with (
+            contextlib.nullcontext(self._qkv)
+            if self._qkv is not None
+            else capture_qkv(self.teacher, self.layers) as qkv
+        ):
             out = self.teacher(**inputs, output_hidden_states=self.objective.needs_hidden_states())
             captured = dict(qkv)
             qkv.clear()
-        return Captured(logits=out.logits, hidden_states=out.hidden_states, qkv=captured,
-                        attention_mask=inputs["attention_mask"])
+        return Captured(
+            logits=out.logits, hidden_states=out.hidden_states, qkv=captured, attention_mask=inputs["attention_mask"]
+        )
 
 
-def student_forward(student: nn.Module, objective: DistillObjective, inputs: dict[str, torch.Tensor],
-                    qkv: dict[int, QKV] | None = None) -> Captured:
+def student_forward(
+    student: nn.Module, objective: DistillObjective, inputs: dict[str, torch.Tensor], qkv: dict[int, QKV] | None = None
+) -> Captured:
     """The student's outputs; ``qkv``: the dict of hooks already registered by ``capture_qkv`` (else per call)."""
     if qkv is None:
         layers = sorted(objective.student_layers_needed()) if objective.needs_qkv() else []
@@ -159,8 +170,9 @@ def student_forward(student: nn.Module, objective: DistillObjective, inputs: dic
     out = student(**inputs, output_hidden_states=objective.needs_hidden_states())
     captured = dict(qkv)
     qkv.clear()  # the next forward refills it; no reference to this step's tensors stays behind
-    return Captured(logits=out.logits, hidden_states=out.hidden_states, qkv=captured,
-                    attention_mask=inputs["attention_mask"])
+    return Captured(
+        logits=out.logits, hidden_states=out.hidden_states, qkv=captured, attention_mask=inputs["attention_mask"]
+    )
 
 
 class _FiniteCheck:
@@ -268,8 +280,17 @@ def train_stage(
         names = list(sums)
         values = torch.stack([sums[k] for k in names]).tolist() if names else []
         train_time += time.perf_counter() - t0
-        rows += [metric_row(settings.stage, "train", f"loss.{k}" if k != "loss" else "loss", v / max(1, n_batches),
-                            epoch=epoch, step=step) for k, v in zip(names, values)]
+        rows += [
+            metric_row(
+                settings.stage,
+                "train",
+                f"loss.{k}" if k != "loss" else "loss",
+                v / max(1, n_batches),
+                epoch=epoch,
+                step=step,
+            )
+            for k, v in zip(names, values)
+        ]
         if settings.evaluate_each_epoch or (settings.evaluate_last_epoch and epoch == settings.epochs):
             dev = evaluate(student, dev_loader, settings.task, device, settings.metrics)
             rows += metric_rows(dev, settings.stage, "dev", epoch=epoch, step=step)
@@ -286,5 +307,8 @@ def _mapping_rows(objective: Any, stage: Stage, epoch: int, step: int) -> list[M
     if weights is None:
         return []
     w = weights.detach().cpu()
-    return [metric_row(stage, "mapping", f"s{m + 1}.t{k + 1}", float(w[m, k]), epoch=epoch, step=step)
-            for m in range(w.shape[0]) for k in range(w.shape[1])]
+    return [
+        metric_row(stage, "mapping", f"s{m + 1}.t{k + 1}", float(w[m, k]), epoch=epoch, step=step)
+        for m in range(w.shape[0])
+        for k in range(w.shape[1])
+    ]

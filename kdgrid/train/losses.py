@@ -200,8 +200,13 @@ def value_relation_kl(
     return masked_kl(t_lp, s_lp, mask)
 
 
-def attention_mse(s_scores: Tensor, t_scores: Tensor, mask: Tensor, head_match: HeadMatch = "equal",
-                  padding: Literal["masked", "tinybert"] = "masked") -> Tensor:
+def attention_mse(
+    s_scores: Tensor,
+    t_scores: Tensor,
+    mask: Tensor,
+    head_match: HeadMatch = "equal",
+    padding: Literal["masked", "tinybert"] = "masked",
+) -> Tensor:
     """Att-MSE (TinyBERT, Jiao et al. 2020, eq. 3 and task_distill.py).
 
     A = Q Kᵀ/√d_head + additive_mask (pre-softmax, -10000 on padded keys); every entry

@@ -90,17 +90,16 @@ def explicit_layer_map(n_teacher: int, n_student: int, layers: Sequence[int] | N
     if not layers:
         raise PlanError("mapping 'explicit' needs 'layers' (one teacher layer per student layer)")
     if len(layers) != n_student:
-        raise PlanError(
-            f"mapping 'explicit' has {len(layers)} layers but the student has {n_student} layers"
-        )
+        raise PlanError(f"mapping 'explicit' has {len(layers)} layers but the student has {n_student} layers")
     bad = [n for n in layers if not 1 <= int(n) <= n_teacher]
     if bad:
         raise PlanError(f"mapping 'explicit' teacher layers {bad} are out of range (allowed: 1..{n_teacher})")
     return [int(n) for n in layers]
 
 
-def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None,
-              settings: Any = None) -> LayerMap:
+def layer_map(
+    kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None, settings: Any = None
+) -> LayerMap:
     """Dispatch on ``objective.mapping.kind``; 'learnable' has no fixed map (use :class:`LearnableMapping`).
 
     A kind that is not built in is looked up in the registry (kdgrid.plugins) and called with its
@@ -122,8 +121,9 @@ def layer_map(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] |
     return plugin_layer_map(kind, n_teacher, n_student, settings)
 
 
-def pointed_layers(kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None,
-                   settings: Any = None) -> LayerMap:
+def pointed_layers(
+    kind: str, n_teacher: int, n_student: int, layers: Sequence[int] | None = None, settings: Any = None
+) -> LayerMap:
     """The teacher layer each student layer is trained towards at the start of distillation.
 
     A fixed map is itself; a learnable map points where its 'fixed' start puts its peaks
@@ -151,7 +151,9 @@ def explicit_map(n_teacher: int, n_student: int, settings: Any) -> LayerMap:
     return explicit_layer_map(n_teacher, n_student, settings.layers)
 
 
-def copied_layers(n_teacher: int, n_student: int, init_layers: Sequence[int] | None, pointed: LayerMap | None) -> list[int]:
+def copied_layers(
+    n_teacher: int, n_student: int, init_layers: Sequence[int] | None, pointed: LayerMap | None
+) -> list[int]:
     """The rule that makes initialisation and mapping agree (docs/study-file.md, "Layers copied and mapped").
 
     ``init_layers`` when the study gives it (then copy and map may differ on purpose); else each student
@@ -197,7 +199,11 @@ class LearnableMapping(nn.Module):
 
     @staticmethod
     def initial_logits(
-        n_teacher: int, n_student: int, init: str, seed: int | None, diagonal_weight: float,
+        n_teacher: int,
+        n_student: int,
+        init: str,
+        seed: int | None,
+        diagonal_weight: float,
         layers: Sequence[int] | None = None,
     ) -> Tensor:
         logits = torch.zeros(n_student, n_teacher)

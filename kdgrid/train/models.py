@@ -46,6 +46,7 @@ TEACHER_RECIPE = 1
 
 # --- loading ------------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence the LOAD REPORT table and progress bars (a missing classifier head is expected here)."""
@@ -68,8 +69,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-_REMOTE_CODE_REFUSED = ("it ships its own Python code, which kdgrid runs only when the study sets "
-                        "teacher.trust_remote_code: true")
+_REMOTE_CODE_REFUSED = (
+    "it ships its own Python code, which kdgrid runs only when the study sets teacher.trust_remote_code: true"
+)
 
 
 def _load_error(what: str, exc: BaseException) -> ModelError:
@@ -90,9 +92,15 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> PreTrainedT
         raise _load_error(f"the tokenizer of {path}", exc) from None
 
 
-def load_classifier(path: str, num_labels: int, attn_implementation: str = "sdpa", *,
-                    label_list: tuple[str, ...] | None = None, new_head_ok: bool = True,
-                    trust_remote_code: bool = False) -> PreTrainedModel:
+def load_classifier(
+    path: str,
+    num_labels: int,
+    attn_implementation: str = "sdpa",
+    *,
+    label_list: tuple[str, ...] | None = None,
+    new_head_ok: bool = True,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
     """AutoModelForSequenceClassification; ``num_labels=1`` means regression (STS-B).
 
     A checkpoint whose head has another size (e.g. an MNLI model as an SST-2 teacher)
@@ -101,8 +109,12 @@ def load_classifier(path: str, num_labels: int, attn_implementation: str = "sdpa
     """
     from transformers import AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {"num_labels": num_labels, "attn_implementation": attn_implementation,
-                              "ignore_mismatched_sizes": new_head_ok, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "num_labels": num_labels,
+        "attn_implementation": attn_implementation,
+        "ignore_mismatched_sizes": new_head_ok,
+        "trust_remote_code": trust_remote_code,
+    }
     if num_labels == 1:
         kwargs["problem_type"] = "regression"
     else:
@@ -133,7 +145,10 @@ def check_label_order(model: PreTrainedModel, spec: TaskSpec, where: str) -> Non
 
 # --- students -------------------------------------------------------------------------------------------
 
-def student_layer_choice(teacher_layers: int, student_cfg: Student, pointed: list[int | None] | None = None) -> list[int]:
+
+def student_layer_choice(
+    teacher_layers: int, student_cfg: Student, pointed: list[int | None] | None = None
+) -> list[int]:
     """1-based teacher layers a student copies: ``init_layers``, else the layers its mapping points to
     (``pointed``, one entry per student layer; None entries and ``pointed=None`` take every k-th,
     k = L_T // L_S). The rule lives in :func:`kdgrid.train.mappings.copied_layers`."""
@@ -142,9 +157,7 @@ def student_layer_choice(teacher_layers: int, student_cfg: Student, pointed: lis
     if student_cfg.init_layers is not None:
         for i, layer in enumerate(student_cfg.init_layers):
             if not 1 <= layer <= teacher_layers:
-                raise ModelError(
-                    f"student.init_layers[{i}]: layer {layer} out of range (allowed: 1..{teacher_layers})"
-                )
+                raise ModelError(f"student.init_layers[{i}]: layer {layer} out of range (allowed: 1..{teacher_layers})")
         return list(student_cfg.init_layers)
     if student_cfg.layers > teacher_layers:
         raise ModelError(
@@ -200,8 +213,9 @@ def _check_student(student_cfg: Student, t: dict[str, int], s: dict[str, int]) -
             )
 
 
-def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int,
-                  pointed: list[int | None] | None = None) -> PreTrainedModel:
+def build_student(
+    teacher_model: PreTrainedModel, student_cfg: Student, seed: int, pointed: list[int | None] | None = None
+) -> PreTrainedModel:
     """A student from the teacher's config with the overrides in ``student_cfg``, initialised per ``init``.
 
     - ``teacher_layers``: embeddings, the chosen layers (:func:`student_layer_choice`: ``init_layers``,
@@ -249,8 +263,9 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
         for name, param in student.named_parameters():
             if name.startswith("classifier"):
                 src = teacher_params.get(name)
-                head_fits = src is not None and src.dim() == param.dim() and all(
-                    d <= e for d, e in zip(param.shape, src.shape))
+                head_fits = (
+                    src is not None and src.dim() == param.dim() and all(d <= e for d, e in zip(param.shape, src.shape))
+                )
                 if student_cfg.init_head == "teacher" and (copy_layers or same_width) and head_fits:
                     _slice_into(param, src, name, None)  # type: ignore[arg-type]
                 continue
@@ -258,7 +273,7 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
             if m:
                 if not copy_layers:
                     continue
-                src_name = name[:m.start()] + f".layer.{chosen[int(m.group(1))] - 1}." + name[m.end():]
+                src_name = name[: m.start()] + f".layer.{chosen[int(m.group(1))] - 1}." + name[m.end() :]
             else:
                 is_embedding = ".embeddings." in name
                 is_pooler = ".pooler." in name
@@ -275,8 +290,9 @@ def build_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: in
     return student
 
 
-def build_registered_student(teacher_model: PreTrainedModel, student_cfg: Student, seed: int,
-                             pointed: list[int | None] | None = None) -> PreTrainedModel:
+def build_registered_student(
+    teacher_model: PreTrainedModel, student_cfg: Student, seed: int, pointed: list[int | None] | None = None
+) -> PreTrainedModel:
     """The student from the builder registered as ``student.init`` (built-ins: :func:`build_student`).
 
     A plug-in builder is called as ``impl(teacher_model, student_cfg, seed, pointed, settings)`` with its
@@ -294,20 +310,28 @@ def build_registered_student(teacher_model: PreTrainedModel, student_cfg: Studen
         torch.manual_seed(seed)
         model = load_impl(entry.spec.impl)(teacher_model, student_cfg, seed, pointed, settings)
     if not isinstance(model, torch.nn.Module):
-        raise ModelError(f"student builder '{student_cfg.init}' ({entry.source}) returned "
-                         f"{type(model).__name__}, not a model")
+        raise ModelError(
+            f"student builder '{student_cfg.init}' ({entry.source}) returned {type(model).__name__}, not a model"
+        )
     return cast("PreTrainedModel", model)  # a plug-in's student is any Module called like an HF classifier
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
+
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     keys = ("input_ids", "attention_mask", "token_type_ids")
     return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
 
 
-def predict_logits(model: PreTrainedModel, dataset: TokenizedSet, *, pad_token_id: int, device: torch.device | str,
-                   batch_size: int = 128) -> np.ndarray:
+def predict_logits(
+    model: PreTrainedModel,
+    dataset: TokenizedSet,
+    *,
+    pad_token_id: int,
+    device: torch.device | str,
+    batch_size: int = 128,
+) -> np.ndarray:
     """Logits ``[N, C]`` in dataset order (batches are length-sorted for speed, then put back)."""
     import torch
 
@@ -331,13 +355,21 @@ def predictions_from_logits(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
     return logits[:, 0] if spec.is_regression else logits.argmax(axis=1)
 
 
-def evaluate(spec: TaskSpec, model: PreTrainedModel, dataset: TokenizedSet, *, pad_token_id: int,
-             device: torch.device | str, batch_size: int = 128) -> dict[str, float]:
+def evaluate(
+    spec: TaskSpec,
+    model: PreTrainedModel,
+    dataset: TokenizedSet,
+    *,
+    pad_token_id: int,
+    device: torch.device | str,
+    batch_size: int = 128,
+) -> dict[str, float]:
     logits = predict_logits(model, dataset, pad_token_id=pad_token_id, device=device, batch_size=batch_size)
     return compute_metrics(spec, predictions_from_logits(spec, logits), dataset.labels)
 
 
 # --- teacher fine-tuning, once per cache key ------------------------------------------------------------
+
 
 @dataclass
 class TeacherRecord:
@@ -402,7 +434,9 @@ def _model_identity(resolved: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def teacher_cache_key(task: str, teacher_cfg: Teacher, data_dir: str | None, max_seq_length: int) -> tuple[str, dict[str, Any]]:
+def teacher_cache_key(
+    task: str, teacher_cfg: Teacher, data_dir: str | None, max_seq_length: int
+) -> tuple[str, dict[str, Any]]:
     """The key (and what it hashes): task, model content, fine-tune settings, max length, data files."""
     from kdgrid.train.data import data_fingerprint
 
@@ -433,6 +467,7 @@ def _linear_warmup(total: int, warmup: int) -> Callable[[int], float]:
         if step < warmup:
             return (step + 1) / warmup  # never 0: the first step already learns a little
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return factor
 
 
@@ -458,9 +493,17 @@ def _task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> to
     return F.cross_entropy(logits.float(), labels)
 
 
-def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir: str | None, max_seq_length: int,
-                   cache_root: Path, device: torch.device, out_dir: Path,
-                   on_step: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _train_teacher(
+    spec: TaskSpec,
+    resolved: str,
+    teacher_cfg: Teacher,
+    data_dir: str | None,
+    max_seq_length: int,
+    cache_root: Path,
+    device: torch.device,
+    out_dir: Path,
+    on_step: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     """Fine-tune and save into ``out_dir``; returns the fields of the teacher.json it writes."""
     import torch
     import transformers
@@ -480,10 +523,12 @@ def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(ft.seed)
-        model = load_classifier(resolved, spec.num_labels, label_list=spec.label_list,
-                                trust_remote_code=teacher_cfg.trust_remote_code).to(device)  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
-        loader = make_loader(train, ft.batch_size, pad_token_id=pad_id, shuffle=True, seed=ft.seed,
-                             is_regression=spec.is_regression)
+        model = load_classifier(
+            resolved, spec.num_labels, label_list=spec.label_list, trust_remote_code=teacher_cfg.trust_remote_code
+        ).to(device)  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
+        loader = make_loader(
+            train, ft.batch_size, pad_token_id=pad_id, shuffle=True, seed=ft.seed, is_regression=spec.is_regression
+        )
         total = ft.epochs * len(loader)
         opt = make_optimizer(model, ft.lr, ft.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup(total, math.ceil(ft.warmup_ratio * total)))
@@ -495,7 +540,9 @@ def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir
                 loss = _task_loss(spec, logits, batch["labels"].to(device))
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise RunFailed(f"teacher fine-tune of {resolved} on {spec.name}: loss is {loss_value} at step {step}")
+                    raise RunFailed(
+                        f"teacher fine-tune of {resolved} on {spec.name}: loss is {loss_value} at step {step}"
+                    )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
@@ -513,17 +560,29 @@ def _train_teacher(spec: TaskSpec, resolved: str, teacher_cfg: Teacher, data_dir
         tok.save_pretrained(out_dir)
     score = metrics[spec.official_metric]
     return {
-        "official_metric": spec.official_metric, "dev_metrics": metrics, "majority_baseline": baseline,
+        "official_metric": spec.official_metric,
+        "dev_metrics": metrics,
+        "majority_baseline": baseline,
         "flag_no_better_than_majority": bool(not score > baseline),
-        "train_time_s": train_time, "n_train": len(train), "n_dev": len(dev), "steps": step,
-        "final_train_loss": loss_value, "device": str(device),
+        "train_time_s": train_time,
+        "n_train": len(train),
+        "n_dev": len(dev),
+        "steps": step,
+        "final_train_loss": loss_value,
+        "device": str(device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
 
-def finetune_teacher(task: str, teacher_cfg: Teacher, data_cfg_dir: str | None, max_seq_length: int,
-                     cache_root: Path, device: torch.device | str,
-                     on_step: Callable[[int, int], None] | None = None) -> TeacherRecord:
+def finetune_teacher(
+    task: str,
+    teacher_cfg: Teacher,
+    data_cfg_dir: str | None,
+    max_seq_length: int,
+    cache_root: Path,
+    device: torch.device | str,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TeacherRecord:
     """The fine-tuned teacher for this task, trained at most once per cache key across processes.
 
     Layout: ``cache_root/teachers/<key>/`` (model, tokenizer, teacher.json), built in a
@@ -552,12 +611,28 @@ def finetune_teacher(task: str, teacher_cfg: Teacher, data_cfg_dir: str | None, 
         tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            fields = _train_teacher(spec, resolved, teacher_cfg, data_cfg_dir, max_seq_length, Path(cache_root),
-                                    _resolve_device(device), tmp, on_step)
+            fields = _train_teacher(
+                spec,
+                resolved,
+                teacher_cfg,
+                data_cfg_dir,
+                max_seq_length,
+                Path(cache_root),
+                _resolve_device(device),
+                tmp,
+                on_step,
+            )
             record = TeacherRecord(
-                key=key, task=spec.name, model=teacher_cfg.model, resolved_model=resolved, path=str(final),
-                finetune=payload["finetune"], max_seq_length=max_seq_length, data=payload["data"],
-                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **fields,
+                key=key,
+                task=spec.name,
+                model=teacher_cfg.model,
+                resolved_model=resolved,
+                path=str(final),
+                finetune=payload["finetune"],
+                max_seq_length=max_seq_length,
+                data=payload["data"],
+                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                **fields,
             )
             (tmp / "teacher.json").write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
             os.rename(tmp, final)
@@ -575,19 +650,26 @@ def _read_record(final: Path) -> TeacherRecord | None:
     try:
         record = TeacherRecord.from_json(json.loads(meta.read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"{meta}: unreadable teacher record ({_one_line(exc)}); delete the folder to retrain") from None
+        raise ModelError(
+            f"{meta}: unreadable teacher record ({_one_line(exc)}); delete the folder to retrain"
+        ) from None
     record.path = str(final)  # the cache may have moved
     return record
 
 
-def load_teacher(record: TeacherRecord, device: torch.device | str = "cpu",
-                 attn_implementation: str = "sdpa", *,
-                 trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_teacher(
+    record: TeacherRecord,
+    device: torch.device | str = "cpu",
+    attn_implementation: str = "sdpa",
+    *,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The cached teacher in eval mode with its tokenizer; its label order is checked against the task."""
     spec = get_task(record.task)
     # No label_list here: the saved config's labels must speak for themselves.
-    model = load_classifier(record.path, spec.num_labels, attn_implementation, new_head_ok=False,
-                            trust_remote_code=trust_remote_code)
+    model = load_classifier(
+        record.path, spec.num_labels, attn_implementation, new_head_ok=False, trust_remote_code=trust_remote_code
+    )
     check_label_order(model, spec, record.path)
     model.to(_resolve_device(device)).eval()  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
     return model, load_tokenizer(record.path, trust_remote_code=trust_remote_code)

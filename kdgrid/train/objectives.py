@@ -106,8 +106,9 @@ def check_compatible(
         return  # no intermediate loss: the mapping is never used (vanilla KD may have a deeper student)
     mapping = objective.mapping
     if mapping.kind == "learnable":
-        LearnableMapping.initial_logits(n_teacher_layers, n_student_layers, mapping.init, 0, mapping.init_weight,
-                                        mapping.layers)
+        LearnableMapping.initial_logits(
+            n_teacher_layers, n_student_layers, mapping.init, 0, mapping.init_weight, mapping.layers
+        )
     else:
         layer_map(mapping.kind, n_teacher_layers, n_student_layers, mapping.layers, mapping_settings(mapping))
 
@@ -141,8 +142,9 @@ class DistillObjective(nn.Module):
         super().__init__()
         if stage not in STAGES:
             raise PlanError(f"unknown stage '{stage}' (allowed: {', '.join(STAGES)})")
-        check_compatible(objective, teacher_heads, student_heads, n_teacher_layers, n_student_layers,
-                         teacher_hidden, student_hidden)
+        check_compatible(
+            objective, teacher_heads, student_heads, n_teacher_layers, n_student_layers, teacher_hidden, student_hidden
+        )
         self.objective = objective
         self.stage = stage
         self.is_regression = is_regression
@@ -163,11 +165,18 @@ class DistillObjective(nn.Module):
         self.learnable: LearnableMapping | None = None
         self.fixed_map: list[int | None] = []
         if self.use_layer and mapping.kind == "learnable":
-            self.learnable = LearnableMapping(n_teacher_layers, n_student_layers, mapping.init, seed=seed,
-                                              diagonal_weight=mapping.init_weight, layers=mapping.layers)
+            self.learnable = LearnableMapping(
+                n_teacher_layers,
+                n_student_layers,
+                mapping.init,
+                seed=seed,
+                diagonal_weight=mapping.init_weight,
+                layers=mapping.layers,
+            )
         elif self.use_layer:
-            self.fixed_map = layer_map(mapping.kind, n_teacher_layers, n_student_layers, mapping.layers,
-                                       mapping_settings(mapping))
+            self.fixed_map = layer_map(
+                mapping.kind, n_teacher_layers, n_student_layers, mapping.layers, mapping_settings(mapping)
+            )
 
         classes: list[type[LossTerm]] = []
         for use in self.uses:
@@ -176,8 +185,10 @@ class DistillObjective(nn.Module):
                 raise KdgridError(f"loss term '{use.name}': {use.spec.impl} is not a torch.nn.Module class")
             classes.append(cast("type[LossTerm]", cls))  # a plug-in's term is duck-typed, not a LossTerm subclass
         self.proj: nn.Linear | None = None
-        if any(c.wants_projection(u.settings) if hasattr(c, "wants_projection") else getattr(c, "uses_projection", False)
-               for c, u in zip(classes, self.uses)):
+        if any(
+            c.wants_projection(u.settings) if hasattr(c, "wants_projection") else getattr(c, "uses_projection", False)
+            for c, u in zip(classes, self.uses)
+        ):
             # TinyBERT's single fit_dense, shared by every hidden/embedding term; identity at equal widths,
             # so a teacher-initialised student starts at zero hidden loss rather than a random projection's noise.
             self.proj = nn.Linear(student_hidden, teacher_hidden)
@@ -186,10 +197,17 @@ class DistillObjective(nn.Module):
                     self.proj.weight.copy_(torch.eye(teacher_hidden))
                     self.proj.bias.zero_()
         context = TermContext(
-            is_regression=is_regression, n_teacher_layers=n_teacher_layers, n_student_layers=n_student_layers,
-            teacher_hidden=teacher_hidden, student_hidden=student_hidden, teacher_heads=teacher_heads,
-            student_heads=student_heads, num_train_examples=num_train_examples, pairs=self._pairs(),
-            projection=self.proj, learnable=self.learnable,
+            is_regression=is_regression,
+            n_teacher_layers=n_teacher_layers,
+            n_student_layers=n_student_layers,
+            teacher_hidden=teacher_hidden,
+            student_hidden=student_hidden,
+            teacher_heads=teacher_heads,
+            student_heads=student_heads,
+            num_train_examples=num_train_examples,
+            pairs=self._pairs(),
+            projection=self.proj,
+            learnable=self.learnable,
         )
         self.terms = nn.ModuleList([cls(use.settings, context) for cls, use in zip(classes, self.uses)])
         self.labels: list[str] = []
@@ -230,8 +248,11 @@ class DistillObjective(nn.Module):
     def reads_teacher_padding(self) -> bool:
         """Whether a term reads teacher layer outputs at padded positions (then they cannot come from the
         activation cache, which stores real tokens only)."""
-        return any(type(t).reads_teacher_padding(u.settings) for t, u in zip(self.terms, self.uses)
-                   if hasattr(type(t), "reads_teacher_padding"))
+        return any(
+            type(t).reads_teacher_padding(u.settings)
+            for t, u in zip(self.terms, self.uses)
+            if hasattr(type(t), "reads_teacher_padding")
+        )
 
     def mapping_weights(self) -> Tensor | None:
         """[S, T] learnable mapping weights (rows sum to 1), detached; None for fixed maps."""

@@ -71,7 +71,11 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 def stage_plan(cfg: RunConfig) -> list[tuple[Stage, int]]:
     if cfg.train.schedule == "two_stage":
-        ep = cfg.train.epochs if isinstance(cfg.train.epochs, Epochs) else Epochs(intermediate=cfg.train.epochs, prediction=cfg.train.epochs)
+        ep = (
+            cfg.train.epochs
+            if isinstance(cfg.train.epochs, Epochs)
+            else Epochs(intermediate=cfg.train.epochs, prediction=cfg.train.epochs)
+        )
         return [("intermediate", ep.intermediate), ("prediction", ep.prediction)]
     assert isinstance(cfg.train.epochs, int)  # guaranteed by the Train validator
     return [("joint", cfg.train.epochs)]
@@ -97,8 +101,9 @@ def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None)
         copied = copied_layers(n_teacher, cfg.student.layers, cfg.student.init_layers, pointed)
         rows += [metric_row("final", "layers", f"copied.s{m}", n) for m, n in enumerate(copied, start=1)]
     if pointed is not None:
-        rows += [metric_row("final", "layers", f"mapped.s{m}", n) for m, n in enumerate(pointed, start=1)
-                 if n is not None]
+        rows += [
+            metric_row("final", "layers", f"mapped.s{m}", n) for m, n in enumerate(pointed, start=1) if n is not None
+        ]
         rows.append(metric_row("final", "layers", "learnable", float(cfg.objective.mapping.kind == "learnable")))
     return rows
 
@@ -107,10 +112,16 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
     """Stage-1 checkpoints depend only on stage-1 settings: cells differing in stage 2 share them."""
     c = cfg.model_dump(mode="json")
     stage1 = {
-        "teacher": teacher_key, "task": c["task"], "seed": c["seed"], "student": c["student"],
+        "teacher": teacher_key,
+        "task": c["task"],
+        "seed": c["seed"],
+        "student": c["student"],
         "data": {k: v for k, v in c["data"].items() if k != "dir"},
-        "intermediate": c["objective"]["intermediate"], "mapping": c["objective"]["mapping"],
-        "train": {k: c["train"][k] for k in ("lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "precision")},
+        "intermediate": c["objective"]["intermediate"],
+        "mapping": c["objective"]["mapping"],
+        "train": {
+            k: c["train"][k] for k in ("lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "precision")
+        },
         "epochs": stage_plan(cfg)[0][1],
     }
     # Plug-in terms train in stage 1 too (and their packages' versions matter); absent for built-in-only runs,
@@ -123,8 +134,9 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
     return config_hash(stage1, 20)
 
 
-def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None,
-            on_epoch: Any = None) -> RunResult:
+def run_one(
+    config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+) -> RunResult:
     """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish.
 
     ``on_epoch(stage, epoch, dev_metrics)`` is called after every dev evaluation (a search prunes there).
@@ -135,8 +147,15 @@ def run_one(config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress
         return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch, memory)
 
 
-def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: Any,
-             stage1_lock: contextlib.ExitStack, on_epoch: Any = None, memory: PeakMemory | None = None) -> RunResult:
+def _run_one(
+    config: dict[str, Any],
+    run_dir: Path,
+    workdir: Path,
+    on_progress: Any,
+    stage1_lock: contextlib.ExitStack,
+    on_epoch: Any = None,
+    memory: PeakMemory | None = None,
+) -> RunResult:
     cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
@@ -173,13 +192,20 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
     for stage, epochs in stage_plan(cfg):
         if epochs == 0:
             continue
-        if stage == "prediction":  # the same random stream (dropout) whether stage 1 trained here or came from its cache
+        if (
+            stage == "prediction"
+        ):  # the same random stream (dropout) whether stage 1 trained here or came from its cache
             seed_everything(cfg.seed + 1, device)
         objective = DistillObjective(
-            cfg.objective, stage=stage, is_regression=spec.is_regression,
-            n_teacher_layers=t_cfg.num_hidden_layers, n_student_layers=s_cfg.num_hidden_layers,
-            teacher_hidden=t_cfg.hidden_size, student_hidden=s_cfg.hidden_size,
-            teacher_heads=t_cfg.num_attention_heads, student_heads=s_cfg.num_attention_heads,
+            cfg.objective,
+            stage=stage,
+            is_regression=spec.is_regression,
+            n_teacher_layers=t_cfg.num_hidden_layers,
+            n_student_layers=s_cfg.num_hidden_layers,
+            teacher_hidden=t_cfg.hidden_size,
+            student_hidden=s_cfg.hidden_size,
+            teacher_heads=t_cfg.num_attention_heads,
+            student_heads=s_cfg.num_attention_heads,
             num_train_examples=len(train_set),
         ).to(device)
         if stage == "intermediate":
@@ -200,32 +226,79 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
             # Layer objectives read stored activations when they fit the disk budget; the choice is a metric row.
             if not objective.reads_teacher_padding():
                 activations = cached_teacher_activations(
-                    teacher, teacher_rec.key, full_train, positions, needs, cache_root, device, pad_id,
-                    precision=cfg.train.precision, autocast=autocast)
-            rows.append({"stage": stage, "split": "cache", "name": "teacher_activations",
-                         "value": float(activations is not None)})
+                    teacher,
+                    teacher_rec.key,
+                    full_train,
+                    positions,
+                    needs,
+                    cache_root,
+                    device,
+                    pad_id,
+                    precision=cfg.train.precision,
+                    autocast=autocast,
+                )
+            rows.append(
+                {
+                    "stage": stage,
+                    "split": "cache",
+                    "name": "teacher_activations",
+                    "value": float(activations is not None),
+                }
+            )
         if cfg.train.teacher_cache and (not needs or activations is not None):
-            cached = cached_teacher_logits(teacher, teacher_rec.key, full_train, positions, cache_root, device, pad_id,
-                                           precision=cfg.train.precision, autocast=autocast)
+            cached = cached_teacher_logits(
+                teacher,
+                teacher_rec.key,
+                full_train,
+                positions,
+                cache_root,
+                device,
+                pad_id,
+                precision=cfg.train.precision,
+                autocast=autocast,
+            )
         settings = StageSettings(
-            stage=stage, epochs=epochs, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-            warmup_ratio=cfg.train.warmup_ratio, max_grad_norm=cfg.train.max_grad_norm, task=cfg.task,
+            stage=stage,
+            epochs=epochs,
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+            warmup_ratio=cfg.train.warmup_ratio,
+            max_grad_norm=cfg.train.max_grad_norm,
+            task=cfg.task,
             evaluate_each_epoch=stage != "intermediate" and cfg.train.eval_every_epoch,
-            evaluate_last_epoch=stage != "intermediate", metrics=tuple(cfg.metrics),
+            evaluate_last_epoch=stage != "intermediate",
+            metrics=tuple(cfg.metrics),
         )
-        loader = make_loader(train_set, cfg.train.batch_size, pad_token_id=pad_id, shuffle=True, seed=cfg.seed,
-                             is_regression=spec.is_regression)
+        loader = make_loader(
+            train_set,
+            cfg.train.batch_size,
+            pad_token_id=pad_id,
+            shuffle=True,
+            seed=cfg.seed,
+            is_regression=spec.is_regression,
+        )
         full_positions = torch.as_tensor(positions)
 
-        def batches(epoch: int, _loader: Iterable[dict[str, torch.Tensor]] = loader) -> Iterable[dict[str, torch.Tensor]]:
+        def batches(
+            epoch: int, _loader: Iterable[dict[str, torch.Tensor]] = loader
+        ) -> Iterable[dict[str, torch.Tensor]]:
             _loader.batch_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             for batch in _loader:
                 batch["example_ids"] = full_positions[batch["indices"]]  # noqa: B023 (consumed within this stage)
                 yield batch
 
         stage_rows, seconds = train_stage(
-            student, objective, TeacherOutputs(teacher, objective, device, cached, activations), batches, len(loader),
-            dev_loader, settings, device, on_progress, autocast, on_epoch=on_epoch,
+            student,
+            objective,
+            TeacherOutputs(teacher, objective, device, cached, activations),
+            batches,
+            len(loader),
+            dev_loader,
+            settings,
+            device,
+            on_progress,
+            autocast,
+            on_epoch=on_epoch,
         )
         rows += stage_rows
         train_time += seconds
@@ -237,25 +310,50 @@ def _run_one(config: dict[str, Any], run_dir: Path, workdir: Path, on_progress: 
     # The loop already scored the final weights after their last epoch; scoring them again would only cost time.
     final = last_eval if last_eval is not None else evaluate(student, dev_loader, cfg.task, device, cfg.metrics)
     rows += metric_rows(final, "final", "dev")
-    rows += metric_rows({**teacher_rec.metrics, "majority_baseline": teacher_rec.majority,
-                         "no_better_than_majority": float(teacher_rec.flagged)}, "final", "teacher")
+    rows += metric_rows(
+        {
+            **teacher_rec.metrics,
+            "majority_baseline": teacher_rec.majority,
+            "no_better_than_majority": float(teacher_rec.flagged),
+        },
+        "final",
+        "teacher",
+    )
     efficiency = {
-        "params": count_parameters(student), "teacher_params": count_parameters(teacher),
-        "train_time_s": train_time, "train_examples": len(train_set),
+        "params": count_parameters(student),
+        "teacher_params": count_parameters(teacher),
+        "train_time_s": train_time,
+        "train_examples": len(train_set),
         "train_ex_per_s": len(train_set) * sum(e for _, e in stage_plan(cfg)) / train_time if train_time else 0.0,
         **inference_speed(student, vocab_size=s_cfg.vocab_size, device=device),
         **(memory.rows() if memory is not None else {}),
     }
     rows += metric_rows(efficiency, "final", "efficiency")
     return {
-        "run_id": run_dir.name, "task": cfg.task, "seed": cfg.seed, "config": config, "status": "done", "error": None,
-        "duration_s": time.perf_counter() - t_start, "host": socket.gethostname(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "versions": library_versions(), "metrics": rows,
+        "run_id": run_dir.name,
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "config": config,
+        "status": "done",
+        "error": None,
+        "duration_s": time.perf_counter() - t_start,
+        "host": socket.gethostname(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "versions": library_versions(),
+        "metrics": rows,
         "data": {split: data_fingerprint(cfg.task, split, cfg.data.dir) for split in ("train", "dev")},
-        "teacher": {"key": teacher_rec.key, "task": cfg.task, "model": cfg.teacher.model, "seed": cfg.teacher.finetune.seed,
-                    "path": str(teacher_rec.path), "metrics": teacher_rec.metrics, "majority": teacher_rec.majority,
-                    "flagged": teacher_rec.flagged},
+        "teacher": {
+            "key": teacher_rec.key,
+            "task": cfg.task,
+            "model": cfg.teacher.model,
+            "seed": cfg.teacher.finetune.seed,
+            "path": str(teacher_rec.path),
+            "metrics": teacher_rec.metrics,
+            "majority": teacher_rec.majority,
+            "flagged": teacher_rec.flagged,
+        },
     }
 
 
@@ -272,4 +370,3 @@ def _load_stage1(student: torch.nn.Module, path: Path) -> bool:
         return False
     student.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
     return True
-

@@ -40,16 +40,24 @@ def _length_batches(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list
     while start < len(order):
         width = max(1, int(lengths[order[start]]))
         rows = max(1, min(max_rows, max_tokens // width))
-        batches.append(order[start:start + rows])
+        batches.append(order[start : start + rows])
         start += rows
     return batches
 
 
 @torch.no_grad()
 def cached_teacher_logits(
-    teacher: nn.Module, teacher_key: str, full: TokenizedSet, positions: np.ndarray,
-    cache_root: Path, device: torch.device, pad_id: int, batch_size: int = 128, max_tokens: int | None = None,
-    precision: str = "fp32", autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    teacher: nn.Module,
+    teacher_key: str,
+    full: TokenizedSet,
+    positions: np.ndarray,
+    cache_root: Path,
+    device: torch.device,
+    pad_id: int,
+    batch_size: int = 128,
+    max_tokens: int | None = None,
+    precision: str = "fp32",
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """A [len(full), C] table of teacher logits, filled at least at ``positions`` (CPU tensor).
 
@@ -87,8 +95,14 @@ def cached_teacher_logits(
     return table
 
 
-def add_teacher_logits(teacher_key: str, full: TokenizedSet, rows: np.ndarray, logits: torch.Tensor,
-                       cache_root: Path, precision: str = "fp32") -> None:
+def add_teacher_logits(
+    teacher_key: str,
+    full: TokenizedSet,
+    rows: np.ndarray,
+    logits: torch.Tensor,
+    cache_root: Path,
+    precision: str = "fp32",
+) -> None:
     """Put logits the caller computed anyway (kdgrid.train.activation_cache's fill runs the same teacher
     under the same autocast) into the table, for the rows it does not hold yet: the table is then filled
     without a second teacher pass."""

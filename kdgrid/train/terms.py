@@ -45,7 +45,9 @@ Pair = tuple[int, int | None]  # (student layer, teacher layer), 1-based; teache
 class Captured:
     logits: Tensor  # [B, C]; regression [B, 1]
     hidden_states: tuple[Tensor, ...] | None  # len L+1, index 0 = embeddings, each [B, T, D]
-    qkv: dict[int, tuple[Tensor, Tensor, Tensor]]  # 1-based layer -> (Q, K, V) each [B, H, T, d_head], pre-softmax inputs
+    qkv: dict[
+        int, tuple[Tensor, Tensor, Tensor]
+    ]  # 1-based layer -> (Q, K, V) each [B, H, T, d_head], pre-softmax inputs
     attention_mask: Tensor  # [B, T] 1 = token, 0 = pad
 
 
@@ -94,8 +96,14 @@ class TermInputs:
     def teacher_hidden(self, layer: int) -> Tensor:
         return _layer(_hidden(self.teacher, "teacher"), layer, "teacher")
 
-    def teacher_for(self, m: int, n: int | None, per_layer: Callable[[int], Tensor], cache: dict[int, Tensor],
-                    log_probs: bool = False) -> Tensor:
+    def teacher_for(
+        self,
+        m: int,
+        n: int | None,
+        per_layer: Callable[[int], Tensor],
+        cache: dict[int, Tensor],
+        log_probs: bool = False,
+    ) -> Tensor:
         """Teacher tensor for student layer m: ``per_layer(n)``, or the learnable mixture over all layers
         (``log_probs``: mix the distributions, for KL terms). ``cache`` holds per-layer tensors of this batch."""
 
@@ -175,8 +183,9 @@ class AttentionMse(LossTerm):
         for m, n in x.pairs:
             s_q, s_k, _ = x.student_qkv(m)
             t_scores = x.teacher_for(m, n, lambda k: attention_scores(*x.teacher_qkv(k)[:2]), cache)
-            total = total + attention_mse(attention_scores(s_q, s_k), t_scores, x.mask, self.settings.head_match,
-                                          self.settings.padding)
+            total = total + attention_mse(
+                attention_scores(s_q, s_k), t_scores, x.mask, self.settings.head_match, self.settings.padding
+            )
         return total
 
 
@@ -208,8 +217,9 @@ class ValueKl(LossTerm):
         # head_match 'mean': MiniLMv2 relation heads (the re-split is the identity when head counts are equal).
         self.relation_heads: int | None = None
         if settings.head_match == "mean":
-            self.relation_heads = relation_heads_for(context.student_heads, context.teacher_heads,
-                                                     context.student_hidden, context.teacher_hidden)
+            self.relation_heads = relation_heads_for(
+                context.student_heads, context.teacher_heads, context.student_hidden, context.teacher_hidden
+            )
 
     def forward(self, x: TermInputs) -> Tensor:
         mask = x.mask
@@ -218,8 +228,9 @@ class ValueKl(LossTerm):
         total = mask.new_zeros((), dtype=torch.float32)
         for m, n in x.pairs:
             s_lp = value_relation_log_probs(x.student_qkv(m)[2], mask, r)
-            t_lp = x.teacher_for(m, n, lambda k: value_relation_log_probs(x.teacher_qkv(k)[2], mask, r), cache,
-                                 log_probs=True)
+            t_lp = x.teacher_for(
+                m, n, lambda k: value_relation_log_probs(x.teacher_qkv(k)[2], mask, r), cache, log_probs=True
+            )
             _same_heads(s_lp, t_lp, "value 'kl'")
             total = total + masked_kl(t_lp, s_lp, mask)
         return total
@@ -256,8 +267,12 @@ class HiddenContrast(LossTerm):
         super().__init__(settings, context)
         n_pairs = len(context.pairs)
         self.contrast = ContrastiveMemory(
-            n_pairs * context.student_hidden, n_pairs * context.teacher_hidden, context.num_train_examples,
-            embed_dim=contrast_dim, temperature=settings.temperature, momentum=settings.momentum,
+            n_pairs * context.student_hidden,
+            n_pairs * context.teacher_hidden,
+            context.num_train_examples,
+            embed_dim=contrast_dim,
+            temperature=settings.temperature,
+            momentum=settings.momentum,
             negatives=settings.negatives,
         )
 
