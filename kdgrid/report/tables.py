@@ -1124,8 +1124,8 @@ def layers_section(layers: pd.DataFrame | None, cells: pd.DataFrame | None) -> S
 
     name_of, level_key = level_namer(cells)
     # Two store cells that share runs (a collapsed setting) may have one name here: show it once.
-    rows = list({(name_of(str(r.cell)), str(r.copied), str(r.mapped)): None for r in layers.itertuples(index=False)})
-    rows = [{"Condition": c, "Copied": cp, "Mapped": mp} for c, cp, mp in rows]
+    seen = dict.fromkeys((name_of(str(r.cell)), str(r.copied), str(r.mapped)) for r in layers.itertuples(index=False))
+    rows = [{"Condition": c, "Copied": cp, "Mapped": mp} for c, cp, mp in seen]
     caption = (
         "Teacher layers (1 = the first above the embeddings) copied into student layers 1, 2, ... and the teacher "
         'layer each student layer is trained towards; a learnable mapping ("learnable over") by the fixed '

@@ -34,6 +34,7 @@ from kdgrid.execute.job import Runner
 from kdgrid.execute.ledger import NullReporter, Reporter, writable_store
 from kdgrid.execute.local import coordinator, run_grid
 from kdgrid.plan.expand import PlannedRun
+from kdgrid.records import RunResult
 from kdgrid.search.journal import (
     ERROR,
     RETRY_OF,
@@ -183,7 +184,7 @@ class _TrialHooks(Reporter):
     def run_progress(self, stage: str, epoch: int, step: int, total_steps: int, run_id: str | None = None) -> None:
         self.display.run_progress(stage, epoch, step, total_steps, run_id)
 
-    def run_retry(self, run: PlannedRun, result: dict[str, Any], attempt: int) -> None:
+    def run_retry(self, run: PlannedRun, result: RunResult, attempt: int) -> None:
         self.display.run_retry(run, result, attempt)
 
     def grid_end(self) -> None:
@@ -193,7 +194,7 @@ class _TrialHooks(Reporter):
         for t in self.by_run.get(run.run_id, []):
             t.epoch(run.run_id, stage, epoch, metrics)
 
-    def run_end(self, run: PlannedRun, result: dict[str, Any]) -> None:
+    def run_end(self, run: PlannedRun, result: RunResult) -> None:
         self.display.run_end(run, result)
         for t in self.by_run.get(run.run_id, []):
             if result["status"] == "done":

@@ -157,8 +157,12 @@ def layer_assignments(store: Store, study: str) -> pd.DataFrame:
                 "mapped": f"learnable over {mapped}" if learnable and mapped != "-" else mapped,
             }
         )
+
+    def variants(values: pd.Series) -> str:
+        return " | ".join(dict.fromkeys(str(v) for v in values))
+
     runs = pd.DataFrame(per_run)
-    return runs.groupby("cell", sort=True).agg(lambda v: " | ".join(dict.fromkeys(v))).reset_index()[columns]
+    return runs.groupby("cell", sort=True).agg(variants).reset_index()[columns]
 
 
 def export_runs(store: Store, study: str | None = None) -> pd.DataFrame:

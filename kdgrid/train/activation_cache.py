@@ -261,7 +261,7 @@ def _batch_tensors(kind: str, layer: int, out: Any, qkv: dict[int, tuple[Tensor,
         return torch.cat([merge(qkv[layer][0]), merge(qkv[layer][1])], dim=-1)
     if kind == "v":
         return merge(qkv[layer][2])
-    hs = out.hidden_states[layer]
+    hs: Tensor = out.hidden_states[layer]
     return hs[:, :1] if kind == "cls" else hs
 
 

@@ -599,8 +599,8 @@ def make_loader(
     # Own generator: DataLoader draws a base seed per iteration from it; from the global RNG that
     # draw would shift dropout masks whenever an extra evaluation pass happens.
     return DataLoader(
-        dataset,
-        batch_sampler=sampler,  # type: ignore[arg-type]
+        dataset,  # type: ignore[arg-type]  # a map-style dataset (__getitem__/__len__), not a torch Dataset subclass
+        batch_sampler=sampler,
         collate_fn=Collator(pad_token_id, fixed_length=fixed_length, is_regression=is_regression),
         generator=torch.Generator().manual_seed(seed),
     )

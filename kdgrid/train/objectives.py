@@ -249,7 +249,7 @@ class DistillObjective(nn.Module):
         """Whether a term reads teacher layer outputs at padded positions (then they cannot come from the
         activation cache, which stores real tokens only)."""
         return any(
-            type(t).reads_teacher_padding(u.settings)
+            cast(Any, type(t)).reads_teacher_padding(u.settings)
             for t, u in zip(self.terms, self.uses)
             if hasattr(type(t), "reads_teacher_padding")
         )
