@@ -1,8 +1,8 @@
 """The Optuna side of a search: the journal beside the store, sampler, pruner and trial bookkeeping.
 
 The Optuna study lives in a JournalStorage file (``<db>.optuna/<name>.journal``): an append-only
-log guarded by a file lock, which any number of processes on one machine can share, and which
-survives a kill (a search resumes from it). It is the source of truth for trials; the store's
+log guarded by a file lock, which survives a kill (a search resumes from it); one search session
+writes it at a time (the session holds the store's coordinator lock). It is the source of truth for trials; the store's
 ``trials`` table mirrors it for SQL users and reports.
 """
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ class _Trial:
             self.heard.add(run_id)
             self._report(self.offset[run_id] + epoch, float(metrics[metric]))
 
-    def replay(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+    def replay(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """A finished run's epochs, for a run the pruner did not hear while it trained."""
         if run_id in self.heard:
             return
