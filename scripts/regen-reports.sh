@@ -25,8 +25,8 @@ kd ablation-cpu $r/ablation-cpu --factors $abl \
    --baseline objective.intermediate.attention=mse,objective.mapping.kind=uniform,objective.intermediate.alpha=0.5
 kd objectives-cpu $r/objectives-cpu --factors method --baseline method=vanilla-kd
 kd objectives-cpu $r/objectives-cpu/vs-hid-seq --factors method --baseline method=hid-seq --no-plots
-kd what_is_lost-cpu $r/what_is_lost-cpu --factors student --baseline student=3L
-kd what_is_lost-cpu $r/what_is_lost-cpu/vs-8AH --factors student --baseline student=8AH --no-plots
+kd what_is_lost-cpu $r/what_is_lost-cpu --factors student --baseline student=8AH
+kd what_is_lost-cpu $r/what_is_lost-cpu/vs-3L --factors student --baseline student=3L --no-plots
 kd learnable_mapping-cpu $r/learnable_mapping-cpu --factors objective.mapping.init,student_from \
    --baseline objective.mapping.init=uniform,student_from=layers-1-2-3-4
 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$py" -m kdgrid report --index --out $r
