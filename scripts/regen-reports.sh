@@ -3,7 +3,7 @@
 # results.parquet, for a checkout without the store (scripts/reports.sh writes them from the store), with the
 # teachers and majority-class floors the store recorded (reports/teachers.csv). Each report folder is cleared first (results.parquet and nested
 # second-baseline folders kept) so no file of the old layout stays behind; then reports/index.html.
-# The second baselines (vs-hid-seq/, vs-8AH/) have no plots, as scripts/reports.sh writes them.
+# The second baselines (vs-hid-seq/, vs-3L/) have no plots, as scripts/reports.sh writes them.
 # Sections that need a store (reproducibility, mapping convergence, layers copied and mapped) are then absent.
 # Usage: bash scripts/regen-reports.sh   (from anywhere; PYTHON=/path/to/python if kdgrid is not on python's path)
 set -euo pipefail
