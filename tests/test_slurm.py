@@ -445,7 +445,7 @@ def test_a_run_failing_inside_its_job_is_stored_failed_with_error_and_traceback(
 def test_a_search_runs_its_trials_as_array_tasks_on_the_cluster(cluster: None, tmp_path: Path) -> None:
     """kdgrid search goes through the grid scheduler: its trials' runs are Slurm array tasks, each stored once."""
     from search_fakes import fake_runner
-    from slurm_local import sacct
+    from slurm_local import sacct, wait_for
     from test_search import SEARCH, job, rows, write_study
 
     from kdgrid.execute.settings import resolve_execute
@@ -461,6 +461,8 @@ def test_a_search_runs_its_trials_as_array_tasks_on_the_cluster(cluster: None, t
     assert rows(db, "SELECT count(*), count(DISTINCT run_id), max(attempt) FROM runs WHERE status = 'done'") == [
         (6, 6, 1)
     ]
-    # 3 trials x 2 seeds fill one round (16 slots): one array of 6 tasks
+    # 3 trials x 2 seeds fill one round (16 slots): one array of 6 tasks. slurmdbd may record the last task a
+    # moment after its result was stored, so the accounting is waited for, not read once.
+    wait_for("6 array tasks in sacct", lambda: len(sacct(f"kdgrid-{name}.search")) >= 6, timeout=60)
     jobs = sacct(f"kdgrid-{name}.search")
     assert len(jobs) == 6 and len({j.split("_")[0] for j, _ in jobs}) == 1, jobs
