@@ -90,7 +90,7 @@ def fake_result(run: Any, rng: random.Random) -> dict[str, Any]:
     rows += [{**final, "split": "dev", "name": f"extra.{i}", "value": rng.random()} for i in range(100 - len(rows))]
     assert len(rows) == 100, len(rows)
     return {
-        "run_id": run.run_id, "task": task, "seed": run.seed, "config": run.config, "status": "done", "error": None,
+        "run_id": run.run_id, "task": task, "seed": run.seed, "config": run.config_data(), "status": "done", "error": None,
         "started": "2026-01-01 00:00:00", "finished": "2026-01-01 00:01:00", "duration_s": 60.0, "host": "bench",
         "device": "cpu", "versions": {"kdgrid": "bench"}, "metrics": rows,
         "teacher": {"key": f"{task}-bench", "task": task, "model": "minilm-l6", "seed": 0, "path": "/nowhere",

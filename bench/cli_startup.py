@@ -58,7 +58,7 @@ def make_store(path: Path, study_file: Path) -> None:
     with open_store(path) as store:
         store.register_study(loaded.study.name, str(study_file), loaded.text, loaded.sha256, runs)
         store.ingest_results([{
-            "run_id": r.run_id, "task": r.task, "seed": r.seed, "config": r.config, "status": "done",
+            "run_id": r.run_id, "task": r.task, "seed": r.seed, "config": r.config_data(), "status": "done",
             "metrics": [{"stage": "final", "split": "dev", "name": "accuracy", "value": 0.8 + 0.02 * rng.random()},
                         {"stage": "final", "split": "teacher", "name": "accuracy", "value": 0.9}],
         } for r in runs])

@@ -89,7 +89,7 @@ def scaled_runs(path: Path, args: argparse.Namespace) -> tuple[str, list[Any]]:
     return study.name, runs
 
 
-def run(config: dict[str, Any], workdir: Path) -> tuple[float, dict[str, Any]]:
+def run(config: Any, workdir: Path) -> tuple[float, dict[str, Any]]:
     from kdgrid.train.run import run_one
 
     rid = f"r{time.monotonic_ns()}"
@@ -98,15 +98,13 @@ def run(config: dict[str, Any], workdir: Path) -> tuple[float, dict[str, Any]]:
     return time.perf_counter() - t0, result
 
 
-def prebuild(config: dict[str, Any], workdir: Path) -> tuple[str, float, float]:
+def prebuild(cfg: Any, workdir: Path) -> tuple[str, float, float]:
     """Build what every run of a task shares, as run_one builds it: the teacher, then the run's tokenisation."""
     import torch
 
-    from kdgrid.study.schema import RunConfig
     from kdgrid.train.data import load_tokenized
     from kdgrid.train.models import finetune_teacher, load_teacher
 
-    cfg = RunConfig.model_validate(config)
     cache = workdir / "cache"
     dev = torch.device("cpu")
     t0 = time.perf_counter()
@@ -143,16 +141,13 @@ def reused_stage1(result: dict[str, Any]) -> bool:
     return any(m.get("split") == "cache" and m.get("name") == "stage1_reused" for m in result.get("metrics", []))
 
 
-def teacher_key_of(config: dict[str, Any]) -> str:
-    from kdgrid.study.schema import RunConfig
+def teacher_key_of(cfg: Any) -> str:
     from kdgrid.train.models import teacher_cache_key
 
-    cfg = RunConfig.model_validate(config)
     return teacher_cache_key(cfg.task, cfg.teacher, cfg.data.dir, cfg.data.max_seq_length)[0]
 
 
 def computed(studies: list[tuple[str, list[Any]]], tmp: Path, max_runs: int) -> dict[str, Any]:
-    from kdgrid.study.schema import RunConfig
     from kdgrid.train.run import stage1_key
 
     shared = tmp / "shared"  # one cache for every study, as one store would have
@@ -179,8 +174,8 @@ def computed(studies: list[tuple[str, list[Any]]], tmp: Path, max_runs: int) -> 
         # Stage-1 cost per key: builder's duration minus the median duration of the runs that reused it.
         by_key: dict[str, dict[str, list[float]]] = {}
         for r, sec, res in zip(runs, durations, results):
-            if r.config["train"]["schedule"] == "two_stage":
-                key = stage1_key(RunConfig.model_validate(r.config), res["teacher"]["key"])
+            if r.config.train.schedule == "two_stage":
+                key = stage1_key(r.config, res["teacher"]["key"])
                 by_key.setdefault(key, {"built": [], "reused": []})["reused" if reused_stage1(res) else "built"].append(sec)
         stage1_cost = {k: max(0.0, statistics.median(v["built"]) - statistics.median(v["reused"]))
                        for k, v in by_key.items() if v["built"] and v["reused"]}

@@ -110,7 +110,7 @@ def _check_data(runs: list[Any]) -> None:
     """Every task's train and dev files exist where the runs will read them (before any compute)."""
     from kdgrid.train.data import data_fingerprint  # torch-free module
 
-    for task, data_dir in sorted({(r.task, r.config["data"]["dir"]) for r in runs}, key=str):
+    for task, data_dir in sorted({(r.task, r.config.data.dir) for r in runs}, key=str):
         for split in ("train", "dev"):
             data_fingerprint(task, split, data_dir)
 

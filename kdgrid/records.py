@@ -82,7 +82,9 @@ class RunResult(TypedDict, total=False):
     status: Required[ResultStatus]
     task: str | None
     seed: int | None
-    config: dict[str, Any] | None  # the resolved run config as canonical JSON (PlannedRun.config)
+    config: (
+        dict[str, Any] | None
+    )  # the canonical run config's JSON form (PlannedRun.config_data(), plan.canonical.config_data)
     error: str | None
     retryable: bool
     attempt: int

@@ -12,11 +12,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdgrid.errors import KdgridError, RunFailed
+
+if TYPE_CHECKING:  # not at run time: workers import this module, and it must start fast
+    from kdgrid.study.schema import RunConfig
 
 
 def fake_study(seeds: int = 3, temperatures: tuple[float, ...] = (1.0, 4.0), name: str = "fake") -> Any:
@@ -39,7 +42,7 @@ class SleepyRunner:
         self.delay = delay
 
     def __call__(
-        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+        self, config: RunConfig, rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
     ) -> dict[str, Any]:
         with open(Path(workdir) / "calls.log", "a") as fh:
             fh.write(
@@ -55,13 +58,13 @@ class SleepyRunner:
                 raise RunFailed(f"loss became nan at stage joint, epoch 1, step {step}")
             if on_progress is not None:
                 on_progress("joint", 1, step, steps)
-        t = config["objective"]["prediction"]["temperature"]
-        value = 0.5 + 0.01 * config["seed"] + 0.1 * (t > 1)
+        t = config.objective.prediction.temperature
+        value = 0.5 + 0.01 * config.seed + 0.1 * (t > 1)
         return {
             "run_id": rdir.name,
-            "task": config["task"],
-            "seed": config["seed"],
-            "config": config,
+            "task": config.task,
+            "seed": config.seed,
+            "config": config.model_dump(mode="json"),  # config_data(config), without importing the plan
             "status": "done",
             "metrics": [
                 {"stage": "final", "split": "dev", "name": "mcc", "value": value},

@@ -6,20 +6,23 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdgrid.errors import RunFailed
+
+if TYPE_CHECKING:  # not at run time: workers import this module, and it must start fast
+    from kdgrid.study.schema import RunConfig
 
 CALLS: list[str] = []  # run ids the fake runner was called for (this process)
 
 
-def fake_value(config: dict[str, Any]) -> float:
+def fake_value(config: RunConfig) -> float:
     """The fake's final dev MCC: best at alpha = 0.3, a little better with each seed."""
-    return 0.5 - (config["objective"]["intermediate"]["alpha"] - 0.3) ** 2 + 0.01 * config["seed"]
+    return 0.5 - (config.objective.intermediate.alpha - 0.3) ** 2 + 0.01 * config.seed
 
 
 def fake_runner(
-    config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+    config: RunConfig, rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
 ) -> dict[str, Any]:
     """Per-epoch dev MCC rising to ``fake_value``; alpha >= 0.8 fails like a NaN loss.
 
@@ -34,10 +37,10 @@ def fake_runner(
         Path(os.environ["KDGRID_FAKE_MARKER"]).write_text(rdir.name)
         time.sleep(600)
     time.sleep(float(os.environ.get("KDGRID_FAKE_SLEEP", "0")))
-    if config["objective"]["intermediate"]["alpha"] >= 0.8:
+    if config.objective.intermediate.alpha >= 0.8:
         raise RunFailed("loss became nan at stage joint, epoch 1, step 3")
     final = fake_value(config)
-    epochs = config["train"]["epochs"]
+    epochs = config.train.epochs
     rows: list[dict[str, Any]] = []
     for epoch in range(1, epochs + 1):
         value = final * epoch / epochs
@@ -49,9 +52,9 @@ def fake_runner(
     rows.append({"stage": "final", "split": "dev", "name": "mcc", "value": final})
     return {
         "run_id": rdir.name,
-        "task": config["task"],
-        "seed": config["seed"],
-        "config": config,
+        "task": config.task,
+        "seed": config.seed,
+        "config": config.model_dump(mode="json"),  # config_data(config), without importing the plan
         "status": "done",
         "metrics": rows,
     }

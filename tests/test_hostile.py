@@ -707,7 +707,10 @@ def test_trusting_remote_code_changes_no_run_id_and_is_dumped_only_when_true() -
     base = {"name": "x", "tasks": ["cola"], "seeds": 1}
     plain = expand(Study.model_validate(base))[0]
     trusted = expand(Study.model_validate({**base, "teacher": {"trust_remote_code": True}}))[0]
-    assert "trust_remote_code" not in plain.config["teacher"] and trusted.config["teacher"]["trust_remote_code"] is True
+    assert (
+        "trust_remote_code" not in plain.config_data()["teacher"]
+        and trusted.config_data()["teacher"]["trust_remote_code"] is True
+    )
     assert plain.run_id == trusted.run_id
 
 

@@ -24,7 +24,7 @@ def test_full_factorial_counts() -> None:
     assert len(runs) == 2 * 2 * 2 * 3
     assert len({r.run_id for r in runs}) == 24
     assert runs[0].factors == {"objective.intermediate.attention": "mse", "objective.mapping.kind": "uniform"}
-    assert {r.config["objective"]["intermediate"]["attention"] for r in runs} == {"mse", "kl"}
+    assert {r.config_data()["objective"]["intermediate"]["attention"] for r in runs} == {"mse", "kl"}
 
 
 def test_alpha_zero_collapses_attention_choice() -> None:
@@ -63,7 +63,7 @@ def test_variants_and_filters() -> None:
     )
     runs = expand(s)
     assert len(runs) == (4 - 1) * 2
-    assert all(r.config["student"]["heads"] == 4 for r in runs if r.factors["student"] == "4AH")
+    assert all(r.config_data()["student"]["heads"] == 4 for r in runs if r.factors["student"] == "4AH")
     only = expand(study(seeds=2, grid={"train.lr": [1e-5, 5e-5]}, include=[{"train.lr": 5e-5, "seed": 1}]))
     assert [(r.factors["train.lr"], r.seed) for r in only] == [("5e-05", 1)]
 

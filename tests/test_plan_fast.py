@@ -11,6 +11,7 @@ import pytest
 
 from kdgrid.errors import PlanError
 from kdgrid.plan import expand
+from kdgrid.plan.canonical import config_data
 from kdgrid.plan.expand import _expand_cached, _expand_reference, _full_template
 from kdgrid.study.loader import load_study
 from kdgrid.study.schema import Study
@@ -32,8 +33,14 @@ GOLDEN = {
 
 
 def as_rows(runs: list[Any]) -> list[tuple[Any, ...]]:
-    # list(config.items()) keeps key order: a config written to the store reads the same.
-    return [(r.run_id, r.task, r.seed, list(r.factors.items()), r.config, list(r.config)) for r in runs]
+    # The model, and its JSON form with its key order (a config written to the store reads the same). The form
+    # a run holds must be the model's own dump: the cached path assembles it from block dumps instead.
+    for r in runs:
+        assert (r.config_data(), list(r.config_data())) == (config_data(r.config), list(config_data(r.config)))
+    return [
+        (r.run_id, r.task, r.seed, list(r.factors.items()), r.config, r.config_data(), list(r.config_data()))
+        for r in runs
+    ]
 
 
 def both(study: Study) -> tuple[list[Any], list[Any]]:

@@ -330,17 +330,19 @@ def test_plugin_provenance_is_part_of_the_run_id(monkeypatch: pytest.MonkeyPatch
     }
     run = expand(Study.model_validate(study))[0]
     v = metadata.version(EXAMPLE)
-    assert run.config["plugins"]["losses.cosine_hidden"]["package"] == EXAMPLE
-    assert run.config["plugins"]["losses.cosine_hidden"]["version"] == v
-    assert set(run.config["plugins"]) == {"losses.cosine_hidden", "mappings.top"}
-    assert run.config["objective"]["terms"] == {"cosine_hidden": {"weight": 0.5, "tokens": "all", "project": False}}
+    assert run.config_data()["plugins"]["losses.cosine_hidden"]["package"] == EXAMPLE
+    assert run.config_data()["plugins"]["losses.cosine_hidden"]["version"] == v
+    assert set(run.config_data()["plugins"]) == {"losses.cosine_hidden", "mappings.top"}
+    assert run.config_data()["objective"]["terms"] == {
+        "cosine_hidden": {"weight": 0.5, "tokens": "all", "project": False}
+    }
 
     # other settings of the plug-in: another settings hash and run id
     study_cls = {**study, "objective": {**study["objective"], "terms": {"cosine_hidden": {"tokens": "cls"}}}}
     other = expand(Study.model_validate(study_cls))[0]
     assert (
-        other.config["plugins"]["losses.cosine_hidden"]["settings_sha"]
-        != run.config["plugins"]["losses.cosine_hidden"]["settings_sha"]
+        other.config_data()["plugins"]["losses.cosine_hidden"]["settings_sha"]
+        != run.config_data()["plugins"]["losses.cosine_hidden"]["settings_sha"]
     )
 
     # a new version of the plug-in: new run ids, and the old run's config no longer validates
@@ -353,7 +355,7 @@ def test_plugin_provenance_is_part_of_the_run_id(monkeypatch: pytest.MonkeyPatch
     bumped = expand(Study.model_validate(study))[0]
     assert bumped.run_id != run.run_id
     with pytest.raises(ValueError, match=r"planned with plug-ins .* plan the study again"):
-        RunConfig.model_validate(run.config)
+        RunConfig.model_validate(run.config_data())  # as a worker reads it from its job
 
 
 def test_validate_refuses_a_term_the_student_cannot_serve() -> None:
@@ -500,8 +502,8 @@ def test_plugin_student_builder_and_metric_run_and_are_recorded(
         "train": {"epochs": 1, "batch_size": 8},
     }
     run = expand(Study.model_validate(study))[0]
-    assert set(run.config["plugins"]) == {"students.scaled", "metrics.balanced_accuracy"}
-    assert run.config["plugins"]["students.scaled"]["version"] == "2.0"
+    assert set(run.config_data()["plugins"]) == {"students.scaled", "metrics.balanced_accuracy"}
+    assert run.config_data()["plugins"]["students.scaled"]["version"] == "2.0"
     with pytest.raises(StudyError, match=r"student\.settings\.scale|settings\.scale"):
         load_study(_write(tmp_path, {**study, "student": {"layers": 2, "init": "scaled", "settings": {"scale": -1}}}))
     res = run_one(run.config, tmp_path / "runs" / run.run_id, workdir=tmp_path)
@@ -550,7 +552,7 @@ def test_grids_and_searches_reach_plugin_settings(tmp_path: Path) -> None:
     }
     runs = expand(Study.model_validate(study))
     assert len({r.run_id for r in runs}) == 4
-    assert {r.config["objective"]["mapping"]["settings"]["stride"] for r in runs} == {1, 2}
+    assert {r.config_data()["objective"]["mapping"]["settings"]["stride"] for r in runs} == {1, 2}
     search = {
         "name": "s",
         "tasks": ["rte"],

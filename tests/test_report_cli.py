@@ -184,7 +184,7 @@ def _result(run: Any, i: int, *, status: str = "done", **extra: Any) -> dict[str
         "run_id": run.run_id,
         "task": run.task,
         "seed": run.seed,
-        "config": run.config,
+        "config": run.config_data(),
         "status": status,
         "started": started.isoformat(sep=" "),
         "finished": (started + dt.timedelta(seconds=50)).isoformat(sep=" "),

@@ -228,7 +228,7 @@ def test_result_records_copied_and_mapped_layers(tiny_model_dir: Path, data: Pat
 def test_init_head_is_part_of_the_run_id(tiny_model_dir: Path, data: Path) -> None:
     a = make_runs(tiny_model_dir, data)[0]
     b = make_runs(tiny_model_dir, data, student={"layers": 2, "init_head": "teacher"})[0]
-    assert a.run_id != b.run_id and a.config["student"]["init_head"] == "random"
+    assert a.run_id != b.run_id and a.config_data()["student"]["init_head"] == "random"
 
 
 def test_peak_memory_is_per_run_not_per_process() -> None:

@@ -28,7 +28,7 @@ from kdgrid.search.journal import existing_search, open_search
 from kdgrid.search.loop import SearchJob, run_search
 from kdgrid.search.report import build_search_report, pick_search, write_search_report
 from kdgrid.study import load_study
-from kdgrid.study.schema import Execute
+from kdgrid.study.schema import Execute, RunConfig
 
 TESTS = Path(__file__).parent
 ENV = {
@@ -43,7 +43,7 @@ ENV = {
 
 
 def fake_runner_without_hook(
-    config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+    config: RunConfig, rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
 ) -> dict[str, Any]:
     """Reports no epoch while it trains (as a Slurm job): pruning then acts between runs, from the stored epochs."""
     return fake_runner(config, rdir, workdir=workdir, on_progress=on_progress)
@@ -148,7 +148,7 @@ def test_resume_after_ctrl_c_adds_trials_without_repeating(tmp_path: Path) -> No
     write_study(tmp_path, SEARCH)
     calls = 0
 
-    def interrupting(config: dict[str, Any], rdir: Path, **kw: Any) -> dict[str, Any]:
+    def interrupting(config: RunConfig, rdir: Path, **kw: Any) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         if calls == 4:  # the second run of trial 1

@@ -13,10 +13,12 @@ from test_cli_e2e import kdgrid, tiny_study
 
 from kdgrid.errors import StudyError
 from kdgrid.plan import expand
+from kdgrid.plan.canonical import config_data
 from kdgrid.sequential import plan_sequential, states_frame, study_states
 from kdgrid.sequential.driver import run_sequential
 from kdgrid.store import open_store
 from kdgrid.study import load_study
+from kdgrid.study.schema import RunConfig
 
 STUDY = """
 name: seq
@@ -43,19 +45,19 @@ class SeqRunner:
         self.interrupt_after = interrupt_after
 
     def __call__(
-        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+        self, config: RunConfig, rdir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
     ) -> dict[str, Any]:
         if self.interrupt_after is not None and self.calls == self.interrupt_after:
             raise KeyboardInterrupt
         self.calls += 1
-        t = config["objective"]["prediction"]["temperature"]
-        seed = config["seed"]
+        t = config.objective.prediction.temperature
+        seed = config.seed
         value = 0.4 + 0.2 * _noise("seed", seed) + {1.0: 0.0, 2.0: 0.0, 4.0: 0.1}[t] + 0.01 * _noise(t, seed)
         return {
             "run_id": rdir.name,
-            "task": config["task"],
+            "task": config.task,
             "seed": seed,
-            "config": config,
+            "config": config_data(config),
             "status": "done",
             "metrics": [{"stage": "final", "split": "dev", "name": "mcc", "value": value}],
         }

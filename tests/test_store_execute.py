@@ -13,9 +13,10 @@ from kdgrid.errors import RunFailed, StoreError
 from kdgrid.execute.local import run_grid
 from kdgrid.execute.rundir import result_path, workdir_for, write_json_atomic
 from kdgrid.plan import expand
+from kdgrid.plan.canonical import config_data
 from kdgrid.store import open_store
 from kdgrid.store.queries import tidy_results
-from kdgrid.study.schema import Study
+from kdgrid.study.schema import RunConfig, Study
 
 
 def grid_study(seeds: int = 3) -> Study:
@@ -39,22 +40,22 @@ class FakeRunner:
         self.interrupt_after = interrupt_after
 
     def __call__(
-        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any, on_epoch: Any = None
+        self, config: RunConfig, rdir: Path, *, workdir: Path, on_progress: Any, on_epoch: Any = None
     ) -> dict[str, Any]:
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
             raise KeyboardInterrupt
-        self.calls.append(config["task"] + str(config["seed"]))
+        self.calls.append(config.task + str(config.seed))
         self.run_ids.append(rdir.name)
-        if (config["task"], config["seed"]) in self.fail:
+        if (config.task, config.seed) in self.fail:
             raise RunFailed("loss became nan at epoch 1 step 3")
-        t = config["objective"]["prediction"]["temperature"]
-        value = 0.5 + 0.01 * config["seed"] + 0.1 * (t > 1)
-        name = "mcc" if config["task"] == "cola" else "pearson"
+        t = config.objective.prediction.temperature
+        value = 0.5 + 0.01 * config.seed + 0.1 * (t > 1)
+        name = "mcc" if config.task == "cola" else "pearson"
         return {
             "run_id": rdir.name,
-            "task": config["task"],
-            "seed": config["seed"],
-            "config": config,
+            "task": config.task,
+            "seed": config.seed,
+            "config": config_data(config),
             "status": "done",
             "metrics": [
                 {"stage": "final", "split": "dev", "name": name, "value": value},
@@ -305,7 +306,7 @@ class MappingRunner(FakeRunner):
     """Also logs two epochs of a 1 x 2 mapping, so the mapping query has rows."""
 
     def __call__(
-        self, config: dict[str, Any], rdir: Path, *, workdir: Path, on_progress: Any, on_epoch: Any = None
+        self, config: RunConfig, rdir: Path, *, workdir: Path, on_progress: Any, on_epoch: Any = None
     ) -> dict[str, Any]:
         res = super().__call__(config, rdir, workdir=workdir, on_progress=on_progress)
         res["metrics"] += [

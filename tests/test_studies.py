@@ -54,14 +54,14 @@ def test_objectives_has_paper_2_table_1_rows() -> None:
         "att-kl+hid-seq+val-kl",
     ]
     runs = {r.factors["method"]: r.config for r in plan_study(study) if r.task == "rte" and r.seed == 0}
-    assert runs["vanilla-kd"]["train"]["schedule"] == "joint"
-    assert runs["att-kl+hid-seq+val-kl"]["train"]["schedule"] == "two_stage"
-    assert runs["att-kl+hid-seq+val-kl"]["objective"]["intermediate"]["value"] == "kl"
+    assert runs["vanilla-kd"].train.schedule == "joint"
+    assert runs["att-kl+hid-seq+val-kl"].train.schedule == "two_stage"
+    assert runs["att-kl+hid-seq+val-kl"].objective.intermediate.value == "kl"
 
 
 def test_what_is_lost_has_paper_3_shapes() -> None:
     study = load_study(STUDIES[0].parent / "what_is_lost.yaml").study
     assert list(study.variants["student"]) == ["3L", "6L", "9L", "4AH", "8AH", "384D", "516D", "6L_384D"]
     cfg = next(r.config for r in plan_study(study) if r.factors["student"] == "516D")
-    assert cfg["objective"]["mapping"]["kind"] == "first_last"
-    assert cfg["objective"]["prediction"] == {"beta": 0.5, "temperature": 2.0, "t_squared": True}
+    assert cfg.objective.mapping.kind == "first_last"
+    assert cfg.objective.prediction.model_dump() == {"beta": 0.5, "temperature": 2.0, "t_squared": True}

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kdgrid.errors import KdgridError
-from kdgrid.execute.job import cluster_task, now
+from kdgrid.execute.job import JobSpec, RunnerRef, cluster_task, now
 from kdgrid.execute.ledger import Ledger
-from kdgrid.execute.rundir import job_path, read_result, result_path, run_dir, write_json_atomic
+from kdgrid.execute.rundir import JobInfo, job_path, read_result, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.records import RunResult
 from kdgrid.study.schema import Execute
@@ -146,9 +146,9 @@ def is_live(state: str | None) -> bool:
     return state is not None and state.split()[0].upper() in LIVE_STATES
 
 
-def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def live_jobs(infos: dict[str, JobInfo]) -> dict[str, JobInfo]:
     """The entries of ``{run_id: job.json}`` whose job may still be queued or running."""
-    live: dict[str, dict[str, Any]] = {}
+    live: dict[str, JobInfo] = {}
     slurm = {rid: info for rid, info in infos.items() if info.get("executor") == "slurm"}
     if slurm:
         queue = slurm_queue()
@@ -159,7 +159,7 @@ def live_jobs(infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return live
 
 
-def job_alive(info: dict[str, Any]) -> bool:
+def job_alive(info: JobInfo) -> bool:
     """Whether the job named in a run's job.json may still be queued or running."""
     cluster = info.get("executor")
     job_id = str(info.get("job_id", ""))
@@ -180,7 +180,7 @@ class _ClusterJob:
     run: PlannedRun
     attempt: int
     handle: Any  # a submitit Job, or None for a job re-attached from job.json
-    info: dict[str, Any]
+    info: JobInfo
 
 
 def _state_failure(state: str, detail: str, limit_min: int, setup_error: bool = False) -> tuple[str, bool]:
@@ -225,7 +225,7 @@ class ClusterRunner:
         executor: Any,
         workdir: Path,
         execute: Execute,
-        runner_ref: dict[str, Any] | None,
+        runner_ref: RunnerRef | None,
         ledger: Ledger,
         reporter: Any,
     ) -> None:
@@ -242,9 +242,7 @@ class ClusterRunner:
         self.inflight: dict[str, _ClusterJob] = {}
         self.submitted = 0
 
-    def run(
-        self, todo: Sequence[PlannedRun], reattach: dict[str, tuple[PlannedRun, dict[str, Any]]], stop: Any
-    ) -> bool:
+    def run(self, todo: Sequence[PlannedRun], reattach: dict[str, tuple[PlannedRun, JobInfo]], stop: Any) -> bool:
         """Submit and wait; False when the wait was stopped (jobs keep running and are re-attached later)."""
         for rid, (run, info) in reattach.items():
             handle: Any = None
@@ -285,12 +283,12 @@ class ClusterRunner:
                 batch.append((run, attempt))
         if not batch:
             return
-        specs = [
+        specs: list[JobSpec] = [
             {
                 "run_id": r.run_id,
                 "task": r.task,
                 "seed": r.seed,
-                "config": r.config,
+                "config": r.config_data(),
                 "attempt": a,
                 "run_dir": str(run_dir(self.workdir, r.run_id)),
                 "workdir": str(self.workdir),
@@ -309,7 +307,7 @@ class ClusterRunner:
         jobs = []
         for (run, attempt), handle in zip(batch, handles):
             rdir = run_dir(self.workdir, run.run_id)
-            info = {
+            info: JobInfo = {
                 "executor": self.cluster,
                 "job_id": str(handle.job_id),
                 "folder": folder,

@@ -17,18 +17,37 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from kdgrid.errors import KdgridError, RunFailed
 from kdgrid.execute import faults
 from kdgrid.execute.rundir import write_json_atomic
 from kdgrid.records import ResultStatus, RunResult
 
-# runner(config, run_dir, *, workdir, on_progress, on_epoch) -> result dict (status 'done' with metrics) or raises.
-# on_progress(stage, epoch, step, total_steps) and on_epoch(stage, epoch, dev_metrics) may be None; a runner
-# that never calls on_epoch is still pruned, from its stored epochs once it finishes (kdgrid/search).
-Runner = Callable[..., RunResult]
+if TYPE_CHECKING:
+    from kdgrid.study.schema import RunConfig
+
 EpochFn = Callable[[str, int, dict[str, float]], None]
+ProgressFn = Callable[[str, int, int, int], None]
+
+
+class Runner(Protocol):
+    """One run of a config (``kdgrid.train.run.run_one``, or a stand-in the tests inject): its result record
+    (status 'done' with metrics), or an exception.
+
+    ``on_progress(stage, epoch, step, total_steps)`` and ``on_epoch(stage, epoch, dev_metrics)`` may be None; a
+    runner that never calls on_epoch is still pruned, from its stored epochs once it finishes (kdgrid/search).
+    """
+
+    def __call__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        *,
+        workdir: Path,
+        on_progress: Any = None,
+        on_epoch: Any = None,
+    ) -> RunResult: ...
 
 
 class RunStopped(Exception):
@@ -100,10 +119,15 @@ def execute_job(
     run_dir: Path,
     workdir: Path,
     attempt: int = 1,
-    on_progress: Any = None,
+    on_progress: ProgressFn | None = None,
     on_epoch: EpochFn | None = None,
 ) -> RunResult:
-    """Run one attempt and write its ``result.json``; return the record written (or that could not be)."""
+    """Run one attempt and write its ``result.json``; return the record written (or that could not be).
+
+    ``config`` is the run config's JSON form (``PlannedRun.config_data()``), as a worker's message and a Slurm
+    job's spec carry it: it becomes a :class:`RunConfig` here, inside the attempt, so a config that no longer
+    validates (a plug-in changed since the plan) fails this run with its reason, not the worker.
+    """
     started = now()
     t0 = time.perf_counter()
     result_file = run_dir / "result.json"
@@ -114,8 +138,11 @@ def execute_job(
         except OSError as exc:
             raise RunFailed(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
         faults.inject_before_run(kind)
+        from kdgrid.study.schema import RunConfig  # here, not at the top: a Slurm job loads it only to run
+
+        run_config = RunConfig.model_validate(config)
         with faults.loop_fault(kind):
-            result = runner(config, run_dir, workdir=workdir, on_progress=on_progress, on_epoch=on_epoch)
+            result = runner(run_config, run_dir, workdir=workdir, on_progress=on_progress, on_epoch=on_epoch)
         result["started"], result["finished"] = started, now()
         result["duration_s"] = time.perf_counter() - t0
     except (KeyboardInterrupt, RunStopped):
@@ -137,7 +164,26 @@ def execute_job(
     return result
 
 
-def cluster_task(runner_ref: dict[str, Any] | None, spec: dict[str, Any]) -> str:
+class JobSpec(TypedDict):
+    """One attempt of one run as a Slurm array task receives it (a pool worker's ``run`` message has the same fields)."""
+
+    run_id: str
+    task: str
+    seed: int
+    config: dict[str, Any]  # the run config's JSON form, PlannedRun.config_data()
+    attempt: int
+    run_dir: str
+    workdir: str
+
+
+class RunnerRef(TypedDict):
+    """An injected runner on its way to another process (:func:`pack_runner`)."""
+
+    pickle: str  # cloudpickle, base64
+    sys_path: list[str]  # the coordinator's, so a module-level runner's module imports there
+
+
+def cluster_task(runner_ref: RunnerRef | None, spec: JobSpec) -> str:
     """One Slurm array task: one attempt of one run (kdgrid/execute/cluster.py submits it).
 
     It lives here, in a module without DuckDB or Pydantic, so a job starts fast.
@@ -154,7 +200,7 @@ def cluster_task(runner_ref: dict[str, Any] | None, spec: dict[str, Any]) -> str
         config=spec["config"],
         run_dir=Path(spec["run_dir"]),
         workdir=Path(spec["workdir"]),
-        attempt=int(spec["attempt"]),
+        attempt=spec["attempt"],
     )
     return str(result["status"])
 
@@ -183,7 +229,7 @@ def _write_traceback(rdir: Path) -> None:
 # -- shipping a runner to another process ------------------------------------------------------
 
 
-def pack_runner(runner: Runner | None) -> dict[str, Any] | None:
+def pack_runner(runner: Runner | None) -> RunnerRef | None:
     """A JSON-able reference to an injected runner (None: kdgrid's own ``run_one``).
 
     Module-level runners are pickled by reference, so their module must be importable in the
@@ -196,7 +242,7 @@ def pack_runner(runner: Runner | None) -> dict[str, Any] | None:
     return {"pickle": base64.b64encode(cloudpickle.dumps(runner)).decode("ascii"), "sys_path": list(sys.path)}
 
 
-def unpack_runner(ref: dict[str, Any] | None) -> Runner:
+def unpack_runner(ref: RunnerRef | None) -> Runner:
     if ref is None:
         from kdgrid.train.run import run_one
 

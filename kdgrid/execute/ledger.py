@@ -128,7 +128,7 @@ class Ledger:
 
     def failure(self, run: PlannedRun, attempt: int, why: str, *, retryable: bool) -> RunResult:
         """The record of an attempt that died without writing its own (a killed worker or job), saved as its result.json."""
-        record = failed_record(run.run_id, run.task, run.seed, run.config, why, retryable=retryable)
+        record = failed_record(run.run_id, run.task, run.seed, run.config_data(), why, retryable=retryable)
         record["attempt"] = attempt
         try:
             write_json_atomic(result_path(self.workdir, run.run_id), record)

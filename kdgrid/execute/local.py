@@ -28,7 +28,16 @@ from filelock import FileLock, Timeout
 from kdgrid.errors import StoreError
 from kdgrid.execute.job import Runner, RunStopped, execute_job, pack_runner
 from kdgrid.execute.ledger import GridOutcome, Ledger, NullReporter, Reporter, writable_store
-from kdgrid.execute.rundir import job_path, read_job, read_result, recoverable, result_path, run_dir, workdir_for
+from kdgrid.execute.rundir import (
+    JobInfo,
+    job_path,
+    read_job,
+    read_result,
+    recoverable,
+    result_path,
+    run_dir,
+    workdir_for,
+)
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.study.schema import Execute
 
@@ -65,10 +74,10 @@ def recover(db_path: Path, workdir: Path) -> int:
     return _recover(db_path, workdir)[0]
 
 
-def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, JobInfo]]:
     """(results ingested, {run_id: job.json} of runs whose cluster job is still queued or running)."""
     n = 0
-    live: dict[str, dict[str, Any]] = {}
+    live: dict[str, JobInfo] = {}
     runs_root = workdir / "runs"
     with writable_store(db_path) as store:
         statuses = store.all_run_statuses()
@@ -83,7 +92,7 @@ def _recover(db_path: Path, workdir: Path) -> tuple[int, dict[str, dict[str, Any
                     store.ingest_result(res)
                     statuses[res["run_id"]] = res["status"]
                     n += 1
-        cluster_jobs = {}
+        cluster_jobs: dict[str, JobInfo] = {}
         for run_id, status in statuses.items():
             # not only 'running': a coordinator killed between sbatch and its store write left the run 'pending'
             info = read_job(job_path(workdir, run_id)) if status in ("running", "pending", "interrupted") else None
@@ -195,9 +204,8 @@ def _may_pass(workdir: Path, run_id: str) -> bool:
 def teacher_of(run: PlannedRun) -> str:
     """What decides which fine-tuned teacher a run needs (the inputs of its teacher cache key)."""
     c = run.config
-    data = c.get("data") or {}
     return json.dumps(
-        [run.task, c.get("teacher"), data.get("max_seq_length"), data.get("dir")], sort_keys=True, default=str
+        [run.task, c.teacher.model_dump(mode="json"), c.data.max_seq_length, c.data.dir], sort_keys=True, default=str
     )
 
 
@@ -250,7 +258,7 @@ def _run_cluster(
     executor: Any,
     workdir: Path,
     todo: list[PlannedRun],
-    reattach: dict[str, Any],
+    reattach: dict[str, tuple[PlannedRun, JobInfo]],
     ex: Execute,
     runner: Runner | None,
     ledger: Ledger,
@@ -313,7 +321,7 @@ def _run_in_process(
                         run_id=run.run_id,
                         task=run.task,
                         seed=run.seed,
-                        config=run.config,
+                        config=run.config_data(),
                         run_dir=rdir,
                         workdir=workdir,
                         attempt=attempt,

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdgrid.execute.job import failed_record, now
+from kdgrid.execute.job import RunnerRef, failed_record, now
 from kdgrid.execute.ledger import Ledger
-from kdgrid.execute.rundir import job_path, read_result, remove, result_path, run_dir, write_json_atomic
+from kdgrid.execute.rundir import JobInfo, job_path, read_result, remove, result_path, run_dir, write_json_atomic
 from kdgrid.plan.expand import PlannedRun
 from kdgrid.records import RunResult
 
@@ -131,7 +131,7 @@ class Pool:
         workdir: Path,
         ledger: Ledger,
         reporter: Any,
-        runner_ref: dict[str, Any] | None,
+        runner_ref: RunnerRef | None,
         slots: Sequence[str | None],
         threads: int,
         timeout_s: float | None,
@@ -185,18 +185,16 @@ class Pool:
         assert slot.proc is not None
         try:  # best effort: an unwritable run directory is the worker's to report
             rdir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                job_path(self.workdir, run.run_id),
-                {
-                    "executor": "pool",
-                    "job_id": str(slot.proc.pid),
-                    "host": os.uname().nodename,
-                    "slot": slot.index,
-                    "gpu": slot.gpu,
-                    "attempt": attempt,
-                    "submitted": now(),
-                },
-            )
+            info: JobInfo = {
+                "executor": "pool",
+                "job_id": str(slot.proc.pid),
+                "host": os.uname().nodename,
+                "slot": slot.index,
+                "gpu": slot.gpu,
+                "attempt": attempt,
+                "submitted": now(),
+            }
+            write_json_atomic(job_path(self.workdir, run.run_id), info)
         except Exception:
             pass
         slot.job = _Job(run, attempt, time.monotonic())
@@ -209,7 +207,7 @@ class Pool:
                 "run_id": run.run_id,
                 "task": run.task,
                 "seed": run.seed,
-                "config": run.config,
+                "config": run.config_data(),
                 "run_dir": str(rdir),
                 "workdir": str(self.workdir),
                 "attempt": attempt,
@@ -299,7 +297,7 @@ class Pool:
                     job.run.run_id,
                     job.run.task,
                     job.run.seed,
-                    job.run.config,
+                    job.run.config_data(),
                     msg.get("error") or "the run ended without a readable result.json",
                     retryable=bool(msg.get("retryable")),
                 )

@@ -12,10 +12,27 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from kdgrid.errors import RunFailed
 from kdgrid.records import RunResult
+
+
+class JobInfo(TypedDict):
+    """``job.json``: where a run's current attempt runs, so that the next coordinator can tell whether it is alive.
+
+    ``executor``: ``pool`` (a worker of this coordinator: ``job_id`` is its pid, and it dies with it), or a
+    submitit executor (``slurm``, ``local``, ``debug``: ``job_id`` is the job's, ``folder`` submitit's).
+    """
+
+    executor: Literal["pool", "slurm", "local", "debug"]
+    job_id: str
+    attempt: int
+    submitted: str
+    folder: NotRequired[str]  # submitit executors
+    host: NotRequired[str]  # pool
+    slot: NotRequired[int]  # pool
+    gpu: NotRequired[str | None]  # pool
 
 
 def workdir_for(db_path: Path) -> Path:
@@ -36,12 +53,12 @@ def job_path(workdir: Path, run_id: str) -> Path:
     return run_dir(workdir, run_id) / "job.json"
 
 
-def read_job(path: Path) -> dict[str, Any] | None:
+def read_job(path: Path) -> JobInfo | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and "executor" in data else None
+    return cast(JobInfo, data) if isinstance(data, dict) and "executor" in data else None
 
 
 def remove(path: Path) -> None:

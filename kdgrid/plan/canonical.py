@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from kdgrid.study.schema import Intermediate, Mapping, Prediction, RunConfig
+from kdgrid.study.schema import Intermediate, Mapping, Objective, Prediction, RunConfig
 
 
 def named_layer_terms(objective: dict[str, Any]) -> bool:
@@ -44,9 +44,29 @@ _NEUTRAL_PREDICTION = Prediction().model_dump(mode="json")
 _NEUTRAL_MAPPING = Mapping().model_dump(mode="json")
 
 
-def canonical_config(cfg: RunConfig) -> dict[str, Any]:
-    """The resolved config with settings that have no effect reset to their defaults."""
-    return canonicalize(cfg.model_dump(mode="json"))
+def config_data(cfg: RunConfig) -> dict[str, Any]:
+    """A run config's JSON form: what a worker's job, a run's result, the store's ``runs.config`` and the run id hold.
+
+    The one place it is made from the model (``PlannedRun.config_data`` holds it for a planned run; the plan's
+    cached path assembles the same dict from its block dumps, which tests/test_plan_fast.py checks); the
+    way back is ``RunConfig.model_validate``.
+    """
+    return cfg.model_dump(mode="json")
+
+
+def canonical_config(cfg: RunConfig) -> RunConfig:
+    """The resolved config with settings that have no effect reset to their defaults (the objective block only)."""
+    return with_objective(cfg, canonicalize(config_data(cfg))["objective"])
+
+
+def with_objective(cfg: RunConfig, objective: dict[str, Any]) -> RunConfig:
+    """``cfg`` with its objective replaced by a canonical objective's dump (from :func:`canonicalize`).
+
+    The objective is validated on its own; the run is not validated again: its cross-checks passed on the
+    resolved config, and canonicalising may leave a combination they would refuse (a two-stage run whose only
+    layer loss has no weight) while meaning the same run.
+    """
+    return cfg.model_copy(update={"objective": Objective.model_validate(objective)})
 
 
 #: What :func:`canonicalize` reads: whole blocks, or dotted settings; it changes the objective block only.
@@ -112,8 +132,14 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hash_blob(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str), length)
 
 
-def run_id_of(config: dict[str, Any]) -> str:
-    return config_hash(identity_view(config))
+def run_id_of(config: RunConfig) -> str:
+    """The id of a (canonical) run config: the hash of its JSON form without the settings that do not define it."""
+    return data_run_id(config_data(config))
+
+
+def data_run_id(data: dict[str, Any]) -> str:
+    """:func:`run_id_of` from the config's JSON form (:func:`config_data`), when the plan already holds it."""
+    return config_hash(identity_view(data))
 
 
 def identity_text(parts: dict[str, str]) -> str:

@@ -12,35 +12,50 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kdgrid.errors import PlanError
 from kdgrid.plan.canonical import (
     CANONICAL_READS,
     canonical_config,
     canonicalize,
+    config_data,
+    data_run_id,
     hash_blob,
     identity_part,
     identity_text,
-    run_id_of,
 )
 from kdgrid.plan.count import check_plan_size
-from kdgrid.study.schema import RunConfig, Study
+from kdgrid.study.schema import Objective, RunConfig, Study
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a study: its cell (factor levels), task, seed and resolved config."""
+    """One run of a study: its cell (factor levels), task, seed and canonical resolved config.
+
+    ``config`` is the study's own :class:`RunConfig`, read-only: runs of one cell share its blocks.
+    Its JSON form (a worker's job, the store's ``runs.config``, the run id) is :meth:`config_data`.
+    """
 
     run_id: str
     task: str
     seed: int
     factors: dict[str, str]  # factor name -> level, as strings (variants: the level's name)
-    config: dict[str, Any] = field(repr=False)
+    config: RunConfig = field(repr=False)
+    # config_data(config), filled by the plan from the dumps it made anyway (dumping a RunConfig costs ~100 us,
+    # registering 100,000 runs would pay it per run); None: made on first use.
+    _data: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def cell(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.factors.items()) or "(base)"
+
+    def config_data(self) -> dict[str, Any]:
+        """The config's JSON form, :func:`kdgrid.plan.canonical.config_data` (shared: do not change it)."""
+        if self._data is None:
+            object.__setattr__(self, "_data", config_data(self.config))
+        assert self._data is not None
+        return self._data
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -225,10 +240,31 @@ def _expand_reference(study: Study, template: dict[str, Any]) -> list[PlannedRun
                         continue
                     if any(_matches(f, {**factors, "task": task, "seed": str(seed)}, run_cfg) for f in study.exclude):
                         continue
-                    resolved = _validate(run_cfg, factors, task, seed)
-                    canon = canonical_config(resolved)
-                    runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))
+                    runs.append(_planned(_validate(run_cfg, factors, task, seed), task, seed, factors))
     return runs
+
+
+def _planned(resolved: RunConfig, task: str, seed: int, factors: dict[str, str]) -> PlannedRun:
+    """The reference way from a validated run to its planned run: canonical config, its dump, its hash."""
+    canon = canonical_config(resolved)
+    data = config_data(canon)
+    return PlannedRun(data_run_id(data), task, seed, factors, canon, data)
+
+
+_new_model = BaseModel.__new__
+_set_slot = object.__setattr__
+
+
+def with_seed(cell: RunConfig, seed: int) -> RunConfig:
+    """``cell.model_copy(update={"seed": seed})`` at a third of its cost (pydantic's own ``__copy__``, with the
+    seed put in): the plan makes one per run, 100,000 of them in a big plan. ``seed`` must be a non-negative
+    int (the caller checked); the blocks are shared with ``cell``, as ``model_copy`` shares them."""
+    run = _new_model(RunConfig)
+    _set_slot(run, "__dict__", {**cell.__dict__, "seed": seed})
+    _set_slot(run, "__pydantic_fields_set__", set(cell.__pydantic_fields_set__))
+    _set_slot(run, "__pydantic_extra__", None)
+    _set_slot(run, "__pydantic_private__", None)
+    return run
 
 
 class _Blocks:
@@ -296,7 +332,7 @@ def _expand_cached(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
 def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
     base = study.base_config()
     blocks = {name: _Blocks(name, base[name]) for name in _BLOCKS}
-    canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
+    canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str, Objective]] = {}
     grid_items = list(study.grid.items())
     variant_items = list(study.variants.items())
     grid_block = [path.split(".", 1)[0] for path, _ in grid_items]
@@ -326,7 +362,7 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                     factors[group] = level_name
                 bkeys = {name: tuple(keys[name]) for name in _BLOCKS}
                 cfg = {name: blocks[name].build(bkeys[name], sets[name]) for name in _BLOCKS}
-                cell: tuple[str, str, dict[str, Any]] | None = None
+                cell: tuple[str, str, RunConfig, dict[str, Any]] | None = None
                 for seed in study.seed_list:
                     if filters:
                         run_cfg = {**cfg, "task": task, "seed": seed}
@@ -341,13 +377,19 @@ def _expand_cells(study: Study, template: dict[str, Any]) -> list[PlannedRun]:
                         or (cell is None and (cell := _cell(task, seed, bkeys, blocks, canon_objectives)) is None)
                     ):
                         resolved = _validate({**cfg, "task": task, "seed": seed}, factors, task, seed)
-                        canon = canonical_config(resolved)
-                        runs.append(PlannedRun(run_id_of(canon), task, seed, factors, canon))
+                        runs.append(_planned(resolved, task, seed, factors))
                         continue
-                    head, tail, canon = cell
+                    head, tail, config, data = cell
                     # json.dumps writes an int seed as str(seed): the text the reference path hashes.
                     runs.append(
-                        PlannedRun(hash_blob(f"{head}{seed}{tail}"), task, seed, factors, {**canon, "seed": seed})
+                        PlannedRun(
+                            hash_blob(f"{head}{seed}{tail}"),
+                            task,
+                            seed,
+                            factors,
+                            with_seed(config, seed),
+                            {**data, "seed": seed},
+                        )
                     )
     return runs
 
@@ -357,10 +399,11 @@ def _cell(
     seed: int,
     bkeys: dict[str, tuple[int, ...]],
     blocks: dict[str, _Blocks],
-    canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str]],
-) -> tuple[str, str, dict[str, Any]] | None:
-    """The cell's identity text before and after the seed, and its canonical config (seed: the first
-    seed's); None: validate this run the reference way (it fails there, with the reference's message)."""
+    canon_objectives: dict[tuple[Any, ...], tuple[dict[str, Any], str, Objective]],
+) -> tuple[str, str, RunConfig, dict[str, Any]] | None:
+    """The cell's identity text before and after the seed, its canonical config and that config's JSON form
+    (seed: the first seed's); None: validate this run the reference way (it fails there, with the reference's
+    message)."""
     valid = {name: blocks[name].validated(bkeys[name]) for name in _BLOCKS}
     if any(v is None for v in valid.values()):
         return None
@@ -376,12 +419,13 @@ def _cell(
     if ckey not in canon_objectives:
         full = canonicalize({"task": task, "seed": seed, **dumps})
         obj = full["objective"]
-        canon_objectives[ckey] = (obj, identity_part("objective", obj))
-    obj, obj_text = canon_objectives[ckey]
+        canon_objectives[ckey] = (obj, identity_part("objective", obj), Objective.model_validate(obj))
+    obj, obj_text, obj_model = canon_objectives[ckey]
     canon = {"task": task, "seed": seed, **dumps, "objective": obj}
+    config = whole.model_copy(update={"objective": obj_model})
     parts = {n: blocks[n].text(bkeys[n]) for n in _BLOCKS if n != "objective"}
     head, tail = identity_text({**parts, "objective": obj_text, "task": json.dumps(task), "seed": "\x00"}).split("\x00")
-    return head, tail, canon
+    return head, tail, config, canon
 
 
 def _validate(cfg: dict[str, Any], factors: dict[str, str], task: str, seed: int) -> RunConfig:
@@ -417,7 +461,7 @@ def plan_study(study: Study, *, plan_limit: int | None = None) -> list[PlannedRu
         if run.run_id in seen:
             continue
         seen.add(run.run_id)
-        model = run.config["teacher"]["model"]
+        model = run.config.teacher.model
         if model not in shapes:
             shapes[model] = teacher_shape(model)
         if shapes[model] is not None:

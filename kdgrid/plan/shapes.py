@@ -8,10 +8,10 @@ between different head counts) before any compute, and must start fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from kdgrid import model_names
 from kdgrid.errors import PlanError
+from kdgrid.study.schema import RunConfig, Student
 
 
 @dataclass(frozen=True)
@@ -28,52 +28,51 @@ def teacher_shape(model: str) -> Shape | None:
     return None if shape is None else Shape(**shape)
 
 
-def student_shape(teacher: Shape, student: dict[str, Any]) -> Shape:
+def student_shape(teacher: Shape, student: Student) -> Shape:
     return Shape(
-        layers=student["layers"],
-        heads=student.get("heads") or teacher.heads,
-        hidden=student.get("hidden_size") or teacher.hidden,
-        intermediate=student.get("intermediate_size") or teacher.intermediate,
+        layers=student.layers,
+        heads=student.heads or teacher.heads,
+        hidden=student.hidden_size or teacher.hidden,
+        intermediate=student.intermediate_size or teacher.intermediate,
     )
 
 
-def check_run(config: dict[str, Any], teacher: Shape) -> None:
+def check_run(config: RunConfig, teacher: Shape) -> None:
     """Raise PlanError naming the field when a student cannot be built or compared to its teacher."""
-    st = config["student"]
+    st = config.student
     s = student_shape(teacher, st)
     if s.hidden % s.heads:
         raise PlanError(f"student.heads: {s.heads} heads do not divide hidden size {s.hidden}")
-    if st["init"] in ("teacher_layers", "width_slice") and s.layers > teacher.layers:
+    if st.init in ("teacher_layers", "width_slice") and s.layers > teacher.layers:
         raise PlanError(
             f"student.layers: {s.layers} layers but the teacher has {teacher.layers}; "
-            f"init '{st['init']}' copies teacher layers (allowed: 1..{teacher.layers}, or init: random)"
+            f"init '{st.init}' copies teacher layers (allowed: 1..{teacher.layers}, or init: random)"
         )
-    if st["init"] == "teacher_layers" and (s.hidden != teacher.hidden or s.intermediate != teacher.intermediate):
+    if st.init == "teacher_layers" and (s.hidden != teacher.hidden or s.intermediate != teacher.intermediate):
         raise PlanError(
             "student.init: 'teacher_layers' needs the teacher's hidden and intermediate size "
             f"({teacher.hidden}, {teacher.intermediate}; allowed for other shapes: width_slice, random)"
         )
-    if st["init"] == "width_slice" and (
+    if st.init == "width_slice" and (
         s.hidden > teacher.hidden or s.intermediate > teacher.intermediate or s.heads > teacher.heads
     ):
         raise PlanError(
             "student.init: 'width_slice' needs a student no wider than the teacher (hidden, heads, intermediate)"
         )
-    for i, layer in enumerate(st.get("init_layers") or []):
+    for i, layer in enumerate(st.init_layers or []):
         if layer > teacher.layers:
             raise PlanError(f"student.init_layers[{i}]: layer {layer} out of range (allowed: 1..{teacher.layers})")
-    inter = config["objective"]["intermediate"]
+    inter = config.objective.intermediate
     if (
-        (inter["attention"] != "none" or inter["value"] != "none")
+        (inter.attention != "none" or inter.value != "none")
         and s.heads != teacher.heads
-        and inter["head_match"] == "equal"
+        and inter.head_match == "equal"
     ):
         raise PlanError(
             f"objective.intermediate.head_match: attention/value losses compare {s.heads} student heads with "
             f"{teacher.heads} teacher heads; set head_match: mean (allowed: equal, mean)"
         )
-    mapping = config["objective"]["mapping"]
-    for i, layer in enumerate(mapping.get("layers") or []):
+    for i, layer in enumerate(config.objective.mapping.layers or []):
         if layer > teacher.layers:
             raise PlanError(
                 f"objective.mapping.layers[{i}]: teacher layer {layer} out of range (allowed: 1..{teacher.layers})"
@@ -81,7 +80,7 @@ def check_run(config: dict[str, Any], teacher: Shape) -> None:
     check_plugins(config, teacher, s)
 
 
-def check_plugins(config: dict[str, Any], teacher: Shape, student: Shape) -> None:
+def check_plugins(cfg: RunConfig, teacher: Shape, student: Shape) -> None:
     """Each registered term's own check (e.g. head counts, widths) and a plug-in mapping's map, before compute.
 
     The built-ins' checks are the explicit ones above; here every term in ``objective.terms``, a plug-in
@@ -89,9 +88,7 @@ def check_plugins(config: dict[str, Any], teacher: Shape, student: Shape) -> Non
     """
     from kdgrid.plugins import Shapes, plugin_layer_map, registry
     from kdgrid.plugins.terms import layer_loss_active, mapping_settings, named_terms
-    from kdgrid.study.schema import RunConfig
 
-    cfg = RunConfig.model_validate(config)
     shapes = Shapes(teacher.layers, teacher.heads, teacher.hidden, student.layers, student.heads, student.hidden)
     for term in named_terms(cfg.objective):
         if term.spec.check is not None and term.weight > 0:

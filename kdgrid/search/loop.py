@@ -50,7 +50,7 @@ from kdgrid.search.trialplan import plan_runs, trial_factors
 from kdgrid.store.db import open_store
 from kdgrid.store.search_queries import dev_epochs, run_states, upsert_trials
 from kdgrid.study.loader import LoadedStudy
-from kdgrid.study.schema import Execute, Search, Study
+from kdgrid.study.schema import Epochs, Execute, RunConfig, Search, Study
 
 FINAL_STAGES = ("joint", "prediction")  # stages whose dev metric describes the model being tuned
 PRUNED = "pruned by the search"
@@ -113,9 +113,10 @@ def slots(ex: Execute) -> int:
     return max(1, len(ex.gpus) if ex.gpus else ex.workers)
 
 
-def final_epochs(config: Mapping[str, Any]) -> int:
-    epochs = config["train"]["epochs"]
-    return int(epochs["prediction"]) if isinstance(epochs, dict) else int(epochs)
+def final_epochs(config: RunConfig) -> int:
+    """Epochs of the run's last stage (the one whose dev scores the pruner reads)."""
+    epochs = config.train.epochs
+    return epochs.prediction if isinstance(epochs, Epochs) else epochs
 
 
 class _Trial:

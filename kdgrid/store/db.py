@@ -133,7 +133,7 @@ class Store:
                     "run_id": [m.run_id for m in unique],
                     "task": [m.task for m in unique],
                     "seed": pa_ints([m.seed for m in unique]),
-                    "config": [json.dumps(m.config, sort_keys=True) for m in unique],
+                    "config": [json.dumps(m.config_data(), sort_keys=True) for m in unique],
                 },
             )
 

@@ -184,8 +184,15 @@ class Intermediate(Strict):
 
     @property
     def active(self) -> bool:
-        return self.weight > 0 and (
-            self.attention != "none" or self.hidden != "none" or self.value != "none" or self.embedding > 0
+        """Whether a layer loss has weight: attention and value losses only with alpha > 0, the hidden loss only
+        with alpha < 1 (the formula above; the plan's canonical config sets the others to 'none', and a
+        two-stage run checked here must still have a stage 1 after that)."""
+        if self.weight <= 0:
+            return False
+        return (
+            (self.alpha > 0 and (self.attention != "none" or self.value != "none"))
+            or (self.alpha < 1 and self.hidden != "none")
+            or self.embedding > 0
         )
 
 

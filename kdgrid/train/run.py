@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 
 from kdgrid.errors import RunFailed
-from kdgrid.plan.canonical import config_hash
+from kdgrid.plan.canonical import config_data, config_hash
 from kdgrid.plugins import registry
 from kdgrid.plugins.terms import layer_loss_active, mapping_settings
 from kdgrid.records import MetricRow, RunResult, metric_row, metric_rows
@@ -110,7 +110,7 @@ def layer_rows(cfg: RunConfig, n_teacher: int, pointed: list[int | None] | None)
 
 def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
     """Stage-1 checkpoints depend only on stage-1 settings: cells differing in stage 2 share them."""
-    c = cfg.model_dump(mode="json")
+    c = config_data(cfg)
     stage1 = {
         "teacher": teacher_key,
         "task": c["task"],
@@ -135,20 +135,21 @@ def stage1_key(cfg: RunConfig, teacher_key: str) -> str:
 
 
 def run_one(
-    config: dict[str, Any], run_dir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
+    config: RunConfig, run_dir: Path, *, workdir: Path, on_progress: Any = None, on_epoch: Any = None
 ) -> RunResult:
-    """Train and evaluate one run; raise RunFailed (or another KdgridError) when it cannot finish.
+    """Train and evaluate one run (its planned, canonical config); raise RunFailed (or another KdgridError) when
+    it cannot finish.
 
     ``on_epoch(stage, epoch, dev_metrics)`` is called after every dev evaluation (a search prunes there).
     """
-    device = pick_device(RunConfig.model_validate(config).train.device)
+    device = pick_device(config.train.device)
     # Peak memory from here on, whatever earlier runs of this worker process used (PeakMemory's docstring).
     with contextlib.ExitStack() as stage1_lock, PeakMemory(device) as memory:  # released however the run ends
         return _run_one(config, run_dir, workdir, on_progress, stage1_lock, on_epoch, memory)
 
 
 def _run_one(
-    config: dict[str, Any],
+    cfg: RunConfig,
     run_dir: Path,
     workdir: Path,
     on_progress: Any,
@@ -156,7 +157,6 @@ def _run_one(
     on_epoch: Any = None,
     memory: PeakMemory | None = None,
 ) -> RunResult:
-    cfg = RunConfig.model_validate(config)
     spec = get_task(cfg.task)
     device = pick_device(cfg.train.device)
     configure_gpu(device)
@@ -333,7 +333,7 @@ def _run_one(
         "run_id": run_dir.name,
         "task": cfg.task,
         "seed": cfg.seed,
-        "config": config,
+        "config": config_data(cfg),
         "status": "done",
         "error": None,
         "duration_s": time.perf_counter() - t_start,
