@@ -129,3 +129,13 @@ def test_cached_expansion_fails_with_the_reference_message(case: str) -> None:
     with pytest.raises(PlanError) as fast:
         _expand_cached(study(**INVALID[case]), template)
     assert str(fast.value) == str(ref.value) and fast.value.loc == ref.value.loc
+
+
+def test_with_seed_is_model_copy_with_the_seed() -> None:
+    from kdgrid.plan.expand import with_seed
+    from kdgrid.study.schema import RunConfig
+
+    cell = RunConfig.model_validate({"task": "stsb", "seed": 3, "train": {"lr": 2e-5}})
+    run = with_seed(cell, 11)
+    assert run == cell.model_copy(update={"seed": 11}) and run != cell
+    assert config_data(run) == {**config_data(cell), "seed": 11} and cell.seed == 3
