@@ -161,6 +161,21 @@ def test_the_allowed_imports_have_no_cycle() -> None:
         done |= ready
 
 
+def test_the_rows_are_in_order() -> None:
+    # The table lists the layers in the order the data flows (its section says which), the foundations first and
+    # what sits on top of execute, then the CLI, last. (Imports may point down that order: execute writes to
+    # store; the cycle test above is what keeps them from running back up.)
+    order = [r.unit for r in layout_table()]
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Layout", 1)[1]
+    flow = re.search(r"\(study -> ([a-z >-]+)\)", text)
+    assert flow, "the layout section states the data flow as (study -> plan -> ...)"
+    stages = ["study", *flow.group(1).split(" -> ")]
+    assert [u for u in order if u in stages] == stages
+    foundations = {"kdgrid", "errors", "records", "plugins", "tasks", "model_names"}
+    assert set(order[: len(foundations)]) == foundations
+    assert order[-4:] == ["search", "sequential", "cli", "__main__"]
+
+
 def test_code_imports_only_what_the_table_allows() -> None:
     rows = {r.unit: r for r in layout_table()}
     bad = []
