@@ -1,8 +1,9 @@
-"""kdgrid.report: every format from a hand-built Analysis, plots, and empty sections.
+"""kdgrid.report: every format from a hand-built Analysis, plots, and empty sections; and from real analyze output.
 
-The Analysis here is a stand-in with the contract's attribute names (docs/CONTRACTS.md),
-not ``kdgrid.analyze.Analysis``: the report must accept any object shaped like it, and
-these tests must not depend on the statistics being right (test_analyze_* pins those).
+Most tests use a stand-in with the contract's attribute names (docs/CONTRACTS.md), not
+``kdgrid.analyze.Analysis``: the report must accept any object shaped like it, and those tests must not
+depend on the statistics being right (test_analyze_* pins those). ``test_real_analysis_renders`` and
+``test_collapsed_cells_and_the_anova_model_reach_every_format`` render what ``analyze_table`` returns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -608,8 +610,41 @@ def test_real_analysis_renders(tmp_path: Path) -> None:
         train_sizes={"cola": 8551, "sst2": 67349},
     )
     texts = render_many(real, fmts=FORMATS, out_dir=tmp_path, title="real", meta={}, plots=False)
-    assert json.loads(texts["json"])["paired_tests"]
-    assert "attention=kl, kind=learnable" in texts["md"]
+    obj = json.loads(texts["json"])
+    # The report carries analyze's numbers row for row, in every file, and they are the right ones: each
+    # comparison's p is scipy's paired t test on the seeds the hand-built cells hold.
+    values = {(r["task"], f"attention={r[ATT]}, kind={r[MAP]}"): r["values"] for r in a.cells.to_dict("records")}
+    rows = obj["paired_tests"]
+    assert len(rows) == len(real.paired_tests) == 6  # 3 conditions vs the baseline, per task
+    for row, ref in zip(rows, real.paired_tests.to_dict("records")):
+        assert [row[k] for k in ("task", "condition", "baseline", "verdict")] == [
+            ref[k] for k in ("task", "condition", "baseline", "verdict")
+        ]
+        assert (row["mean_diff"], row["p"], row["p_adj"]) == pytest.approx((ref["mean_diff"], ref["p"], ref["p_adj"]))
+        cond, base = values[(row["task"], row["condition"])], values[(row["task"], row["baseline"])]
+        assert row["p"] == pytest.approx(stats.ttest_rel(cond, base).pvalue)  # scipy.stats.ttest_rel(cond, base)
+        assert row["mean_diff"] == pytest.approx(np.mean(np.subtract(cond, base)))
+    assert [(c["task"], c["cell"]) for c in obj["cells"]] == list(zip(real.cells["task"], real.cells["cell"]))
+    assert [c["mean"] for c in obj["cells"]] == pytest.approx(list(real.cells["mean"]))
+    # sensitivity from the teacher scores: the gap, and the retention where the floor is known (MCC's is 0; no
+    # majority-class score was given for sst2's accuracy)
+    assert len(obj["sensitivity"]) == len(real.cells) == 8
+    for r in obj["sensitivity"]:
+        teacher = {"cola": 0.55, "sst2": 0.92}[r["task"]]
+        assert r["gap"] == pytest.approx(teacher - r["student_mean"])
+        assert r["floor"] == (0.0 if r["task"] == "cola" else None)
+        if r["floor"] is None:
+            assert r["retention"] is None
+        else:
+            assert r["retention"] == pytest.approx(r["student_mean"] / teacher)
+    back = read_section_csv(tmp_path / "paired_tests.csv")
+    assert list(back["verdict"]) == list(real.paired_tests["verdict"])
+    assert list(back["p_adj"]) == pytest.approx(list(real.paired_tests["p_adj"]))
+    # each comparison's row in the Markdown table: its levels, Δ on the ×100 scale, its verdict
+    for row in rows:
+        att, kind = (part.split("=")[1] for part in row["condition"].split(", "))
+        pattern = rf"\| \**{att}\** \| \**{kind}\** \| 3 \| {100 * row['mean_diff']:.1f} \|.*\| {row['verdict']} \|"
+        assert re.search(pattern, texts["md"]), pattern
 
 
 def test_collapsed_cells_and_the_anova_model_reach_every_format(tmp_path: Path) -> None:
