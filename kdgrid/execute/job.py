@@ -43,6 +43,7 @@ class Runner(Protocol):
         self,
         config: RunConfig,
         run_dir: Path,
+        /,
         *,
         workdir: Path,
         on_progress: Any = None,

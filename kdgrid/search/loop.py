@@ -34,7 +34,7 @@ from kdgrid.execute.job import Runner
 from kdgrid.execute.ledger import NullReporter, Reporter, writable_store
 from kdgrid.execute.local import coordinator, run_grid
 from kdgrid.plan.expand import PlannedRun
-from kdgrid.records import RunResult
+from kdgrid.records import MetricRow, RunResult
 from kdgrid.search.journal import (
     ERROR,
     RETRY_OF,
@@ -143,13 +143,14 @@ class _Trial:
             self.heard.add(run_id)
             self._report(self.offset[run_id] + epoch, float(metrics[metric]))
 
-    def replay(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    def replay(self, run_id: str, rows: Sequence[MetricRow]) -> None:
         """A finished run's epochs, for a run the pruner did not hear while it trained."""
         if run_id in self.heard:
             return
         for row in rows:
-            if row.get("split") == "dev" and row.get("epoch") is not None:
-                self.epoch(run_id, str(row.get("stage")), int(row["epoch"]), {row["name"]: row["value"]})
+            epoch = row.get("epoch")
+            if row["split"] == "dev" and epoch is not None:
+                self.epoch(run_id, row["stage"], epoch, {row["name"]: row["value"]})
         self.heard.add(run_id)
 
     def fail(self, why: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from kdgrid.records import MetricRow, metric_row
 from kdgrid.store.db import Store
 
 TRIAL_STATES = ("running", "complete", "pruned", "failed", "interrupted")
@@ -27,7 +28,7 @@ def run_states(store: Store, run_ids: Iterable[str]) -> dict[str, tuple[str, str
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def dev_epochs(store: Store, run_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+def dev_epochs(store: Store, run_ids: Iterable[str]) -> dict[str, list[MetricRow]]:
     """Run id -> its dev metric rows per epoch (stage, epoch, split, name, value), in training order: the
     rows a result.json holds, so a search replays a stored run to its pruner as it would a fresh one."""
     ids = list(run_ids)
@@ -38,11 +39,9 @@ def dev_epochs(store: Store, run_ids: Iterable[str]) -> dict[str, list[dict[str,
            WHERE split = 'dev' AND epoch IS NOT NULL AND list_contains(?, run_id) ORDER BY run_id, epoch, step""",
         [ids],
     ).fetchall()
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[MetricRow]] = {}
     for run_id, stage, epoch, name, value in rows:
-        out.setdefault(run_id, []).append(
-            {"stage": stage, "epoch": epoch, "split": "dev", "name": name, "value": value}
-        )
+        out.setdefault(run_id, []).append(metric_row(stage, "dev", name, value, epoch=epoch))
     return out
 
 
