@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from kdgrid.errors import PlanError
 from kdgrid.plan import canonical_config, expand, plan_study, run_id_of
@@ -123,3 +124,65 @@ def test_shape_checks_against_minilm_teacher(kw: dict, expected: str) -> None:
 
 def test_student_more_layers_allowed_with_random_init() -> None:
     assert plan_study(study(student={"layers": 8, "init": "random"}))
+
+
+def test_labels_filters_and_duplicates_see_a_level_as_its_number() -> None:
+    # A study built in Python (the loader already reads 5e-5 as a float) with a numeric level spelled as text.
+    runs = expand(study(seeds=1, grid={"train.lr": ["5e-5", 1e-4]}, exclude=[{"train.lr": 1e-4}]))
+    assert [r.cell for r in runs] == ["train.lr=5e-05"]
+    assert runs[0].factors == {"train.lr": "5e-05"} and runs[0].config.train.lr == 5e-5
+    with pytest.raises(ValidationError, match=r"grid factor 'train.lr' has duplicate levels \['5e-5', 5e-05\]"):
+        study(grid={"train.lr": ["5e-5", 0.00005]})
+    with pytest.raises(ValidationError, match="duplicate levels"):
+        study(grid={"objective.prediction.beta": [1, 1.0]})
+    # a text level of a text field stays text
+    assert expand(study(seeds=1, grid={"teacher.model": ["minilm-l6"]}))[0].factors == {"teacher.model": "minilm-l6"}
+
+
+LAYER_LOSS = {"intermediate": {"attention": "mse", "hidden": "seq"}}
+
+
+@pytest.mark.parametrize(
+    ("epochs", "joint_epochs"),
+    [(3, 3), ({"intermediate": 3, "prediction": 3}, 3), ({"intermediate": 2, "prediction": 4}, 4)],
+)
+def test_a_joint_level_over_a_two_stage_base_trains_the_prediction_stage_epochs(
+    epochs: object, joint_epochs: int
+) -> None:
+    # A joint run has no stage 1: it takes the base's prediction-stage epochs (one number written for both stages
+    # is that number), so it is the same run as the joint study written with that number.
+    grid = {"train.schedule": ["joint", "two_stage"]}
+    runs = expand(study(seeds=1, objective=LAYER_LOSS, train={"schedule": "two_stage", "epochs": epochs}, grid=grid))
+    by_schedule = {r.config.train.schedule: r for r in runs}
+    assert by_schedule["joint"].config.train.epochs == joint_epochs
+    assert by_schedule["joint"].config_data()["train"]["epochs"] == joint_epochs
+    plain = expand(study(seeds=1, objective=LAYER_LOSS, train={"epochs": joint_epochs}))
+    assert by_schedule["joint"].run_id == plain[0].run_id
+    stages = by_schedule["two_stage"].config.train.epochs
+    assert not isinstance(stages, int) and (stages.intermediate, stages.prediction) == (
+        (epochs, epochs) if isinstance(epochs, int) else (epochs["intermediate"], epochs["prediction"])
+    )
+
+
+def test_a_joint_variant_over_a_two_stage_base_and_per_stage_factors() -> None:
+    base = {"schedule": "two_stage", "epochs": {"intermediate": 2, "prediction": 4}}
+    runs = expand(study(seeds=1, objective=LAYER_LOSS, train=base, variants={"s": {"j": {"train.schedule": "joint"}}}))
+    assert [r.config.train.epochs for r in runs] == [4]
+    # a factor over the prediction stage's epochs reaches the joint cells; one over stage 1 cannot change them
+    runs = expand(
+        study(
+            seeds=1,
+            objective=LAYER_LOSS,
+            train=base,
+            grid={"train.schedule": ["joint"], "train.epochs.prediction": [1, 5], "train.epochs.intermediate": [1, 2]},
+        )
+    )
+    assert [r.config.train.epochs for r in runs] == [1, 1, 5, 5]
+    assert len({r.run_id for r in runs}) == 2
+
+
+def test_per_stage_epochs_written_with_a_joint_base_are_still_refused() -> None:
+    with pytest.raises(ValidationError, match="use one integer with schedule 'joint'"):
+        study(train={"schedule": "joint", "epochs": {"intermediate": 2, "prediction": 4}})
+    with pytest.raises(ValidationError, match="use one integer with schedule 'joint'"):
+        study(train={"epochs": {"intermediate": 2, "prediction": 4}})

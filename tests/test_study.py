@@ -111,3 +111,50 @@ def test_analysis_block_seed_defaults_on_and_is_a_bool(tmp_path: Path) -> None:
     assert "analysis.block_seed: Input should be a valid boolean" in error_of(
         tmp_path, "name: s\ntasks: [cola]\nanalysis: {block_seed: maybe}\n"
     )
+
+
+def test_exponent_levels_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 5e-5 and 1e3 as strings; a study reads them as YAML 1.2 does, as floats, so a cell's
+    # label, a filter and a baseline see the number 5e-05 however it is written.
+    s = load_study(
+        write(
+            tmp_path,
+            "name: s\ntasks: [cola]\ngrid:\n  train.lr: [5e-5, 1E-4, 2.0e-5, 3e+2, 0.00007]\n"
+            "  data.max_train_examples: [1e3]\nexclude:\n  - {train.lr: 1e-4}\nanalysis:\n  baseline: {train.lr: 5e-5}\n",
+        )
+    ).study
+    assert s.grid["train.lr"] == [5e-5, 1e-4, 2e-5, 300.0, 7e-5]
+    assert all(type(x) is float for x in s.grid["train.lr"])
+    assert s.exclude == [{"train.lr": 1e-4}] and s.analysis.baseline == {"train.lr": 5e-5}
+    # keys keep YAML 1.1 (a variant level may be named 1e-4) and ints stay ints
+    s = load_study(
+        write(tmp_path, "name: s\ntasks: [cola]\nseeds: 2\nvariants:\n  lr:\n    1e-4: {train.lr: 1e-4}\n")
+    ).study
+    assert list(s.variants["lr"]) == ["1e-4"] and s.variants["lr"]["1e-4"] == {"train.lr": 1e-4}
+    assert s.seeds == 2
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ("[0.00005, 5e-5]", "study.yaml:4: grid.train.lr: levels '0.00005' and '5e-5' are the same number (5e-05)"),
+        ("[1.0e-4, 2e-5, 1E-4]", "study.yaml:4: grid.train.lr: levels '1.0e-4' and '1E-4' are the same number"),
+        ("[0.5, 0.5]", "study.yaml:4: grid.train.lr: level '0.5' is given twice"),
+        ("\n    - 3e-4\n    - 0.0003", "study.yaml:6: grid.train.lr: levels '3e-4' and '0.0003' are the same number"),
+    ],
+)
+def test_one_number_spelled_twice_in_a_factor_is_refused(tmp_path: Path, levels: str, expected: str) -> None:
+    msg = error_of(tmp_path, f"name: s\ntasks: [cola]\ngrid:\n  train.lr: {levels}\n")
+    assert f"/{expected}" in msg, msg
+
+
+def test_an_int_and_a_float_level_of_one_number_are_the_same_level(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "name: s\ntasks: [cola]\ngrid:\n  objective.prediction.beta: [0, 1, 1.0]\n")
+    assert "/study.yaml:4: grid.objective.prediction.beta: levels '1' and '1.0' are the same number" in msg
+
+
+def test_per_stage_epochs_with_a_joint_schedule_in_one_block_name_the_line(tmp_path: Path) -> None:
+    msg = error_of(
+        tmp_path, "name: s\ntasks: [cola]\ntrain:\n  schedule: joint\n  epochs: {intermediate: 2, prediction: 3}\n"
+    )
+    assert msg.endswith("/study.yaml:5: train: epochs: use one integer with schedule 'joint' (allowed: int)")

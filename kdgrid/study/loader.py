@@ -7,6 +7,7 @@ Every error becomes one :class:`StudyError` line of the form
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ MAX_NODES = 20_000  # keys and values once aliases are expanded
 MAX_MESSAGE_CHARS = 2_000
 MAX_INT_DIGITS = 4_000  # below Python's own limit on int("...") (4,300 digits)
 _INT_TAG = "tag:yaml.org,2002:int"
+_STR_TAG = "tag:yaml.org,2002:str"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# Floats YAML 1.2 reads as numbers and YAML 1.1 (PyYAML) as text: an exponent without a dot or without a sign
+# (5e-5, 1E-4, 3e+2, 1.0e5). The forms both read as floats, and ints, are resolved before this is tried.
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -134,20 +140,39 @@ class _TooBig(Exception):
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with the composer's recursion cut at MAX_DEPTH nested nodes.
+    """PyYAML's safe loader with the composer's recursion cut at MAX_DEPTH nested nodes, and YAML 1.2 floats.
 
     PyYAML composes nested collections recursively, so ``[[[[...`` a few thousand deep ends in a
     RecursionError; counting the depth here stops it with a line number first.
+
+    A plain value such as ``5e-5`` is a float, as in YAML 1.2 (PyYAML keeps YAML 1.1's rule that a float
+    needs a dot and a signed exponent, so ``5e-5`` would be the text "5e-5": a cell labelled "5e-5", a level
+    that is not the same as ``0.00005``, a filter that misses it). Keys keep YAML 1.1: a variant level may be
+    named ``1e-4``.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._path: list[Any] = []
+        self._is_key: list[bool] = []
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> Any:
+        tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
+        if (
+            kind is yaml.ScalarNode
+            and implicit[0]  # plain, not quoted: a quoted "5e-5" stays text
+            and tag == _STR_TAG
+            and not (self._is_key and self._is_key[-1])
+            and _YAML12_FLOAT.match(value)
+        ):
+            return _FLOAT_TAG
+        return tag
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         # index: the key node of a mapping value, the position in a list, None for a key or the root.
         part = index.value if isinstance(index, yaml.ScalarNode) else (index if isinstance(index, int) else None)
         self._path.append(part)
+        self._is_key.append(index is None and parent is not None)
         try:
             if len(self._path) > MAX_DEPTH:
                 line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
@@ -156,6 +181,7 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._path.pop()
+            self._is_key.pop()
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -264,6 +290,51 @@ def _compose_lines(node: yaml.Node, path: tuple[Any, ...], out: LineMap, loader:
             _compose_lines(item, (*path, i), out, loader)
 
 
+def _level_key(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[str, Any] | None:
+    """What makes two grid levels the same level: a number's value (``1`` is ``1.0``, ``5e-5`` is ``0.00005``),
+    else the value and its type; None for a block or a value that cannot be a key."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        value = loader.construct_object(node)
+        hash(value)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ("number", value)
+    return (type(value).__name__, value)
+
+
+def _check_grid_levels(root: yaml.Node, loader: yaml.SafeLoader) -> None:
+    """A factor given one level twice, however spelled, is an error naming both spellings: the two would be
+    two cells of one run, and a level written ``0.00005`` once and ``5e-5`` once is a slip, not a design."""
+    if not isinstance(root, yaml.MappingNode):
+        return
+    for key_node, grid in root.value:
+        if not (
+            isinstance(key_node, yaml.ScalarNode) and key_node.value == "grid" and isinstance(grid, yaml.MappingNode)
+        ):
+            continue
+        for factor, levels in grid.value:
+            if not (isinstance(factor, yaml.ScalarNode) and isinstance(levels, yaml.SequenceNode)):
+                continue
+            seen: dict[tuple[str, Any], yaml.ScalarNode] = {}
+            for node in levels.value:
+                key = _level_key(loader, node)
+                if key is None:
+                    continue
+                first = seen.setdefault(key, node)
+                if first is node:
+                    continue
+                what = "number" if key[0] == "number" else "value"
+                msg = (
+                    f"level '{node.value}' is given twice"
+                    if first.value == node.value
+                    else f"levels '{first.value}' and '{node.value}' are the same {what} ({key[1]!r})"
+                )
+                raise _TooBig(node.start_mark.line + 1, ("grid", factor.value), f"{msg}; keep one")
+
+
 def parse_yaml(text: str, path: Path) -> tuple[Any, LineMap]:
     """Safe YAML (no tag constructs an object) with every key's line; raise :class:`StudyError` on any problem.
 
@@ -280,6 +351,7 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, LineMap]:
         if node is not None:
             # Before construction: building a mapping folds merge keys (<<) into it in place.
             _compose_lines(node, (), lines, loader)
+            _check_grid_levels(node, loader)
         data = loader.construct_document(node) if node is not None else None
     except _TooBig as exc:
         field = ".".join(str(p) for p in exc.loc[:6]) + (".…" if len(exc.loc) > 6 else "") or "(top level)"

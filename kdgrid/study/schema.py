@@ -11,7 +11,16 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from kdgrid.plugins import Kind
@@ -152,7 +161,11 @@ class Train(Strict):
         if self.schedule == "two_stage" and isinstance(self.epochs, int):
             self.__dict__["epochs"] = Epochs(intermediate=self.epochs, prediction=self.epochs)
         if self.schedule == "joint" and isinstance(self.epochs, Epochs):
-            raise ValueError("epochs: use one integer with schedule 'joint' (allowed: int)")
+            # A grid or variant level `schedule: joint` over a two-stage base (whose epochs are per stage by now):
+            # a joint run has no stage 1 and trains the prediction loss throughout, for the prediction stage's
+            # epochs; one number written for both stages is that number. The base block itself may not say both
+            # (Study._joint_base_has_one_epochs): there it is a slip, not a switch.
+            self.__dict__["epochs"] = self.epochs.prediction
         return self
 
 
@@ -558,6 +571,51 @@ class Execute(Strict):
         return v
 
 
+def _run_field(path: str) -> Any:
+    """The type of the run config's field at a dotted path, None when the path names no field (a plug-in's
+    free-form settings, a typo the plan reports)."""
+    model: Any = RunConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        ann = fields[part].annotation
+        if i == len(parts) - 1:
+            return ann
+        model = next((a for a in (*get_args(ann), ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return None
+
+
+def _numeric_levels(path: str, levels: list[Any]) -> list[Any]:
+    """Levels of a numeric field given as text ("5e-5") as the number the run gets, so a cell's label, a filter
+    and the duplicate check see 5e-05 however it was written; anything else as given."""
+    if not any(isinstance(x, str) for x in levels):
+        return levels
+    ann = _run_field(path)
+    if ann is None:
+        return levels
+    adapter = TypeAdapter(ann)
+    out = []
+    for level in levels:
+        if isinstance(level, str):
+            try:
+                as_field = adapter.validate_python(level)
+            except ValidationError:
+                as_field = level  # the plan reports it, with the run it belongs to
+            if isinstance(as_field, (int, float)) and not isinstance(as_field, bool):
+                level = as_field
+        out.append(level)
+    return out
+
+
+def _same_level(level: Any) -> Any:
+    """Two levels are one when they are the same number (1 and 1.0, 5e-5 and 0.00005), else the same text."""
+    if isinstance(level, (int, float)) and not isinstance(level, bool):
+        return ("number", level)
+    return ("other", repr(level))
+
+
 class Study(Strict):
     """A study file: a base run, the factors to vary, tasks and seeds."""
 
@@ -581,6 +639,13 @@ class Study(Strict):
     # Most runs the plan may have (before include/exclude); None: DEFAULT_PLAN_LIMIT. Never part of a run.
     plan_limit: PosInt | None = None
 
+    @field_validator("train", mode="before")
+    @classmethod
+    def _joint_base_has_one_epochs(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("schedule", "joint") == "joint" and isinstance(v.get("epochs"), dict):
+            raise ValueError("epochs: use one integer with schedule 'joint' (allowed: int)")
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: int | list[int]) -> int | list[int]:
@@ -601,12 +666,14 @@ class Study(Strict):
     @field_validator("grid")
     @classmethod
     def _grid_levels_unique(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
         for path, levels in v.items():
             if path in ("task", "seed", "tasks", "seeds"):
                 raise ValueError(f"'{path}' cannot be a grid factor: use the top-level 'tasks'/'seeds'")
-            if len({repr(x) for x in levels}) != len(levels):
+            out[path] = _numeric_levels(path, levels)
+            if len({_same_level(x) for x in out[path]}) != len(levels):
                 raise ValueError(f"grid factor '{path}' has duplicate levels {levels}")
-        return v
+        return out
 
     @property
     def seed_list(self) -> list[int]:
