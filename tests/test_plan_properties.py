@@ -1,7 +1,8 @@
 """Properties of the plan, on generated studies (Hypothesis), without torch:
 
 * a grid expands to (product of its factors' levels) x tasks x seeds runs, minus those a filter excludes;
-* a run's id and config do not depend on how its study file is written (key order, 0.5 vs 0.50 vs 5e-1);
+* a run's id, config and cell label do not depend on how its study file is written (key order, 0.5 vs 0.50
+  vs 5e-1);
 * a planned run's config survives its JSON form: model -> config_data -> RunConfig.model_validate is the same
   model (what a worker does with its job), and its dump is the same dict.
 """
@@ -93,7 +94,7 @@ def _yaml_float(x: float, how: int) -> str:
     mantissa, exp = f"{x:e}".split("e")
     if how == 2:  # 5.000000e-01 (a YAML 1.1 float)
         return f"{x:e}"
-    # 5e-1 / 5E-01: a string to YAML 1.1, a float to the schema (and the same run)
+    # 5e-1 / 5E-01: a string to YAML 1.1, a float to YAML 1.2 and to the study loader
     short = mantissa.rstrip("0").rstrip(".")
     return f"{short}e{int(exp)}" if how == 3 else f"{short}E{exp}"
 
@@ -132,12 +133,18 @@ STUDY_FILE: dict[str, Any] = {
 def _plan_of(text: str, tmp: Path) -> dict[str, Any]:
     path = tmp / "s.yaml"
     path.write_text(text)
-    return {r.run_id: r.config_data() for r in expand(load_study(path).study)}
+    runs = expand(load_study(path).study)
+    # levels: the labels the store and the report show (5e-5 read as text would be the level "5e-5"); their order
+    # in a cell's name is the grid's key order
+    return {
+        r.run_id: (r.config_data(), sorted(sorted(x.factors.items()) for x in runs if x.run_id == r.run_id))
+        for r in runs
+    }
 
 
 @SETTINGS
 @given(rnd=st.randoms(use_true_random=False), spellings=st.lists(st.integers(0, 4), min_size=1, max_size=8))
-def test_run_ids_do_not_depend_on_key_order_or_how_floats_are_written(
+def test_run_ids_and_cells_do_not_depend_on_key_order_or_how_floats_are_written(
     tmp_path_factory: pytest.TempPathFactory, rnd: Any, spellings: list[int]
 ) -> None:
     tmp = tmp_path_factory.mktemp("spelled")

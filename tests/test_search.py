@@ -27,6 +27,7 @@ from kdgrid.search.command import search_main
 from kdgrid.search.journal import existing_search, open_search
 from kdgrid.search.loop import SearchJob, run_search
 from kdgrid.search.report import build_search_report, pick_search, write_search_report
+from kdgrid.search.space import apply_params
 from kdgrid.study import load_study
 from kdgrid.study.schema import Execute, RunConfig
 
@@ -571,6 +572,19 @@ def test_bad_search_block_gives_one_clear_line(
     with pytest.raises(StudyError) as err:
         check_search(load_study("s.yaml"))
     assert str(err.value) == message
+
+
+def test_a_search_may_switch_a_two_stage_base_to_joint(tmp_path: Path) -> None:
+    # The joint trials train the base's prediction-stage epochs (docs/study-file.md, "Switching the schedule").
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        BASE.replace("seeds: 2\n", "seeds: 2\ntrain: {schedule: two_stage, epochs: {intermediate: 2, prediction: 4}}\n")
+        + "    train.schedule: {type: categorical, choices: [joint, two_stage]}\n"
+    )
+    loaded = load_study(path)
+    check_search(loaded)
+    cfg = apply_params(loaded.study.base_config(), {"train.schedule": "joint"})
+    assert RunConfig.model_validate({**cfg, "task": "cola", "seed": 0}).train.epochs == 4
 
 
 def test_cli_validate_rejects_a_bad_search_block_and_search_needs_one(tmp_path: Path) -> None:
