@@ -186,3 +186,21 @@ def test_per_stage_epochs_written_with_a_joint_base_are_still_refused() -> None:
         study(train={"schedule": "joint", "epochs": {"intermediate": 2, "prediction": 4}})
     with pytest.raises(ValidationError, match="use one integer with schedule 'joint'"):
         study(train={"epochs": {"intermediate": 2, "prediction": 4}})
+
+
+def test_a_filter_matches_a_level_by_its_number() -> None:
+    # exclude's 0 is the level written 0.0 (the cell's level is the text "0.0"); include's 1e-4 is 0.0001
+    grid = {"objective.intermediate.alpha": [0.0, 0.5], "train.lr": [0.0001, 2e-5]}
+    runs = expand(
+        study(
+            seeds=1,
+            objective=LAYER_LOSS,
+            grid=grid,
+            exclude=[{"objective.intermediate.alpha": 0}],
+            include=[{"train.lr": 1e-4}],
+        )
+    )
+    assert [r.cell for r in runs] == ["objective.intermediate.alpha=0.5, train.lr=0.0001"]
+    # text is still compared as text
+    runs = expand(study(seeds=1, grid={"teacher.model": ["minilm-l6"]}, exclude=[{"teacher.model": "minilm"}]))
+    assert len(runs) == 1

@@ -152,9 +152,24 @@ def _matches(flt: dict[str, Any], factors: dict[str, str], config: dict[str, Any
                 have = get_path(config, key)
             except KeyError:
                 return False
-        if _fmt(have) != _fmt(want):
+        if _fmt(have) != _fmt(want) and not _same_number(have, want):
             return False
     return True
+
+
+def _same_number(have: Any, want: Any) -> bool:
+    """A filter's ``0`` matches the level ``0.0`` (a cell's level is text: ``"0.0"``), ``5e-5`` matches ``0.00005``."""
+    a, b = _number(have), _number(want)
+    return a is not None and b is not None and a == b
+
+
+def _number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float, str)):
+        return None
+    try:
+        return float(x)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _check_filter_keys(study: Study, template: dict[str, Any]) -> None:
