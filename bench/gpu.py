@@ -84,8 +84,18 @@ class Utilisation:
         except Exception:
             if shutil.which("nvidia-smi"):
                 self._proc = subprocess.Popen(
-                    ["nvidia-smi", "-i", str(self.index), "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                     "-lms", "100"], stdout=subprocess.PIPE, text=True)
+                    [
+                        "nvidia-smi",
+                        "-i",
+                        str(self.index),
+                        "--query-gpu=utilization.gpu",
+                        "--format=csv,noheader,nounits",
+                        "-lms",
+                        "100",
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
 
                 def read() -> None:
                     assert self._proc is not None and self._proc.stdout is not None
@@ -119,8 +129,15 @@ def models(pair: str, device: Any, smoke: bool) -> tuple[Any, Any]:
         teacher, _ = C.load_minilm_teacher(device=str(device))
         return teacher, C.make_student(teacher, 2).to(device)
     if smoke:
-        cfg = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                         intermediate_size=128, num_labels=2, attn_implementation="sdpa")
+        cfg = BertConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=2,
+            attn_implementation="sdpa",
+        )
         layers = 2
     else:
         cfg = BertConfig(num_labels=2, attn_implementation="sdpa")  # bert-base: 12 x 768, 12 heads, 3072
@@ -139,9 +156,18 @@ def batches(n: int, vocab: int, length: int, device: Any) -> list[dict[str, Any]
     out = []
     for _ in range(n):
         ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (32, length), generator=g)
-        out.append({k: v.to(device) for k, v in {
-            "input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.randint(0, 2, (32,), generator=g), "indices": torch.arange(32)}.items()})
+        out.append(
+            {
+                k: v.to(device)
+                for k, v in {
+                    "input_ids": ids,
+                    "attention_mask": torch.ones_like(ids),
+                    "token_type_ids": torch.zeros_like(ids),
+                    "labels": torch.randint(0, 2, (32,), generator=g),
+                    "indices": torch.arange(32),
+                }.items()
+            }
+        )
     return out
 
 
@@ -153,9 +179,13 @@ def random_set(n: int, vocab: int, length: int, seed: int = 0) -> Any:
 
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000 if vocab > 2000 else 5, vocab, size=n * length).astype(np.int32)
-    return TokenizedSet(ids=ids, offsets=np.arange(n + 1, dtype=np.int64) * length,
-                        type_ids=np.zeros(n * length, dtype=np.int32), labels=rng.integers(0, 2, size=n),
-                        source_index=np.arange(n))
+    return TokenizedSet(
+        ids=ids,
+        offsets=np.arange(n + 1, dtype=np.int64) * length,
+        type_ids=np.zeros(n * length, dtype=np.int32),
+        labels=rng.integers(0, 2, size=n),
+        source_index=np.arange(n),
+    )
 
 
 def loader_source(tset: Any, pin: bool) -> Any:
@@ -237,8 +267,12 @@ def part_pairs(b: Bench) -> list[str]:
 
                 def run_kdgrid() -> float:
                     student = copy.deepcopy(student0)
-                    return b.timed(n_ex, lambda: C.kdgrid_stage(teacher, student, spec, data, dev, seed=0,
-                                                                 device=device, autocast=amp), utils, "kdgrid")
+                    return b.timed(
+                        n_ex,
+                        lambda: C.kdgrid_stage(teacher, student, spec, data, dev, seed=0, device=device, autocast=amp),
+                        utils,
+                        "kdgrid",
+                    )
 
                 def run_bare(compiled: bool = False) -> float:
                     loop = BareLoop(teacher, copy.deepcopy(student0), spec, device=device)
@@ -265,15 +299,19 @@ def part_pairs(b: Bench) -> list[str]:
                 mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
                 util = ", ".join(f"{k} {C.median(v):.0f}%" for k, v in utils.items()) or "n/a (no NVML / nvidia-smi)"
                 comp = f"; bare+compile {C.median(res['bare+compile']):.0f} ex/s" if "bare+compile" in res else ""
-                line = (f"{pair:14s} {prec:4s} {obj:15s} kdgrid {C.median(res['kdgrid']):7.0f} ex/s  bare "
-                        f"{C.median(res['bare']):7.0f} ex/s  ratio {ratio:.3f} [{lo:.3f}..{hi:.3f}] "
-                        f"{'met' if ratio >= 0.95 else 'NOT met'}; GPU util {util}{comp}; peak {mem:.0f} MiB")
+                line = (
+                    f"{pair:14s} {prec:4s} {obj:15s} kdgrid {C.median(res['kdgrid']):7.0f} ex/s  bare "
+                    f"{C.median(res['bare']):7.0f} ex/s  ratio {ratio:.3f} [{lo:.3f}..{hi:.3f}] "
+                    f"{'met' if ratio >= 0.95 else 'NOT met'}; GPU util {util}{comp}; peak {mem:.0f} MiB"
+                )
                 summary.append(line)
                 print("   " + line, flush=True)
         del teacher, student0, data
         b.free()
-    return ["kdgrid examples/s / bare-loop examples/s (whole passes A B A B, median [min..max]; target >= 0.95)",
-            *summary]
+    return [
+        "kdgrid examples/s / bare-loop examples/s (whole passes A B A B, median [min..max]; target >= 0.95)",
+        *summary,
+    ]
 
 
 def part_cache(b: Bench) -> list[str]:
@@ -298,11 +336,18 @@ def part_cache(b: Bench) -> list[str]:
         t, s_ = teacher.config, student0.config
         for obj in args.objectives.split(","):
             spec = C.OBJECTIVES[obj]
-            objective = DistillObjective(Objective.model_validate(spec), stage="joint", is_regression=False,
-                                         n_teacher_layers=t.num_hidden_layers, n_student_layers=s_.num_hidden_layers,
-                                         teacher_hidden=t.hidden_size, student_hidden=s_.hidden_size,
-                                         teacher_heads=t.num_attention_heads, student_heads=s_.num_attention_heads,
-                                         num_train_examples=n_ex)
+            objective = DistillObjective(
+                Objective.model_validate(spec),
+                stage="joint",
+                is_regression=False,
+                n_teacher_layers=t.num_hidden_layers,
+                n_student_layers=s_.num_hidden_layers,
+                teacher_hidden=t.hidden_size,
+                student_hidden=s_.hidden_size,
+                teacher_heads=t.num_attention_heads,
+                student_heads=s_.num_attention_heads,
+                num_train_examples=n_ex,
+            )
             needs = activation_needs(objective)
             tmp = Path(tempfile.mkdtemp(prefix="kdgrid-gpu-acts-"))
             try:
@@ -310,11 +355,27 @@ def part_cache(b: Bench) -> list[str]:
                 fills = []
                 for dtype in ("fp16", "bf16"):
                     with C.Timer() as fill:
-                        acts = (cached_teacher_activations(teacher, "gpu-bench", tset, positions, needs, tmp / dtype,
-                                                           device, 0, precision=prec, autocast=amp, budget=2**40,
-                                                           dtype=dtype) if needs else None)
-                        table = cached_teacher_logits(teacher, "gpu-bench", tset, positions, tmp / dtype, device, 0,
-                                                      precision=prec, autocast=amp)
+                        acts = (
+                            cached_teacher_activations(
+                                teacher,
+                                "gpu-bench",
+                                tset,
+                                positions,
+                                needs,
+                                tmp / dtype,
+                                device,
+                                0,
+                                precision=prec,
+                                autocast=amp,
+                                budget=2**40,
+                                dtype=dtype,
+                            )
+                            if needs
+                            else None
+                        )
+                        table = cached_teacher_logits(
+                            teacher, "gpu-bench", tset, positions, tmp / dtype, device, 0, precision=prec, autocast=amp
+                        )
                     b.sync()
                     if needs and acts is None:
                         print(f"   {pair} {obj}: {dtype} storage refused (overflow): skipped", flush=True)
@@ -328,13 +389,27 @@ def part_cache(b: Bench) -> list[str]:
                 def stage(cached: str | None) -> float:
                     table, acts = stores[cached] if cached else (None, None)
                     student = copy.deepcopy(student0)
-                    return b.timed(n_ex, lambda: C.kdgrid_stage(
-                        teacher, student, spec, [], dev, seed=0, source=source, cached_logits=table,
-                        activations=acts, steps_per_epoch=n_steps, device=device, autocast=amp))
+                    return b.timed(
+                        n_ex,
+                        lambda: C.kdgrid_stage(
+                            teacher,
+                            student,
+                            spec,
+                            [],
+                            dev,
+                            seed=0,
+                            source=source,
+                            cached_logits=table,
+                            activations=acts,
+                            steps_per_epoch=n_steps,
+                            device=device,
+                            autocast=amp,
+                        ),
+                    )
 
                 variants = {"recomputed": lambda: stage(None)}
                 for dtype in stores:
-                    variants[f"cached-{dtype}" if needs else "cached"] = (lambda d=dtype: stage(d))  # type: ignore[misc]
+                    variants[f"cached-{dtype}" if needs else "cached"] = lambda d=dtype: stage(d)  # type: ignore[misc]
                 res = C.alternate(variants, args.rounds, verbose=False)
                 parts = [f"recomputed {C.median(res['recomputed']):.0f} ex/s"]
                 for name in list(variants)[1:]:
@@ -347,8 +422,11 @@ def part_cache(b: Bench) -> list[str]:
                 shutil.rmtree(tmp, ignore_errors=True)
         del teacher, student0
         b.free()
-    return ["teacher cached / teacher recomputed every step, both under bf16 autocast, kdgrid's loader "
-            f"({steps} steps of 32 rows; cache filled before the timed passes; median [min..max])", *summary]
+    return [
+        "teacher cached / teacher recomputed every step, both under bf16 autocast, kdgrid's loader "
+        f"({steps} steps of 32 rows; cache filled before the timed passes; median [min..max])",
+        *summary,
+    ]
 
 
 def part_pin(b: Bench) -> list[str]:
@@ -362,8 +440,17 @@ def part_pin(b: Bench) -> list[str]:
     amp = b.amp("bf16")
     tmp = Path(tempfile.mkdtemp(prefix="kdgrid-gpu-pin-"))
     try:
-        table = cached_teacher_logits(teacher, "gpu-pin", tset, __import__("numpy").arange(len(tset)), tmp, device, 0,
-                                      precision="bf16", autocast=amp)
+        table = cached_teacher_logits(
+            teacher,
+            "gpu-pin",
+            tset,
+            __import__("numpy").arange(len(tset)),
+            tmp,
+            device,
+            0,
+            precision="bf16",
+            autocast=amp,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dev = batches(1, teacher.config.vocab_size, args.length, device)
@@ -372,14 +459,29 @@ def part_pin(b: Bench) -> list[str]:
     def stage(pin: bool) -> float:
         source, n_steps = loader_source(tset, pin)
         student = copy.deepcopy(student0)
-        return b.timed(len(tset), lambda: C.kdgrid_stage(teacher, student, spec, [], dev, seed=0, source=source,
-                                                          cached_logits=table, steps_per_epoch=n_steps,
-                                                          device=device, autocast=amp))
+        return b.timed(
+            len(tset),
+            lambda: C.kdgrid_stage(
+                teacher,
+                student,
+                spec,
+                [],
+                dev,
+                seed=0,
+                source=source,
+                cached_logits=table,
+                steps_per_epoch=n_steps,
+                device=device,
+                autocast=amp,
+            ),
+        )
 
     res = C.alternate({"pageable": lambda: stage(False), "pinned": lambda: stage(True)}, args.rounds, verbose=False)
     r, lo, hi = C.paired_ratio(res["pinned"], res["pageable"])
-    line = (f"{pair:14s} bf16 vanilla-kd (cached logits) pageable {C.median(res['pageable']):.0f} ex/s, pinned "
-            f"{C.median(res['pinned']):.0f} ex/s, ratio pinned / pageable {r:.3f} [{lo:.3f}..{hi:.3f}]")
+    line = (
+        f"{pair:14s} bf16 vanilla-kd (cached logits) pageable {C.median(res['pageable']):.0f} ex/s, pinned "
+        f"{C.median(res['pinned']):.0f} ex/s, ratio pinned / pageable {r:.3f} [{lo:.3f}..{hi:.3f}]"
+    )
     print("   " + line, flush=True)
     del teacher, student0
     b.free()
@@ -397,8 +499,16 @@ def slot_worker(args: argparse.Namespace) -> None:
     data = batches(args.slot_steps, teacher.config.vocab_size, args.length, b.device)
     spec = C.OBJECTIVES[args.slot_objective]
     amp = b.amp("bf16")
-    C.kdgrid_stage(teacher, copy.deepcopy(student0), spec, data[: max(2, len(data) // 10)], data[:1], seed=0,
-                   device=b.device, autocast=amp)
+    C.kdgrid_stage(
+        teacher,
+        copy.deepcopy(student0),
+        spec,
+        data[: max(2, len(data) // 10)],
+        data[:1],
+        seed=0,
+        device=b.device,
+        autocast=amp,
+    )
     b.sync()
     print("READY", flush=True)
     sys.stdin.readline()
@@ -413,14 +523,23 @@ def slot_worker(args: argparse.Namespace) -> None:
 def part_slots(b: Bench) -> list[str]:
     """1, 2, 4 processes sharing the device, started together; aggregate examples/s vs one process."""
     args = b.args
-    base = [sys.executable, str(Path(__file__).resolve()), "--slot-worker", "--slot-pair", args.slot_pair,
-            "--slot-objective", args.slot_objective, "--slot-steps", str(args.slot_steps), "--length",
-            str(args.length)] + (["--cpu-smoke"] if b.smoke else [])
+    base = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--slot-worker",
+        "--slot-pair",
+        args.slot_pair,
+        "--slot-objective",
+        args.slot_objective,
+        "--slot-steps",
+        str(args.slot_steps),
+        "--length",
+        str(args.length),
+    ] + (["--cpu-smoke"] if b.smoke else [])
     rates: dict[int, float] = {}
     lines = []
     for k in [int(x) for x in args.slots.split(",")]:
-        procs = [subprocess.Popen(base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                 for _ in range(k)]
+        procs = [subprocess.Popen(base, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(k)]
         try:
             for p in procs:  # every process loaded and warmed up before any is timed
                 assert p.stdout is not None
@@ -444,12 +563,17 @@ def part_slots(b: Bench) -> list[str]:
         span = max(g["end"] for g in got) - min(g["start"] for g in got)
         rates[k] = sum(g["examples"] for g in got) / span
         each = ", ".join(f"{g['examples'] / (g['end'] - g['start']):.0f}" for g in got)
-        line = (f"{k} process(es): aggregate {rates[k]:.0f} ex/s, ratio to one {rates[k] / rates[min(rates)]:.2f} "
-                f"(each {each} ex/s; peak {max(g['peak_mib'] for g in got):.0f} MiB a process)")
+        line = (
+            f"{k} process(es): aggregate {rates[k]:.0f} ex/s, ratio to one {rates[k] / rates[min(rates)]:.2f} "
+            f"(each {each} ex/s; peak {max(g['peak_mib'] for g in got):.0f} MiB a process)"
+        )
         lines.append(line)
         print("   " + line, flush=True)
-    return [f"slots per device: {args.slot_pair} {args.slot_objective} bf16, {args.slot_steps} steps a process, "
-            "started together", *lines]
+    return [
+        f"slots per device: {args.slot_pair} {args.slot_objective} bf16, {args.slot_steps} steps a process, "
+        "started together",
+        *lines,
+    ]
 
 
 def main() -> None:
@@ -490,8 +614,15 @@ def main() -> None:
         return
     b = Bench(args)
     name = "CPU smoke test" if smoke else torch.cuda.get_device_name(b.device)
-    C.header(f"GPU path: kdgrid train_stage vs bare loop, cached teacher, pinned loader, slots ({name})", None,
-             parts=args.parts, steps=args.steps, rounds=args.rounds, length=args.length, batch=32)
+    C.header(
+        f"GPU path: kdgrid train_stage vs bare loop, cached teacher, pinned loader, slots ({name})",
+        None,
+        parts=args.parts,
+        steps=args.steps,
+        rounds=args.rounds,
+        length=args.length,
+        batch=32,
+    )
     parts = {"pairs": part_pairs, "cache": part_cache, "pin": part_pin, "slots": part_slots}
     results = []
     t_all = time.perf_counter()

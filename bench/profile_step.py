@@ -12,7 +12,9 @@ own process (glibc's malloc settings are per process), ``--rounds`` times, alter
 restores, in this bench only, what the loop did before: glibc's default malloc thresholds (the 47 MB
 word-embedding gradient unmapped and faulted in again every step: ``keep_freed_memory`` patched out) and
 one float64 cast and add per loss term per step (``_LossSums`` replaced by the old per-term dict).
-``--variant old|new`` runs one of them in this process.
+``--variant old|new`` runs one of them in this process; ``zero-grads`` is the new loop with gradients
+zero-filled in place (``zero_grad(set_to_none=False)``), the alternative issue 18 asked to measure
+(``--variants old,new,zero-grads``).
 
     python bench/profile_step.py                 # ~1 min on a 2-core CPU
     python bench/profile_step.py --batches 40 --threads 2
@@ -74,18 +76,47 @@ def use_old_loop() -> None:
     loop._LossSums = OldLossSums  # type: ignore[assignment,misc]
 
 
+def use_kept_grads() -> None:
+    """The 'zero-grads' variant: the new loop, but gradients zero-filled in place (``set_to_none=False``)
+    instead of freed, as issue 18 suggested; the word-embedding backward still makes a fresh 47 MB buffer,
+    which is then added into the kept one."""
+    import torch
+
+    base = torch.optim.Optimizer.zero_grad
+
+    def zero_grad(self: Any, set_to_none: bool = True) -> None:
+        base(self, set_to_none=False)
+
+    torch.optim.AdamW.zero_grad = zero_grad  # type: ignore[method-assign]
+
+
 def compare(args: argparse.Namespace) -> None:
     """Run ``--variant old`` and ``--variant new`` in fresh processes, alternating; print the ratio."""
-    C.header("vanilla-KD step with cached teacher logits, before / after issue 18 item 3 (kdgrid, CPU)",
-             args.threads, batches=args.batches, rounds=args.rounds, passes=args.passes)
-    base = [sys.executable, str(Path(__file__).resolve()), "--batches", str(args.batches), "--threads",
-            str(args.threads), "--top", str(args.top), "--passes", str(args.passes)]
+    C.header(
+        "vanilla-KD step with cached teacher logits, before / after issue 18 item 3 (kdgrid, CPU)",
+        args.threads,
+        batches=args.batches,
+        rounds=args.rounds,
+        passes=args.passes,
+    )
+    base = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--batches",
+        str(args.batches),
+        "--threads",
+        str(args.threads),
+        "--top",
+        str(args.top),
+        "--passes",
+        str(args.passes),
+    ]
     if args.data_dir:
         base += ["--data-dir", args.data_dir]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     got: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     for r in range(args.rounds):
-        for variant in (("old", "new") if r % 2 == 0 else ("new", "old")):
+        for variant in ("old", "new") if r % 2 == 0 else ("new", "old"):
             cmd = base + ["--variant", variant] + (["--no-profile"] if r else [])
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             line = next(x for x in out.splitlines() if x.startswith("JSON "))
@@ -94,15 +125,23 @@ def compare(args: argparse.Namespace) -> None:
                 print(f"\n######## variant {variant} (round 1)")
                 print("\n".join(x for x in out.splitlines() if not x.startswith("JSON ")), flush=True)
             g = got[variant][-1]
-            print(f"   round {r + 1}: {variant} {g['ms_per_step']:.1f} ms/step wall, {g['cpu_ms_per_step']:.1f} CPU, "
-                  f"{g['faults_per_step']:.0f} page faults", flush=True)
+            print(
+                f"   round {r + 1}: {variant} {g['ms_per_step']:.1f} ms/step wall, {g['cpu_ms_per_step']:.1f} CPU, "
+                f"{g['faults_per_step']:.0f} page faults",
+                flush=True,
+            )
     print(f"\nRESULT per step (median of {args.rounds} processes per variant, {args.passes} un-profiled passes each):")
-    for key, what in (("ms_per_step", "ms wall"), ("cpu_ms_per_step", "ms thread CPU"),
-                      ("faults_per_step", "minor page faults")):
+    for key, what in (
+        ("ms_per_step", "ms wall"),
+        ("cpu_ms_per_step", "ms thread CPU"),
+        ("faults_per_step", "minor page faults"),
+    ):
         old, new = [x[key] for x in got["old"]], [x[key] for x in got["new"]]
         ratio, lo, hi = C.paired_ratio(old, [max(v, 1e-9) for v in new])
-        print(f"   {what:18s} old {C.median(old):9.1f}  new {C.median(new):9.1f}  RATIO old / new {ratio:.3f} "
-              f"[{lo:.3f}-{hi:.3f}]")
+        print(
+            f"   {what:18s} old {C.median(old):9.1f}  new {C.median(new):9.1f}  RATIO old / new {ratio:.3f} "
+            f"[{lo:.3f}-{hi:.3f}]"
+        )
 
 
 def main() -> None:
@@ -112,7 +151,10 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--top", type=int, default=18, help="rows of each profile printed")
     ap.add_argument("--compare", action="store_true", help="old vs new loop, each in its own processes")
-    ap.add_argument("--variant", choices=("old", "new"), default="new", help="loop of this process (default new)")
+    ap.add_argument(
+        "--variant", choices=("old", "new", "zero-grads"), default="new", help="loop of this process (default new)"
+    )
+    ap.add_argument("--variants", default="old,new", help="--compare: the variants (first = the reference)")
     ap.add_argument("--rounds", type=int, default=3, help="--compare: processes per variant, alternated")
     ap.add_argument("--passes", type=int, default=1, help="un-profiled timed passes per process (median)")
     ap.add_argument("--no-profile", action="store_true", help="time only, print no profile")
@@ -122,6 +164,8 @@ def main() -> None:
         return
     if args.variant == "old":
         use_old_loop()
+    elif args.variant == "zero-grads":
+        use_kept_grads()
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -130,8 +174,12 @@ def main() -> None:
     from kdgrid.train.teacher_cache import cached_teacher_logits
 
     threads = C.set_threads(args.threads)
-    C.header("vanilla-KD step with cached teacher logits: where the time goes (kdgrid train_stage, CPU)", threads,
-             batches=args.batches, batch=32)
+    C.header(
+        "vanilla-KD step with cached teacher logits: where the time goes (kdgrid train_stage, CPU)",
+        threads,
+        batches=args.batches,
+        batch=32,
+    )
     teacher, tok = C.load_minilm_teacher()
     pad = int(tok.pad_token_id or 0)
     full = full_split(tok, args.data_dir, C.REPO / ".kdgrid" / "bench-cache" / "tokenized")
@@ -166,11 +214,24 @@ def main() -> None:
     for i in range(args.passes):
         one_pass(2 + i)
     per = {k: C.median(v) / args.batches for k, v in cost.items()}
-    print(f"   variant {args.variant}: pass of {args.batches} steps, no profiler: {1000 * per['wall']:.0f} ms/step "
-          f"wall, {1000 * per['cpu']:.0f} ms/step thread CPU time, {per['faults']:.0f} minor page faults a step "
-          f"(optimiser set-up and an 8-row dev evaluation included)", flush=True)
-    print("JSON " + json.dumps({"variant": args.variant, "ms_per_step": 1000 * per["wall"],
-                                "cpu_ms_per_step": 1000 * per["cpu"], "faults_per_step": per["faults"]}), flush=True)
+    print(
+        f"   variant {args.variant}: pass of {args.batches} steps, no profiler: {1000 * per['wall']:.0f} ms/step "
+        f"wall, {1000 * per['cpu']:.0f} ms/step thread CPU time, {per['faults']:.0f} minor page faults a step "
+        f"(optimiser set-up and an 8-row dev evaluation included)",
+        flush=True,
+    )
+    print(
+        "JSON "
+        + json.dumps(
+            {
+                "variant": args.variant,
+                "ms_per_step": 1000 * per["wall"],
+                "cpu_ms_per_step": 1000 * per["cpu"],
+                "faults_per_step": per["faults"],
+            }
+        ),
+        flush=True,
+    )
     if args.no_profile:
         return
 
