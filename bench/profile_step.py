@@ -90,6 +90,27 @@ def use_kept_grads() -> None:
     torch.optim.AdamW.zero_grad = zero_grad  # type: ignore[method-assign]
 
 
+def embedding_micro(variant: str, steps: int = 30) -> dict[str, float]:
+    """The word-embedding gradient alone: ``zero_grad`` + backward of a 30,522 x 384 ``nn.Embedding`` over a
+    32 x 40 batch, thread CPU time and minor page faults a step (median / mean of ``steps``)."""
+    import torch
+
+    from kdgrid.train import loop
+
+    loop.keep_freed_memory()  # what train_stage does on a CPU (patched out in 'old')
+    emb = torch.nn.Embedding(30522, 384)
+    ids = torch.randint(0, 30522, (32, 40), generator=torch.Generator().manual_seed(0))
+    cpu = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        c0 = time.thread_time()
+        emb.zero_grad(set_to_none=variant != "zero-grads")
+        emb(ids).sum().backward()
+        cpu.append(time.thread_time() - c0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
+    return {"cpu_ms": 1000 * C.median(cpu), "faults": faults}
+
+
 def compare(args: argparse.Namespace) -> None:
     """Run ``--variant old`` and ``--variant new`` in fresh processes, alternating; print the ratio."""
     C.header(
@@ -114,9 +135,10 @@ def compare(args: argparse.Namespace) -> None:
     if args.data_dir:
         base += ["--data-dir", args.data_dir]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    got: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    names = args.variants.split(",")
+    got: dict[str, list[dict[str, float]]] = {v: [] for v in names}
     for r in range(args.rounds):
-        for variant in ("old", "new") if r % 2 == 0 else ("new", "old"):
+        for variant in names[r % len(names) :] + names[: r % len(names)]:
             cmd = base + ["--variant", variant] + (["--no-profile"] if r else [])
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             line = next(x for x in out.splitlines() if x.startswith("JSON "))
@@ -130,18 +152,26 @@ def compare(args: argparse.Namespace) -> None:
                 f"{g['faults_per_step']:.0f} page faults",
                 flush=True,
             )
+    micro = {}
+    for variant in names:  # the embedding gradient alone, one fresh process per variant
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--micro", "--variant", variant]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        micro[variant] = json.loads(next(x for x in out.splitlines() if x.startswith("MICRO "))[6:])
+    print(
+        "\nRESULT word-embedding gradient alone (zero_grad + backward, 30,522 x 384, median of 30 steps): "
+        + ", ".join(f"{v} {m['cpu_ms']:.1f} ms thread CPU / {m['faults']:.0f} page faults" for v, m in micro.items())
+    )
     print(f"\nRESULT per step (median of {args.rounds} processes per variant, {args.passes} un-profiled passes each):")
     for key, what in (
         ("ms_per_step", "ms wall"),
         ("cpu_ms_per_step", "ms thread CPU"),
         ("faults_per_step", "minor page faults"),
     ):
-        old, new = [x[key] for x in got["old"]], [x[key] for x in got["new"]]
-        ratio, lo, hi = C.paired_ratio(old, [max(v, 1e-9) for v in new])
-        print(
-            f"   {what:18s} old {C.median(old):9.1f}  new {C.median(new):9.1f}  RATIO old / new {ratio:.3f} "
-            f"[{lo:.3f}-{hi:.3f}]"
-        )
+        ref = [x[key] for x in got[names[0]]]
+        print(f"   {what:18s} " + "  ".join(f"{v} {C.median([x[key] for x in got[v]]):9.1f}" for v in names))
+        for v in names[1:]:
+            ratio, lo, hi = C.paired_ratio(ref, [max(x[key], 1e-9) for x in got[v]])
+            print(f"   {'':18s} RATIO {names[0]} / {v} {ratio:.3f} [{lo:.3f}-{hi:.3f}]")
 
 
 def main() -> None:
@@ -158,6 +188,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="--compare: processes per variant, alternated")
     ap.add_argument("--passes", type=int, default=1, help="un-profiled timed passes per process (median)")
     ap.add_argument("--no-profile", action="store_true", help="time only, print no profile")
+    ap.add_argument("--micro", action="store_true", help="only the word-embedding gradient microbenchmark")
     args = ap.parse_args()
     if args.compare:
         compare(args)
@@ -166,6 +197,10 @@ def main() -> None:
         use_old_loop()
     elif args.variant == "zero-grads":
         use_kept_grads()
+    if args.micro:
+        C.set_threads(args.threads)
+        print("MICRO " + json.dumps(embedding_micro(args.variant)), flush=True)
+        return
 
     import torch
     from torch.profiler import ProfilerActivity, profile
