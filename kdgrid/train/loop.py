@@ -191,7 +191,8 @@ def keep_freed_memory() -> bool:
     Why: glibc serves a block above its mmap threshold (at most 32 MiB by default) with a fresh mmap and
     unmaps it on free. A CPU training step frees and reallocates the student's dense word-embedding gradient
     (30,522 x 384 floats, 47 MB: ``embedding_dense_backward`` makes a new one every step), so every step
-    page-faulted and zeroed 47 MB in the kernel: 10-13% of a vanilla-KD step (bench/profile_step.py). With
+    page-faulted and zeroed 47 MB in the kernel: ~26 ms of CPU a step, 8% of a vanilla-KD step's CPU time
+    on a loaded 2-core VM (bench/profile_step.py --compare; bench/README.md section 9). With
     the thresholds raised (256 MiB, 1 GiB) the block is reused from the heap. The maths is untouched; the
     process keeps up to its peak memory. Explicit ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
     settings win; elsewhere than glibc this does nothing. Returns whether the thresholds were set.
