@@ -1,11 +1,12 @@
 """A slice of the ablation-cpu grid end to end with the stored teacher activations on and off (issue 18 item 2).
 
-The slice is ``studies/ablation-cpu.yaml`` with fewer factors and seeds (flags below; default: 8 cells x 2
-seeds = 16 runs per variant): MiniLM-L6 -> 4 layers, two-stage training (2 intermediate + 3 prediction epochs,
-batch 16, lr 3e-4), attention MSE and KL + hidden Seq at the baseline's alpha 0.5, uniform and learnable
-mappings, CoLA at 800 examples and STS-B at 200, dev scored on 500 rows (the full ablation-cpu grid also has
-alpha 0 and 1 and STS-B at 100, and 5 seeds). It runs through kdgrid's own execution, ``python -m kdgrid run <study> --workers W`` in a fresh
-process, each variant with its own ``KDGRID_HOME`` and store:
+The slice is ``studies/ablation-cpu.yaml`` with fewer factors, tasks and seeds (flags below; default: 4 cells
+x 2 seeds = 8 runs per variant): MiniLM-L6 -> 4 layers, two-stage training (2 intermediate + 3 prediction
+epochs, batch 16, lr 3e-4), attention MSE and KL + hidden Seq at the baseline's alpha 0.5, uniform and learnable
+mappings, STS-B at 200 examples, dev scored on 500 rows (the full ablation-cpu grid also has alpha 0 and 1,
+STS-B at 100, CoLA at 800 and 5 seeds: ``--tasks cola,stsb --alphas 0,0.5,1 --stsb-examples 100,200 --seeds 5``
+gives all its cells and seeds, hours here). It runs through kdgrid's own execution, ``python -m kdgrid run
+<study> --workers W`` in a fresh process, each variant with its own ``KDGRID_HOME`` and store:
 
 * ``on``: as kdgrid runs it (``train.teacher_cache: true``; activations stored once per example and reused by
   every cell and epoch of the same seed and task that reads those layers);
@@ -21,7 +22,7 @@ the prep added to both (a grid that fine-tunes its own teachers). It also checks
 the on runs read stored activations and the off runs did not (metric ``cache/teacher_activations``), and prints
 how far the final dev metrics of the same runs moved (fp16 storage rounding).
 
-    python bench/grid_activation.py                  # default slice: 32 runs, ~10 min on a quiet 2-core CPU
+    python bench/grid_activation.py                  # default slice: 16 runs + prep, ~7 min on a quiet 2-core CPU
     python bench/grid_activation.py --tasks stsb --seeds 2 --stsb-examples 16 --eval-examples 16 \\
         --teacher-examples 32 --mappings uniform --attention mse --workers 1      # smoke, ~3 min
 """
@@ -116,7 +117,7 @@ def store_facts(home: Path) -> tuple[dict[str, str], dict[str, float], dict[str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default=str(C.REPO / "studies" / "ablation-cpu.yaml"))
-    ap.add_argument("--tasks", default="cola,stsb")
+    ap.add_argument("--tasks", default="stsb", help="ablation-cpu: cola,stsb")
     ap.add_argument("--seeds", type=int, default=2, help="seeds = rounds (one seed per round, order alternating)")
     ap.add_argument("--attention", default="mse,kl")
     ap.add_argument("--mappings", default="uniform,learnable")
@@ -124,7 +125,7 @@ def main() -> None:
     ap.add_argument("--cola-examples", default="800")
     ap.add_argument("--stsb-examples", default="200", help="ablation-cpu: 100,200")
     ap.add_argument("--eval-examples", type=int, default=500)
-    ap.add_argument("--teacher-examples", type=int, default=1000, help="teacher fine-tuning rows (speed only)")
+    ap.add_argument("--teacher-examples", type=int, default=500, help="teacher fine-tuning rows (speed only)")
     ap.add_argument("--teacher-epochs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the temporary homes (printed)")
