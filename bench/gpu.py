@@ -386,12 +386,14 @@ def part_cache(b: Bench) -> list[str]:
                     if not needs:
                         break  # the logit table does not depend on the activations' storage type
 
+                losses: dict[str | None, float] = {}
+
                 def stage(cached: str | None) -> float:
                     table, acts = stores[cached] if cached else (None, None)
                     student = copy.deepcopy(student0)
-                    return b.timed(
-                        n_ex,
-                        lambda: C.kdgrid_stage(
+
+                    def go() -> None:
+                        rows = C.kdgrid_stage(
                             teacher,
                             student,
                             spec,
@@ -404,8 +406,11 @@ def part_cache(b: Bench) -> list[str]:
                             steps_per_epoch=n_steps,
                             device=device,
                             autocast=amp,
-                        ),
-                    )
+                        )
+                        # Same seed, batches and dropout masks: the mean loss differs only by storage rounding.
+                        losses[cached] = next(r["value"] for r in rows if r["split"] == "train" and r["name"] == "loss")
+
+                    return b.timed(n_ex, go)
 
                 variants = {"recomputed": lambda: stage(None)}
                 for dtype in stores:
@@ -414,7 +419,12 @@ def part_cache(b: Bench) -> list[str]:
                 parts = [f"recomputed {C.median(res['recomputed']):.0f} ex/s"]
                 for name in list(variants)[1:]:
                     r, lo, hi = C.paired_ratio(res[name], res["recomputed"])
-                    parts.append(f"{name} {C.median(res[name]):.0f} ex/s, ratio {r:.3f} [{lo:.3f}..{hi:.3f}]")
+                    key = name.removeprefix("cached-") if needs else "fp16"
+                    rel = abs(losses[key] - losses[None]) / abs(losses[None])
+                    parts.append(
+                        f"{name} {C.median(res[name]):.0f} ex/s, ratio {r:.3f} [{lo:.3f}..{hi:.3f}], "
+                        f"mean loss rel. diff {rel:.1e}"
+                    )
                 line = f"{pair:14s} {prec} {obj:15s} " + "; ".join(parts) + " (" + "; ".join(fills) + ")"
                 summary.append(line)
                 print("   " + line, flush=True)
