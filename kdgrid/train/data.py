@@ -586,8 +586,12 @@ def make_loader(
     fixed_length: int | None = None,
     drop_last: bool = False,
     is_regression: bool | None = None,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader[Any]:
-    """A DataLoader over ``dataset``; see :class:`LengthGroupedBatchSampler` for the order."""
+    """A DataLoader over ``dataset``; see :class:`LengthGroupedBatchSampler` for the order.
+
+    ``pin_memory``: collated batches in page-locked memory, so that ``.to(cuda, non_blocking=True)`` is a
+    true asynchronous copy (bench/gpu.py measures whether it pays); only for a CUDA device."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -603,4 +607,5 @@ def make_loader(
         batch_sampler=sampler,
         collate_fn=Collator(pad_token_id, fixed_length=fixed_length, is_regression=is_regression),
         generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory,
     )

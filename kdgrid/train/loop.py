@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -175,6 +179,68 @@ def student_forward(
     )
 
 
+# glibc's mallopt parameters (malloc.h) and the values set by keep_freed_memory.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 256 << 20, 1 << 30
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep large freed blocks in the process instead of unmapping them (once per process, Linux).
+
+    Why: glibc serves a block above its mmap threshold (at most 32 MiB by default) with a fresh mmap and
+    unmaps it on free. A CPU training step frees and reallocates the student's dense word-embedding gradient
+    (30,522 x 384 floats, 47 MB: ``embedding_dense_backward`` makes a new one every step), so every step
+    page-faulted and zeroed 47 MB in the kernel: ~26 ms of CPU a step, 8% of a vanilla-KD step's CPU time
+    on a loaded 2-core VM (bench/profile_step.py --compare; bench/README.md section 9). With
+    the thresholds raised (256 MiB, 1 GiB) the block is reused from the heap. The maths is untouched; the
+    process keeps up to its peak memory. Explicit ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
+    settings win; elsewhere than glibc this does nothing. Returns whether the thresholds were set.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if not sys.platform.startswith("linux") or any(
+        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # no C library by that name, or one without mallopt (not glibc)
+        return False
+    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) & bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+    return _malloc_tuned
+
+
+class _LossSums:
+    """Per-epoch sums of the loss terms on the device, in float64: the same numbers as summing Python
+    floats, with no host-device sync per step. One stack and one in-place add per step (not a cast and an
+    add per term: fewer kernel launches on an accelerator); read once per epoch."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.total: torch.Tensor | None = None
+        self.n_batches = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        # torch.stack promotes mixed dtypes (bf16/fp16 terms under autocast) exactly to the widest one.
+        step = torch.stack([v.detach() for v in terms.values()])
+        if self.total is None:
+            self.names = list(terms)
+            self.total = step.to(torch.float64)
+        else:
+            if list(terms) != self.names:  # an objective returns the same terms every step
+                raise RuntimeError(f"loss terms changed within an epoch: {self.names} -> {list(terms)}")
+            self.total.add_(step)
+        self.n_batches += 1
+
+    def means(self) -> dict[str, float]:
+        values = self.total.tolist() if self.total is not None else []
+        return {k: v / max(1, self.n_batches) for k, v in zip(self.names, values)}
+
+
 class _FiniteCheck:
     """Stop at the first non-finite loss, without a host-device sync per step on an accelerator.
 
@@ -236,6 +302,8 @@ def train_stage(
     epoch; the finiteness check is lagged by one step on CUDA (:class:`_FiniteCheck`).
     """
     rows: list[MetricRow] = []
+    if device.type == "cpu":
+        keep_freed_memory()
     total = settings.epochs * steps_per_epoch
     opt = _optimizer(student, objective, settings)
     sched = _linear_warmup(opt, total, settings.warmup_ratio)
@@ -249,9 +317,7 @@ def train_stage(
     objective.train()
     rows += _mapping_rows(objective, settings.stage, 0, 0)  # the start, to see how far it moved
     for epoch in range(1, settings.epochs + 1):
-        # float64 sums on the device: the same numbers as summing Python floats, without a sync per term.
-        sums: dict[str, torch.Tensor] = {}
-        n_batches = 0
+        sums = _LossSums()
         t0 = time.perf_counter()
         with capture_qkv(student, s_layers) as s_qkv, teacher_outputs.capturing():
             for batch in train_batches(epoch):
@@ -269,27 +335,16 @@ def train_stage(
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 opt.step()
                 sched.step()
-                for k, v in terms.items():
-                    v = v.detach()
-                    sums[k] = sums[k] + v if k in sums else v.to(torch.float64)
-                n_batches += 1
+                sums.add(terms)
                 step += 1
                 if on_progress is not None:
                     on_progress(settings.stage, epoch, step, total)
             check.flush()
-        names = list(sums)
-        values = torch.stack([sums[k] for k in names]).tolist() if names else []
+        means = sums.means()
         train_time += time.perf_counter() - t0
         rows += [
-            metric_row(
-                settings.stage,
-                "train",
-                f"loss.{k}" if k != "loss" else "loss",
-                v / max(1, n_batches),
-                epoch=epoch,
-                step=step,
-            )
-            for k, v in zip(names, values)
+            metric_row(settings.stage, "train", f"loss.{k}" if k != "loss" else "loss", v, epoch=epoch, step=step)
+            for k, v in means.items()
         ]
         if settings.evaluate_each_epoch or (settings.evaluate_last_epoch and epoch == settings.epochs):
             dev = evaluate(student, dev_loader, settings.task, device, settings.metrics)
