@@ -109,3 +109,102 @@ def test_nemenyi_p_equals_scikit_posthocs() -> None:
         got = nemenyi_p(ranks, ia, ib)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
         assert len(np.unique(got)) < len(got) or k < 5  # pairs do share integrals
+
+
+# --------------------------------------------------------------------------- issue 18 item 5, second round
+def level_columns() -> list[pd.Series]:
+    mixed = [0.5, "0.5", "0.50", 1, 1.0, True, False, None, np.nan, -0.0, 0.0, "kl", " kl ", np.float32(0.1)]
+    mixed += [np.int64(3), np.float64(3.0), np.bool_(True), pd.NA, "1e-05", 1e-05, "inf", float("inf"), ("t",)]
+    return [
+        pd.Series(mixed, dtype=object),
+        pd.Series(["a", None, "b", "a"], dtype="str"),
+        pd.Series(["a", None, "b"], dtype="string"),
+        pd.Series([1.0, np.nan, 2.5, 1.0, -0.0, 0.0]),
+        pd.Series([3, 1, 2, 3]),
+        pd.Series([True, False, True]),
+        pd.Series(pd.Categorical(["b", "a", None, "b"], categories=["b", "a", "c"])),
+        pd.Series(pd.Categorical([1.0, 2.0, 1.0])),
+    ]
+
+
+def test_level_keys_are_level_key_of_each_value_and_level_order_is_unchanged() -> None:
+    from kdgrid.analyze.tidy import _is_number, level_key, level_keys, level_order
+
+    def level_order_before(column: pd.Series) -> list[str]:
+        # level_order at kdgrid integration a88d5ec (level_key once per row)
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            cats = [level_key(c) for c in column.cat.categories]
+            present = set(column.map(level_key))
+            ordered = [c for c in dict.fromkeys(cats) if c in present]
+            return ordered + (["NA"] if "NA" in present and "NA" not in ordered else [])
+        keys = sorted(set(column.map(level_key)) - {"NA"})
+        if keys and all(_is_number(k) for k in keys):
+            keys.sort(key=float)
+        if (column.map(level_key) == "NA").any():
+            keys.append("NA")
+        return keys
+
+    for col in level_columns():
+        assert level_keys(col) == list(col.map(level_key)), col
+        assert level_order(col) == level_order_before(col), col
+    assert level_keys(pd.Series([-0.0, 0.0], dtype=object)) == ["-0", "0"]  # equal floats, different keys
+
+
+def test_memoised_distribution_calls_are_scipys_bit_for_bit() -> None:
+    from kdgrid.analyze.dist import nct_cdf, t_ppf
+
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        df = int(rng.integers(1, 40))
+        q = float(rng.uniform(0.5, 0.9999))
+        assert t_ppf(q, df) == float(stats.t.ppf(q, df))
+        t, nc = float(rng.normal(0, 8)), float(rng.normal(0, 60))  # far tails included (NaN there)
+        a, b = nct_cdf(t, df, nc), float(stats.nct.cdf(t, df, nc))
+        assert a == b or (np.isnan(a) and np.isnan(b)), (t, df, nc)
+
+
+def test_dz_interval_cached_equals_a_fresh_root_search() -> None:
+    from kdgrid.analyze.power import _dz_interval, dz_interval
+
+    for dz, n in [(0.8, 10), (-1.3, 5), (0.0, 3), (4.0, 10), (12.0, 4)]:
+        first = dz_interval(dz, n)
+        _dz_interval.cache_clear()
+        assert dz_interval(dz, n) == first == dz_interval(dz, n)
+    assert np.isnan(dz_interval(float("nan"), 10)[0]) and np.isnan(dz_interval(1.0, 1)[1])
+
+
+@pytest.mark.filterwarnings("ignore:The design matrix is rank-deficient")
+def test_one_full_fit_gives_matrix_rank_rss_and_the_formula_anova() -> None:
+    """_fit_full's rank is np.linalg.matrix_rank's, its RSS and residuals are statsmodels' OLS fit of the same
+    design, and anova_lm on it is anova_lm on the formula fit (what _fit_one called before), on a balanced and
+    an unbalanced design and a rank-deficient one (an empty cell)."""
+    import patsy
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    from kdgrid.analyze.anova import _fit_full
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame([(a, b, s) for a in "xyz" for b in "uv" for s in "0123"], columns=["a", "b", "s"]).assign(
+        y=lambda d: rng.normal(size=len(d))
+    )
+    unbalanced = frame.drop(index=[1, 2, 9])
+    empty_cell = frame.loc[~((frame["a"] == "z") & (frame["b"] == "v"))]
+    rhs = "1 + C(s, Sum) + C(a, Sum) + C(b, Sum) + C(a, Sum):C(b, Sum)"
+    for data, full_rank in ((frame, True), (unbalanced, True), (empty_cell, False)):
+        x = patsy.dmatrix(rhs, data, return_type="matrix")
+        y = data["y"].to_numpy(dtype=float)
+        full = _fit_full(y, x)
+        assert full.rank == int(np.linalg.matrix_rank(np.asarray(x)))
+        assert (full.rank == x.shape[1]) is full_rank
+        ols = sm.OLS(y, np.asarray(x)).fit()
+        assert full.ssr == float(ols.ssr) and full.df_resid == float(ols.df_resid)
+        assert np.array_equal(full.resid, np.asarray(ols.resid, dtype=float))
+        if full_rank:
+            for typ in (2, 3):
+                ours = anova_lm(full.fit, typ=typ)
+                ref = anova_lm(smf.ols("y ~ " + rhs, data=data).fit(), typ=typ)
+                assert list(ours.index) == list(ref.index)
+                np.testing.assert_allclose(ours["sum_sq"], ref["sum_sq"], rtol=1e-12, atol=1e-12)
+                np.testing.assert_array_equal(ours["df"], ref["df"])

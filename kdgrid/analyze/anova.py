@@ -45,13 +45,16 @@ import itertools
 import warnings as pywarnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from kdgrid.analyze.tidy import AnalysisError, Collapse, MetricSpec, Prepared, prepare
+
+if TYPE_CHECKING:
+    import patsy
 
 __all__ = [
     "ANOVA_COLUMNS",
@@ -189,6 +192,36 @@ def _ols(y: np.ndarray, x: np.ndarray) -> tuple[float, float, np.ndarray]:
     return float(fit.ssr), float(fit.df_resid), np.asarray(fit.resid, dtype=float)
 
 
+@dataclass
+class _FullFit:
+    ssr: float
+    df_resid: float
+    resid: np.ndarray
+    rank: int
+    fit: object | None  # the statsmodels results, carrying the design's patsy terms for ``anova_lm``
+
+
+def _fit_full(y: np.ndarray, x: patsy.DesignMatrix) -> _FullFit:
+    """statsmodels OLS of the full model, once: RSS, residual df, residuals, the rank and the fit for ``anova_lm``.
+
+    The fit is ``sm.OLS(y, x)`` (as :func:`_ols`), given the design's patsy terms (``model_spec``) so that
+    ``anova_lm`` reads them as from a formula fit. The rank is ``np.linalg.matrix_rank(x)``'s rule
+    (singular values above ``s.max() * max(x.shape) * eps``) applied to the singular values the fit
+    already computed, instead of a second decomposition.
+    """
+    import statsmodels.api as sm
+    import statsmodels.formula
+
+    xa = np.asarray(x)
+    patsy_terms = statsmodels.formula.options.formula_engine == "patsy"
+    fit = sm.OLS(y, xa, model_spec=x.design_info).fit() if patsy_terms else sm.OLS(y, xa).fit()
+    s = np.asarray(fit.model.wexog_singular_values, dtype=float)
+    rank = int(np.count_nonzero(s > s.max() * max(xa.shape) * np.finfo(s.dtype).eps)) if s.size else 0
+    return _FullFit(
+        float(fit.ssr), float(fit.df_resid), np.asarray(fit.resid, dtype=float), rank, fit if patsy_terms else None
+    )
+
+
 def _fit_one(
     data: pd.DataFrame,
     factors: list[str],
@@ -229,7 +262,6 @@ def _fit_one(
     eff_order = max_order
     terms = form.expand_terms(_terms_up_to(used, eff_order))
     x_full = design(blocks + terms)
-    rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
     if typ == 3:
         # Empty cells alias interaction columns; type III has no meaning then, so lower the order.
         def factor_rank_ok(ts: Sequence[Term]) -> bool:
@@ -250,22 +282,27 @@ def _fit_one(
             )
             return None, warnings
         x_full = design(blocks + terms)
-        rank_full = int(np.linalg.matrix_rank(np.asarray(x_full)))
     all_terms = blocks + terms
     y = np.asarray(form.frame["y"], dtype=float)
-    rss_full, df_res, resid = _ols(y, np.asarray(x_full))
+    # One fit of the full model gives its rank, RSS, residuals and the type II / III table: at 10,000 runs
+    # and 1,000 cells each decomposition of the design costs seconds (bench/README.md, section 6).
+    full = _fit_full(y, x_full)
+    rss_full, df_res, resid, rank_full = full.ssr, full.df_resid, full.resid, full.rank
 
     rows: list[dict[str, object]] = []
     if rank_full == x_full.shape[1] and df_res > 0 and not form.expand:
         # The usual case: statsmodels' own type II / III table. (Contrast columns are matrices, which
         # statsmodels' formulas no longer take: those designs go through the nested fits below, which
         # give the same numbers on a full-rank design; the tests check both against anova_lm.)
-        fit = smf.ols("y ~ " + form.rhs(all_terms), data=pd.DataFrame(form.frame)).fit()
-        ref = anova_lm(fit, typ=typ)
+        if full.fit is not None:
+            ref = anova_lm(full.fit, typ=typ)
+        else:  # statsmodels set to formulaic: the fit carries no patsy terms, so let the formula build them
+            fit = smf.ols("y ~ " + form.rhs(all_terms), data=pd.DataFrame(form.frame)).fit()
+            ref = anova_lm(fit, typ=typ)
+            rss_full, df_res, resid = float(fit.ssr), float(fit.df_resid), np.asarray(fit.resid, dtype=float)
         for t in all_terms:
             r = ref.loc[form.term(t)]
             rows.append({"term": ":".join(t), "df": int(round(float(r["df"]))), "sum_sq": float(r["sum_sq"])})
-        resid = np.asarray(fit.resid, dtype=float)
     else:
         slices = {frozenset(f.name() for f in term.factors): sl for term, sl in x_full.design_info.term_slices.items()}
         xa = np.asarray(x_full)

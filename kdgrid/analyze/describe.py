@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from kdgrid.analyze.dist import t_ppf
 from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 
 __all__ = ["CELL_COLUMNS", "describe_cells", "mean_ci"]
@@ -33,7 +33,7 @@ def mean_ci(values: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -
     if n < 2:
         return mean, np.nan, np.nan, np.nan
     sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    half = t_ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n)
     return mean, sd, mean - half, mean + half
 
 

@@ -51,7 +51,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, cell_label, level_key, prepare
+from kdgrid.analyze.dist import t_ppf
+from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, cell_label, level_key, level_keys, prepare
 from kdgrid.analyze.verdict import EXACT_MAX_N, classify, difference_p, equivalence_p, exact_wilcoxon
 
 __all__ = [
@@ -196,7 +197,7 @@ def _t_interval(d: np.ndarray, level: float) -> tuple[float, float]:
     sd = float(d.std(ddof=1))
     if n < 2 or not math.isfinite(sd) or sd <= 1e-12 * max(1.0, float(np.abs(d).max())):
         return np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    half = t_ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return float(d.mean()) - half, float(d.mean()) + half
 
 
@@ -297,7 +298,7 @@ def run_keys(prep: Prepared, df: pd.DataFrame | None = None) -> dict[tuple[str, 
     elif df is not None and "run_id" in df.columns and all(f in df.columns for f in prep.factors):
         task = df["task"].astype(str) if "task" in df.columns else pd.Series("all", index=df.index)
         if prep.factors:
-            levels = zip(*(df[f].map(level_key) for f in prep.factors))
+            levels = zip(*(level_keys(df[f]) for f in prep.factors))
             label = [cell_label(dict(zip(prep.factors, lv)), prep.factors, prep.short) for lv in levels]
         else:
             label = ["all"] * len(df)
@@ -366,7 +367,7 @@ def _floor_check(base: np.ndarray, floor: float | None, confidence: float) -> tu
         return np.nan, False
     if base.size < 2 or float(base.std(ddof=1)) == 0:
         return float(floor), bool(float(base.mean()) <= floor)
-    half = float(stats.t.ppf(0.5 + confidence / 2, base.size - 1)) * float(base.std(ddof=1)) / math.sqrt(base.size)
+    half = t_ppf(0.5 + confidence / 2, base.size - 1) * float(base.std(ddof=1)) / math.sqrt(base.size)
     return float(floor), bool(float(base.mean()) - half <= floor)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdgrid.analyze.dist import t_ppf
 from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 
 __all__ = ["SENSITIVITY_COLUMNS", "sensitivity", "sensitivity_summary", "spearman_exact", "teacher_floors"]
@@ -82,7 +83,7 @@ def _t_ci(v: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     v = v[np.isfinite(v)]
     if v.size < 2:
         return np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    half = t_ppf(0.5 + confidence / 2, v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
     return float(v.mean()) - half, float(v.mean()) + half
 
 
