@@ -208,3 +208,63 @@ def test_one_full_fit_gives_matrix_rank_rss_and_the_formula_anova() -> None:
                 assert list(ours.index) == list(ref.index)
                 np.testing.assert_allclose(ours["sum_sq"], ref["sum_sq"], rtol=1e-12, atol=1e-12)
                 np.testing.assert_array_equal(ours["df"], ref["df"])
+
+
+def balanced_runs(rng: np.random.Generator, levels: tuple[int, ...], seeds: int, reps: int, tied: bool) -> pd.DataFrame:
+    import itertools
+
+    rows = []
+    for combo in itertools.product(*(range(k) for k in levels)):
+        for s in range(seeds):
+            for _ in range(reps):
+                v = 0.7 + 0.01 * sum(combo) + 0.003 * s + rng.normal(0, 0.02)
+                rows.append({**{f"f{i}": f"l{c}" for i, c in enumerate(combo)}, "seed": str(s), "value": v})
+    out = pd.DataFrame(rows)
+    if tied:  # accuracies on a small dev set: many exactly equal values
+        out["value"] = np.round(out["value"] * 50) / 50
+    return out
+
+
+@pytest.mark.parametrize("typ", [2, 3])
+def test_balanced_anova_equals_the_full_statsmodels_fit(typ: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_balanced_fit (cell means) against the path it bypasses (anova_lm on the statsmodels fit of every run),
+    on random and tied data, with and without the seed block, all interactions or main effects only."""
+    from kdgrid.analyze import anova as anova_mod
+
+    rng = np.random.default_rng(23)
+    cases = [((3, 2), 4, 1, False), ((3, 2), 4, 1, True), ((2, 3, 2), 3, 2, False), ((4, 2), 1, 3, True)]
+    for levels, seeds, reps, tied in cases:
+        data = balanced_runs(rng, levels, seeds, reps, tied)
+        factors = [f"f{i}" for i in range(len(levels))]
+        orders = {f: sorted(data[f].unique()) for f in [*factors, "seed"]}
+        for order in (None, 1):
+            block = ("seed",) if seeds > 1 else None
+            fast, w_fast = anova_mod._fit_one(data, factors, orders, typ=typ, order=order, block=block, label="t")
+            with monkeypatch.context() as m:
+                m.setattr(anova_mod, "_balanced_fit", lambda *a, **k: None)
+                ref, w_ref = anova_mod._fit_one(data, factors, orders, typ=typ, order=order, block=block, label="t")
+            assert fast is not None and ref is not None and w_fast == w_ref
+            total = float(((data["value"] - data["value"].mean()) ** 2).sum())
+            assert list(fast.table["term"]) == list(ref.table["term"])
+            assert list(fast.table["df"]) == list(ref.table["df"])
+            np.testing.assert_allclose(fast.table["sum_sq"], ref.table["sum_sq"], rtol=1e-12, atol=1e-12 * total)
+            np.testing.assert_allclose(fast.table["F"], ref.table["F"], rtol=1e-9, equal_nan=True)
+            np.testing.assert_allclose(fast.table["p"], ref.table["p"], rtol=1e-9, atol=1e-15, equal_nan=True)
+            np.testing.assert_allclose(fast.residuals, ref.residuals, rtol=0, atol=1e-12)
+            assert fast.order == ref.order and fast.factors == ref.factors
+
+
+def test_unbalanced_or_incomplete_designs_take_the_general_path() -> None:
+    from kdgrid.analyze.anova import _balanced_fit
+
+    rng = np.random.default_rng(2)
+    data = balanced_runs(rng, (3, 2), 3, 1, False)
+    orders = {f: sorted(data[f].unique()) for f in ("f0", "f1", "seed")}
+    terms = [("f0",), ("f1",), ("f0", "f1")]
+    assert _balanced_fit(data, ["f0", "f1"], ["seed"], orders, terms) is not None
+    assert _balanced_fit(data.drop(index=[4]), ["f0", "f1"], ["seed"], orders, terms) is None  # one run missing
+    assert _balanced_fit(pd.concat([data, data.iloc[:1]]), ["f0", "f1"], ["seed"], orders, terms) is None
+    empty = data.loc[~((data["f0"] == "l2") & (data["f1"] == "l1"))]  # an empty cell
+    assert _balanced_fit(empty, ["f0", "f1"], ["seed"], orders, terms) is None
+    one_run = data.loc[data["seed"] == "0"]  # one run per cell, all interactions: no residual df
+    assert _balanced_fit(one_run, ["f0", "f1"], [], orders, terms) is None

@@ -222,6 +222,65 @@ def _fit_full(y: np.ndarray, x: patsy.DesignMatrix) -> _FullFit:
     )
 
 
+def _balanced_fit(
+    data: pd.DataFrame,
+    used: list[str],
+    block_factors: list[str],
+    orders: Mapping[str, Sequence[str]],
+    terms: list[Term],
+) -> tuple[list[dict[str, object]], float, float, np.ndarray] | None:
+    """The ANOVA of a complete, balanced design from its cell means: (rows, RSS, residual df, residuals), else None.
+
+    Complete and balanced: every combination of the factors' levels (and of the seed block's) has the same
+    number of runs. Then, with sum-to-zero contrasts, the columns of different terms and of the block are
+    orthogonal, so type I, II and III sums of squares are equal and need no fit of the 10,000-row design: a
+    term's SS is k times the sequential SS of the cell means (k runs per cell), which is statsmodels'
+    ``anova_lm(typ=1)`` formula (squared QR effects of the term's columns) on the m-cell design; the block's
+    is Σ over runs of (seed mean − grand mean)²; the fitted value of a run is its cell's fitted mean plus its
+    seed's deviation. ``tests/test_analyze_fast.py`` checks the result against ``anova_lm`` of the full
+    statsmodels fit, type II and III, with and without the block and with interactions left out.
+    """
+    import patsy
+
+    keys = used + block_factors
+    n_levels = [data[f].astype(str).nunique() for f in keys]
+    counts = data.groupby(keys, sort=False).size()
+    if len(counts) != int(np.prod(n_levels)) or counts.min() != counts.max():
+        return None
+    y = data["value"].to_numpy(dtype=float)
+    cell = data.groupby(used, sort=False).ngroup().to_numpy()
+    per_cell = np.bincount(cell)
+    cell_mean = np.bincount(cell, weights=y) / per_cell
+    cells = data.drop_duplicates(used)[used].assign(value=cell_mean)
+    form = _formula(cells, used, orders)
+    x = patsy.dmatrix(form.rhs(terms), form.frame, return_type="matrix")
+    xa = np.asarray(x)
+    q, r = np.linalg.qr(xa)
+    diag = np.abs(np.diag(r))
+    if diag.min() <= 1e-9 * diag.max():  # cannot happen in a complete design; the general path decides then
+        return None
+    effects = q.T @ cell_mean
+    fitted = (q @ effects)[cell]
+    slices = {frozenset(f.name() for f in term.factors): sl for term, sl in x.design_info.term_slices.items()}
+    k = float(per_cell[0])
+    rows: list[dict[str, object]] = []
+    rank = xa.shape[1]
+    if block_factors:
+        block = data.groupby(block_factors, sort=False).ngroup().to_numpy()
+        dev = np.bincount(block, weights=y) / np.bincount(block) - y.mean()
+        rows.append({"term": ":".join(block_factors), "df": dev.size - 1, "sum_sq": float(np.sum(dev[block] ** 2))})
+        fitted = fitted + dev[block]
+        rank += dev.size - 1
+    for t in terms:
+        sl = slices[frozenset(form.code[f] for f in t)]
+        rows.append({"term": ":".join(t), "df": sl.stop - sl.start, "sum_sq": k * float(np.sum(effects[sl] ** 2))})
+    resid = y - fitted
+    df_res = float(y.size - rank)
+    if df_res <= 0:
+        return None
+    return rows, float(resid @ resid), df_res, resid
+
+
 def _fit_one(
     data: pd.DataFrame,
     factors: list[str],
@@ -258,6 +317,13 @@ def _fit_one(
 
     def design(terms: Sequence[Term]) -> patsy.DesignMatrix:
         return patsy.dmatrix(form.rhs(terms), form.frame, return_type="matrix")
+
+    if not form.expand and block in (None, (SEED,)):
+        fast = _balanced_fit(data, used, block_factors, orders, _terms_up_to(used, max_order))
+        if fast is not None:
+            rows_b, rss_b, df_b, resid_b = fast
+            table = _finish(rows_b, rss_b, df_b, warnings, label)
+            return _Fit(table=table, residuals=resid_b, order=max_order, factors=used), warnings
 
     eff_order = max_order
     terms = form.expand_terms(_terms_up_to(used, eff_order))
@@ -334,6 +400,14 @@ def _fit_one(
             warnings.append(
                 f"ANOVA {label}: empty cells leave fewer estimable contrasts, df reduced for " + ", ".join(reduced)
             )
+    table = _finish(rows, rss_full, df_res, warnings, label)
+    return _Fit(table=table, residuals=resid, order=eff_order, factors=used, contrast=form.contrast_name), warnings
+
+
+def _finish(
+    rows: list[dict[str, object]], rss_full: float, df_res: float, warnings: list[str], label: str
+) -> pd.DataFrame:
+    """F, p and partial η² of each term from its SS and df and the full model's RSS; the residual row."""
     df_res_i = int(round(df_res))
     ms_res = rss_full / df_res_i if df_res_i > 0 else np.nan
     if df_res_i <= 0:
@@ -352,7 +426,7 @@ def _fit_one(
     )
     table = pd.DataFrame(rows, columns=ANOVA_COLUMNS[1:])
     table["df"] = table["df"].astype("int64")
-    return _Fit(table=table, residuals=resid, order=eff_order, factors=used, contrast=form.contrast_name), warnings
+    return table
 
 
 # --------------------------------------------------------------------------- diagnostics
