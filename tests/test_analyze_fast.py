@@ -268,3 +268,30 @@ def test_unbalanced_or_incomplete_designs_take_the_general_path() -> None:
     assert _balanced_fit(empty, ["f0", "f1"], ["seed"], orders, terms) is None
     one_run = data.loc[data["seed"] == "0"]  # one run per cell, all interactions: no residual df
     assert _balanced_fit(one_run, ["f0", "f1"], [], orders, terms) is None
+
+
+def test_batched_t_tests_equal_the_one_by_one_calls_bit_for_bit() -> None:
+    from kdgrid.analyze.paired import _batched_t, _paired_stats
+    from kdgrid.analyze.verdict import difference_p
+
+    rng = np.random.default_rng(17)
+    pairs = []
+    for n in (1, 2, 3, 5, 10, 10, 10, 16):
+        for kind in range(4):
+            c = 0.8 + rng.normal(0, 0.02, size=n)
+            b = 0.8 + rng.normal(0, 0.02, size=n)
+            if kind == 1:  # tied: accuracies on a small dev set
+                c, b = np.round(c * 50) / 50, np.round(b * 50) / 50
+            elif kind == 2:  # constant differences: no t test
+                b = c - 0.01
+            elif kind == 3:  # identical: all differences zero
+                b = c.copy()
+            pairs.append((c, b))
+    for (c, b), pre in zip(pairs, _batched_t(pairs)):
+        d = c - b
+        assert pre[0] is None or pre[0] == difference_p(d)[0]
+        assert difference_p(d, t_pvalue=pre[0]) == difference_p(d)
+        one, batched = _paired_stats(c, b, 0.95), _paired_stats(c, b, 0.95, pre)
+        assert str(one) == str(batched)  # NaN-aware, every field and note
+        if pre[1] is not None:
+            assert pre[1] == float(stats.ttest_rel(c, b).statistic)

@@ -258,9 +258,11 @@ def friedman_ranks(
         .unstack("cell")
         .reindex(columns=distinct)
     )
-    full_cells = [c for c in distinct if wide[c].notna().sum() > 0]
+    present = wide.notna().to_numpy()  # one array for all columns: a Series per cell cost 1 s at 1,000 cells
+    some, every = present.any(axis=0), present.all(axis=0)
+    full_cells = [c for c, ok in zip(wide.columns, some) if ok]
+    complete_cells = [c for c, ok, all_ in zip(wide.columns, some, every) if ok and all_]
     wide = wide[full_cells]
-    complete_cells = [c for c in full_cells if wide[c].notna().all()]
     warnings: list[str] = []
     if len(complete_cells) < len(full_cells):
         warnings.append(
@@ -291,12 +293,12 @@ def friedman_ranks(
     )
     # Every pair a < b in column order, read from arrays: a .loc per pair took 250 s for the 499,500
     # pairs of 1,000 cells.
-    names = list(wide.columns)
+    names = np.asarray(list(wide.columns), dtype=object)
     ia, ib = np.triu_indices(k, 1)
     mr = mean_rank.to_numpy(dtype=float)
     pairs = {
-        "cell_a": [names[i] for i in ia],
-        "cell_b": [names[j] for j in ib],
+        "cell_a": pd.array(names[ia], dtype="str"),
+        "cell_b": pd.array(names[ib], dtype="str"),
         "rank_diff": (mr[ia] - mr[ib]).tolist(),
         "p": nemenyi_p(ranks.to_numpy(dtype=float), ia, ib).tolist(),
     }

@@ -125,8 +125,12 @@ def _sign_flip_p(nz: np.ndarray, alternative: Alternative) -> float:
     return float(np.clip(p, 0.0, 1.0))
 
 
-def difference_p(diffs: Sequence[float] | np.ndarray) -> tuple[float, str]:
-    """Two-sided p of H0: μ_d = 0 and the test that gave it (see the module docstring)."""
+def difference_p(diffs: Sequence[float] | np.ndarray, *, t_pvalue: float | None = None) -> tuple[float, str]:
+    """Two-sided p of H0: μ_d = 0 and the test that gave it (see the module docstring).
+
+    ``t_pvalue``: ``scipy.stats.ttest_1samp(d, 0).pvalue`` of these differences when the caller computed it
+    already (for many comparisons in one scipy call, :func:`kdgrid.analyze.paired._batched_t`); used only
+    where the paired t test is the test."""
     d = _clean(diffs)
     if d.size < 2:
         return math.nan, "no test (fewer than 2 pairs)"
@@ -134,7 +138,7 @@ def difference_p(diffs: Sequence[float] | np.ndarray) -> tuple[float, str]:
         if d[0] == 0:
             return 1.0, "none (all differences zero)"
         return exact_wilcoxon(d), "exact Wilcoxon (constant differences: t undefined)"
-    return float(stats.ttest_1samp(d, 0.0).pvalue), "paired t"
+    return float(stats.ttest_1samp(d, 0.0).pvalue if t_pvalue is None else t_pvalue), "paired t"
 
 
 def equivalence_p(diffs: Sequence[float] | np.ndarray, margin: float) -> float:
