@@ -259,7 +259,7 @@ def friedman_ranks(
         .reindex(columns=distinct)
     )
     present = wide.notna().to_numpy()  # one array for all columns: a Series per cell cost 1 s at 1,000 cells
-    some, every = present.any(axis=0), present.all(axis=0)
+    some, every = present.any(axis=0).tolist(), present.all(axis=0).tolist()
     full_cells = [c for c, ok in zip(wide.columns, some) if ok]
     complete_cells = [c for c, ok, all_ in zip(wide.columns, some, every) if ok and all_]
     wide = wide[full_cells]
