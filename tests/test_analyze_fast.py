@@ -295,3 +295,35 @@ def test_batched_t_tests_equal_the_one_by_one_calls_bit_for_bit() -> None:
         assert str(one) == str(batched)  # NaN-aware, every field and note
         if pre[1] is not None:
             assert pre[1] == float(stats.ttest_rel(c, b).statistic)
+
+
+def test_plugins_used_grouped_in_duckdb_equals_parsing_every_config(tmp_path: Path) -> None:
+    import json
+    from collections import Counter
+
+    from kdgrid.store.db import open_store
+    from kdgrid.store.queries import _plugins_used
+
+    a = {"package": "my-kd", "version": "2.0", "settings_sha": "ab"}
+    b = {"package": "other", "version": 1.1, "settings_sha": None}
+    configs = [{}, {"plugins": {}}, {"plugins": {"losses.x": a}}, {"plugins": {"losses.x": a, "students.y": b}}]
+    with open_store(tmp_path / "s.duckdb") as store:
+        for i in range(12):
+            cfg, status = configs[i % 4], ("done" if i % 5 else "failed")
+            store.con.execute(
+                "INSERT INTO runs (run_id, config, status) VALUES (?, ?, ?)", [f"r{i}", json.dumps(cfg), status]
+            )
+            for cell in ("c1", "c2") if i == 3 else ("c1",):  # a run in two cells counts once
+                store.con.execute("INSERT INTO study_runs VALUES ('s', ?, ?)", [cell, f"r{i}"])
+        got = _plugins_used(store, "s")
+        # the per-run parse it replaced
+        ref: Counter[tuple[str, str, str, str]] = Counter()
+        for (config,) in store.con.execute(
+            "SELECT config FROM runs WHERE run_id IN (SELECT run_id FROM study_runs WHERE study = 's') AND status = 'done'"
+        ).fetchall():
+            for key, p in json.loads(config).get("plugins", {}).items():
+                ref[(key, str(p.get("package")), str(p.get("version")), str(p.get("settings_sha")))] += 1
+    assert [(g.key, g.package, g.version, g.settings_sha, g.runs) for g in got] == [
+        (*k, n) for k, n in sorted(ref.items())
+    ]
+    assert got and sum(g.runs for g in got) == sum(ref.values())
