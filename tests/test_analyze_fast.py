@@ -327,3 +327,70 @@ def test_plugins_used_grouped_in_duckdb_equals_parsing_every_config(tmp_path: Pa
         (*k, n) for k, n in sorted(ref.items())
     ]
     assert got and sum(g.runs for g in got) == sum(ref.values())
+
+
+def describe_before(prep: object, confidence: float = 0.95) -> pd.DataFrame:
+    """kdgrid.analyze.describe._describe at kdgrid integration 9387756 (a pandas group per cell)."""
+    from kdgrid.analyze.describe import CELL_COLUMNS, mean_ci
+
+    rows: list[dict[str, object]] = []
+    data = prep.runs  # type: ignore[attr-defined]
+    has_seed, factors = prep.has_seed, prep.factors  # type: ignore[attr-defined]
+    data = data.sort_values(["task", "cell_rank"] + (["seed"] if has_seed else []), kind="mergesort")
+    for (task, _rank), g in data.groupby(["task", "cell_rank"], sort=True):
+        vals = g["value"].to_numpy(dtype=float)
+        mean, sd, lo, hi = mean_ci(vals, confidence=confidence)
+        first = g.iloc[0]
+        row: dict[str, object] = {"task": task, "metric": first["metric"], "cell": first["cell"]}
+        row.update({f: first[f] for f in factors})
+        row.update(
+            n=int(vals.size),
+            mean=mean,
+            sd=sd,
+            ci_low=lo,
+            ci_high=hi,
+            seeds=g["seed"].tolist() if has_seed else [],
+            values=vals.tolist(),
+            stands_for=list(first["cells"]),
+        )
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=CELL_COLUMNS[:3] + factors + CELL_COLUMNS[3:])
+    out["n"] = out["n"].astype("int64")
+    return out
+
+
+def test_describe_by_array_slices_equals_the_pandas_groups() -> None:
+    from test_analyze_anova import collapsed
+
+    from kdgrid.analyze.describe import _describe
+    from kdgrid.analyze.tidy import prepare
+
+    shuffled = table().sample(frac=1.0, random_state=4)
+    cases = [
+        prepare(shuffled, metric="auto", factors=["a", "b"]),
+        prepare(shuffled.drop(columns="seed"), metric="auto", factors=["a", "b"]),
+        prepare(collapsed(("stsb", "rte")), metric="pearson"),
+    ]
+    for prep in cases:
+        pd.testing.assert_frame_equal(_describe(prep), describe_before(prep), check_exact=True)
+
+
+def test_run_keys_from_one_groupby_equal_a_group_per_cell() -> None:
+    from test_analyze_anova import collapsed
+
+    from kdgrid.analyze.paired import run_keys
+    from kdgrid.analyze.tidy import level_key, prepare
+
+    df = collapsed(("stsb", "rte")).sample(frac=1.0, random_state=2)
+    prep = prepare(df, metric="pearson")
+    got = run_keys(prep, df)
+    # the loop it replaced (kdgrid integration 9387756): one pandas group per (task, cell)
+    label = [
+        ", ".join(f"{prep.short[f]}={level_key(v)}" for f, v in zip(prep.factors, vals))
+        for vals in zip(*(df[f] for f in prep.factors))
+    ]
+    src = pd.DataFrame({"task": df["task"].astype(str).to_numpy(), "cell": label, "run_id": df["run_id"].to_numpy()})
+    expected: dict[tuple[str, str], tuple[object, ...]] = {}
+    for (t, c), grp in src.groupby(["task", "cell"], sort=False):
+        expected[(str(t), str(c))] = tuple(sorted(map(str, grp["run_id"].unique())))
+    assert got == {k: expected[k] for k in got} and len(got) == len(expected)

@@ -353,9 +353,12 @@ def run_keys(prep: Prepared, df: pd.DataFrame | None = None) -> dict[tuple[str, 
         src = pd.DataFrame({"task": task.to_numpy(), "cell": label, "run_id": df["run_id"].to_numpy()}).dropna()
     else:
         return own
-    for (t_key, c_key), grp in src.groupby(["task", "cell"], sort=False):
-        if (str(t_key), str(c_key)) in own:
-            own[(str(t_key), str(c_key))] = tuple(sorted(map(str, grp["run_id"].unique())))
+    # One groupby call for every cell (a pandas group per cell cost 0.4 s at 1,000 cells).
+    ids_of = src.groupby(["task", "cell"], sort=False)["run_id"].unique()
+    for key, ids in zip(ids_of.index, ids_of.tolist()):
+        t_key, c_key = (str(x) for x in cast("tuple[object, object]", key))
+        if (t_key, c_key) in own:
+            own[(t_key, c_key)] = tuple(sorted(map(str, ids)))
     return own
 
 
