@@ -394,3 +394,22 @@ def test_run_keys_from_one_groupby_equal_a_group_per_cell() -> None:
     for (t, c), grp in src.groupby(["task", "cell"], sort=False):
         expected[(str(t), str(c))] = tuple(sorted(map(str, grp["run_id"].unique())))
     assert got == {k: expected[k] for k in got} and len(got) == len(expected)
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_group_rows_are_pandas_groups_in_pandas_order(sort: bool) -> None:
+    from kdgrid.analyze.tidy import group_rows
+
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(
+        {
+            "task": rng.choice(["stsb", "cola", "rte"], size=300),
+            "cell": rng.choice([f"a={i}" for i in range(12)], size=300),
+            "k": rng.choice([1.0, 2.0, np.nan], size=300),  # a missing key: its rows are in no group
+        }
+    ).set_index(pd.Index(rng.permutation(300) * 3))  # positions, not labels
+    for keys in (["task"], ["task", "cell"], ["cell", "k"]):
+        expected = [frame.index.get_indexer(g.index) for _, g in frame.groupby(keys, sort=sort)]
+        got = group_rows(frame, keys, sort=sort)
+        assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert group_rows(frame.iloc[:0], ["task"], sort=sort) == []

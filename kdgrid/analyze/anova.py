@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdgrid.analyze.tidy import AnalysisError, Collapse, MetricSpec, Prepared, prepare
+from kdgrid.analyze.tidy import AnalysisError, Collapse, MetricSpec, Prepared, group_rows, prepare
 
 if TYPE_CHECKING:
     import patsy
@@ -504,7 +504,8 @@ def _diagnostics(
         else:
             p, note = np.nan, "Shapiro-Wilk needs at least 3 residuals that are not all equal"
         rows.append({"task": label, "check": "residual_shapiro_p", "value": p, "note": note})
-    groups = [g["value"].to_numpy(dtype=float) for _, g in data.groupby(used, sort=True)]
+    values = data["value"].to_numpy(dtype=float)
+    groups = [values[rows] for rows in group_rows(data, used, sort=True)]
     groups = [g for g in groups if g.size >= 2]
     if len(groups) >= 2 and any(np.ptp(g) > 0 for g in groups):
         with pywarnings.catch_warnings():

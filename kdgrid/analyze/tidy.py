@@ -39,6 +39,7 @@ __all__ = [
     "MetricSpec",
     "Prepared",
     "cell_label",
+    "group_rows",
     "infer_factors",
     "level_key",
     "level_keys",
@@ -548,6 +549,21 @@ def run_level(
     runs["cell_rank"] = runs["cell"].map({c: i for i, c in enumerate(cell_order)}).astype(int)
     collapse = Collapse(collapsed=tuple(collapsed), given=given, members=members, name=name, levels=merged_levels)
     return runs.reset_index(drop=True), collapse, warnings
+
+
+def group_rows(frame: pd.DataFrame, keys: list[str], *, sort: bool) -> list[np.ndarray]:
+    """Row positions of each group of ``frame.groupby(keys, sort=sort)``, in the order pandas iterates them
+    (rows in table order within a group; groups with a missing key left out, as pandas does).
+
+    For loops over many small groups: a pandas sub-frame per group costs ~0.5 ms, a slice of a plain
+    array nothing, and the values (so every sum and mean) are the same.
+    """
+    raw = frame.groupby(keys, sort=sort).ngroup().to_numpy(dtype=float)  # NaN (or -1) for a missing key
+    kept = np.isfinite(raw) & (raw >= 0)
+    codes = raw[kept].astype(np.int64)
+    order = np.flatnonzero(kept)[np.argsort(codes, kind="stable")]
+    counts = np.bincount(codes)
+    return np.split(order, np.cumsum(counts)[:-1]) if order.size else []
 
 
 def dedupe(messages: Iterable[str]) -> list[str]:
