@@ -89,8 +89,10 @@ def teacher_scores(store: Store, study: str) -> pd.DataFrame:
     Every run records its teacher's dev metrics under split 'teacher'; runs of one task share a teacher
     unless the teacher itself is a factor, so the mean over runs is the teacher's score.
     """
+    # avg in run order: DuckDB's parallel avg adds in whatever order its threads finish, so the last
+    # digit of a score over 10,000 runs changed between two reports of the same store.
     return store.query_df(
-        """SELECT r.task, m.name, avg(m.value) AS value FROM metrics m JOIN runs r USING (run_id)
+        """SELECT r.task, m.name, avg(m.value ORDER BY m.run_id) AS value FROM metrics m JOIN runs r USING (run_id)
            WHERE m.split = 'teacher' AND r.status = 'done'
              AND m.run_id IN (SELECT run_id FROM study_runs WHERE study = ?)
            GROUP BY r.task, m.name ORDER BY r.task, m.name""",
