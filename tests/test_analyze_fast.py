@@ -271,12 +271,12 @@ def test_unbalanced_or_incomplete_designs_take_the_general_path() -> None:
 
 
 def test_batched_t_tests_equal_the_one_by_one_calls_bit_for_bit() -> None:
-    from kdgrid.analyze.paired import _batched_t, _paired_stats
+    from kdgrid.analyze.paired import _batched_t, _paired_stats, wilcoxon_signed_rank
     from kdgrid.analyze.verdict import difference_p
 
     rng = np.random.default_rng(17)
     pairs = []
-    for n in (1, 2, 3, 5, 10, 10, 10, 16):
+    for n in (1, 2, 3, 5, 10, 10, 10, 16, 17):
         for kind in range(4):
             c = 0.8 + rng.normal(0, 0.02, size=n)
             b = 0.8 + rng.normal(0, 0.02, size=n)
@@ -295,6 +295,20 @@ def test_batched_t_tests_equal_the_one_by_one_calls_bit_for_bit() -> None:
         assert str(one) == str(batched)  # NaN-aware, every field and note
         if pre[1] is not None:
             assert pre[1] == float(stats.ttest_rel(c, b).statistic)
+        if pre[2] is not None:
+            assert pre[2] == wilcoxon_signed_rank(d)[0]
+    assert sum(pre[2] is not None for pre in _batched_t(pairs)) > 20
+
+
+def test_sign_flip_p_of_many_samples_is_the_one_by_one_p_bit_for_bit() -> None:
+    from kdgrid.analyze.verdict import sign_flip_p_many
+
+    many = [d for d in samples() if 2 <= d.size <= 16]
+    rng = np.random.default_rng(4)
+    many += [np.round(rng.normal(size=16), 1) + 0.05 for _ in range(70)]  # 16 pairs: more than one chunk
+    assert sign_flip_p_many(many) == [_sign_flip_p(d, "two-sided") for d in many]
+    with pytest.raises(ValueError):
+        sign_flip_p_many([np.array([0.1, 0.0])])
 
 
 def test_plugins_used_grouped_in_duckdb_equals_parsing_every_config(tmp_path: Path) -> None:

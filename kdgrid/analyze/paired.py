@@ -209,20 +209,22 @@ def _t_interval(d: np.ndarray, level: float) -> tuple[float, float]:
     return float(d.mean()) - half, float(d.mean()) + half
 
 
-def _batched_t(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float | None, float | None]]:
+def _batched_t(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float | None, float | None, float | None]]:
     """Per comparison (condition, baseline): the one-sample t p of its rounded differences where
-    :func:`kdgrid.analyze.verdict.difference_p` takes the t test, and ``scipy.stats.ttest_rel``'s statistic
-    where :func:`_paired_stats` reports t; None where they do not ask for it.
+    :func:`kdgrid.analyze.verdict.difference_p` takes the t test, ``scipy.stats.ttest_rel``'s statistic where
+    :func:`_paired_stats` reports t, and the exact Wilcoxon p where :func:`wilcoxon_signed_rank` computes it by
+    sign flips; None where they do not ask for it.
 
-    One scipy call per pair count instead of one per comparison (1,000 comparisons: 1.5 ms each in scipy's
-    argument handling): scipy reduces each row of ``axis=1`` as it reduces a 1-D sample, so the numbers are
-    those of the one-by-one calls bit for bit (``tests/test_analyze_fast.py``).
+    One scipy call (one matrix product for Wilcoxon) per pair count instead of one per comparison (1,000
+    comparisons: ~2 ms each in scipy's argument handling): scipy reduces each row of ``axis=1`` as it reduces
+    a 1-D sample, and the Wilcoxon sums are exact, so the numbers are those of the one-by-one calls bit for
+    bit (``tests/test_analyze_fast.py``).
     """
-    from kdgrid.analyze.verdict import _clean, _constant
+    from kdgrid.analyze.verdict import _clean, _constant, sign_flip_p_many
 
-    out: list[tuple[float | None, float | None]] = [(None, None)] * len(pairs)
     one: dict[int, list[tuple[int, np.ndarray]]] = {}
     rel: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    flips: list[tuple[int, np.ndarray]] = []
     for i, (c, b) in enumerate(pairs):
         d = c - b
         dc = _clean(d)
@@ -230,6 +232,10 @@ def _batched_t(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[flo
             one.setdefault(dc.size, []).append((i, dc))
         if _t_defined(d):
             rel.setdefault(d.size, []).append((i, c, b))
+        nonzero = np.round(d, 12)
+        nonzero = nonzero[nonzero != 0]
+        if d.size >= 2 and 2 <= nonzero.size <= EXACT_MAX_N:  # wilcoxon_signed_rank's exact branch
+            flips.append((i, nonzero))
     p_of: dict[int, float] = {}
     for group in one.values():
         ps = np.atleast_1d(stats.ttest_1samp(np.vstack([dc for _, dc in group]), 0.0, axis=1).pvalue)
@@ -238,19 +244,18 @@ def _batched_t(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[flo
     for trio in rel.values():
         ts = stats.ttest_rel(np.vstack([c for _, c, _ in trio]), np.vstack([b for _, _, b in trio]), axis=1)
         t_of.update({i: float(t) for (i, _, _), t in zip(trio, np.atleast_1d(ts.statistic))})
-    for i in range(len(pairs)):
-        out[i] = (p_of.get(i), t_of.get(i))
-    return out
+    w_of = dict(zip([i for i, _ in flips], sign_flip_p_many([nz for _, nz in flips])))
+    return [(p_of.get(i), t_of.get(i), w_of.get(i)) for i in range(len(pairs))]
 
 
 def _paired_stats(
     cond: np.ndarray,
     base: np.ndarray,
     confidence: float,
-    pre: tuple[float | None, float | None] = (None, None),
+    pre: tuple[float | None, float | None, float | None] = (None, None, None),
 ) -> dict[str, object]:
     """Statistics of one paired comparison; ``notes`` is a list of strings. ``pre``: :func:`_batched_t`'s
-    (t-test p, ttest_rel statistic) for this comparison, when computed with others."""
+    (t-test p, ttest_rel statistic, exact Wilcoxon p) for this comparison, when computed with others."""
     d = cond - base
     n = int(d.size)
     nan = np.nan
@@ -281,7 +286,7 @@ def _paired_stats(
         )
     else:
         notes.append("all differences are zero")
-    wp, wnote = wilcoxon_signed_rank(d)
+    wp, wnote = wilcoxon_signed_rank(d) if pre[2] is None else (pre[2], "")
     row["wilcoxon_p"] = wp
     if wnote:
         notes.append(wnote)
