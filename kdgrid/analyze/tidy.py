@@ -106,6 +106,12 @@ def level_keys(column: pd.Series | Sequence[object]) -> list[str]:
     The cache is keyed by the value's type and exact value (a float by its ``repr``, so that ``-0.0`` and
     ``0.0`` stay apart); values of other types are computed one by one.
     """
+    if isinstance(column, pd.Series) and isinstance(column.dtype, pd.StringDtype):
+        # Text columns (the store's factors): every value is a str or missing, so equal values are equal
+        # strings and pandas' factorize groups them exactly; missing values read "NA".
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        table = np.asarray([*(level_key(u) for u in uniques), "NA"], dtype=object)
+        return cast("list[str]", table[codes].tolist())
     values = column.to_numpy(dtype=object) if isinstance(column, pd.Series) else column
     cache: dict[tuple[type, object], str] = {}
     out: list[str] = []
@@ -500,7 +506,9 @@ def run_level(
     n_cells = work.groupby("run_id")["cell"].transform("size")
     shared = work.loc[n_cells > 1]
     if shared.empty:
-        runs = work.assign(cells=pd.Series([(c,) for c in work["cell"]], index=work.index)).reset_index(drop=True)
+        runs = work.assign(
+            cells=pd.Series([(c,) for c in work["cell"].to_numpy(dtype=object)], index=work.index)
+        ).reset_index(drop=True)
         return runs, None, warnings
 
     collapsed = [f for f in factors if (shared.groupby("run_id")[f].nunique() > 1).any()]
