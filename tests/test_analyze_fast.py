@@ -427,3 +427,22 @@ def test_group_rows_are_pandas_groups_in_pandas_order(sort: bool) -> None:
         got = group_rows(frame, keys, sort=sort)
         assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
     assert group_rows(frame.iloc[:0], ["task"], sort=sort) == []
+
+
+def test_efficiency_reusing_one_prepare_equals_a_prepare_per_measure() -> None:
+    from kdgrid.analyze.efficiency import EFFICIENCY_COLUMNS, efficiency_table
+
+    base = table().assign(throughput_ex_s=lambda d: 100.0 + d["seed"], peak_memory_mb=50.0)
+    holes = base.copy()
+    holes.loc[holes.index[::7], "latency_ms"] = np.nan  # another set of runs for this measure: its own prepare
+    no_seed_value = base.astype({"seed": float})
+    no_seed_value.loc[no_seed_value.index[:3], "seed"] = np.nan  # rows prepare drops for every measure
+    measures = ("params", "latency_ms", "throughput_ex_s", "peak_memory_mb")
+    for frame in (base, holes, no_seed_value, base.drop(columns="seed")):
+        for baseline in (None, {"a": "l1"}):
+            got, _ = efficiency_table(frame, factors=["a", "b"], baseline=baseline, measures=measures)
+            one_by_one = [
+                efficiency_table(frame, factors=["a", "b"], baseline=baseline, measures=(m,))[0] for m in measures
+            ]
+            expected = pd.concat(one_by_one, ignore_index=True)[list(EFFICIENCY_COLUMNS)]
+            pd.testing.assert_frame_equal(got, expected, check_exact=True)
