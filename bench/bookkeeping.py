@@ -20,6 +20,7 @@ growth exponent b of time ~ n^b between sizes (1.0 = linear).
 
     python bench/bookkeeping.py                  # ~2 min
     python bench/bookkeeping.py --skip-100k      # planning up to 10k only
+    python bench/bookkeeping.py --report-only    # stores of 1k/10k runs and the report, with analyze_table per part
 """
 
 from __future__ import annotations
@@ -134,12 +135,63 @@ def report(path: Path, study: str) -> tuple[float, float, float, int]:
     return t_tidy, t_src, t_an, len(table)
 
 
+def report_parts(path: Path, study: str) -> dict[str, float]:
+    """Seconds of each part of ``analyze_table`` on one store, called one by one as ``_analyze`` calls them
+    (same arguments as :func:`report`); the sum is about the whole call."""
+    import warnings
+
+    from kdgrid.analyze.anova import _anova
+    from kdgrid.analyze.describe import _describe
+    from kdgrid.analyze.efficiency import efficiency_table
+    from kdgrid.analyze.paired import PAIRED_COLUMNS, _paired, run_keys
+    from kdgrid.analyze.pooled import friedman_ranks, stratified_tests
+    from kdgrid.analyze.power import power_plan, power_table
+    from kdgrid.analyze.sensitivity import _sensitivity, sensitivity_summary
+    from kdgrid.analyze.tidy import prepare
+    from kdgrid.report.source import from_store
+    from kdgrid.tasks import TASKS
+
+    src = from_store(path, study)
+    df, factors = src.table, src.factors
+    base = {f: str(df[f].iloc[0]) for f in factors}
+    sizes = {n: s.train_size for n, s in TASKS.items()}
+    out: dict[str, float] = {}
+
+    def part(name: str, fn: Any) -> Any:
+        t, res = timed(fn)
+        out[name] = out.get(name, 0.0) + t
+        return res
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prep = part("prepare", lambda: prepare(df, metric="auto", factors=factors))
+        part("describe", lambda: _describe(prep))
+        keys = part("paired tests", lambda: run_keys(prep, df))
+        full, _ = part("paired tests", lambda: _paired(prep, baseline=base, correction="holm", internal=True, keys=keys))
+        diffs = {(str(t), str(c)): d for t, c, d in zip(full["task"], full["condition"], full["_diffs"])}
+        part("stratified", lambda: stratified_tests(full, diffs, correction="holm", alpha=0.05))
+        part("friedman + nemenyi", lambda: friedman_ranks(prep, keys, alpha=0.05))
+        part("anova + diagnostics", lambda: _anova(prep, typ=2))
+        sens, _ = part("sensitivity", lambda: _sensitivity(prep, src.teacher, sizes))
+        part("sensitivity", lambda: sensitivity_summary(sens))
+        own = full[full["_dup_of"].isna()][PAIRED_COLUMNS]
+        part("power", lambda: power_table(own, target_dz=0.5, alpha=0.05, correction="holm"))
+        part("power", lambda: power_plan(full[PAIRED_COLUMNS], alpha=0.05, correction="holm"))
+        part("efficiency", lambda: efficiency_table(df, factors=prep.factors, baseline=base))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-100k", action="store_true", help="plan 1k and 10k runs only")
     ap.add_argument("--batch", type=int, default=500, help="results per ingest_results call (default 500)")
     ap.add_argument("--per-run-sample", type=int, default=300, help="runs ingested one by one (per-run path)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="skip planning 100k and the per-run ingestion comparison: stores of 1k and 10k runs, then "
+                         "the report figures and the seconds of each part of analyze_table")
     args = ap.parse_args()
+    if args.report_only:
+        args.skip_100k = True
 
     from kdgrid.plan import expand, plan_study
     from kdgrid.store.db import open_store
@@ -185,10 +237,13 @@ def main() -> None:
                 store.ingest_results(results)
                 return time.perf_counter() - t0
 
-        res = C.alternate({"ingest_result x N": per_run, "ingest_results(N)": batched}, repeats=2, verbose=False)
-        per_run_s, batched_s = C.median(res["ingest_result x N"]), C.median(res["ingest_results(N)"])
-        print(f"   {len(sample)} runs x 100 rows: one ingest_result per run {per_run_s:.2f} s "
-              f"({1000 * per_run_s / len(sample):.1f} ms/run), one ingest_results call {batched_s:.2f} s", flush=True)
+        per_run_s = batched_s = float("nan")
+        if not args.report_only:
+            res = C.alternate({"ingest_result x N": per_run, "ingest_results(N)": batched}, repeats=2, verbose=False)
+            per_run_s, batched_s = C.median(res["ingest_result x N"]), C.median(res["ingest_results(N)"])
+            print(f"   {len(sample)} runs x 100 rows: one ingest_result per run {per_run_s:.2f} s "
+                  f"({1000 * per_run_s / len(sample):.1f} ms/run), one ingest_results call {batched_s:.2f} s",
+                  flush=True)
 
         stores: dict[int, Path] = {}
         ingest_t: dict[int, tuple[float, float]] = {}
@@ -198,12 +253,19 @@ def main() -> None:
             print(f"   store of {n:>6,} runs / {100 * n:>9,} metric rows: register_study {ingest_t[n][0]:.2f} s, "
                   f"ingest_results {ingest_t[n][1]:.2f} s", flush=True)
 
-        # ---- 3. reporting
+        # ---- 3. reporting (the libraries the analysis imports on first use are imported before the clock)
+        t_imp, _ = timed(lambda: [__import__(m) for m in ("statsmodels.api", "statsmodels.formula.api", "patsy",
+                                                          "scikit_posthocs", "scipy.stats")])
+        print(f"   imports before timing the reports (statsmodels, patsy, scikit-posthocs, scipy.stats): {t_imp:.2f} s")
         rep: dict[int, tuple[float, float, float, int]] = {}
         for n in (1_000, 10_000):
             rep[n] = report(stores[n], f"bench-{n}")
             print(f"   report on {n:>6,} runs: tidy_results {rep[n][0]:.2f} s ({rep[n][3]} rows), "
                   f"report input (from_store) {rep[n][1]:.2f} s, analyze_table {rep[n][2]:.2f} s", flush=True)
+        parts = report_parts(stores[10_000], "bench-10000")
+        print("   analyze_table on 10,000 runs, part by part: "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()) + f" (sum {sum(parts.values()):.2f} s)",
+              flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -216,8 +278,10 @@ def main() -> None:
     print(f"   ingestion, batched:     1,000 runs: {sum(ingest_t[1_000]):.2f} s, 10,000 runs / 1,000,000 rows: "
           f"{sum(ingest_t[10_000]):.2f} s (register_study + ingest_results); "
           f"b = {exponent(1_000, sum(ingest_t[1_000]), 10_000, sum(ingest_t[10_000])):.2f}")
-    print(f"   ingestion, per run:     {1000 * per_run_s / len(sample):.1f} ms/run -> 10,000 runs ~ "
-          f"{10_000 * per_run_s / len(sample):.0f} s; batched is x{per_run_s / batched_s:.1f} faster (alternating, same runs)")
+    if not args.report_only:
+        print(f"   ingestion, per run:     {1000 * per_run_s / len(sample):.1f} ms/run -> 10,000 runs ~ "
+              f"{10_000 * per_run_s / len(sample):.0f} s; batched is x{per_run_s / batched_s:.1f} faster "
+              "(alternating, same runs)")
     t1 = rep[1_000][1] + rep[1_000][2]
     t10 = rep[10_000][1] + rep[10_000][2]
     print(f"   report (from_store + analyze_table): 1,000 runs: {t1:.2f} s, 10,000 runs: {t10:.2f} s; "

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from kdgrid.analyze.dist import t_ppf
 from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
 
 __all__ = ["CELL_COLUMNS", "describe_cells", "mean_ci"]
@@ -33,7 +33,7 @@ def mean_ci(values: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -
     if n < 2:
         return mean, np.nan, np.nan, np.nan
     sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    half = t_ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n)
     return mean, sd, mean - half, mean + half
 
 
@@ -43,11 +43,19 @@ def _describe(prep: Prepared, *, confidence: float = 0.95) -> pd.DataFrame:
     data = prep.runs
     sort_cols = ["task", "cell_rank"] + (["seed"] if prep.has_seed else [])
     data = data.sort_values(sort_cols, kind="mergesort")
-    for (task, _rank), g in data.groupby(["task", "cell_rank"], sort=True):
-        vals = g["value"].to_numpy(dtype=float)
+    # The sorted rows of one (task, cell) are contiguous: slice plain arrays at the group boundaries
+    # instead of a pandas group per cell (1,000 cells: ~1 s of pandas overhead).
+    tasks = data["task"].to_numpy(dtype=object)
+    ranks = data["cell_rank"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, (tasks[1:] != tasks[:-1]) | (ranks[1:] != ranks[:-1])])
+    ends = np.r_[starts[1:], len(data)]
+    values = data["value"].to_numpy(dtype=float)
+    seeds = data["seed"].to_numpy() if prep.has_seed else None
+    firsts = data.iloc[starts][["task", "metric", "cell", *prep.factors, "cells"]].to_dict("records")
+    for first, a, b in zip(firsts, starts.tolist(), ends.tolist()):
+        vals = values[a:b]
         mean, sd, lo, hi = mean_ci(vals, confidence=confidence)
-        first = g.iloc[0]
-        row: dict[str, object] = {"task": task, "metric": first["metric"], "cell": first["cell"]}
+        row: dict[str, object] = {"task": first["task"], "metric": first["metric"], "cell": first["cell"]}
         row.update({f: first[f] for f in prep.factors})
         row.update(
             n=int(vals.size),
@@ -55,7 +63,7 @@ def _describe(prep: Prepared, *, confidence: float = 0.95) -> pd.DataFrame:
             sd=sd,
             ci_low=lo,
             ci_high=hi,
-            seeds=g["seed"].tolist() if prep.has_seed else [],
+            seeds=seeds[a:b].tolist() if seeds is not None else [],
             values=vals.tolist(),
             stands_for=list(first["cells"]),
         )

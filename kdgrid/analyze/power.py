@@ -19,6 +19,7 @@ without correction.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings as pywarnings
 
@@ -27,6 +28,7 @@ import pandas as pd
 from scipy import integrate, stats
 from statsmodels.stats.power import TTestPower
 
+from kdgrid.analyze.dist import nct_cdf
 from kdgrid.analyze.tidy import AnalysisError
 
 __all__ = [
@@ -140,16 +142,22 @@ def dz_interval(dz: float, n: int, *, confidence: float = 0.95) -> tuple[float, 
     ``scipy.stats.nct.cdf(t, ν, δ) = 1 − (1 − confidence)/2`` (lower) and ``(1 − confidence)/2``
     (upper), found with ``scipy.optimize.brentq``.
     """
-    from scipy.optimize import brentq
-
     if n is None or n < 2 or dz is None or not math.isfinite(dz):
         return np.nan, np.nan
-    nu, t_obs = n - 1, float(dz) * math.sqrt(n)
+    # The paired table and the power table ask for the same (d_z, n): one root search each.
+    return _dz_interval(float(dz), int(n), float(confidence))
+
+
+@functools.lru_cache(maxsize=65536)
+def _dz_interval(dz: float, n: int, confidence: float) -> tuple[float, float]:
+    from scipy.optimize import brentq
+
+    nu, t_obs = n - 1, dz * math.sqrt(n)
     tail = (1 - confidence) / 2
 
     def solve(target: float) -> float:
         def f(d: float) -> float:
-            return float(stats.nct.cdf(t_obs, nu, d)) - target
+            return nct_cdf(t_obs, nu, d) - target
 
         # The cdf falls in δ; widen the bracket step by step (scipy's nct gives NaN far in the tails).
         lo, hi = t_obs - 1.0, t_obs + 1.0

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, prepare
+from kdgrid.analyze.dist import t_ppf
+from kdgrid.analyze.tidy import AnalysisError, MetricSpec, Prepared, group_rows, prepare
 
 __all__ = ["SENSITIVITY_COLUMNS", "sensitivity", "sensitivity_summary", "spearman_exact", "teacher_floors"]
 
@@ -82,7 +83,7 @@ def _t_ci(v: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     v = v[np.isfinite(v)]
     if v.size < 2:
         return np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    half = t_ppf(0.5 + confidence / 2, v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
     return float(v.mean()) - half, float(v.mean()) + half
 
 
@@ -125,13 +126,17 @@ def _sensitivity(
         warnings.append(f"no majority-class score for task(s) {', '.join(no_floor)}: normalised retention is NaN there")
     rows = []
     data = prep.data.drop_duplicates(["task", "cell", "seed"] if prep.has_seed else None)
-    for (task, cell), grp in data.groupby(["task", "cell"], sort=False):
-        v = grp["value"].to_numpy(dtype=float)
+    values = data["value"].to_numpy(dtype=float)
+    task_of, cell_of = data["task"].to_numpy(dtype=object), data["cell"].to_numpy(dtype=object)
+    rank_of = data["cell_rank"].to_numpy()
+    for rows_of in group_rows(data, ["task", "cell"], sort=False):
+        task, cell, v = task_of[rows_of[0]], cell_of[rows_of[0]], values[rows_of]
         t = teacher.get(str(task), np.nan)
         f = floors.get(str(task), np.nan)
         gap = t - v
         with np.errstate(divide="ignore", invalid="ignore"):
             ret = (v - f) / (t - f) if math.isfinite(t) and math.isfinite(f) and t != f else np.full(v.shape, np.nan)
+        gap_ci, ret_ci = _t_ci(gap), _t_ci(ret)
         rows.append(
             {
                 "task": str(task),
@@ -142,13 +147,13 @@ def _sensitivity(
                 "student_mean": float(v.mean()),
                 "student_sd": float(v.std(ddof=1)) if v.size > 1 else np.nan,
                 "gap": float(gap.mean()),
-                "gap_ci_low": _t_ci(gap)[0],
-                "gap_ci_high": _t_ci(gap)[1],
+                "gap_ci_low": gap_ci[0],
+                "gap_ci_high": gap_ci[1],
                 "retention": float(ret.mean()),
-                "retention_ci_low": _t_ci(ret)[0],
-                "retention_ci_high": _t_ci(ret)[1],
+                "retention_ci_low": ret_ci[0],
+                "retention_ci_high": ret_ci[1],
                 "n": int(v.size),
-                "_rank": int(grp["cell_rank"].iloc[0]),
+                "_rank": int(rank_of[rows_of[0]]),
             }
         )
     out = pd.DataFrame(rows)

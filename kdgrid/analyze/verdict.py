@@ -125,8 +125,47 @@ def _sign_flip_p(nz: np.ndarray, alternative: Alternative) -> float:
     return float(np.clip(p, 0.0, 1.0))
 
 
-def difference_p(diffs: Sequence[float] | np.ndarray) -> tuple[float, str]:
-    """Two-sided p of H0: μ_d = 0 and the test that gave it (see the module docstring)."""
+def sign_flip_p_many(samples: Sequence[np.ndarray]) -> list[float]:
+    """:func:`_sign_flip_p` (two-sided) of many samples of non-zero differences (2 to ``EXACT_MAX_N`` each),
+    the samples of one size in one matrix product.
+
+    The null R+ of a flip is the sum of the ranks of the pairs it leaves positive: flips @ (ranks of the
+    positive pairs) + (1 − flips) @ (ranks of the negative ones). Mid-ranks are multiples of 1/2, so every
+    such sum is exact in float64 and equals :func:`_sign_flip_p`'s product bit for bit, and the p value is
+    the same formula (``tests/test_analyze_fast.py``).
+    """
+    out = [math.nan] * len(samples)
+    by_n: dict[int, list[int]] = {}
+    for i, nz in enumerate(samples):
+        if not 2 <= nz.size <= EXACT_MAX_N or np.any(nz == 0):
+            raise ValueError("sign_flip_p_many takes 2 to EXACT_MAX_N non-zero differences per sample")
+        by_n.setdefault(nz.size, []).append(i)
+    for n, idx in by_n.items():
+        flips = _flips(n).astype(float)
+        # at most ~4M null values at once: 2^16 flips x 64 samples
+        step = max(1, (1 << 22) // (1 << n))
+        for lo in range(0, len(idx), step):
+            part = idx[lo : lo + step]
+            d = np.vstack([samples[i] for i in part])
+            ranks = stats.rankdata(np.abs(d), method="average", axis=1)
+            pos, neg = np.where(d > 0, ranks, 0.0), np.where(d < 0, ranks, 0.0)
+            null = flips @ pos.T + (1.0 - flips) @ neg.T  # (2^n, samples)
+            observed = pos.sum(axis=1)
+            gamma = np.abs(np.finfo(float).eps * 100 * observed)
+            less = np.count_nonzero(null <= observed + gamma, axis=0) / null.shape[0]
+            greater = np.count_nonzero(null >= observed - gamma, axis=0) / null.shape[0]
+            p = np.clip(np.minimum(less, greater) * 2, 0.0, 1.0)
+            for i, v in zip(part, p.tolist()):
+                out[i] = float(v)
+    return out
+
+
+def difference_p(diffs: Sequence[float] | np.ndarray, *, t_pvalue: float | None = None) -> tuple[float, str]:
+    """Two-sided p of H0: μ_d = 0 and the test that gave it (see the module docstring).
+
+    ``t_pvalue``: ``scipy.stats.ttest_1samp(d, 0).pvalue`` of these differences when the caller computed it
+    already (for many comparisons in one scipy call, :func:`kdgrid.analyze.paired._batched_t`); used only
+    where the paired t test is the test."""
     d = _clean(diffs)
     if d.size < 2:
         return math.nan, "no test (fewer than 2 pairs)"
@@ -134,7 +173,7 @@ def difference_p(diffs: Sequence[float] | np.ndarray) -> tuple[float, str]:
         if d[0] == 0:
             return 1.0, "none (all differences zero)"
         return exact_wilcoxon(d), "exact Wilcoxon (constant differences: t undefined)"
-    return float(stats.ttest_1samp(d, 0.0).pvalue), "paired t"
+    return float(stats.ttest_1samp(d, 0.0).pvalue if t_pvalue is None else t_pvalue), "paired t"
 
 
 def equivalence_p(diffs: Sequence[float] | np.ndarray, margin: float) -> float:

@@ -89,8 +89,10 @@ def teacher_scores(store: Store, study: str) -> pd.DataFrame:
     Every run records its teacher's dev metrics under split 'teacher'; runs of one task share a teacher
     unless the teacher itself is a factor, so the mean over runs is the teacher's score.
     """
+    # avg in run order: DuckDB's parallel avg adds in whatever order its threads finish, so the last
+    # digit of a score over 10,000 runs changed between two reports of the same store.
     return store.query_df(
-        """SELECT r.task, m.name, avg(m.value) AS value FROM metrics m JOIN runs r USING (run_id)
+        """SELECT r.task, m.name, avg(m.value ORDER BY m.run_id) AS value FROM metrics m JOIN runs r USING (run_id)
            WHERE m.split = 'teacher' AND r.status = 'done'
              AND m.run_id IN (SELECT run_id FROM study_runs WHERE study = ?)
            GROUP BY r.task, m.name ORDER BY r.task, m.name""",
@@ -309,11 +311,16 @@ def study_reproducibility(store: Store, study: str) -> Reproducibility:
 
 def _plugins_used(store: Store, study: str) -> tuple[PluginUsed, ...]:
     """The plug-ins recorded in the done runs' configs (kdgrid.plugins.terms.plugins_used), with run counts."""
-    rows = store.con.execute(f"SELECT config FROM runs WHERE {_DONE_OF_STUDY}", [study]).fetchall()
+    # DuckDB groups the runs by their plug-in block (a few distinct values), so each is parsed once,
+    # not once per run (10,000 configs: 0.4 s of json.loads).
+    rows = store.con.execute(
+        f"SELECT json_extract(config, '$.plugins') AS p, count(*) FROM runs WHERE {_DONE_OF_STUDY} GROUP BY p",
+        [study],
+    ).fetchall()
     counts: Counter[tuple[str, str, str, str]] = Counter()
-    for (config,) in rows:
-        for key, p in _json_dict(config).get("plugins", {}).items():
-            counts[(key, str(p.get("package")), str(p.get("version")), str(p.get("settings_sha")))] += 1
+    for plugins, n in rows:
+        for key, p in _json_dict(plugins).items():
+            counts[(key, str(p.get("package")), str(p.get("version")), str(p.get("settings_sha")))] += int(n)
     return tuple(PluginUsed(*k, n) for k, n in sorted(counts.items()))
 
 
