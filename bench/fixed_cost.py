@@ -57,19 +57,37 @@ PARTS = (
 )
 
 
+METERS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,  # what a run costs on a quiet machine
+    "cpu": time.thread_time,  # this thread's CPU seconds: what other jobs on a shared machine change least
+}
+
+
 class Clock:
-    """Seconds per part of the current run, filled by the wrappers."""
+    """Seconds per part of the current run on each meter, filled by the wrappers."""
 
     def __init__(self) -> None:
-        self.parts: dict[str, float] = defaultdict(float)
+        self.parts: dict[str, dict[str, float]] = {m: defaultdict(float) for m in METERS}
+
+    def now(self) -> dict[str, float]:
+        return {m: f() for m, f in METERS.items()}
+
+    def add(self, name: str, start: dict[str, float], minus: dict[str, float] | None = None) -> None:
+        end = self.now()
+        for m in METERS:
+            self.parts[m][name] += end[m] - start[m] - (minus or {}).get(m, 0.0)
+
+    def clear(self) -> None:
+        for m in METERS:
+            self.parts[m].clear()
 
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        start = self.now()
         try:
             yield
         finally:
-            self.parts[name] += time.perf_counter() - t0
+            self.add(name, start)
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -156,20 +174,26 @@ def main() -> None:
     loop_evaluate = loop.evaluate
 
     def stage(*a: Any, **k: Any) -> Any:
+        # The stage's own dev evaluations are their own part; 'training' is the rest of train_stage.
         state["student"] = a[0]
-        with clock.part("training"):
+        evals = {m: clock.parts[m]["dev evaluation (per epoch)"] for m in METERS}
+        start = clock.now()
+        try:
             return originals["train_stage"](*a, **k)
+        finally:
+            inside = {m: clock.parts[m]["dev evaluation (per epoch)"] - evals[m] for m in METERS}
+            clock.add("training", start, inside)
 
     def dev_eval(*a: Any, **k: Any) -> Any:
         with clock.part("dev evaluation (per epoch)"):
             return loop_evaluate(*a, **k)
 
     def timed_run_one(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
+        start = clock.now()
         try:
             return run.run_one(*a, **k)
         finally:
-            state["run_one_s"] = time.perf_counter() - t0
+            state["run_one"] = {m: f() - start[m] for m, f in METERS.items()}
 
     def dev_batches(*a: Any, **k: Any) -> Any:
         state["dev"] = (old_dev_batches if state["variant"] == "before" else originals["eval_batches"])(*a, **k)
@@ -190,20 +214,19 @@ def main() -> None:
     store_path = work / "kdgrid.duckdb"
     n = 0
 
-    def one(variant: str) -> dict[str, float]:
+    def one(variant: str) -> dict[str, dict[str, float]]:
         nonlocal n
         n += 1
-        clock.parts.clear()
+        clock.clear()
         state["variant"] = variant
-        # Each variant keeps its own process state: "before" starts empty every run (0.2 had none).
+        # Each variant keeps its own process state: "before" starts empty every run (0.2 kept nothing).
         models._LOADED.clear()
         ev._SPEED_CACHE.clear()
         if variant == "after":
             models._LOADED.update(kept["loaded"])
             ev._SPEED_CACHE.update(kept["speed"])
         run_dir = work / "runs" / f"{planned.run_id}-{n}"
-        t0 = time.perf_counter()
-        job_t0 = time.perf_counter()
+        start = clock.now()
         result = execute_job(
             timed_run_one,
             run_id=planned.run_id,
@@ -213,7 +236,8 @@ def main() -> None:
             run_dir=run_dir,
             workdir=work,
         )
-        job_s = time.perf_counter() - job_t0
+        # execute_job's own work (result.json) is what run_one's time does not cover.
+        clock.add("result.json + store write", start, {m: state["run_one"][m] for m in METERS})
         if result["status"] != "done":
             raise SystemExit(f"run failed: {result.get('error')}")
         if variant == "before":  # 0.2 scored the final weights once more after the stage's last evaluation
@@ -221,43 +245,50 @@ def main() -> None:
                 originals["evaluate"](state["student"], state["dev"], "sst2", run.pick_device("cpu"))
         with clock.part("result.json + store write"), open_store(store_path) as store:
             store.ingest_result(result)
-        wall = time.perf_counter() - t0
+        end = clock.now()
         if variant == "after":
             kept["loaded"], kept["speed"] = dict(models._LOADED), dict(ev._SPEED_CACHE)
-        parts = dict(clock.parts)
-        # execute_job's own work (result.json) is what run_one's wall time does not cover.
-        parts["result.json + store write"] += job_s - state["run_one_s"]
-        parts["other"] = wall - sum(parts.values())
-        parts["wall"] = wall
-        return parts
+        out: dict[str, dict[str, float]] = {}
+        for m in METERS:
+            parts = dict(clock.parts[m])
+            total = end[m] - start[m]
+            parts["other"] = total - sum(parts.values())
+            parts["total"] = total
+            parts["fixed (total - training)"] = total - parts.get("training", 0.0)
+            out[m] = parts
+        return out
 
-    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    results: dict[str, list[dict[str, dict[str, float]]]] = {"before": [], "after": []}
+    first: dict[str, dict[str, float]] = {}
     for r in range(args.rounds + 1):
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
         for variant in order:
-            parts = one(variant)
+            res = one(variant)
             if r > 0:
-                results[variant].append(parts)
+                results[variant].append(res)
+            elif variant == "before":
+                first = res
             label = "warm-up" if r == 0 else f"round {r}"
-            print(f"   {label} {variant}: wall {parts['wall']:.2f} s, training {parts.get('training', 0.0):.2f} s")
+            w = res["wall"]
+            print(f"   {label} {variant}: wall {w['total']:.2f} s, training {w.get('training', 0.0):.2f} s", flush=True)
 
+    for m in METERS:
+        print()
+        print(f"   {m} seconds per run, medians of {args.rounds} rounds ('after' = later runs of one process;")
+        print("   '1st run' = the warm-up 'before' run, the first of this process: lazy imports, first model load)")
+        print(f"   {'part':30s} {'1st run':>8s} {'before':>8s} {'after':>8s} {'saved':>8s}")
+        for part in (*PARTS, "total", "fixed (total - training)"):
+            b = C.median([x[m].get(part, 0.0) for x in results["before"]])
+            a = C.median([x[m].get(part, 0.0) for x in results["after"]])
+            print(f"   {part:30s} {first[m].get(part, 0.0):8.3f} {b:8.3f} {a:8.3f} {b - a:8.3f}")
+        lo = C.paired_ratio(
+            [x[m]["fixed (total - training)"] for x in results["before"]],
+            [x[m]["fixed (total - training)"] for x in results["after"]],
+        )
+        print(f"   fixed cost before / after ({m}): {lo[0]:.2f} [{lo[1]:.2f}-{lo[2]:.2f}] (paired by round)")
     print()
-    print(f"   median seconds per run over {args.rounds} rounds (the 'after' runs are later runs of one process;")
-    print("   a single run in a fresh process pays the 'before' load parts once, plus process start):")
-    print(f"   {'part':34s} {'before':>8s} {'after':>8s} {'saved':>8s}")
-    for part in (*PARTS, "wall"):
-        b = C.median([p.get(part, 0.0) for p in results["before"]])
-        a = C.median([p.get(part, 0.0) for p in results["after"]])
-        print(f"   {part:34s} {b:8.3f} {a:8.3f} {b - a:8.3f}")
-    fixed_b = C.median([p["wall"] - p.get("training", 0.0) for p in results["before"]])
-    fixed_a = C.median([p["wall"] - p.get("training", 0.0) for p in results["after"]])
-    ratio = C.paired_ratio(
-        [p["wall"] - p.get("training", 0.0) for p in results["before"]],
-        [p["wall"] - p.get("training", 0.0) for p in results["after"]],
-    )
-    print(f"   {'fixed cost (wall - training)':34s} {fixed_b:8.3f} {fixed_a:8.3f} {fixed_b - fixed_a:8.3f}")
-    print(f"   fixed cost before / after: {ratio[0]:.2f} [{ratio[1]:.2f}-{ratio[2]:.2f}] (paired by round)")
-    print(f"   process start (single-run processes): import kdgrid.train.run {starts[0]:.2f} s, bare python {starts[1]:.2f} s")
+    print(f"   process start of a single-run process: python -c 'import kdgrid.train.run' {starts[0]:.2f} s, ")
+    print(f"   bare python {starts[1]:.2f} s (medians, alternated)")
 
 
 def process_start(pairs: int, threads: int) -> tuple[float, float]:
