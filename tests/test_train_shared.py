@@ -3,6 +3,7 @@ and what a process keeps between runs (loaded teachers, latency probes)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,11 +215,17 @@ def test_a_process_keeps_its_loaded_teacher_and_tokenized_splits(
         # A teacher retrained under the same key (a new folder) is loaded again, and replaces the old one.
         models.loaded_teacher(models.TeacherRecord.from_json({**rec.to_json(), "created": "later"}), "cpu")
         assert len(loads) == 2 and len(models._LOADED) == 1
+        # So is a folder rewritten within the same second (same record, another teacher.json).
+        models.loaded_teacher(rec, "cpu")
+        meta = Path(rec.path) / "teacher.json"
+        os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 1))
+        models.loaded_teacher(rec, "cpu")
+        assert len(loads) == 4
         monkeypatch.setattr(models, "KEEP_TEACHERS", 0)
         models.clear_loaded_teachers()
         models.loaded_teacher(rec, "cpu")
         models.loaded_teacher(rec, "cpu")
-        assert len(loads) == 4 and not models._LOADED
+        assert len(loads) == 6 and not models._LOADED
     finally:
         models.clear_loaded_teachers()
 

@@ -652,9 +652,15 @@ _LOADED: dict[tuple[str, ...], LoadedTeacher] = {}
 def loaded_teacher(
     record: TeacherRecord, device: torch.device | str = "cpu", *, trust_remote_code: bool = False
 ) -> LoadedTeacher:
-    """:func:`load_teacher` once per process for the same cached teacher (its key, folder and creation time,
-    so a retrained folder loads again), device and trust setting; the last ``KEEP_TEACHERS`` are kept."""
-    key = (record.key, record.path, record.created, str(_resolve_device(device)), str(trust_remote_code))
+    """:func:`load_teacher` once per process for the same cached teacher (its key, folder, creation time and
+    teacher.json file, so a retrained folder loads again), device and trust setting; the last
+    ``KEEP_TEACHERS`` are kept."""
+    try:  # a folder retrained under the same key is another file, even within the same second
+        st = (Path(record.path) / "teacher.json").stat()
+        written = f"{st.st_ino}:{st.st_mtime_ns}"
+    except OSError:
+        written = ""
+    key = (record.key, record.path, record.created, written, str(_resolve_device(device)), str(trust_remote_code))
     entry = _LOADED.pop(key, None)
     if entry is None:
         model, tokenizer = load_teacher(record, device, trust_remote_code=trust_remote_code)
