@@ -69,9 +69,9 @@ class OldLossSums:
 
 def use_old_loop() -> None:
     """Put the loop back as it was before item 3, in this process only (the bench's 'old' variant)."""
-    from kdgrid.train import loop
+    from kdgrid.train import loop, optim
 
-    assert not loop._malloc_tuned, "the malloc thresholds were already set in this process"
+    assert not optim._malloc_tuned, "the malloc thresholds were already set in this process"
     loop.keep_freed_memory = lambda: False  # type: ignore[assignment]
     loop._LossSums = OldLossSums  # type: ignore[assignment,misc]
 

@@ -100,7 +100,7 @@ class BareLoop:
         kdgrid's loop picks (fused where torch has it), 'default' = ``torch.optim.AdamW(groups, lr=...)``."""
         import torch
 
-        from kdgrid.train.loop import _fused_supported
+        from kdgrid.train.optim import fused_supported
 
         decay, no_decay = [], []
         for name, p in self.student.named_parameters():
@@ -110,7 +110,7 @@ class BareLoop:
         if self.proj is not None:
             groups.append({"params": list(self.proj.parameters()), "lr": LR})
         self.params = [p for g in groups for p in g["params"]]
-        fused = optimizer == "kdgrid" and _fused_supported(self.params)
+        fused = optimizer == "kdgrid" and fused_supported(self.params)
         self.opt = torch.optim.AdamW(groups, lr=LR, fused=True) if fused else torch.optim.AdamW(groups, lr=LR)
         total, warm = total_steps, int(total_steps * WARMUP)
         self.sched = torch.optim.lr_scheduler.LambdaLR(

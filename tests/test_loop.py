@@ -11,7 +11,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from kdgrid.study.schema import Objective, Student
-from kdgrid.train import loop
+from kdgrid.train import optim
 from kdgrid.train.loop import StageSettings, TeacherOutputs, _LossSums, train_stage
 from kdgrid.train.models import build_student
 from kdgrid.train.objectives import DistillObjective
@@ -122,10 +122,10 @@ def test_train_stage_logs_the_exact_mean_of_each_term(spec: dict[str, Any]) -> N
 
 
 def test_keep_freed_memory_leaves_explicit_glibc_settings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "_malloc_tuned", False)
+    monkeypatch.setattr(optim, "_malloc_tuned", False)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert loop.keep_freed_memory() is False
-    assert loop._malloc_tuned is False
+    assert optim.keep_freed_memory() is False
+    assert optim._malloc_tuned is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -139,6 +139,6 @@ def test_keep_freed_memory_sets_the_thresholds_once(monkeypatch: pytest.MonkeyPa
         pytest.skip("no glibc mallopt")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    assert loop.keep_freed_memory() is True
+    assert optim.keep_freed_memory() is True
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")  # set once per process: later calls keep it
-    assert loop.keep_freed_memory() is True
+    assert optim.keep_freed_memory() is True

@@ -485,6 +485,21 @@ class Collator:
         return batch
 
 
+def length_batches(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[np.ndarray]:
+    """Positions in batches, longest rows first, each batch at most ``max_rows`` rows and ``max_tokens``
+    token slots (rows x its longest row): long rows go in small batches, so little is computed on padding.
+    For passes without gradients (teacher tables, evaluation), where the batch size is free."""
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        width = max(1, int(lengths[order[start]]))
+        rows = max(1, min(max_rows, max_tokens // width))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
 class LengthGroupedBatchSampler:
     """Seeded batches of similar length ("group_by_length"): less padding, nearly the randomness of random batches.
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +19,8 @@ from kdgrid.train.capture import QKV, capture_qkv
 from kdgrid.train.evaluate import evaluate
 from kdgrid.train.models import model_inputs
 from kdgrid.train.objectives import Captured, DistillObjective, Stage
+from kdgrid.train.optim import adamw, keep_freed_memory
+from kdgrid.train.optim import warmup_decay as _linear_warmup
 
 ProgressFn = Callable[[str, int, int, int], None]
 EpochFn = Callable[[str, int, dict[str, float]], None]  # (stage, epoch, dev metrics) after each evaluation
@@ -43,62 +41,10 @@ class StageSettings:
     metrics: tuple[str, ...] = ()  # registered metrics scored besides the task's (RunConfig.metrics)
 
 
-def _fused_supported(params: list[nn.Parameter]) -> bool:
-    """Fused AdamW (one kernel over all tensors) where torch has it: CUDA, and CPU since torch 2.4."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-        supported = set(_get_fused_kernels_supported_devices())
-    except Exception:  # a private helper: fall back to what has always been fused
-        supported = {"cuda"}
-    kinds = {p.device.type for p in params}
-    return len(kinds) == 1 and kinds <= supported and all(p.is_floating_point() for p in params)
-
-
 def _optimizer(student: nn.Module, objective: DistillObjective, s: StageSettings) -> torch.optim.Optimizer:
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in student.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": s.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-        *objective.param_groups(s.lr),
-    ]
-    groups = [g for g in groups if g["params"]]
-    # Fused AdamW is the same update as torch's default (per-tensor loop on CPU) up to rounding in the last
-    # bit, and 5-6x faster per step on CPU (bench/step_efficiency.py): the optimiser step of a student with
-    # BERT's 30k-row embedding matrix was a third of a CPU training step.
-    if _fused_supported([p for g in groups for p in g["params"]]):
-        try:
-            return torch.optim.AdamW(groups, lr=s.lr, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.AdamW(groups, lr=s.lr)
-
-
-def _linear_warmup(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then linear decay to 0 for the student's groups; a group with a ``schedule`` key
-    (the learnable mapping's) follows its own: 'constant' (its lr throughout) or 'warmup' (then constant),
-    so the mapping can still move in the last steps of a stage, when the student's lr is near 0."""
-    warm = int(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    def warmup_only(step: int) -> float:
-        return (step + 1) / max(1, warm) if step < warm else 1.0
-
-    def constant(step: int) -> float:
-        return 1.0
-
-    own = {"constant": constant, "warmup": warmup_only}
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, [own[g["schedule"]] if "schedule" in g else factor for g in opt.param_groups]
-    )
+    """The student's AdamW (kdgrid.train.optim: the weight-decay rule shared with teacher fine-tuning), with the
+    objective's own parameters (W_h, plug-in terms, the learnable mapping) in their groups."""
+    return adamw(student, s.lr, s.weight_decay, objective.param_groups(s.lr))
 
 
 class TeacherOutputs:
@@ -177,41 +123,6 @@ def student_forward(
     return Captured(
         logits=out.logits, hidden_states=out.hidden_states, qkv=captured, attention_mask=inputs["attention_mask"]
     )
-
-
-# glibc's mallopt parameters (malloc.h) and the values set by keep_freed_memory.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD, _TRIM_THRESHOLD = 256 << 20, 1 << 30
-_malloc_tuned = False
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep large freed blocks in the process instead of unmapping them (once per process, Linux).
-
-    Why: glibc serves a block above its mmap threshold (at most 32 MiB by default) with a fresh mmap and
-    unmaps it on free. A CPU training step frees and reallocates the student's dense word-embedding gradient
-    (30,522 x 384 floats, 47 MB: ``embedding_dense_backward`` makes a new one every step), so every step
-    page-faulted and zeroed 47 MB in the kernel: ~26 ms of CPU a step, 8% of a vanilla-KD step's CPU time
-    on a loaded 2-core VM (bench/profile_step.py --compare; bench/README.md section 9). With
-    the thresholds raised (256 MiB, 1 GiB) the block is reused from the heap. The maths is untouched; the
-    process keeps up to its peak memory. Explicit ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
-    settings win; elsewhere than glibc this does nothing. Returns whether the thresholds were set.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return True
-    if not sys.platform.startswith("linux") or any(
-        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    ):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # no C library by that name, or one without mallopt (not glibc)
-        return False
-    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) & bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    )
-    return _malloc_tuned
 
 
 class _LossSums:

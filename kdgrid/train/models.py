@@ -31,7 +31,7 @@ import numpy as np
 from kdgrid.errors import ModelError, RunFailed
 from kdgrid.model_names import resolve_model_path, shape_from_config
 from kdgrid.study.schema import Student, Teacher
-from kdgrid.tasks import TaskSpec, compute_metrics, get_task, majority_baseline
+from kdgrid.tasks import TaskSpec, get_task, majority_baseline
 from kdgrid.train.data import file_sha256
 
 if TYPE_CHECKING:
@@ -41,7 +41,12 @@ if TYPE_CHECKING:
     from kdgrid.train.data import TokenizedSet
 
 # Bump when the fine-tuning recipe changes, so cached teachers are not silently reused.
-TEACHER_RECIPE = 1
+# 1: kdgrid 0.1-0.2 (its own non-fused AdamW, warm-up of ceil(ratio * steps), 128-row dev batches).
+# 2: the student's optimiser and schedule (kdgrid.train.optim: fused AdamW, warm-up of int(ratio * steps)) and the
+#    shared evaluation (kdgrid.train.evaluate); the weight-decay rule is the same (biases, LayerNorm, 1-D: none).
+TEACHER_RECIPE = 2
+# Gradient norm clip of teacher fine-tuning (BERT's); not a study setting, so teacher keys and run ids stay put.
+TEACHER_MAX_GRAD_NORM = 1.0
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -316,56 +321,12 @@ def build_registered_student(
     return cast("PreTrainedModel", model)  # a plug-in's student is any Module called like an HF classifier
 
 
-# --- evaluation -----------------------------------------------------------------------------------------
+# --- batches ---------------------------------------------------------------------------------------------
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     keys = ("input_ids", "attention_mask", "token_type_ids")
     return {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
-
-
-def predict_logits(
-    model: PreTrainedModel,
-    dataset: TokenizedSet,
-    *,
-    pad_token_id: int,
-    device: torch.device | str,
-    batch_size: int = 128,
-) -> np.ndarray:
-    """Logits ``[N, C]`` in dataset order (batches are length-sorted for speed, then put back)."""
-    import torch
-
-    from kdgrid.train.data import make_loader
-
-    loader = make_loader(dataset, batch_size, pad_token_id=pad_token_id, shuffle=False, group_by_length=True)
-    out: np.ndarray | None = None
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            logits = model(**model_inputs(batch, device)).logits.float().cpu().numpy()
-            if out is None:
-                out = np.zeros((len(dataset), logits.shape[1]), dtype=np.float32)
-            out[batch["indices"].numpy()] = logits
-    model.train(was_training)
-    return out if out is not None else np.zeros((0, 1), dtype=np.float32)
-
-
-def predictions_from_logits(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
-    return logits[:, 0] if spec.is_regression else logits.argmax(axis=1)
-
-
-def evaluate(
-    spec: TaskSpec,
-    model: PreTrainedModel,
-    dataset: TokenizedSet,
-    *,
-    pad_token_id: int,
-    device: torch.device | str,
-    batch_size: int = 128,
-) -> dict[str, float]:
-    logits = predict_logits(model, dataset, pad_token_id=pad_token_id, device=device, batch_size=batch_size)
-    return compute_metrics(spec, predictions_from_logits(spec, logits), dataset.labels)
 
 
 # --- teacher fine-tuning, once per cache key ------------------------------------------------------------
@@ -462,29 +423,6 @@ def _resolve_device(device: torch.device | str) -> torch.device:
     return torch.device(device)
 
 
-def _linear_warmup(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup  # never 0: the first step already learns a little
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW without decay on biases and LayerNorm weights (BERT's recipe)."""
-    import torch
-
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
 def _task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
@@ -509,6 +447,8 @@ def _train_teacher(
     import transformers
 
     from kdgrid.train.data import load_tokenized, make_loader, subsample_positions
+    from kdgrid.train.evaluate import eval_batches, evaluate
+    from kdgrid.train.optim import adamw, keep_freed_memory, warmup_decay
 
     ft = teacher_cfg.finetune
     tok = load_tokenizer(resolved, trust_remote_code=teacher_cfg.trust_remote_code)
@@ -518,6 +458,8 @@ def _train_teacher(
     dev = load_tokenized(spec.name, spec.dev_split, data_dir, tok, max_seq_length, tok_cache)
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
 
+    if device.type == "cpu":
+        keep_freed_memory()  # the teacher's embedding gradient is page-faulted in every step otherwise
     t0 = time.perf_counter()
     # fork_rng: the caller's RNG state is the same whether the teacher was trained or loaded from cache.
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -530,8 +472,8 @@ def _train_teacher(
             train, ft.batch_size, pad_token_id=pad_id, shuffle=True, seed=ft.seed, is_regression=spec.is_regression
         )
         total = ft.epochs * len(loader)
-        opt = make_optimizer(model, ft.lr, ft.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_warmup(total, math.ceil(ft.warmup_ratio * total)))
+        opt = adamw(model, ft.lr, ft.weight_decay)
+        sched = warmup_decay(opt, total, ft.warmup_ratio)
         model.train()
         step, loss_value = 0, float("nan")
         for _ in range(ft.epochs):
@@ -544,7 +486,7 @@ def _train_teacher(
                         f"teacher fine-tune of {resolved} on {spec.name}: loss is {loss_value} at step {step}"
                     )
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), TEACHER_MAX_GRAD_NORM)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -553,7 +495,7 @@ def _train_teacher(
                     on_step(step, total)
     train_time = time.perf_counter() - t0
 
-    metrics = evaluate(spec, model, dev, pad_token_id=pad_id, device=device)
+    metrics = evaluate(model, eval_batches(dev, pad_id, device), spec.name, device)
     baseline = majority_baseline(spec, train.labels, dev.labels)
     with quiet_transformers():
         model.save_pretrained(out_dir)
@@ -673,3 +615,67 @@ def load_teacher(
     check_label_order(model, spec, record.path)
     model.to(_resolve_device(device)).eval()  # type: ignore[arg-type]  # transformers wraps .to() and mis-types the bound call
     return model, load_tokenizer(record.path, trust_remote_code=trust_remote_code)
+
+
+# --- teachers kept in memory between the runs of one process ---------------------------------------------
+
+
+@dataclass
+class LoadedTeacher:
+    """A cached teacher loaded into this process, with the splits its tokenizer produced.
+
+    A pool worker (kdgrid.execute.worker) and the in-process executor run many runs in one process; runs of
+    the same task and teacher then share one loaded model, tokenizer and tokenized data (read-only: runs
+    freeze the teacher and subset the data into new sets) instead of loading them again per run.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    splits: dict[tuple[str, str, str, int], TokenizedSet] = field(default_factory=dict)
+
+    def tokenized(
+        self, task: str, split: str, data_dir: str | None, max_seq_length: int, cache_dir: Path
+    ) -> TokenizedSet:
+        """:func:`kdgrid.train.data.load_tokenized` with this teacher's tokenizer, once per process and
+        data file content (its fingerprint is memoised by size and mtime, so a changed file loads again)."""
+        from kdgrid.train.data import data_fingerprint, load_tokenized
+
+        key = (task, split, data_fingerprint(task, split, data_dir), max_seq_length)
+        if key not in self.splits:
+            self.splits[key] = load_tokenized(task, split, data_dir, self.tokenizer, max_seq_length, cache_dir)
+        return self.splits[key]
+
+
+# How many loaded teachers a process keeps (least recently used dropped first); 0 loads every run afresh.
+KEEP_TEACHERS = 1
+_LOADED: dict[tuple[str, ...], LoadedTeacher] = {}
+
+
+def loaded_teacher(
+    record: TeacherRecord, device: torch.device | str = "cpu", *, trust_remote_code: bool = False
+) -> LoadedTeacher:
+    """:func:`load_teacher` once per process for the same cached teacher (its key, folder, creation time and
+    teacher.json file, so a retrained folder loads again), device and trust setting; the last
+    ``KEEP_TEACHERS`` are kept."""
+    try:  # a folder retrained under the same key is another file, even within the same second
+        st = (Path(record.path) / "teacher.json").stat()
+        written = f"{st.st_ino}:{st.st_mtime_ns}"
+    except OSError:
+        written = ""
+    key = (record.key, record.path, record.created, written, str(_resolve_device(device)), str(trust_remote_code))
+    entry = _LOADED.pop(key, None)
+    if entry is None:
+        model, tokenizer = load_teacher(record, device, trust_remote_code=trust_remote_code)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        entry = LoadedTeacher(model, tokenizer)
+    if KEEP_TEACHERS > 0:
+        _LOADED[key] = entry  # re-inserted last: the most recently used
+        while len(_LOADED) > KEEP_TEACHERS:
+            del _LOADED[next(iter(_LOADED))]
+    return entry
+
+
+def clear_loaded_teachers() -> None:
+    """Forget the teachers this process keeps (the next run loads its teacher from disk)."""
+    _LOADED.clear()

@@ -28,11 +28,11 @@ from kdgrid.records import MetricRow, RunResult, metric_row, metric_rows
 from kdgrid.study.schema import Epochs, RunConfig
 from kdgrid.tasks import get_task
 from kdgrid.train.activation_cache import activation_needs, cached_teacher_activations
-from kdgrid.train.data import data_fingerprint, load_tokenized, make_loader, subsample_positions
-from kdgrid.train.evaluate import PeakMemory, count_parameters, evaluate, inference_speed
+from kdgrid.train.data import data_fingerprint, make_loader, subsample_positions
+from kdgrid.train.evaluate import PeakMemory, count_parameters, eval_batches, evaluate, inference_speed
 from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
 from kdgrid.train.mappings import copied_layers, pointed_layers
-from kdgrid.train.models import build_registered_student, finetune_teacher, load_teacher
+from kdgrid.train.models import build_registered_student, finetune_teacher, loaded_teacher
 from kdgrid.train.objectives import DistillObjective, Stage
 from kdgrid.train.teacher_cache import cached_teacher_logits
 from kdgrid.train.versions import library_versions
@@ -166,19 +166,20 @@ def _run_one(
     rows: list[MetricRow] = []
 
     teacher_rec = finetune_teacher(cfg.task, cfg.teacher, cfg.data.dir, cfg.data.max_seq_length, cache_root, device)
-    # checks the head's label order against the task; the teacher's own code runs only if the study trusts it
-    teacher, tokenizer = load_teacher(teacher_rec, device, trust_remote_code=cfg.teacher.trust_remote_code)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    # Checks the head's label order against the task; the teacher's own code runs only if the study trusts it.
+    # Kept in memory (frozen) with its tokenized splits for the next run of this process (a pool worker's).
+    loaded = loaded_teacher(teacher_rec, device, trust_remote_code=cfg.teacher.trust_remote_code)
+    teacher, tokenizer = loaded.model, loaded.tokenizer
     tok_cache = cache_root / "tokenized"
-    full_train = load_tokenized(cfg.task, "train", cfg.data.dir, tokenizer, cfg.data.max_seq_length, tok_cache)
+    full_train = loaded.tokenized(cfg.task, "train", cfg.data.dir, cfg.data.max_seq_length, tok_cache)
     positions = subsample_positions(len(full_train), cfg.data.fraction, cfg.data.max_train_examples, cfg.seed)
     train_set = full_train.subset(positions)
-    full_dev = load_tokenized(cfg.task, "dev", cfg.data.dir, tokenizer, cfg.data.max_seq_length, tok_cache)
+    full_dev = loaded.tokenized(cfg.task, "dev", cfg.data.dir, cfg.data.max_seq_length, tok_cache)
     # Every run of a task is scored on the same dev rows, whatever its seed.
     dev_set = full_dev.subset(subsample_positions(len(full_dev), 1.0, cfg.data.max_eval_examples, 0))
     pad_id = int(tokenizer.pad_token_id or 0)
-    dev_loader = make_loader(dev_set, 128, pad_token_id=pad_id, shuffle=False, is_regression=spec.is_regression)
+    # Collated once, longest first in token-budget batches; every evaluation of the run reuses them.
+    dev_loader = eval_batches(dev_set, pad_id, device, is_regression=spec.is_regression)
 
     n_teacher = teacher.config.num_hidden_layers
     pointed = run_pointed_layers(cfg, n_teacher)

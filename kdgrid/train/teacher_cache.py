@@ -19,8 +19,11 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdgrid.train.data import Collator, TokenizedSet
+from kdgrid.train.data import Collator, TokenizedSet, length_batches
 from kdgrid.train.models import model_inputs
+
+# The batching moved to kdgrid.train.data (evaluation uses it too); the old name stays for its importers.
+_length_batches = length_batches
 
 
 def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet, precision: str = "fp32") -> Path:
@@ -29,20 +32,6 @@ def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet, precisio
     digest = f"{len(data)}-{int(np.asarray(data.ids, dtype=np.int64).sum()) % 10**12}"
     suffix = "" if precision == "fp32" else f"-{precision}"
     return cache_root / "teacher_logits" / f"{teacher_key}-{digest}{suffix}.pt"
-
-
-def _length_batches(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[np.ndarray]:
-    """Positions in batches, longest rows first, each batch at most ``max_rows`` rows and ``max_tokens``
-    token slots (rows x its longest row): long rows go in small batches, so little is computed on padding."""
-    order = np.argsort(-lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        width = max(1, int(lengths[order[start]]))
-        rows = max(1, min(max_rows, max_tokens // width))
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
 
 
 @torch.no_grad()
