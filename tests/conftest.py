@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,41 @@ def glue_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no GLUE data at {path} (set KDGRID_DATA_DIR)")
     return path
+
+
+def tiny_bert(*, layers: int = 2, hidden: int = 32, heads: int = 4, vocab: int = 60, **extra: Any) -> Any:
+    """A random BERT classifier small enough to train in milliseconds (seeded: the same weights every call)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+        num_labels=2,
+        **extra,
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def tiny_objective(spec: dict[str, Any], stage: str = "joint", *, cls: Any = None, n_train: int = 8) -> Any:
+    """The distillation objective of ``spec`` between a 4-layer and a 2-layer tiny BERT (hidden 32, 4 heads)."""
+    from kdgrid.study.schema import Objective
+    from kdgrid.train.objectives import DistillObjective
+
+    return (cls or DistillObjective)(
+        Objective.model_validate(spec),
+        stage=stage,
+        is_regression=False,
+        n_teacher_layers=4,
+        n_student_layers=2,
+        teacher_hidden=32,
+        student_hidden=32,
+        teacher_heads=4,
+        student_heads=4,
+        num_train_examples=n_train,
+    )

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from conftest import tiny_bert, tiny_objective
 
-from kdgrid.study.schema import Objective, Student
+from kdgrid.study.schema import Student
 from kdgrid.train import optim
 from kdgrid.train.loop import StageSettings, TeacherOutputs, _LossSums, train_stage
 from kdgrid.train.models import build_student
@@ -63,30 +63,9 @@ class _Recording(DistillObjective):
     ],
 )
 def test_train_stage_logs_the_exact_mean_of_each_term(spec: dict[str, Any]) -> None:
-    cfg = BertConfig(
-        vocab_size=60,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    teacher = BertForSequenceClassification(cfg).eval()
+    teacher = tiny_bert(layers=4).eval()
     student = build_student(teacher, Student(layers=2, init="teacher_layers"), seed=0)
-    objective = _Recording(
-        Objective.model_validate(spec),
-        stage="joint",
-        is_regression=False,
-        n_teacher_layers=4,
-        n_student_layers=2,
-        teacher_hidden=32,
-        student_hidden=32,
-        teacher_heads=4,
-        student_heads=4,
-        num_train_examples=64,
-    )
+    objective = tiny_objective(spec, cls=_Recording, n_train=64)
     objective.steps = []
     gen = torch.Generator().manual_seed(1)
     data = [

@@ -11,28 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_bert, tiny_objective
 from torch import nn
 
-from kdgrid.study.schema import FineTune, Objective, Teacher
+from kdgrid.study.schema import FineTune, Teacher
 from kdgrid.train import evaluate as ev
 from kdgrid.train import models, optim
 from kdgrid.train.data import TokenizedSet, length_batches
-
-
-def _tiny_bert(layers: int = 2, hidden: int = 32) -> Any:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=60,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(cfg)
 
 
 class _Named(nn.Module):
@@ -55,7 +40,7 @@ def test_one_weight_decay_rule_for_every_model() -> None:
     assert {names[id(p)] for p in no_decay["params"]} == {"proj.bias", "layer_norm.weight", "layer_norm.bias", "scale"}
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
 
-    bert = _tiny_bert()
+    bert = tiny_bert()
     decayed = {n for n, p in bert.named_parameters() if optim.decays(n, p)}
     assert decayed and all(p.ndim == 2 for n, p in bert.named_parameters() if n in decayed)
     assert not any("LayerNorm" in n or "bias" in n for n in decayed)
@@ -65,20 +50,10 @@ def test_one_weight_decay_rule_for_every_model() -> None:
 def test_student_and_teacher_optimisers_have_the_same_groups() -> None:
     """The loop's optimiser is the shared one plus the objective's groups, fused on this CPU where torch has it."""
     from kdgrid.train.loop import StageSettings, _optimizer
-    from kdgrid.train.objectives import DistillObjective
 
-    student = _tiny_bert()
-    objective = DistillObjective(
-        Objective.model_validate({"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": {"kind": "learnable"}}),
-        stage="intermediate",
-        is_regression=False,
-        n_teacher_layers=4,
-        n_student_layers=2,
-        teacher_hidden=32,
-        student_hidden=32,
-        teacher_heads=4,
-        student_heads=4,
-        num_train_examples=8,
+    student = tiny_bert()
+    objective = tiny_objective(
+        {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": {"kind": "learnable"}}, "intermediate"
     )
     settings = StageSettings("intermediate", 1, 1e-3, 0.01, 0.1, 1.0, "cola")
     s_opt = _optimizer(student, objective, settings)
@@ -154,7 +129,7 @@ def test_evaluate_on_length_batches_equals_one_row_at_a_time() -> None:
     """Token-budget batches score the same as unpadded single rows (logits to float rounding, metrics equal)."""
     from kdgrid.train.data import Collator
 
-    model = _tiny_bert().eval()
+    model = tiny_bert().eval()
     data = _lengths_set([3, 30, 7, 12, 30, 1, 9, 22, 5, 16] * 3)
     collate = Collator(0)
     single = [collate([data[i]]) for i in range(len(data))]
@@ -172,7 +147,7 @@ def test_latency_probe_runs_once_per_shape() -> None:
     ev.clear_speed_cache()
     fast: dict[str, Any] = {"warmup": 0, "min_repeats": 1, "min_seconds": 0.0, "seq_len": 16}
     cpu = torch.device("cpu")
-    a, b, wide = _tiny_bert(), _tiny_bert(), _tiny_bert(hidden=16)
+    a, b, wide = tiny_bert(), tiny_bert(), tiny_bert(hidden=16)
     with torch.no_grad():
         b.classifier.weight.add_(1.0)  # other weights, same shape
     first = ev.inference_speed(a, vocab_size=60, device=cpu, **fast)
