@@ -21,6 +21,37 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_GLUE = Path("/work/shared/data/glue")
 
+# The paired-test table's columns, written out once: analyze's frame, the CSV and report.json must all match it.
+PAIRED_TEST_COLUMNS = [
+    "task",
+    "metric",
+    "condition",
+    "baseline",
+    "n",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "sci_low",
+    "sci_high",
+    "t",
+    "df",
+    "p",
+    "test",
+    "p_adj",
+    "family",
+    "family_size",
+    "dz",
+    "wilcoxon_p",
+    "margin",
+    "p_equiv",
+    "p_equiv_adj",
+    "verdict",
+    "baseline_mean",
+    "floor",
+    "baseline_at_floor",
+    "note",
+]
+
 # A WordPiece vocabulary small enough for a 100-row embedding but able to spell any lowercase text.
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _WORDS = [

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PAIRED_TEST_COLUMNS
 from scipy import stats
 
 from kdgrid.analyze import (
@@ -72,35 +73,7 @@ CONTRACT = {
         "values",
         "stands_for",
     ],
-    "paired_tests": [
-        "task",
-        "metric",
-        "condition",
-        "baseline",
-        "n",
-        "mean_diff",
-        "ci_low",
-        "ci_high",
-        "sci_low",
-        "sci_high",
-        "t",
-        "df",
-        "p",
-        "test",
-        "p_adj",
-        "family",
-        "family_size",
-        "dz",
-        "wilcoxon_p",
-        "margin",
-        "p_equiv",
-        "p_equiv_adj",
-        "verdict",
-        "baseline_mean",
-        "floor",
-        "baseline_at_floor",
-        "note",
-    ],
+    "paired_tests": PAIRED_TEST_COLUMNS,
     "anova": ["task", "term", "df", "sum_sq", "F", "p", "partial_eta2"],
     "diagnostics": ["task", "check", "value", "note"],
     "sensitivity": [

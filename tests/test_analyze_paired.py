@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PAIRED_TEST_COLUMNS
 
 from kdgrid.analyze import AnalysisError, adjust_pvalues, min_wilcoxon_p, paired_tests, paired_ttest
 
@@ -44,35 +45,7 @@ def test_shuffled_rows_give_the_same_result() -> None:
 
 def test_rows_cover_every_condition_per_task_and_nothing_is_pooled() -> None:
     out = paired_tests(grid(), metric="mcc", factors=[ATT, ALPHA], baseline=BASE)
-    assert list(out.columns) == [
-        "task",
-        "metric",
-        "condition",
-        "baseline",
-        "n",
-        "mean_diff",
-        "ci_low",
-        "ci_high",
-        "sci_low",
-        "sci_high",
-        "t",
-        "df",
-        "p",
-        "test",
-        "p_adj",
-        "family",
-        "family_size",
-        "dz",
-        "wilcoxon_p",
-        "margin",
-        "p_equiv",
-        "p_equiv_adj",
-        "verdict",
-        "baseline_mean",
-        "floor",
-        "baseline_at_floor",
-        "note",
-    ]
+    assert list(out.columns) == PAIRED_TEST_COLUMNS
     # Raw differences of tasks are never pooled into one row (kdgrid.analyze.pooled answers that question).
     assert out["task"].tolist() == ["cola"] * 5 + ["sst2"] * 5
     assert out["condition"].tolist()[:5] == [
