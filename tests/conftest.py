@@ -169,21 +169,34 @@ def glue_dir() -> Path:
     return path
 
 
-def tiny_bert(*, layers: int = 2, hidden: int = 32, heads: int = 4, vocab: int = 60, **extra: Any) -> Any:
-    """A random BERT classifier small enough to train in milliseconds (seeded: the same weights every call)."""
+def tiny_bert(
+    layers: int = 2,
+    heads: int = 4,
+    hidden: int = 32,
+    *,
+    seed: int = 0,
+    vocab: int = 60,
+    num_labels: int = 2,
+    dropout: float | None = None,
+    max_positions: int = 512,
+) -> Any:
+    """A random BERT classifier small enough to train in milliseconds, the same weights for the same arguments
+    (SDPA attention, feed-forward 2 x hidden; ``dropout`` None keeps BERT's 0.1)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
+    drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     cfg = BertConfig(
-        vocab_size=vocab,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
-        max_position_embeddings=32,
-        num_labels=2,
-        **extra,
+        vocab_size=vocab,
+        num_labels=num_labels,
+        max_position_embeddings=max_positions,
+        attn_implementation="sdpa",
+        **drop,
     )
     return BertForSequenceClassification(cfg)
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from conftest import tiny_bert
+from transformers import BertForSequenceClassification
 
 from kdgrid.study.schema import Objective
 from kdgrid.train.activation_cache import (
@@ -35,37 +36,21 @@ from kdgrid.train.teacher_cache import cached_teacher_logits
 CPU = torch.device("cpu")
 
 
-def bert(layers: int, heads: int, hidden: int, seed: int, dropout: float = 0.0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        vocab_size=100,
-        num_labels=2,
-        attn_implementation="sdpa",
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    return BertForSequenceClassification(cfg)
-
-
 @pytest.fixture(scope="module")
 def teacher() -> BertForSequenceClassification:
     # Dropout on: the cache must store what the teacher gives in eval mode whatever mode it is handed in.
-    return bert(4, 4, 32, seed=0, dropout=0.1).eval()
+    return tiny_bert(4, 4, 32, seed=0, vocab=100, dropout=0.1).eval()
 
 
 @pytest.fixture(scope="module")
 def student() -> BertForSequenceClassification:
-    return bert(2, 2, 16, seed=1)
+    return tiny_bert(2, 2, 16, seed=1, vocab=100, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
 def same_heads() -> BertForSequenceClassification:
     """The teacher's 4 heads, for head_match 'equal'."""
-    return bert(2, 4, 32, seed=2)
+    return tiny_bert(2, 4, 32, seed=2, vocab=100, dropout=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -142,44 +142,21 @@ def _planted_run(init: str, lr: float, epochs: int, steps: int, layers: list[int
     """A 4-layer teacher, a student copied from its layers 1 and 2 and held fixed: student layer m's hidden
     states ARE teacher layer m's, so Hid-Seq through a learnable mapping is 0 exactly at s1->t1, s2->t2.
     Trained by the real stage loop (optimiser groups, schedules, clipping); returns the final weights [2, 4]."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from conftest import tiny_bert, tiny_objective
 
-    from kdgrid.study.schema import Objective, Student
+    from kdgrid.study.schema import Student
     from kdgrid.train.loop import StageSettings, TeacherOutputs, train_stage
     from kdgrid.train.models import build_student
-    from kdgrid.train.objectives import DistillObjective
 
-    cfg = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    teacher = BertForSequenceClassification(cfg).eval()
+    teacher = tiny_bert(4, seed=0, vocab=50, dropout=0.0, max_positions=32).eval()
     student = build_student(teacher, Student(layers=2, init_layers=[1, 2]), seed=0)
     for p in student.parameters():
         p.requires_grad_(False)
     mapping: dict = {"kind": "learnable", "init": init, "lr": lr, "schedule": "constant"}
     if layers is not None:
         mapping["layers"] = layers
-    obj = Objective.model_validate({"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": mapping})
-    dist = DistillObjective(
-        obj,
-        stage="intermediate",
-        is_regression=False,
-        n_teacher_layers=4,
-        n_student_layers=2,
-        teacher_hidden=32,
-        student_hidden=32,
-        teacher_heads=4,
-        student_heads=4,
-        num_train_examples=64,
+    dist = tiny_objective(
+        {"intermediate": {"hidden": "seq", "alpha": 0.0}, "mapping": mapping}, "intermediate", n_train=64
     )
     gen = torch.Generator().manual_seed(1)
     data = [

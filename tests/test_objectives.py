@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from conftest import tiny_bert
+from transformers import BertForSequenceClassification
 
 from kdgrid.errors import KdgridError, PlanError
 from kdgrid.study.schema import Objective
@@ -27,37 +28,21 @@ from kdgrid.train.terms import HiddenContrast
 N_TRAIN = 16
 
 
-def bert(layers: int, heads: int, hidden: int, seed: int) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        vocab_size=100,
-        num_labels=3,
-        attn_implementation="sdpa",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(cfg)
-
-
 @pytest.fixture(scope="module")
 def teacher() -> BertForSequenceClassification:
-    return bert(4, 4, 32, seed=0).eval()
+    return tiny_bert(4, 4, 32, seed=0, vocab=100, num_labels=3, dropout=0.0).eval()
 
 
 @pytest.fixture(scope="module")
 def narrow() -> BertForSequenceClassification:
     """2 layers, 2 heads, width 16: differs from the teacher in depth, heads and width."""
-    return bert(2, 2, 16, seed=1)
+    return tiny_bert(2, 2, 16, seed=1, vocab=100, num_labels=3, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
 def same_heads() -> BertForSequenceClassification:
     """2 layers, 4 heads, width 32."""
-    return bert(2, 4, 32, seed=2)
+    return tiny_bert(2, 4, 32, seed=2, vocab=100, num_labels=3, dropout=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -155,10 +155,14 @@ CASES: dict[str, tuple[dict[str, Any], str, str, dict[str, float]]] = {
 @pytest.fixture(scope="module")
 def tiny_outputs() -> dict[str, Any]:
     import torch
-    from test_objectives import bert, run
+    from conftest import tiny_bert
+    from test_objectives import run
 
-    teacher = bert(4, 4, 32, seed=0).eval()
-    students = {"narrow": bert(2, 2, 16, seed=1), "same_heads": bert(2, 4, 32, seed=2)}
+    teacher = tiny_bert(4, 4, 32, seed=0, vocab=100, num_labels=3, dropout=0.0).eval()
+    students = {
+        "narrow": tiny_bert(2, 2, 16, seed=1, vocab=100, num_labels=3, dropout=0.0),
+        "same_heads": tiny_bert(2, 4, 32, seed=2, vocab=100, num_labels=3, dropout=0.0),
+    }
     g = torch.Generator().manual_seed(3)
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[1, 4:] = 0
@@ -388,23 +392,12 @@ def test_validate_refuses_a_term_the_student_cannot_serve() -> None:
 def test_a_term_declares_what_it_needs() -> None:
     example_installed()
     import torch  # noqa: F401  (DistillObjective builds torch modules)
+    from conftest import tiny_objective
 
-    from kdgrid.study.schema import Objective
     from kdgrid.train.objectives import DistillObjective
 
     def build(obj: dict[str, Any]) -> DistillObjective:
-        return DistillObjective(
-            Objective.model_validate(obj),
-            stage="joint",
-            is_regression=False,
-            n_teacher_layers=4,
-            n_student_layers=2,
-            teacher_hidden=32,
-            student_hidden=32,
-            teacher_heads=4,
-            student_heads=4,
-            num_train_examples=8,
-        )
+        return tiny_objective(obj)
 
     kd = build({})
     assert not kd.needs_hidden_states() and not kd.needs_qkv()  # the teacher's cached logits can serve it
