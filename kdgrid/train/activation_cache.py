@@ -60,9 +60,9 @@ from torch import Tensor, nn
 
 from kdgrid.errors import KdgridError
 from kdgrid.train.capture import capture_qkv, encoder_layers, split_heads
-from kdgrid.train.data import Collator, TokenizedSet
+from kdgrid.train.data import Collator, TokenizedSet, length_batches
 from kdgrid.train.models import model_inputs
-from kdgrid.train.teacher_cache import _length_batches, add_teacher_logits
+from kdgrid.train.teacher_cache import add_teacher_logits
 from kdgrid.train.terms import Captured
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ def _fill(
                     fh.truncate(end)
                 handles[id(f)] = files_open.enter_context(open(f.data, "ab"))  # noqa: SIM115 (closed by the ExitStack)
         with capture_qkv(teacher, qkv_layers) as qkv:
-            for rows in _length_batches(subset.lengths, batch_size, budget):
+            for rows in length_batches(subset.lengths, batch_size, budget):
                 batch = collate([subset[int(i)] for i in rows])
                 inputs = model_inputs(batch, device)
                 with autocast():

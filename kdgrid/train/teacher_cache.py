@@ -22,9 +22,6 @@ from torch import nn
 from kdgrid.train.data import Collator, TokenizedSet, length_batches
 from kdgrid.train.models import model_inputs
 
-# The batching moved to kdgrid.train.data (evaluation uses it too); the old name stays for its importers.
-_length_batches = length_batches
-
 
 def _cache_file(cache_root: Path, teacher_key: str, data: TokenizedSet, precision: str = "fp32") -> Path:
     # The tokenized split is identified by its size and a checksum of its token ids; the precision the
@@ -71,7 +68,7 @@ def cached_teacher_logits(
             teacher.eval()
             outs: list[torch.Tensor] = []
             order: list[np.ndarray] = []
-            for rows in _length_batches(subset.lengths, batch_size, budget):
+            for rows in length_batches(subset.lengths, batch_size, budget):
                 batch = collate([subset[int(i)] for i in rows])
                 with autocast():
                     outs.append(teacher(**model_inputs(batch, device)).logits.float())
