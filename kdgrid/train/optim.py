@@ -12,6 +12,9 @@ AdamW is torch's fused kernel wherever torch has one (CUDA; CPU since torch 2.4)
 default per-tensor loop up to rounding in the last bit, and 5-6x faster per step on CPU, where updating BERT's
 30k-row embedding matrix was a third of a student's step (bench/step_efficiency.py).
 
+On a CPU both trainers also call :func:`keep_freed_memory` (glibc keeps the 47 MB embedding gradient it would
+otherwise unmap and page-fault in again every step): part of the step recipe, not of the maths.
+
 Teachers cached by kdgrid 0.2 (``TEACHER_RECIPE`` 1 in :mod:`kdgrid.train.models`) were fine-tuned with their
 own copy of this code: non-fused AdamW and a warm-up of ``ceil(total * warmup_ratio)`` steps.
 """
