@@ -275,6 +275,9 @@ def test_make_loader_batches(tiny_tokenizer) -> None:  # type: ignore[no-untyped
     fixed = make_loader(tset, 8, pad_token_id=0, shuffle=False, group_by_length=False, fixed_length=32)
     first = next(iter(fixed))
     assert first["input_ids"].shape == (8, 32) and first["indices"].tolist() == list(range(8))
+    # Page-locked batches for asynchronous copies to a GPU are asked for, never the default (bench/gpu.py --parts pin).
+    assert make_loader(tset, 8, pad_token_id=0, shuffle=False, pin_memory=True).pin_memory is True
+    assert loader.pin_memory is False
 
 
 def _pair_recurrence(sampler: Any, epochs: int = 4) -> float:
